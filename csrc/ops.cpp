@@ -1,0 +1,34 @@
+// fastlpips._C: the native extension. This file holds the Python module and build facts; kernels
+// are registered from csrc/cpu/*.cpp (and csrc/cuda/*.cu when built with CUDA).
+#include <torch/extension.h>
+
+#include <string>
+
+#include "fastlpips/macros.h"
+
+namespace fastlpips {
+
+static py::dict build_info() {
+  py::dict d;
+#ifdef _OPENMP
+  d["openmp"] = true;
+#else
+  d["openmp"] = false;
+#endif
+#ifdef FASTLPIPS_WITH_CUDA
+  d["cuda"] = true;
+#else
+  d["cuda"] = false;
+#endif
+  d["torch_version"] = std::string(FASTLPIPS_TORCH_VERSION);
+  d["compiler"] = std::string(__VERSION__);
+  d["parallel_threads"] = at::get_num_threads();
+  return d;
+}
+
+}  // namespace fastlpips
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fastlpips native extension";
+  m.def("build_info", &fastlpips::build_info, "How this extension was built (OpenMP, CUDA, compiler).");
+}

@@ -1,0 +1,15 @@
+"""fastlpips: fast, exact learned perceptual image metrics (LPIPS) in PyTorch.
+
+``import fastlpips as lpips`` works for code written against the ``lpips`` package.
+"""
+from ._validation import RangeWarning
+from .model import LPIPS, LPIPSFeatures, NetLinLayer, ScalingLayer
+from .nets.weights import WeightError
+from .utils import im2tensor, l2, load_image, normalize_tensor, psnr, spatial_average, tensor2im, upsample
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LPIPS", "LPIPSFeatures", "NetLinLayer", "ScalingLayer", "WeightError", "RangeWarning",
+    "im2tensor", "tensor2im", "load_image", "normalize_tensor", "spatial_average", "upsample", "l2", "psnr",
+]

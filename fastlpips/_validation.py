@@ -1,0 +1,72 @@
+"""Input checks shared by every public entry point: loud, specific errors."""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Optional
+
+import torch
+
+__all__ = ["check_image", "check_pair", "check_model_match", "RangeWarning"]
+
+
+class RangeWarning(UserWarning):
+    """Image values outside the range the metric was calibrated for."""
+
+
+def check_image(x, name: str, *, channels: int = 3) -> None:
+    """Type, rank, channel count and dtype of one N x C x H x W image batch."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (N, {channels}, H, W), got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} must have 4 dimensions (N, {channels}, H, W), got shape {tuple(x.shape)}")
+    if x.shape[1] != channels:
+        raise ValueError(f"{name} must have {channels} channels (RGB) in dim 1, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}; "
+                        "convert images with x.float() / 127.5 - 1 (or / 255 with normalize=True)")
+
+
+def check_pair(in0: torch.Tensor, in1: torch.Tensor) -> None:
+    """Shapes, dtypes and devices of the two inputs agree (batch 1 broadcasts against N)."""
+    if in0.shape[2:] != in1.shape[2:]:
+        raise ValueError(f"in0 and in1 must have the same spatial size, got {tuple(in0.shape)} and {tuple(in1.shape)}")
+    if in0.shape[0] != in1.shape[0] and 1 not in (in0.shape[0], in1.shape[0]):
+        raise ValueError(f"batch sizes {in0.shape[0]} and {in1.shape[0]} differ and neither is 1")
+    if in0.dtype != in1.dtype:
+        raise TypeError(f"in0 and in1 have different dtypes: {in0.dtype} and {in1.dtype}")
+    if in0.device != in1.device:
+        raise ValueError(f"in0 and in1 are on different devices: {in0.device} and {in1.device}")
+
+
+def check_model_match(x: torch.Tensor, device: torch.device, dtype: torch.dtype, name: str = "input") -> None:
+    if x.device != device:
+        raise ValueError(f"{name} is on {x.device} but the model is on {device}; move one with .to()")
+    if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"{name} has dtype {x.dtype} but the model has dtype {dtype}; "
+                        f"cast the input (x.to({dtype})) or the model (model.to({x.dtype}))")
+
+
+def check_size(x: torch.Tensor, min_size: int, net: str, name: str) -> None:
+    h, w = x.shape[2], x.shape[3]
+    if h < min_size or w < min_size:
+        raise ValueError(f"{name} of spatial size {h}x{w} is too small for the {net} trunk: "
+                         f"it needs at least {min_size}x{min_size}")
+
+
+def check_values(x: torch.Tensor, name: str, lo: float, hi: float, warn_state: Optional[dict] = None) -> None:
+    """NaN/Inf raise; values outside [lo, hi] warn once per ``warn_state`` (one sync per call)."""
+    if x.numel() == 0:
+        return
+    mn, mx = torch.aminmax(x.detach())
+    mn, mx = float(mn), float(mx)
+    if not (math.isfinite(mn) and math.isfinite(mx)):
+        bad = int((~torch.isfinite(x.detach())).sum())
+        raise ValueError(f"{name} contains {bad} NaN or Inf value(s)")
+    if (mn < lo - 1e-6 or mx > hi + 1e-6) and (warn_state is None or not warn_state.get("range")):
+        if warn_state is not None:
+            warn_state["range"] = True
+        hint = (" (0..255 images? divide by 127.5 and subtract 1, or by 255 with normalize=True)"
+                if mx > 2 else "")
+        warnings.warn(f"{name} has values in [{mn:.4g}, {mx:.4g}], outside the expected [{lo:g}, {hi:g}]{hint}; "
+                      "this warning is shown once per model", RangeWarning, stacklevel=4)

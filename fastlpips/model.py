@@ -1,0 +1,346 @@
+"""``fastlpips.LPIPS``: a drop-in replacement for ``lpips.LPIPS`` (PyPI lpips 0.1.4).
+
+Same constructor, forward signature, defaults, output shapes, module names and state-dict keys;
+the same numbers up to floating-point rounding. What differs, on purpose (each one tested):
+
+* ``use_dropout=False`` still loads the calibrated weights (``lpips`` silently keeps random ones);
+* gradients stay finite where a feature vector is exactly zero (``lpips`` gives NaN);
+* weights load strictly (missing, unexpected or mis-shaped keys raise ``WeightError``);
+* nothing is printed (``verbose=True`` logs to the ``fastlpips`` logger at INFO level);
+* bad inputs raise errors naming the problem; values outside the expected range warn once;
+* no torchvision: the trunks are defined here and their weights found as ``nets/weights.py`` says.
+
+Speed without changing the numbers: both inputs go through the trunk in one batched pass, the
+trunk runs in channels_last memory format, an input that needs no gradient is run without an
+autograd graph, and ``features`` / ``compare_features`` / ``pairwise`` reuse trunk passes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from . import _validation as V
+from .nets.trunks import build_trunk
+from .nets.weights import WeightError, load_lin_weights, load_trunk_state
+from .reference import normalize_channels, upsample
+
+logger = logging.getLogger("fastlpips")
+
+__all__ = ["LPIPS", "ScalingLayer", "NetLinLayer", "LPIPSFeatures"]
+
+
+class ScalingLayer(nn.Module):
+    """``(x - shift) / scale``: maps [-1, 1] images to ImageNet-normalized trunk input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188])[None, :, None, None])
+        self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450])[None, :, None, None])
+
+    def forward(self, inp: torch.Tensor) -> torch.Tensor:
+        return (inp - self.shift) / self.scale
+
+
+class NetLinLayer(nn.Module):
+    """1x1 convolution C -> 1 without bias (the learned per-channel weights), optional dropout.
+
+    The conv is always ``model.1`` (with ``nn.Identity`` at ``model.0`` when ``use_dropout=False``)
+    so that the published weight files, whose keys are ``model.1.weight``, always load; state
+    dicts saved by ``lpips`` with ``use_dropout=False`` (``model.0.weight``) load too.
+    """
+
+    def __init__(self, chn_in: int, chn_out: int = 1, use_dropout: bool = False) -> None:
+        super().__init__()
+        self.model = nn.Sequential(nn.Dropout() if use_dropout else nn.Identity(),
+                                   nn.Conv2d(chn_in, chn_out, 1, stride=1, padding=0, bias=False))
+        self._register_load_state_dict_pre_hook(_rename_model0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.model[1].weight
+
+
+def _rename_model0(state_dict, prefix, *args) -> None:
+    old, new = prefix + "model.0.weight", prefix + "model.1.weight"
+    if old in state_dict and new not in state_dict:
+        state_dict[new] = state_dict.pop(old)
+
+
+class LPIPSFeatures:
+    """Channel-normalized trunk features of a batch of images, reusable across comparisons.
+
+    ``maps[k]`` has shape (N, C_k, H_k, W_k); ``size`` is the (H, W) of the images.
+    """
+
+    def __init__(self, maps: List[torch.Tensor], size: Tuple[int, int]) -> None:
+        self.maps, self.size = maps, tuple(size)
+
+    def __len__(self) -> int:
+        return self.maps[0].shape[0]
+
+    def __getitem__(self, idx) -> "LPIPSFeatures":
+        if isinstance(idx, int):
+            idx = slice(idx, idx + 1 if idx != -1 else None)
+        return LPIPSFeatures([m[idx] for m in self.maps], self.size)
+
+
+_NETS = {"alex": [64, 192, 384, 256, 256], "vgg": [64, 128, 256, 512, 512], "vgg16": [64, 128, 256, 512, 512],
+         "squeeze": [64, 128, 256, 384, 384, 512, 512]}
+
+
+class LPIPS(nn.Module):
+    """Learned Perceptual Image Patch Similarity (Zhang et al., CVPR 2018).
+
+    Args (those of ``lpips.LPIPS``):
+        pretrained: load the calibrated linear weights (only with ``lpips=True``).
+        net: trunk, 'alex' | 'vgg' | 'squeeze'.
+        version: '0.1' (scaling layer on) or '0.0' (the original release without it).
+        lpips: learned per-channel weights; False = unit weights (the "baseline").
+        spatial: return a distance map (N, 1, H, W) instead of (N, 1, 1, 1).
+        pnet_rand: random trunk instead of ImageNet weights.
+        pnet_tune: trunk parameters require grad.
+        use_dropout: dropout before the linear layers (active only in train mode).
+        model_path: a state dict to load: linear weights only, or a full ``lpips.LPIPS`` state dict
+            (trunk + ``lin*`` + ``lins.*``, e.g. R-LPIPS checkpoints); read with ``weights_only=True``.
+        eval_mode: put the module in eval mode.
+        verbose: log (not print) what is loaded.
+    Keyword-only additions:
+        trunk_path: explicit trunk weight file (see ``fastlpips.nets.weights``).
+        check_inputs: validate inputs on every call (one device sync per input); default True.
+
+    Forward: ``forward(in0, in1, retPerLayer=False, normalize=False)`` with images (N, 3, H, W)
+    in [-1, 1] ([0, 1] with ``normalize=True``); batch 1 broadcasts against N. Returns (N, 1, 1, 1)
+    (or (N, 1, H, W) with ``spatial=True``), and the per-layer list with ``retPerLayer=True``.
+
+    Example::
+
+        >>> import fastlpips as lpips
+        >>> loss_fn = lpips.LPIPS(net='alex')
+        >>> d = loss_fn(img0, img1)            # (N, 1, 1, 1)
+    """
+
+    def __init__(self, pretrained: bool = True, net: str = "alex", version: str = "0.1", lpips: bool = True,
+                 spatial: bool = False, pnet_rand: bool = False, pnet_tune: bool = False, use_dropout: bool = True,
+                 model_path: Optional[Union[str, os.PathLike]] = None, eval_mode: bool = True, verbose: bool = True,
+                 *, trunk_path: Optional[Union[str, os.PathLike]] = None, check_inputs: bool = True) -> None:
+        super().__init__()
+        if net not in _NETS:
+            raise ValueError(f"unknown net={net!r}; expected one of 'alex', 'vgg', 'squeeze'")
+        if version not in ("0.0", "0.1"):
+            raise ValueError(f"unknown version={version!r}; expected '0.1' or '0.0'")
+        if model_path is not None and lpips and not pretrained:
+            raise ValueError("model_path is only read with pretrained=True (lpips ignores it otherwise); "
+                             "pass pretrained=True or drop model_path")
+        if verbose:
+            logger.info("Setting up [%s] perceptual loss: trunk [%s], v[%s], spatial [%s]",
+                        "LPIPS" if lpips else "baseline", net, version, "on" if spatial else "off")
+        self.pnet_type = net
+        self.pnet_tune = pnet_tune
+        self.pnet_rand = pnet_rand
+        self.spatial = spatial
+        self.lpips = lpips
+        self.version = version
+        self.check_inputs = check_inputs
+        self.scaling_layer = ScalingLayer()
+        self.chns = list(_NETS[net])
+        self.L = len(self.chns)
+        self.net = build_trunk(net)
+        self._net_name = "vgg" if net == "vgg16" else net
+        self._min_size = self.net.min_input_size()
+        self._warned: dict = {}
+        if lpips:
+            for k, c in enumerate(self.chns):
+                setattr(self, f"lin{k}", NetLinLayer(c, use_dropout=use_dropout))
+            self.lins = nn.ModuleList([getattr(self, f"lin{k}") for k in range(self.L)])
+
+        trunk_loaded = False
+        if model_path is not None:
+            trunk_loaded = self._load_model_path(model_path, verbose)
+        if not trunk_loaded and not pnet_rand:
+            source = load_trunk_state(self.net, self._net_name, trunk_path)
+            if verbose:
+                logger.info("Loaded %s trunk weights from %s", net, source)
+        elif trunk_path is not None:
+            raise ValueError("trunk_path given but the trunk is random (pnet_rand=True) or comes from model_path")
+        if lpips and pretrained and model_path is None:
+            lin = load_lin_weights("lpips", f"v{version}_{self._net_name}")
+            for k in range(self.L):
+                self.lins[k].model[1].weight.data.copy_(lin[f"lin{k}"])
+            if verbose:
+                logger.info("Loaded LPIPS v%s %s linear weights (package data)", version, net)
+
+        for p in self.net.parameters():
+            p.requires_grad_(pnet_tune)
+        self.net.to(memory_format=torch.channels_last)
+        if eval_mode:
+            self.eval()
+
+    # -- loading ----------------------------------------------------------------------------------
+    def _load_model_path(self, model_path, verbose: bool) -> bool:
+        """Strictly load a lin-only or full lpips state dict; returns whether it held the trunk."""
+        if not os.path.isfile(model_path):
+            raise FileNotFoundError(f"model_path {model_path} does not exist")
+        try:
+            sd = torch.load(model_path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise WeightError(f"cannot read {model_path} with torch.load(weights_only=True): {e}") from e
+        if not isinstance(sd, dict):
+            raise WeightError(f"{model_path} does not hold a state dict (got {type(sd).__name__})")
+        canon = {}
+        for key, val in sd.items():
+            c = key
+            if key.startswith("lins."):
+                k, rest = key[len("lins."):].split(".", 1)
+                c = f"lin{k}.{rest}"
+            c = c.replace(".model.0.weight", ".model.1.weight") if c.startswith("lin") else c
+            if c in canon and not torch.equal(canon[c], val):
+                raise WeightError(f"{model_path}: {key} disagrees with the duplicate entry {c}")
+            canon[c] = val
+        own = {k: v for k, v in self.state_dict().items() if not k.startswith("lins.")}
+        unexpected = sorted(set(canon) - set(own))
+        if unexpected:
+            what = " (this model has lpips=False: no lin layers)" if not self.lpips and any(
+                k.startswith("lin") for k in unexpected) else ""
+            raise WeightError(f"{model_path}: unexpected keys {unexpected}{what}")
+        lin_keys = {k for k in own if k.startswith("lin")}
+        net_keys = {k for k in own if k.startswith("net.")}
+        missing_lin = sorted(lin_keys - set(canon))
+        if missing_lin:
+            raise WeightError(f"{model_path}: missing keys {missing_lin}")
+        has_net = net_keys & set(canon)
+        if has_net and has_net != net_keys:
+            raise WeightError(f"{model_path}: partial trunk, missing keys {sorted(net_keys - has_net)}")
+        bad = [f"{k}: {tuple(v.shape)} (expected {tuple(own[k].shape)})" for k, v in canon.items()
+               if tuple(v.shape) != tuple(own[k].shape)]
+        if bad:
+            raise WeightError(f"{model_path}: wrong shapes " + ", ".join(bad))
+        result = self.load_state_dict(canon, strict=False)
+        assert not result.unexpected_keys, result
+        if verbose:
+            logger.info("Loading model from: %s", model_path)
+        return bool(has_net)
+
+    # -- helpers ----------------------------------------------------------------------------------
+    @property
+    def _ref(self) -> torch.Tensor:
+        return self.scaling_layer.shift
+
+    def _check(self, x: torch.Tensor, name: str, normalize: bool) -> None:
+        V.check_image(x, name)
+        V.check_model_match(x, self._ref.device, self._ref.dtype, name)
+        V.check_size(x, self._min_size, self.pnet_type, name)
+        lo = 0.0 if normalize else -1.0
+        V.check_values(x, name, lo, 1.0, self._warned)
+
+    def _trunk_input(self, x: torch.Tensor, normalize: bool) -> torch.Tensor:
+        if normalize:
+            x = 2 * x - 1
+        if self.version == "0.1":
+            x = self.scaling_layer(x)
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def _needs_graph(self, x: torch.Tensor) -> bool:
+        return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.net.parameters()))
+
+    def _trunk(self, x: torch.Tensor, grad: bool) -> List[torch.Tensor]:
+        with torch.set_grad_enabled(grad):
+            return list(self.net(x))
+
+    def _trunk_pair(self, in0: torch.Tensor, in1: torch.Tensor, normalize: bool):
+        x0, x1 = self._trunk_input(in0, normalize), self._trunk_input(in1, normalize)
+        g0, g1 = self._needs_graph(in0), self._needs_graph(in1)
+        if x0.shape == x1.shape and g0 == g1:
+            outs = self._trunk(torch.cat([x0, x1]), g0)
+            n = x0.shape[0]
+            return [o[:n] for o in outs], [o[n:] for o in outs]
+        return self._trunk(x0, g0), self._trunk(x1, g1)
+
+    def _layer(self, k: int, n0: torch.Tensor, n1: torch.Tensor, out_hw) -> torch.Tensor:
+        diff = (n0 - n1).square()
+        m = self.lins[k](diff) if self.lpips else diff.sum(dim=1, keepdim=True)
+        return upsample(m, out_HW=out_hw) if self.spatial else m.mean([2, 3], keepdim=True)
+
+    def _combine(self, n0: Sequence[torch.Tensor], n1: Sequence[torch.Tensor], out_hw, retPerLayer: bool):
+        res = [self._layer(k, n0[k], n1[k], out_hw) for k in range(self.L)]
+        val = res[0]
+        for r in res[1:]:
+            val = val + r
+        return (val, res) if retPerLayer else val
+
+    # -- public -----------------------------------------------------------------------------------
+    def forward(self, in0: torch.Tensor, in1: torch.Tensor, retPerLayer: bool = False, normalize: bool = False):
+        if self.check_inputs:
+            self._check(in0, "in0", normalize)
+            self._check(in1, "in1", normalize)
+            V.check_pair(in0, in1)
+        outs0, outs1 = self._trunk_pair(in0, in1, normalize)
+        n0 = [normalize_channels(o) for o in outs0]
+        n1 = [normalize_channels(o) for o in outs1]
+        return self._combine(n0, n1, in0.shape[2:], retPerLayer)
+
+    def features(self, x: torch.Tensor, *, normalize: bool = False) -> LPIPSFeatures:
+        """Channel-normalized trunk features of ``x`` (N, 3, H, W), to compare many times."""
+        if self.check_inputs:
+            self._check(x, "x", normalize)
+        outs = self._trunk(self._trunk_input(x, normalize), self._needs_graph(x))
+        return LPIPSFeatures([normalize_channels(o) for o in outs], x.shape[2:])
+
+    def compare_features(self, feats0: LPIPSFeatures, feats1: LPIPSFeatures, *, retPerLayer: bool = False):
+        """Distances between precomputed features (batch 1 broadcasts): same output as ``forward``."""
+        if feats0.size != feats1.size:
+            raise ValueError(f"features come from images of different sizes {feats0.size} and {feats1.size}")
+        if len(feats0) != len(feats1) and 1 not in (len(feats0), len(feats1)):
+            raise ValueError(f"feature batches of {len(feats0)} and {len(feats1)} differ and neither is 1")
+        return self._combine(feats0.maps, feats1.maps, feats0.size, retPerLayer)
+
+    def pairwise(self, x: torch.Tensor, y: Optional[torch.Tensor] = None, *, normalize: bool = False,
+                 batch_size: int = 64, max_elements: int = 1 << 26) -> torch.Tensor:
+        """Distance matrix D[i, j] = LPIPS(x[i], y[j]) of shape (N, M) (``y=None``: all pairs of x).
+
+        Every image goes through the trunk once (in batches of ``batch_size``); the heads of all
+        pairs are evaluated in blocks of at most ``max_elements`` elements. With ``y=None`` only
+        the upper triangle is computed (D is symmetric with a zero diagonal).
+        """
+        if self.spatial:
+            raise ValueError("pairwise() returns mean distances; build the model with spatial=False")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        fx = self._batched_features(x, normalize, batch_size)
+        fy = fx if y is None else self._batched_features(y, normalize, batch_size)
+        if fx.size != fy.size:
+            raise ValueError(f"x and y have different spatial sizes {fx.size} and {fy.size}")
+        n, m = len(fx), len(fy)
+        out = torch.zeros(n, m, dtype=fx.maps[0].dtype, device=fx.maps[0].device)
+        per_pair = sum(t[0].numel() for t in fy.maps)
+        rows = max(1, min(n, max_elements // max(per_pair * m, 1)))
+        for i0 in range(0, n, rows):
+            i1 = min(n, i0 + rows)
+            j0 = i0 if y is None else 0
+            block = None
+            for k in range(self.L):
+                a = fx.maps[k][i0:i1].unsqueeze(1)
+                b = fy.maps[k][j0:].unsqueeze(0)
+                d = (a - b).square()
+                if self.lpips:
+                    d = d * self.lins[k].weight.reshape(1, 1, -1, 1, 1)
+                v = d.sum(2).mean((-2, -1))
+                block = v if block is None else block + v
+            if y is None:
+                block = torch.triu(block, diagonal=1)  # row r's diagonal entry sits in column r
+                out[i0:i1, j0:] = block
+            else:
+                out[i0:i1] = block
+        if y is None:
+            out = out + out.transpose(0, 1)
+        return out
+
+    def _batched_features(self, x: torch.Tensor, normalize: bool, batch_size: int) -> LPIPSFeatures:
+        parts = [self.features(x[i:i + batch_size], normalize=normalize) for i in range(0, x.shape[0], batch_size)]
+        return LPIPSFeatures([torch.cat([p.maps[k] for p in parts]) for k in range(self.L)], parts[0].size)

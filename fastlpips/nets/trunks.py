@@ -1,0 +1,197 @@
+"""ImageNet trunks (AlexNet, VGG16, SqueezeNet1.1 feature stacks) without torchvision.
+
+Each trunk is laid out exactly like the ``net`` module of ``lpips.LPIPS`` 0.1.4: ``slice{k}``
+``nn.Sequential`` blocks whose children keep the index they have in torchvision's ``.features``,
+so state-dict keys (``slice2.3.weight`` ...) are interchangeable with ``lpips`` checkpoints and
+torchvision's ``features.3.weight`` maps one-to-one. The forward pass returns the ReLU output at
+the end of every slice as a namedtuple with ``lpips``' field names.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, namedtuple
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from torch import nn
+
+__all__ = ["AlexNet", "VGG16", "SqueezeNet", "Fire", "TRUNKS", "build_trunk"]
+
+
+class Fire(nn.Module):
+    """SqueezeNet fire module (squeeze 1x1 -> expand 1x1 and 3x3, concatenated)."""
+
+    def __init__(self, inplanes: int, squeeze: int, expand1x1: int, expand3x3: int) -> None:
+        super().__init__()
+        self.squeeze = nn.Conv2d(inplanes, squeeze, kernel_size=1)
+        self.squeeze_activation = nn.ReLU(inplace=True)
+        self.expand1x1 = nn.Conv2d(squeeze, expand1x1, kernel_size=1)
+        self.expand1x1_activation = nn.ReLU(inplace=True)
+        self.expand3x3 = nn.Conv2d(squeeze, expand3x3, kernel_size=3, padding=1)
+        self.expand3x3_activation = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.squeeze_activation(self.squeeze(x))
+        return torch.cat(
+            [self.expand1x1_activation(self.expand1x1(x)), self.expand3x3_activation(self.expand3x3(x))], 1
+        )
+
+
+def _alexnet_features() -> List[nn.Module]:
+    return [
+        nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2), nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Conv2d(64, 192, kernel_size=5, padding=2), nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Conv2d(192, 384, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(256, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+    ]
+
+
+def _vgg16_features() -> List[nn.Module]:
+    layers: List[nn.Module] = []
+    in_ch = 3
+    for v in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512):
+        if v == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [nn.Conv2d(in_ch, v, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            in_ch = v
+    return layers
+
+
+def _squeezenet1_1_features() -> List[nn.Module]:
+    return [
+        nn.Conv2d(3, 64, kernel_size=3, stride=2), nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True),
+        Fire(64, 16, 64, 64), Fire(128, 16, 64, 64),
+        nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True),
+        Fire(128, 32, 128, 128), Fire(256, 32, 128, 128),
+        nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True),
+        Fire(256, 48, 192, 192), Fire(384, 48, 192, 192), Fire(384, 64, 256, 256), Fire(512, 64, 256, 256),
+    ]
+
+
+class _Trunk(nn.Module):
+    """Feature stack cut into slices; subclasses define the layers and slice bounds."""
+
+    # (start, stop) indices into torchvision's ``.features`` for every slice.
+    slice_bounds: Sequence[Tuple[int, int]] = ()
+    channels: Sequence[int] = ()
+    output_names: Sequence[str] = ()
+    torchvision_name: str = ""
+
+    def __init__(self, features: List[nn.Module]) -> None:
+        super().__init__()
+        for k, (a, b) in enumerate(self.slice_bounds, start=1):
+            self.add_module(f"slice{k}", nn.Sequential(OrderedDict((str(i), features[i]) for i in range(a, b))))
+        self.N_slices = len(self.slice_bounds)
+        self._outputs = namedtuple(type(self).__name__ + "Outputs", list(self.output_names))
+        self.reset_parameters()
+
+    @property
+    def slices(self) -> List[nn.Sequential]:
+        return [getattr(self, f"slice{k}") for k in range(1, self.N_slices + 1)]
+
+    def reset_parameters(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                m.reset_parameters()
+
+    def forward(self, x: torch.Tensor):
+        outs = []
+        for s in self.slices:
+            x = s(x)
+            outs.append(x)
+        return self._outputs(*outs)
+
+    # -- geometry -------------------------------------------------------------------------
+    def output_size(self, size: int) -> List[int]:
+        """Spatial size of every slice output for an input side of ``size`` pixels (0 = empty)."""
+        sizes = []
+        for s in self.slices:
+            for m in s.modules():
+                if isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
+                    size = _window_output(size, _int(m.kernel_size), _int(m.stride), _int(m.padding),
+                                          getattr(m, "ceil_mode", False))
+            sizes.append(size)
+        return sizes
+
+    def min_input_size(self) -> int:
+        """Smallest input side for which every slice output is non-empty."""
+        for n in range(1, 1024):
+            if min(self.output_size(n)) >= 1:
+                return n
+        raise RuntimeError("trunk geometry has no valid input size below 1024")  # pragma: no cover
+
+
+def _int(v) -> int:
+    return int(v[0]) if isinstance(v, tuple) else int(v)
+
+
+def _window_output(size: int, k: int, stride: int, pad: int, ceil_mode: bool) -> int:
+    """Output length of a conv/pool window along one axis, PyTorch's formula (0 when empty)."""
+    if size <= 0:
+        return 0
+    num = size + 2 * pad - (k - 1) - 1 + (stride - 1 if ceil_mode else 0)
+    if num < 0:
+        return 0
+    out = num // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:  # last window would start in the right padding
+        out -= 1
+    return max(out, 0)
+
+
+class AlexNet(_Trunk):
+    slice_bounds = ((0, 2), (2, 5), (5, 8), (8, 10), (10, 12))
+    channels = (64, 192, 384, 256, 256)
+    output_names = ("relu1", "relu2", "relu3", "relu4", "relu5")
+    torchvision_name = "alexnet"
+
+    def __init__(self) -> None:
+        super().__init__(_alexnet_features())
+
+
+class VGG16(_Trunk):
+    slice_bounds = ((0, 4), (4, 9), (9, 16), (16, 23), (23, 30))
+    channels = (64, 128, 256, 512, 512)
+    output_names = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
+    torchvision_name = "vgg16"
+
+    def __init__(self) -> None:
+        super().__init__(_vgg16_features())
+
+    def reset_parameters(self) -> None:
+        # torchvision's VGG initialisation.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+
+
+class SqueezeNet(_Trunk):
+    slice_bounds = ((0, 2), (2, 5), (5, 8), (8, 10), (10, 11), (11, 12), (12, 13))
+    channels = (64, 128, 256, 384, 384, 512, 512)
+    output_names = ("relu1", "relu2", "relu3", "relu4", "relu5", "relu6", "relu7")
+    torchvision_name = "squeezenet1_1"
+
+    def __init__(self) -> None:
+        super().__init__(_squeezenet1_1_features())
+
+    def reset_parameters(self) -> None:
+        # torchvision's SqueezeNet initialisation (the classifier conv is not part of the trunk).
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+
+TRUNKS: Dict[str, type] = {"alex": AlexNet, "vgg": VGG16, "vgg16": VGG16, "squeeze": SqueezeNet}
+
+
+def build_trunk(net: str) -> _Trunk:
+    try:
+        return TRUNKS[net]()
+    except KeyError:
+        raise ValueError(f"unknown trunk net={net!r}; expected one of 'alex', 'vgg', 'squeeze'") from None

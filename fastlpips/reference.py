@@ -1,0 +1,68 @@
+"""Pure-PyTorch ground truth of the LPIPS per-layer head (also the CPU fallback).
+
+For one trunk layer with features ``f0, f1`` of shape (N, C, H, W)::
+
+    n = f / (||f||_c + eps)                      # per pixel, over channels; eps OUTSIDE the sqrt
+    d[n, h, w] = sum_c w_c (n0 - n1)[n, c, h, w]^2   # w = None means unit weights
+    out = mean_{h,w} d  -> (N,)    or    d -> (N, 1, H, W) with ``spatial=True``
+
+Zero feature vectors: the reference ``lpips`` package gets NaN gradients there (the derivative of
+sqrt at 0). Here the norm's derivative is taken as 0 where ``||f|| == 0``, which is the exact
+one-sided derivative of ``f / (||f|| + eps)`` at f = 0 (the Jacobian there is I / eps), so
+gradients stay finite. Forward values are unchanged.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-10
+
+__all__ = ["EPS", "safe_norm", "normalize_channels", "lpips_head", "spatial_average", "upsample"]
+
+
+def safe_norm(f: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """``sqrt(sum_c f^2)`` (keepdim) whose gradient is 0 instead of NaN where the norm is 0.
+
+    ``torch.linalg.vector_norm`` is one fused reduction (no squared temporary) and its backward
+    masks the zero-norm case, which is exactly the behaviour wanted here.
+    """
+    return torch.linalg.vector_norm(f, ord=2, dim=dim, keepdim=True)
+
+
+def normalize_channels(f: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """``f / (||f||_channels + eps)`` with finite gradients at f = 0 (see module docstring)."""
+    return f / (safe_norm(f) + eps)
+
+
+def spatial_average(x: torch.Tensor, keepdim: bool = True) -> torch.Tensor:
+    """Mean over the two spatial axes (``lpips.spatial_average``)."""
+    return x.mean([2, 3], keepdim=keepdim)
+
+
+def upsample(x: torch.Tensor, out_HW=(64, 64)) -> torch.Tensor:
+    """Bilinear resize to ``out_HW`` with align_corners=False (``lpips.upsample``)."""
+    return F.interpolate(x, size=tuple(out_HW), mode="bilinear", align_corners=False)
+
+
+def lpips_head(f0: torch.Tensor, f1: torch.Tensor, weight: Optional[torch.Tensor] = None, *,
+               eps: float = EPS, spatial: bool = False, normalized: bool = False) -> torch.Tensor:
+    """One layer's LPIPS distance.
+
+    Args:
+        f0, f1: features (N, C, H, W), any memory layout; N may broadcast (1 vs N).
+        weight: per-channel weights of shape (C,) or (1, C, 1, 1); None = unit weights.
+        eps: added to the channel norm (outside the sqrt).
+        spatial: return the (N, 1, H, W) map instead of the (N,) mean.
+        normalized: f0, f1 are already channel-normalized (skip that step).
+    """
+    if not normalized:
+        f0, f1 = normalize_channels(f0, eps), normalize_channels(f1, eps)
+    d = (f0 - f1).square()
+    if weight is None:
+        m = d.sum(1, keepdim=True)
+    else:
+        m = F.conv2d(d, weight.reshape(1, -1, 1, 1).to(d.dtype))
+    return m if spatial else m.mean((1, 2, 3))
