@@ -3,6 +3,7 @@
 ``import fastlpips as lpips`` works for code written against the ``lpips`` package.
 """
 from ._validation import RangeWarning
+from .functional import distance_matrix, get_model, lpips
 from .model import LPIPS, LPIPSFeatures, NetLinLayer, ScalingLayer
 from .nets.weights import WeightError
 from .utils import im2tensor, l2, load_image, normalize_tensor, psnr, spatial_average, tensor2im, upsample
@@ -10,6 +11,6 @@ from .utils import im2tensor, l2, load_image, normalize_tensor, psnr, spatial_av
 __version__ = "0.1.0"
 
 __all__ = [
-    "LPIPS", "LPIPSFeatures", "NetLinLayer", "ScalingLayer", "WeightError", "RangeWarning",
+    "lpips", "distance_matrix", "get_model", "LPIPS", "LPIPSFeatures", "NetLinLayer", "ScalingLayer", "WeightError", "RangeWarning",
     "im2tensor", "tensor2im", "load_image", "normalize_tensor", "spatial_average", "upsample", "l2", "psnr",
 ]

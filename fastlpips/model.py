@@ -85,6 +85,13 @@ class LPIPSFeatures:
     def __len__(self) -> int:
         return self.maps[0].shape[0]
 
+    @staticmethod
+    def cat(parts: Sequence["LPIPSFeatures"]) -> "LPIPSFeatures":
+        """Concatenate feature batches of images of one size."""
+        if len({p.size for p in parts}) != 1:
+            raise ValueError(f"cannot concatenate features of images of sizes {sorted({p.size for p in parts})}")
+        return LPIPSFeatures([torch.cat(ms) for ms in zip(*(p.maps for p in parts))], parts[0].size)
+
     def __getitem__(self, idx) -> "LPIPSFeatures":
         if isinstance(idx, int):
             idx = slice(idx, idx + 1 if idx != -1 else None)
@@ -311,12 +318,21 @@ class LPIPS(nn.Module):
         pairs are evaluated in blocks of at most ``max_elements`` elements. With ``y=None`` only
         the upper triangle is computed (D is symmetric with a zero diagonal).
         """
-        if self.spatial:
-            raise ValueError("pairwise() returns mean distances; build the model with spatial=False")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if self.spatial:
+            raise ValueError("pairwise() returns mean distances; build the model with spatial=False")
         fx = self._batched_features(x, normalize, batch_size)
-        fy = fx if y is None else self._batched_features(y, normalize, batch_size)
+        fy = None if y is None else self._batched_features(y, normalize, batch_size)
+        return self.pairwise_features(fx, fy, max_elements=max_elements)
+
+    def pairwise_features(self, fx: LPIPSFeatures, fy: Optional[LPIPSFeatures] = None, *,
+                          max_elements: int = 1 << 26) -> torch.Tensor:
+        """``pairwise`` on precomputed features (``fy=None``: all pairs of fx)."""
+        if self.spatial:
+            raise ValueError("pairwise() returns mean distances; build the model with spatial=False")
+        sym = fy is None
+        fy = fx if sym else fy
         if fx.size != fy.size:
             raise ValueError(f"x and y have different spatial sizes {fx.size} and {fy.size}")
         n, m = len(fx), len(fy)
@@ -325,25 +341,21 @@ class LPIPS(nn.Module):
         rows = max(1, min(n, max_elements // max(per_pair * m, 1)))
         for i0 in range(0, n, rows):
             i1 = min(n, i0 + rows)
-            j0 = i0 if y is None else 0
+            j0 = i0 if sym else 0
             block = None
             for k in range(self.L):
-                a = fx.maps[k][i0:i1].unsqueeze(1)
-                b = fy.maps[k][j0:].unsqueeze(0)
-                d = (a - b).square()
+                d = (fx.maps[k][i0:i1].unsqueeze(1) - fy.maps[k][j0:].unsqueeze(0)).square()
                 if self.lpips:
                     d = d * self.lins[k].weight.reshape(1, 1, -1, 1, 1)
                 v = d.sum(2).mean((-2, -1))
                 block = v if block is None else block + v
-            if y is None:
+            if sym:
                 block = torch.triu(block, diagonal=1)  # row r's diagonal entry sits in column r
-                out[i0:i1, j0:] = block
-            else:
-                out[i0:i1] = block
-        if y is None:
-            out = out + out.transpose(0, 1)
-        return out
+            out[i0:i1, j0:] = block
+        return out + out.transpose(0, 1) if sym else out
 
     def _batched_features(self, x: torch.Tensor, normalize: bool, batch_size: int) -> LPIPSFeatures:
-        parts = [self.features(x[i:i + batch_size], normalize=normalize) for i in range(0, x.shape[0], batch_size)]
-        return LPIPSFeatures([torch.cat([p.maps[k] for p in parts]) for k in range(self.L)], parts[0].size)
+        if self.check_inputs:
+            V.check_image(x, "x")
+        return LPIPSFeatures.cat([self.features(x[i:i + batch_size], normalize=normalize)
+                                  for i in range(0, max(x.shape[0], 1), batch_size)])

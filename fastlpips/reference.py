@@ -37,14 +37,14 @@ def normalize_channels(f: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     return f / (safe_norm(f) + eps)
 
 
-def spatial_average(x: torch.Tensor, keepdim: bool = True) -> torch.Tensor:
+def spatial_average(in_tens: torch.Tensor, keepdim: bool = True) -> torch.Tensor:
     """Mean over the two spatial axes (``lpips.spatial_average``)."""
-    return x.mean([2, 3], keepdim=keepdim)
+    return in_tens.mean([2, 3], keepdim=keepdim)
 
 
-def upsample(x: torch.Tensor, out_HW=(64, 64)) -> torch.Tensor:
+def upsample(in_tens: torch.Tensor, out_HW=(64, 64)) -> torch.Tensor:
     """Bilinear resize to ``out_HW`` with align_corners=False (``lpips.upsample``)."""
-    return F.interpolate(x, size=tuple(out_HW), mode="bilinear", align_corners=False)
+    return F.interpolate(in_tens, size=tuple(out_HW), mode="bilinear", align_corners=False)
 
 
 def lpips_head(f0: torch.Tensor, f1: torch.Tensor, weight: Optional[torch.Tensor] = None, *,
