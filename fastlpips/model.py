@@ -26,7 +26,8 @@ from torch import nn
 from . import _validation as V
 from .nets.trunks import build_trunk
 from .nets.weights import WeightError, load_lin_weights, load_trunk_state
-from .reference import normalize_channels, upsample
+from .ops.head import lpips_head_map
+from .reference import EPS, normalize_channels, upsample
 
 logger = logging.getLogger("fastlpips")
 
@@ -71,6 +72,11 @@ def _rename_model0(state_dict, prefix, *args) -> None:
     old, new = prefix + "model.0.weight", prefix + "model.1.weight"
     if old in state_dict and new not in state_dict:
         state_dict[new] = state_dict.pop(old)
+
+
+def _normalize_(f: torch.Tensor) -> torch.Tensor:
+    """In-place ``f / (||f|| + eps)`` (no autograd): same rounding as ``normalize_channels``."""
+    return f.div_(torch.linalg.vector_norm(f, dim=1, keepdim=True).add_(EPS))
 
 
 class LPIPSFeatures:
@@ -270,13 +276,24 @@ class LPIPS(nn.Module):
             return [o[:n] for o in outs], [o[n:] for o in outs]
         return self._trunk(x0, g0), self._trunk(x1, g1)
 
-    def _layer(self, k: int, n0: torch.Tensor, n1: torch.Tensor, out_hw) -> torch.Tensor:
-        diff = (n0 - n1).square()
-        m = self.lins[k](diff) if self.lpips else diff.sum(dim=1, keepdim=True)
+    def _layer(self, k: int, n0: torch.Tensor, n1: torch.Tensor, out_hw, inplace: bool = False) -> torch.Tensor:
+        """One layer's distance from channel-normalized features (N, C, H, W)."""
+        diff = n0.sub_(n1).square_() if inplace and n0.shape == n1.shape else (n0 - n1).square()
+        lin = self.lins[k] if self.lpips else None
+        if lin is None:
+            m = diff.sum(dim=1, keepdim=True)
+        elif self.training and isinstance(lin.model[0], nn.Dropout):
+            m = lin(diff)  # dropout active: exactly the lpips module
+        elif diff.is_contiguous(memory_format=torch.channels_last) and diff.shape[1] > 1:
+            # (N, H, W, C) @ (C, 1): a GEMV over the contiguous channel axis, cheaper than conv2d 1x1
+            m = torch.matmul(diff.permute(0, 2, 3, 1), lin.weight.reshape(-1, 1)).permute(0, 3, 1, 2)
+        else:
+            m = lin(diff)
         return upsample(m, out_HW=out_hw) if self.spatial else m.mean([2, 3], keepdim=True)
 
-    def _combine(self, n0: Sequence[torch.Tensor], n1: Sequence[torch.Tensor], out_hw, retPerLayer: bool):
-        res = [self._layer(k, n0[k], n1[k], out_hw) for k in range(self.L)]
+    def _combine(self, n0: Sequence[torch.Tensor], n1: Sequence[torch.Tensor], out_hw, retPerLayer: bool,
+                 inplace: bool = False):
+        res = [self._layer(k, n0[k], n1[k], out_hw, inplace) for k in range(self.L)]
         val = res[0]
         for r in res[1:]:
             val = val + r
@@ -291,9 +308,29 @@ class LPIPS(nn.Module):
             self._check(in0, "in0", normalize, basic=False)
             self._check(in1, "in1", normalize, basic=False)
         outs0, outs1 = self._trunk_pair(in0, in1, normalize)
-        n0 = [normalize_channels(o) for o in outs0]
-        n1 = [normalize_channels(o) for o in outs1]
-        return self._combine(n0, n1, in0.shape[2:], retPerLayer)
+        grad = torch.is_grad_enabled()
+        needs_graph = grad and (outs0[0].requires_grad or outs1[0].requires_grad
+                                or (self.lpips and any(p.requires_grad for p in self.lins.parameters())))
+        if not needs_graph:
+            # No autograd graph at all: the trunk outputs are ours alone; normalize and diff in place.
+            with torch.no_grad():
+                n0 = [_normalize_(o) for o in outs0]
+                n1 = [_normalize_(o) for o in outs1]
+                return self._combine(n0, n1, in0.shape[2:], retPerLayer, inplace=True)
+        if self.lpips and self.training and isinstance(self.lin0.model[0], nn.Dropout):
+            # dropout before the lin layers is active: run exactly the lpips module sequence
+            n0 = [normalize_channels(o) for o in outs0]
+            n1 = [normalize_channels(o) for o in outs1]
+            return self._combine(n0, n1, in0.shape[2:], retPerLayer)
+        # One autograd node per layer with analytic derivatives (fastlpips.ops.head).
+        res = []
+        for k in range(self.L):
+            m = lpips_head_map(outs0[k], outs1[k], self.lins[k].weight if self.lpips else None)
+            res.append(upsample(m, out_HW=in0.shape[2:]) if self.spatial else m.mean([2, 3], keepdim=True))
+        val = res[0]
+        for r in res[1:]:
+            val = val + r
+        return (val, res) if retPerLayer else val
 
     def features(self, x: torch.Tensor, *, normalize: bool = False) -> LPIPSFeatures:
         """Channel-normalized trunk features of ``x`` (N, 3, H, W), to compare many times."""
