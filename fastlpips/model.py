@@ -25,7 +25,7 @@ from torch import nn
 
 from . import _validation as V
 from .nets.trunks import build_trunk
-from .nets.weights import WeightError, load_lin_weights, load_trunk_state
+from .nets.weights import WeightError, load_lin_weights, load_trunk_state, read_state_dict
 from .ops.head import lpips_head_map
 from .reference import EPS, normalize_channels, upsample
 
@@ -200,12 +200,7 @@ class LPIPS(nn.Module):
         """Strictly load a lin-only or full lpips state dict; returns whether it held the trunk."""
         if not os.path.isfile(model_path):
             raise FileNotFoundError(f"model_path {model_path} does not exist")
-        try:
-            sd = torch.load(model_path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise WeightError(f"cannot read {model_path} with torch.load(weights_only=True): {e}") from e
-        if not isinstance(sd, dict):
-            raise WeightError(f"{model_path} does not hold a state dict (got {type(sd).__name__})")
+        sd = read_state_dict(model_path)
         canon = {}
         for key, val in sd.items():
             c = key

