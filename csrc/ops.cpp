@@ -1,6 +1,7 @@
 // fastlpips._C: the native extension. This file holds the Python module and build facts; kernels
 // are registered from csrc/cpu/*.cpp (and csrc/cuda/*.cu when built with CUDA).
 #include <torch/extension.h>
+#include <torch/library.h>
 
 #include <string>
 
@@ -27,6 +28,16 @@ static py::dict build_info() {
 }
 
 }  // namespace fastlpips
+
+// Schemas of the native ops (implementations: csrc/cpu/*.cpp, csrc/cuda/*.cpp). Fake (meta)
+// kernels and autograd are registered from Python (fastlpips/ops/native.py).
+TORCH_LIBRARY(fastlpips_cpp, m) {
+  m.def("head_fwd(Tensor f0, Tensor f1, Tensor? w, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def("head_bwd(Tensor g, Tensor f0, Tensor f1, Tensor? w, Tensor r0, Tensor r1, float eps, bool[3] needs)"
+        " -> (Tensor, Tensor, Tensor)");
+  m.def("head_jvp(Tensor f0, Tensor f1, Tensor? w, Tensor r0, Tensor r1, Tensor? t0, Tensor? t1, Tensor? tw,"
+        " float eps) -> Tensor");
+}
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastlpips native extension";
