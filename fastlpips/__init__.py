@@ -2,6 +2,7 @@
 
 ``import fastlpips as lpips`` works for code written against the ``lpips`` package.
 """
+from ._backend import BackendUnavailable, backends
 from ._validation import RangeWarning
 from .functional import distance_matrix, get_model, lpips
 from .model import LPIPS, LPIPSFeatures, NetLinLayer, ScalingLayer
@@ -11,6 +12,6 @@ from .utils import im2tensor, l2, load_image, normalize_tensor, psnr, spatial_av
 __version__ = "0.1.0"
 
 __all__ = [
-    "lpips", "distance_matrix", "get_model", "LPIPS", "LPIPSFeatures", "NetLinLayer", "ScalingLayer", "WeightError", "RangeWarning",
+    "lpips", "distance_matrix", "get_model", "backends", "BackendUnavailable", "LPIPS", "LPIPSFeatures", "NetLinLayer", "ScalingLayer", "WeightError", "RangeWarning",
     "im2tensor", "tensor2im", "load_image", "normalize_tensor", "spatial_average", "upsample", "l2", "psnr",
 ]

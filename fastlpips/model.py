@@ -26,6 +26,7 @@ from torch import nn
 from . import _validation as V
 from .nets.trunks import build_trunk
 from .nets.weights import WeightError, load_lin_weights, load_trunk_state, read_state_dict
+from ._backend import resolve
 from .ops.head import lpips_head_map
 from .reference import EPS, normalize_channels, upsample
 
@@ -127,6 +128,11 @@ class LPIPS(nn.Module):
     Keyword-only additions:
         trunk_path: explicit trunk weight file (see ``fastlpips.nets.weights``).
         check_inputs: validate inputs on every call (one device sync per input); default True.
+        backend: head kernels, 'auto' (default; or ``$FASTLPIPS_BACKEND``) | 'torch' | 'cpp' |
+            'triton' | 'cuda' | 'cupy' (see ``fastlpips.backends()``).
+        dtype: reduced-precision mode, e.g. ``torch.bfloat16``: trunk and head run in that dtype
+            with fp32 accumulation; inputs of any float dtype are accepted and the result is fp32.
+            Opt-in; its error is measured in benchmarks/README.md.
 
     Forward: ``forward(in0, in1, retPerLayer=False, normalize=False)`` with images (N, 3, H, W)
     in [-1, 1] ([0, 1] with ``normalize=True``); batch 1 broadcasts against N. Returns (N, 1, 1, 1)
@@ -142,7 +148,8 @@ class LPIPS(nn.Module):
     def __init__(self, pretrained: bool = True, net: str = "alex", version: str = "0.1", lpips: bool = True,
                  spatial: bool = False, pnet_rand: bool = False, pnet_tune: bool = False, use_dropout: bool = True,
                  model_path: Optional[Union[str, os.PathLike]] = None, eval_mode: bool = True, verbose: bool = True,
-                 *, trunk_path: Optional[Union[str, os.PathLike]] = None, check_inputs: bool = True) -> None:
+                 *, trunk_path: Optional[Union[str, os.PathLike]] = None, check_inputs: bool = True,
+                 backend: Optional[str] = None, dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
         if net not in _NETS:
             raise ValueError(f"unknown net={net!r}; expected one of 'alex', 'vgg', 'squeeze'")
@@ -161,6 +168,10 @@ class LPIPS(nn.Module):
         self.lpips = lpips
         self.version = version
         self.check_inputs = check_inputs
+        self.backend = backend
+        if dtype is not None and dtype not in (torch.bfloat16, torch.float16):
+            raise ValueError(f"dtype= selects a reduced-precision mode (torch.bfloat16 or torch.float16), got {dtype}")
+        self.compute_dtype = dtype
         self.scaling_layer = ScalingLayer()
         self.chns = list(_NETS[net])
         self.L = len(self.chns)
@@ -192,6 +203,8 @@ class LPIPS(nn.Module):
         for p in self.net.parameters():
             p.requires_grad_(pnet_tune)
         self.net.to(memory_format=torch.channels_last)
+        if dtype is not None:
+            self.net.to(dtype)
         if eval_mode:
             self.eval()
 
@@ -243,7 +256,7 @@ class LPIPS(nn.Module):
     def _check(self, x: torch.Tensor, name: str, normalize: bool, *, basic: bool = True) -> None:
         if basic:
             V.check_image(x, name)
-        V.check_model_match(x, self._ref.device, self._ref.dtype, name)
+        V.check_model_match(x, self._ref.device, x.dtype if self.compute_dtype else self._ref.dtype, name)
         V.check_size(x, self._min_size, self.pnet_type, name)
         lo = 0.0 if normalize else -1.0
         V.check_values(x, name, lo, 1.0, self._warned)
@@ -252,7 +265,9 @@ class LPIPS(nn.Module):
         if normalize:
             x = 2 * x - 1
         if self.version == "0.1":
-            x = self.scaling_layer(x)
+            x = self.scaling_layer(x.to(self._ref.dtype) if self.compute_dtype else x)
+        if self.compute_dtype is not None:
+            x = x.to(self.compute_dtype)
         return x.contiguous(memory_format=torch.channels_last)
 
     def _needs_graph(self, x: torch.Tensor) -> bool:
@@ -306,8 +321,9 @@ class LPIPS(nn.Module):
         grad = torch.is_grad_enabled()
         needs_graph = grad and (outs0[0].requires_grad or outs1[0].requires_grad
                                 or (self.lpips and any(p.requires_grad for p in self.lins.parameters())))
-        if not needs_graph:
-            # No autograd graph at all: the trunk outputs are ours alone; normalize and diff in place.
+        backend = resolve(outs0[0].device, self.backend)
+        if not needs_graph and backend == "torch" and self.compute_dtype is None:
+            # Pure torch without an autograd graph: the trunk outputs are ours alone; work in place.
             with torch.no_grad():
                 n0 = [_normalize_(o) for o in outs0]
                 n1 = [_normalize_(o) for o in outs1]
@@ -317,10 +333,10 @@ class LPIPS(nn.Module):
             n0 = [normalize_channels(o) for o in outs0]
             n1 = [normalize_channels(o) for o in outs1]
             return self._combine(n0, n1, in0.shape[2:], retPerLayer)
-        # One autograd node per layer with analytic derivatives (fastlpips.ops.head).
+        # The fused head (one autograd node per layer, fastlpips.ops.head), any backend.
         res = []
         for k in range(self.L):
-            m = lpips_head_map(outs0[k], outs1[k], self.lins[k].weight if self.lpips else None)
+            m = lpips_head_map(outs0[k], outs1[k], self.lins[k].weight if self.lpips else None, backend=backend)
             res.append(upsample(m, out_HW=in0.shape[2:]) if self.spatial else m.mean([2, 3], keepdim=True))
         val = res[0]
         for r in res[1:]:

@@ -99,15 +99,88 @@ class _HeadMap(torch.autograd.Function):
         return tm, None, None, None, None
 
 
-def lpips_head_map(f0: torch.Tensor, f1: torch.Tensor, weight: Optional[torch.Tensor] = None,
-                   *, eps: float = EPS) -> torch.Tensor:
-    """Spatial LPIPS map (N, 1, H, W) of one layer; batch 1 broadcasts against N.
+# Backends whose head kernels exist (see fastlpips._backend); each maps to (fwd, bwd, jvp) ops.
+IMPLEMENTED = {"torch", "cpp"}
 
-    Same value as ``reference.lpips_head(f0, f1, weight, spatial=True)``; gradients for f0, f1
-    and the weights (any shape with C elements), double backward and forward-mode AD.
+
+def _native_ops(backend: str):
+    if backend == "cpp":
+        ops = torch.ops.fastlpips_cpp
+        return ops.head_fwd, ops.head_bwd, ops.head_jvp
+    raise NotImplementedError(f"no head kernels for backend {backend!r}")  # pragma: no cover
+
+
+def _torch_vjp(g, f0, f1, w, eps, needs):
+    """Differentiable backward formula (used for double backward of the native backends)."""
+    (n0, r0), (n1, r1) = _normalize(f0, eps), _normalize(f1, eps)
+    d = n0 - n1
+    u = 2 * d * (g if w is None else g * w.reshape(1, -1, 1, 1))
+    g0 = _dnormalize(u, n0, r0, eps) if needs[0] else None
+    g1 = _dnormalize(-u, n1, r1, eps) if needs[1] else None
+    gw = (d.square() * g).sum((0, 2, 3)).reshape(w.shape) if (w is not None and needs[2]) else None
+    return g0, g1, gw
+
+
+class _NativeHeadMap(torch.autograd.Function):
+    """Native kernels behind one autograd node: backward and jvp call the backend's kernels;
+    double backward (create_graph=True) uses the differentiable torch formula."""
+
+    @staticmethod
+    def forward(f0, f1, w, eps, backend):
+        fwd, _, _ = _native_ops(backend)
+        return fwd(f0, f1, w, eps)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        f0, f1, w, eps, backend = inputs
+        _, r0, r1 = output
+        ctx.eps, ctx.backend = eps, backend
+        ctx.save_for_backward(f0, f1, w, r0, r1)
+        ctx.save_for_forward(f0, f1, w, r0, r1)
+        ctx.mark_non_differentiable(r0, r1)
+
+    @staticmethod
+    def backward(ctx, g, *unused):
+        f0, f1, w, r0, r1 = ctx.saved_tensors
+        needs = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], w is not None and ctx.needs_input_grad[2]]
+        if torch.is_grad_enabled():
+            g0, g1, gw = _torch_vjp(g, f0, f1, w, ctx.eps, needs)
+        else:
+            _, bwd, _ = _native_ops(ctx.backend)
+            g0, g1, gw = bwd(g, f0, f1, w, r0, r1, ctx.eps, needs)
+            g0, g1, gw = (g0 if needs[0] else None), (g1 if needs[1] else None), (gw if needs[2] else None)
+        return g0, g1, gw, None, None
+
+    @staticmethod
+    def jvp(ctx, t0, t1, tw, *unused):
+        f0, f1, w, r0, r1 = ctx.saved_tensors
+        _, _, jvp = _native_ops(ctx.backend)
+        tw = None if tw is None else tw.reshape(-1)
+        return jvp(f0, f1, w, r0, r1, t0, t1, tw, ctx.eps), None, None
+
+
+def lpips_head_map(f0: torch.Tensor, f1: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                   *, eps: float = EPS, backend: Optional[str] = None) -> torch.Tensor:
+    """Spatial LPIPS map of one layer: (N, 1, H, W) = sum_c w_c (n0 - n1)_c^2, n = f / (||f|| + eps).
+
+    Args:
+        f0, f1: features (N, C, H, W), contiguous or channels_last; batch 1 broadcasts against N.
+        weight: per-channel weights, C elements in any shape (None = unit weights).
+        backend: 'auto' (default, or ``$FASTLPIPS_BACKEND``), 'torch', 'cpp', 'triton', 'cuda', 'cupy'.
+    Returns the map in the accumulation dtype (float32 for fp16/bf16/fp32 features, float64 for
+    float64). Gradients for f0, f1 and the weights, double backward, forward-mode AD (jvp).
+    Same value as ``reference.lpips_head(f0, f1, weight, spatial=True)``.
     """
+    from .._backend import resolve
+
     if f0.shape[0] != f1.shape[0]:
         n = max(f0.shape[0], f1.shape[0])
         f0, f1 = f0.expand(n, *f0.shape[1:]), f1.expand(n, *f1.shape[1:])
+    name = resolve(f0.device, backend)
     w = None if weight is None else weight.reshape(-1)
-    return _HeadMap.apply(f0, f1, w, eps)[0]
+    if name == "torch":
+        acc = torch.float64 if f0.dtype == torch.float64 else torch.float32
+        if f0.dtype != acc:  # low precision: accumulate in fp32 (eps would underflow in fp16)
+            f0, f1 = f0.to(acc), f1.to(acc)
+        return _HeadMap.apply(f0, f1, None if w is None else w.to(acc), eps)[0]
+    return _NativeHeadMap.apply(f0, f1, w, eps, name)[0]
