@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import os
 from typing import Dict, Optional
 
@@ -41,14 +42,10 @@ def _native() -> Optional[str]:
 
 
 def _triton_interpreting() -> bool:
-    if os.environ.get("TRITON_INTERPRET", "") == "1":
-        return True
-    try:
-        import triton
+    """Whether the Triton kernels run interpreted (decided when fastlpips.kernels.head is imported)."""
+    from fastlpips.kernels import head
 
-        return bool(triton.knobs.runtime.interpret)
-    except Exception:
-        return False
+    return head.INTERPRETED
 
 
 def _why_not(name: str, device_type: str) -> Optional[str]:
@@ -71,12 +68,11 @@ def _why_not(name: str, device_type: str) -> Optional[str]:
             return "fastlpips._C was built without CUDA (needs nvcc and a CUDA build of torch at install time)"
         return None if torch.cuda.is_available() else "no CUDA device is available"
     if name == "triton":
-        try:
-            importlib.import_module("triton")
-        except ImportError:
+        if importlib.util.find_spec("triton") is None:  # not imported here: fastlpips.kernels decides how
             return "triton is not installed"
         if device_type == "cpu" and not _triton_interpreting():
-            return "triton runs CPU tensors only under its interpreter (TRITON_INTERPRET=1)"
+            return ("triton runs CPU tensors only through its interpreter, which is used when no CUDA "
+                    "device is present (or TRITON_INTERPRET=1 is set before triton is imported)")
         if device_type == "cuda" and not torch.cuda.is_available():
             return "no CUDA device is available"
         return _missing_kernels("triton")

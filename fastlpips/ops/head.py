@@ -100,12 +100,17 @@ class _HeadMap(torch.autograd.Function):
 
 
 # Backends whose head kernels exist (see fastlpips._backend); each maps to (fwd, bwd, jvp) ops.
-IMPLEMENTED = {"torch", "cpp"}
+IMPLEMENTED = {"torch", "cpp", "triton"}
 
 
 def _native_ops(backend: str):
     if backend == "cpp":
         ops = torch.ops.fastlpips_cpp
+        return ops.head_fwd, ops.head_bwd, ops.head_jvp
+    if backend == "triton":
+        from . import triton_ops  # noqa: F401  (registers torch.ops.fastlpips_triton)
+
+        ops = torch.ops.fastlpips_triton
         return ops.head_fwd, ops.head_bwd, ops.head_jvp
     raise NotImplementedError(f"no head kernels for backend {backend!r}")  # pragma: no cover
 
