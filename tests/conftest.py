@@ -13,6 +13,13 @@ os.environ["FASTLPIPS_OFFLINE"] = "1"
 os.environ["FASTLPIPS_CACHE"] = str(Path(_TMP) / "cache")
 os.environ["TORCH_HOME"] = str(Path(_TMP) / "torch")
 
+# Triton decides between compiled and interpreted kernels when its kernels are defined: make that
+# decision (interpreted, on this GPU-less machine) before anything else (torch.compile) imports it.
+try:
+    import fastlpips.kernels.head  # noqa: F401,E402
+except ImportError:  # triton not installed: the triton backend reports itself unavailable
+    pass
+
 SHARED = Path(os.environ.get("FASTLPIPS_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 

@@ -100,17 +100,22 @@ class _HeadMap(torch.autograd.Function):
 
 
 # Backends whose head kernels exist (see fastlpips._backend); each maps to (fwd, bwd, jvp) ops.
-IMPLEMENTED = {"torch", "cpp", "triton"}
+IMPLEMENTED = {"torch", "cpp", "triton", "cuda", "cupy"}
 
 
 def _native_ops(backend: str):
-    if backend == "cpp":
+    if backend in ("cpp", "cuda"):  # one native op, CPU and CUDA implementations
         ops = torch.ops.fastlpips_cpp
         return ops.head_fwd, ops.head_bwd, ops.head_jvp
     if backend == "triton":
         from . import triton_ops  # noqa: F401  (registers torch.ops.fastlpips_triton)
 
         ops = torch.ops.fastlpips_triton
+        return ops.head_fwd, ops.head_bwd, ops.head_jvp
+    if backend == "cupy":
+        from . import cupy_ops  # noqa: F401  (registers torch.ops.fastlpips_cupy)
+
+        ops = torch.ops.fastlpips_cupy
         return ops.head_fwd, ops.head_bwd, ops.head_jvp
     raise NotImplementedError(f"no head kernels for backend {backend!r}")  # pragma: no cover
 

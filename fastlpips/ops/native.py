@@ -8,33 +8,12 @@ from __future__ import annotations
 import torch
 
 from .. import _C  # noqa: F401  (loads the schemas)
+from .registry import fake_bwd, fake_fwd, fake_jvp
 
 
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-@torch.library.register_fake("fastlpips_cpp::head_fwd")
-def _fwd_fake(f0, f1, w, eps):
-    n, _, h, wd = f0.shape
-    m = f0.new_empty((n, 1, h, wd), dtype=_acc(f0.dtype))
-    return m, torch.empty_like(m), torch.empty_like(m)
-
-
-@torch.library.register_fake("fastlpips_cpp::head_bwd")
-def _bwd_fake(g, f0, f1, w, r0, r1, eps, needs):
-    shape = f0.shape
-    cl = torch.channels_last
-    g0 = torch.empty(shape, dtype=f0.dtype, device=f0.device, memory_format=cl) if needs[0] else f0.new_empty((0,))
-    g1 = torch.empty(shape, dtype=f1.dtype, device=f1.device, memory_format=cl) if needs[1] else f1.new_empty((0,))
-    gw = w.new_empty(w.shape) if (needs[2] and w is not None) else f0.new_empty((0,), dtype=_acc(f0.dtype))
-    return g0, g1, gw
-
-
-@torch.library.register_fake("fastlpips_cpp::head_jvp")
-def _jvp_fake(f0, f1, w, r0, r1, t0, t1, tw, eps):
-    n, _, h, wd = f0.shape
-    return f0.new_empty((n, 1, h, wd), dtype=_acc(f0.dtype))
+torch.library.register_fake("fastlpips_cpp::head_fwd")(fake_fwd)
+torch.library.register_fake("fastlpips_cpp::head_bwd")(fake_bwd)
+torch.library.register_fake("fastlpips_cpp::head_jvp")(fake_jvp)
 
 
 def _setup(ctx, inputs, output):
