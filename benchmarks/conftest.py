@@ -36,3 +36,22 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["torch_threads"] = torch.get_num_threads()
     machine_info["cpu_count"] = os.cpu_count()
     machine_info["cuda"] = torch.cuda.is_available()
+
+
+def real_pairs(size, n=6):
+    """Crops of scikit-image's bundled photos and a real distortion of them (blur + noise)."""
+    import numpy as np
+    from skimage import data
+
+    photos = [data.astronaut(), data.chelsea(), data.coffee()]
+    xs = []
+    for i in range(n):
+        im = photos[i % len(photos)]
+        y0, x0 = min(10 + 11 * i, im.shape[0] - size), min(20 + 13 * i, im.shape[1] - size)
+        crop = np.ascontiguousarray(im[y0:y0 + size, x0:x0 + size, :3])
+        xs.append(torch.from_numpy(crop).permute(2, 0, 1).float() / 127.5 - 1)
+    x = torch.stack(xs)
+    g = torch.Generator().manual_seed(0)
+    k = torch.ones(3, 1, 3, 3) / 9
+    y = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect"), k, groups=3)
+    return x, (y + 0.05 * torch.randn(x.shape, generator=g)).clamp(-1, 1)

@@ -1,8 +1,8 @@
-"""Turn a pytest-benchmark JSON into the same-run ratio table of benchmarks/README.md.
+"""Turn a pytest-benchmark JSON into the same-run ratio tables of benchmarks/README.md.
 
 Usage: python benchmarks/report.py benchmarks/results/latest.json [--readme benchmarks/README.md]
-Ratios are reference median / fastlpips median, from the same run on the same machine; the
-goals come from the issues and are checked here, not in the tests (machines are noisy).
+Ratios are baseline median / provider median, from the same run on the same machine; the goals
+come from the issues and are checked here, not in the tests (machines are noisy).
 """
 import argparse
 import json
@@ -10,40 +10,68 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-# group prefix -> goal (minimum ratio vs the reference), from issue 2's acceptance list
-GOALS = {"forward ": 1.2, "forward+backward ": 1.1, "all-pairs ": 10.0}
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+BASELINES = ("lpips", "reference")
+
+# (group regex, provider) -> minimum speed-up vs the baseline (issues 2 and 3)
+GOALS = [
+    (r"^forward vgg 256x256", "fastlpips", 2.0),
+    (r"^forward vgg 64x64", "fastlpips", 1.6),
+    (r"^forward alex 64x64", "fastlpips", 1.3),
+    (r"^forward ", "fastlpips", 1.2),
+    (r"^forward vgg", "fastlpips-bf16", 3.0),
+    (r"^forward\+backward ", "fastlpips", 1.5),
+    (r"^all-pairs ", "fastlpips", 10.0),
+    (r"^head forward .*\[cpu\]", "cpp", 3.0),
+    (r"^head forward\+backward .*\[cpu\]", "cpp", 2.0),
+]
 
 
-def goal_for(group):
-    best = None
-    for prefix, g in GOALS.items():
-        if group.startswith(prefix) and (best is None or len(prefix) > len(best[0])):
-            best = (prefix, g)
-    return best[1] if best else None
+def goal_for(group, provider):
+    for pattern, prov, g in GOALS:
+        if prov == provider and re.search(pattern, group):
+            return g
+    return None
+
+
+def _ms(stats):
+    return f"{stats['median'] * 1e3:.1f} ms (IQR {stats['iqr'] * 1e3:.1f})"
 
 
 def table(data):
     by_group = defaultdict(dict)
     for b in data["benchmarks"]:
         by_group[b["group"]][b["extra_info"]["provider"]] = b
-    lines = ["| benchmark | lpips 0.1.4 median | fastlpips median | ratio | goal | met |",
-             "|---|---|---|---|---|---|"]
-    for group in sorted(by_group, key=lambda g: (g.split()[0], g)):
+    lines = ["| benchmark | baseline | provider | median | vs baseline | goal | met | notes |",
+             "|---|---|---|---|---|---|---|---|"]
+    for group in sorted(by_group):
         entry = by_group[group]
-        if {"lpips", "fastlpips"} - set(entry):
+        base_name = next((b for b in BASELINES if b in entry), None)
+        if base_name is None:
             continue
-        ref, ours = entry["lpips"]["stats"], entry["fastlpips"]["stats"]
-        ratio = ref["median"] / ours["median"]
-        goal = goal_for(group)
-        met = "" if goal is None else ("yes" if ratio >= goal else "**no**")
-        lines.append(f"| {group} | {ref['median'] * 1e3:.1f} ms (IQR {ref['iqr'] * 1e3:.1f}) | "
-                     f"{ours['median'] * 1e3:.1f} ms (IQR {ours['iqr'] * 1e3:.1f}) | {ratio:.2f}x | "
-                     f"{'' if goal is None else f'>= {goal:g}x'} | {met} |")
+        base = entry[base_name]["stats"]
+        lines.append(f"| {group} | {base_name} | {base_name} | {_ms(base)} | 1.00x | | | |")
+        for prov, b in sorted(entry.items()):
+            if prov == base_name:
+                continue
+            ratio = base["median"] / b["stats"]["median"]
+            goal = goal_for(group, prov)
+            met = "" if goal is None else ("yes" if ratio >= goal else "**no**")
+            notes = []
+            info = b["extra_info"]
+            if "max_rel_error_real_pairs" in info:
+                notes.append(f"max rel. error {100 * info['max_rel_error_real_pairs']:.2f}% on {info['real_pairs']} real pairs")
+            if prov == "fastlpips" and "trunk-only" in entry:
+                notes.append(f"{b['stats']['median'] / entry['trunk-only']['stats']['median']:.3f}x the trunk alone")
+            if "gbytes_per_s" in info and info.get("device") == "cuda":
+                notes.append(f"{info['gbytes_per_s']:.0f} GB/s")
+            lines.append(f"| {group} | {base_name} | {prov} | {_ms(b['stats'])} | {ratio:.2f}x | "
+                         f"{'' if goal is None else f'>= {goal:g}x'} | {met} | {'; '.join(notes)} |")
     m = data.get("machine_info", {})
     cpu = m.get("cpu", {}).get("brand_raw", "?")
     head = (f"Run of {data.get('datetime', '?')[:19]} on {cpu}, {m.get('cpu_count', '?')} cores, torch "
-            f"{m.get('torch', '?')} ({m.get('torch_threads', '?')} threads), python {m.get('python_version', '?')}.")
+            f"{m.get('torch', '?')} ({m.get('torch_threads', '?')} threads), python {m.get('python_version', '?')}, "
+            f"CUDA device: {m.get('cuda', False)}.")
     return head + "\n\n" + "\n".join(lines)
 
 

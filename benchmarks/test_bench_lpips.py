@@ -17,6 +17,46 @@ def _pick(provider, net):
     return ours if provider == "fastlpips" else ref
 
 
+@pytest.mark.parametrize("net,size,batch", GRID, ids=[f"{n}-{s}-B{b}" for n, s, b in GRID])
+def test_forward_trunk_only(benchmark, net, size, batch):
+    """fastlpips' trunk pass alone (both inputs, one batch): the floor for the forward."""
+    ours, _ = models(net)
+    x = torch.cat([images(batch, size, 0), images(batch, size, 1)])
+
+    def run():
+        with torch.no_grad():
+            return ours.net(ours._trunk_input(x, False))
+
+    benchmark.group = f"forward {net} {size}x{size} B={batch}"
+    benchmark.extra_info.update(provider="trunk-only", net=net, size=size, batch=batch, mode="forward")
+    benchmark.pedantic(run, rounds=ROUNDS[(net, size)], iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("net,size,batch", GRID, ids=[f"{n}-{s}-B{b}" for n, s, b in GRID])
+def test_forward_bf16(benchmark, net, size, batch):
+    """Reduced-precision mode (trunk and head in bf16, fp32 accumulation) on real photo pairs."""
+    import fastlpips
+
+    from conftest import real_pairs
+
+    ours, _ = models(net)
+    bf = fastlpips.LPIPS(net=net, verbose=False, dtype=torch.bfloat16)
+    x, y = images(batch, size, 0), images(batch, size, 1)
+
+    def run():
+        with torch.no_grad():
+            return bf(x, y)
+
+    benchmark.group = f"forward {net} {size}x{size} B={batch}"
+    benchmark.pedantic(run, rounds=ROUNDS[(net, size)], iterations=1, warmup_rounds=1)
+    rx, ry = real_pairs(size)
+    with torch.no_grad():
+        exact, low = ours(rx, ry).flatten(), bf(rx, ry).flatten()
+    rel = ((low - exact).abs() / exact).max().item()
+    benchmark.extra_info.update(provider="fastlpips-bf16", net=net, size=size, batch=batch, mode="forward",
+                                max_rel_error_real_pairs=rel, real_pairs=len(exact))
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("net,size,batch", GRID, ids=[f"{n}-{s}-B{b}" for n, s, b in GRID])
 def test_forward(benchmark, provider, net, size, batch):

@@ -7,7 +7,6 @@ what is available and why not. Nothing is imported until a backend is first need
 """
 from __future__ import annotations
 
-import functools
 import importlib
 import importlib.util
 import os
@@ -27,9 +26,17 @@ class BackendUnavailable(RuntimeError):
     """A backend asked for by name cannot run here."""
 
 
-@functools.lru_cache(maxsize=None)
+_NATIVE: list = []  # [reason or None] once probed (a plain cache: torch.compile traces it cleanly)
+
+
 def _native() -> Optional[str]:
     """None if fastlpips._C is usable, else the reason."""
+    if not _NATIVE:
+        _NATIVE.append(_probe_native())
+    return _NATIVE[0]
+
+
+def _probe_native() -> Optional[str]:
     try:
         importlib.import_module("fastlpips._C")
     except ImportError as e:

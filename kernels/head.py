@@ -26,9 +26,9 @@ import triton.language as tl  # noqa: E402
 INTERPRETED = bool(triton.knobs.runtime.interpret)
 
 
-def _head_fwd(f0, f1, w, m, r0, r1, NP, C, HW, W,
-              s0n, s0c, s0h, s0w, s1n, s1c, s1h, s1w, eps,
-              HAS_W: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+def _pixel_block(f0, f1, NP, C, HW, W, s0n, s0c, s0h, s0w, s1n, s1c, s1h, s1w,
+                 ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's BLOCK_P pixels (q, their n/h/x coordinates) and both feature blocks."""
     q = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     qm = q < NP
     n = q // HW
@@ -40,6 +40,17 @@ def _head_fwd(f0, f1, w, m, r0, r1, NP, C, HW, W,
     mask = qm[:, None] & cm[None, :]
     a = tl.load(f0 + (n * s0n + h * s0h + x * s0w)[:, None] + c[None, :] * s0c, mask=mask, other=0.0).to(ACC)
     b = tl.load(f1 + (n * s1n + h * s1h + x * s1w)[:, None] + c[None, :] * s1c, mask=mask, other=0.0).to(ACC)
+    return q, qm, n, h, x, c, cm, mask, a, b
+
+
+_pixel_block = triton.jit(_pixel_block)
+
+
+def _head_fwd(f0, f1, w, m, r0, r1, NP, C, HW, W,
+              s0n, s0c, s0h, s0w, s1n, s1c, s1h, s1w, eps,
+              HAS_W: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    q, qm, n, h, x, c, cm, mask, a, b = _pixel_block(f0, f1, NP, C, HW, W, s0n, s0c, s0h, s0w, s1n, s1c, s1h, s1w,
+                                                     ACC, BLOCK_P, BLOCK_C)
     ra = tl.sqrt(tl.sum(a * a, axis=1))
     rb = tl.sqrt(tl.sum(b * b, axis=1))
     ia = 1.0 / (ra + eps)
@@ -60,17 +71,8 @@ def _head_bwd(g, f0, f1, w, r0, r1, g0, g1, gw, NP, C, HW, W,
               o0n, o0c, o0h, o0w, o1n, o1c, o1h, o1w, eps,
               HAS_W: tl.constexpr, NEED0: tl.constexpr, NEED1: tl.constexpr, NEEDW: tl.constexpr,
               ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    q = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    qm = q < NP
-    n = q // HW
-    p = q % HW
-    h = p // W
-    x = p % W
-    c = tl.arange(0, BLOCK_C)
-    cm = c < C
-    mask = qm[:, None] & cm[None, :]
-    a = tl.load(f0 + (n * s0n + h * s0h + x * s0w)[:, None] + c[None, :] * s0c, mask=mask, other=0.0).to(ACC)
-    b = tl.load(f1 + (n * s1n + h * s1h + x * s1w)[:, None] + c[None, :] * s1c, mask=mask, other=0.0).to(ACC)
+    q, qm, n, h, x, c, cm, mask, a, b = _pixel_block(f0, f1, NP, C, HW, W, s0n, s0c, s0h, s0w, s1n, s1c, s1h, s1w,
+                                                     ACC, BLOCK_P, BLOCK_C)
     gq = tl.load(g + q, mask=qm, other=0.0).to(ACC)
     ra = tl.load(r0 + q, mask=qm, other=1.0).to(ACC)
     rb = tl.load(r1 + q, mask=qm, other=1.0).to(ACC)
@@ -104,17 +106,8 @@ def _head_jvp(f0, f1, w, r0, r1, t0, t1, tw, tm, NP, C, HW, W,
               u0n, u0c, u0h, u0w, u1n, u1c, u1h, u1w, eps,
               HAS_W: tl.constexpr, HAS_T0: tl.constexpr, HAS_T1: tl.constexpr, HAS_TW: tl.constexpr,
               ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    q = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    qm = q < NP
-    n = q // HW
-    p = q % HW
-    h = p // W
-    x = p % W
-    c = tl.arange(0, BLOCK_C)
-    cm = c < C
-    mask = qm[:, None] & cm[None, :]
-    a = tl.load(f0 + (n * s0n + h * s0h + x * s0w)[:, None] + c[None, :] * s0c, mask=mask, other=0.0).to(ACC)
-    b = tl.load(f1 + (n * s1n + h * s1h + x * s1w)[:, None] + c[None, :] * s1c, mask=mask, other=0.0).to(ACC)
+    q, qm, n, h, x, c, cm, mask, a, b = _pixel_block(f0, f1, NP, C, HW, W, s0n, s0c, s0h, s0w, s1n, s1c, s1h, s1w,
+                                                     ACC, BLOCK_P, BLOCK_C)
     ra = tl.load(r0 + q, mask=qm, other=1.0).to(ACC)
     rb = tl.load(r1 + q, mask=qm, other=1.0).to(ACC)
     ia = 1.0 / (ra + eps)
