@@ -299,15 +299,22 @@ class LPIPS(nn.Module):
             m = torch.matmul(diff.permute(0, 2, 3, 1), lin.weight.reshape(-1, 1)).permute(0, 3, 1, 2)
         else:
             m = lin(diff)
+        return self._reduce_map(m, out_hw)
+
+    def _reduce_map(self, m: torch.Tensor, out_hw) -> torch.Tensor:
+        """A layer's (N, 1, h, w) map -> (N, 1, H, W) upsampled (spatial) or (N, 1, 1, 1) mean."""
         return upsample(m, out_HW=out_hw) if self.spatial else m.mean([2, 3], keepdim=True)
 
-    def _combine(self, n0: Sequence[torch.Tensor], n1: Sequence[torch.Tensor], out_hw, retPerLayer: bool,
-                 inplace: bool = False):
-        res = [self._layer(k, n0[k], n1[k], out_hw, inplace) for k in range(self.L)]
-        val = res[0]
+    @staticmethod
+    def _total(res: List[torch.Tensor], retPerLayer: bool):
+        val = res[0]  # summed in layer order, as lpips does
         for r in res[1:]:
             val = val + r
         return (val, res) if retPerLayer else val
+
+    def _combine(self, n0: Sequence[torch.Tensor], n1: Sequence[torch.Tensor], out_hw, retPerLayer: bool,
+                 inplace: bool = False):
+        return self._total([self._layer(k, n0[k], n1[k], out_hw, inplace) for k in range(self.L)], retPerLayer)
 
     # -- public -----------------------------------------------------------------------------------
     def forward(self, in0: torch.Tensor, in1: torch.Tensor, retPerLayer: bool = False, normalize: bool = False):
@@ -334,14 +341,9 @@ class LPIPS(nn.Module):
             n1 = [normalize_channels(o) for o in outs1]
             return self._combine(n0, n1, in0.shape[2:], retPerLayer)
         # The fused head (one autograd node per layer, fastlpips.ops.head), any backend.
-        res = []
-        for k in range(self.L):
-            m = lpips_head_map(outs0[k], outs1[k], self.lins[k].weight if self.lpips else None, backend=backend)
-            res.append(upsample(m, out_HW=in0.shape[2:]) if self.spatial else m.mean([2, 3], keepdim=True))
-        val = res[0]
-        for r in res[1:]:
-            val = val + r
-        return (val, res) if retPerLayer else val
+        return self._total([self._reduce_map(lpips_head_map(outs0[k], outs1[k], self.lins[k].weight if self.lpips
+                                                            else None, backend=backend), in0.shape[2:])
+                            for k in range(self.L)], retPerLayer)
 
     def features(self, x: torch.Tensor, *, normalize: bool = False) -> LPIPSFeatures:
         """Channel-normalized trunk features of ``x`` (N, 3, H, W), to compare many times."""
