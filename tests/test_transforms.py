@@ -1,0 +1,110 @@
+"""E-LPIPS transformations: sampling statistics and the reference application (issue 4, part)."""
+import numpy as np
+import pytest
+import torch
+
+from fastlpips.transforms import MAX_OFFSET, PERMUTATIONS, TransformParams, apply_transform, sample_official
+
+
+def _numpy_transform(x: np.ndarray, p: TransformParams) -> np.ndarray:
+    """Independent per-image implementation with numpy (reflect = mirror without the edge)."""
+    out = []
+    s = p.scale
+    for i in range(p.n):
+        im = x[i]  # (3, H, W)
+        if s > 1:
+            oy, ox = p.scale_offset
+            h, w = im.shape[1:]
+            hp = ((s - 1) + h + (s - 1)) // s * s
+            wp = ((s - 1) + w + (s - 1)) // s * s
+            im = np.pad(im, ((0, 0), (oy, hp - h - oy), (ox, wp - w - ox)), mode="reflect")
+            c, H, W = im.shape
+            im = im.reshape(c, H // s, s, W // s, s).mean(axis=(2, 4))
+        dy, dx = (int(v) for v in p.offsets[i])
+        im = np.pad(im, ((0, 0), (MAX_OFFSET - dy, dy), (MAX_OFFSET - dx, dx)), mode="reflect")
+        code = int(p.flips[i])
+        if code in (0, 2):
+            im = im[:, :, ::-1]
+        if code in (1, 2):
+            im = im[:, ::-1, :]
+        if p.swap:
+            im = im.transpose(0, 2, 1)
+        im = im[p.perms[i].numpy()]
+        out.append(im * p.colors[i].double().numpy()[:, None, None])
+    return np.stack(out)
+
+
+def _params(n, seed, scale=None, swap=None):
+    p = sample_official(n, generator=torch.Generator().manual_seed(seed))
+    if scale is not None:
+        p.scale = scale
+        p.scale_offset = (scale - 1, scale // 2)
+    if swap is not None:
+        p.swap = swap
+    return p
+
+
+@pytest.mark.parametrize("scale", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("swap", [False, True])
+def test_reference_equals_independent_implementation(scale, swap):
+    x = torch.rand(9, 3, 67, 71, dtype=torch.float64, generator=torch.Generator().manual_seed(scale))
+    p = _params(9, 10 + scale, scale, swap)
+    got = apply_transform(x, p).numpy()
+    want = _numpy_transform(x.numpy(), p)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-15)  # box means may round differently
+
+
+def test_same_seed_same_transform_and_adjoint_identity():
+    a = _params(6, 3)
+    b = _params(6, 3)
+    for f in ("offsets", "flips", "perms", "colors"):
+        assert torch.equal(getattr(a, f), getattr(b, f))
+    assert (a.scale, a.scale_offset, a.swap) == (b.scale, b.scale_offset, b.swap)
+    # linear in x: <A x, y> = <x, A^T y> with A^T from autograd
+    p = _params(4, 5, scale=3)
+    x = torch.rand(4, 3, 40, 33, dtype=torch.float64, requires_grad=True)
+    ax = apply_transform(x, p)
+    y = torch.rand_like(ax)
+    (aty,) = torch.autograd.grad(ax, x, y)
+    assert torch.allclose((ax * y).sum(), (x * aty).sum(), rtol=1e-13)
+
+
+def test_sampling_distributions():
+    g = torch.Generator().manual_seed(0)
+    draws = [sample_official(10, generator=g) for _ in range(4000)]
+    scales = torch.tensor([d.scale for d in draws])
+    expected = (1 / torch.arange(1, 9, dtype=torch.float64) ** 2)
+    expected = expected / expected.sum()
+    freq = torch.bincount(scales - 1, minlength=8).double() / len(draws)
+    assert torch.allclose(freq, expected, atol=0.02), freq  # 4000 draws: sd <= 0.008
+    for d in draws[:200]:
+        assert 0 <= min(d.scale_offset) and max(d.scale_offset) < d.scale
+        counts = torch.bincount(d.flips, minlength=4)
+        assert counts.max() - counts.min() <= 1  # stratified flips
+        perm_idx = [PERMUTATIONS.tolist().index(r) for r in d.perms.tolist()]
+        pc = torch.bincount(torch.tensor(perm_idx), minlength=6)
+        assert pc.max() - pc.min() <= 1  # stratified permutations
+        assert d.colors.min() >= 0.2 and d.colors.max() < 1.0
+        u = ((d.colors - 0.2) / 0.8).sort(0).values  # stratified colour factors: one per stratum
+        strata = torch.floor(u * 10 + 1e-6).long()
+        assert torch.equal(strata, torch.arange(10)[:, None].expand(10, 3))
+        assert d.offsets.min() >= 0 and d.offsets.max() <= 7
+    assert 0.45 < np.mean([d.swap for d in draws]) < 0.55
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="at least one image"):
+        sample_official(0)
+    with pytest.raises(ValueError, match="max_scale must be in 1..8"):
+        sample_official(2, max_scale=9)
+    p = _params(2, 0, scale=4)
+    with pytest.raises(ValueError, match="too small for scale level 4: .* sides >= 32"):
+        apply_transform(torch.rand(2, 3, 31, 64), p)
+    with pytest.raises(ValueError, match="drawn for 2 images"):
+        apply_transform(torch.rand(3, 3, 64, 64), p)
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        apply_transform(torch.rand(2, 1, 64, 64), p)
+    # max_scale restricts the levels
+    g = torch.Generator().manual_seed(1)
+    assert max(sample_official(4, generator=g, max_scale=2).scale for _ in range(200)) == 2
