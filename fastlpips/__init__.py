@@ -4,7 +4,7 @@
 """
 from ._backend import BackendUnavailable, backends
 from ._validation import RangeWarning
-from .elpips import ELPIPS
+from .elpips import ELPIPS, ELPIPSEstimate, elpips_estimate
 from .functional import distance_matrix, get_model, lpips
 from .model import LPIPS, LPIPSFeatures, NetLinLayer, ScalingLayer
 from .nets.weights import WeightError
@@ -13,6 +13,6 @@ from .utils import im2tensor, l2, load_image, normalize_tensor, psnr, spatial_av
 __version__ = "0.1.0"
 
 __all__ = [
-    "lpips", "distance_matrix", "get_model", "backends", "BackendUnavailable", "ELPIPS", "LPIPS", "LPIPSFeatures", "NetLinLayer", "ScalingLayer", "WeightError", "RangeWarning",
+    "lpips", "distance_matrix", "get_model", "backends", "BackendUnavailable", "ELPIPS", "ELPIPSEstimate", "elpips_estimate", "LPIPS", "LPIPSFeatures", "NetLinLayer", "ScalingLayer", "WeightError", "RangeWarning",
     "im2tensor", "tensor2im", "load_image", "normalize_tensor", "spatial_average", "upsample", "l2", "psnr",
 ]

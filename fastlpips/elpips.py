@@ -18,6 +18,8 @@ high-sample estimator with confidence intervals, the CLI and the benchmarks.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from statistics import NormalDist
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -28,9 +30,9 @@ from .model import ScalingLayer
 from .nets.trunks import VGG16
 from .nets.weights import load_lin_weights, load_trunk_state
 from .ops.head import lpips_head_map
-from .transforms import MAX_SCALE, apply_transform, min_size_for_scale, sample_official
+from .transforms import MAX_SCALE, apply_transform, min_size_for_scale, sample_official, scale_probabilities
 
-__all__ = ["ELPIPS", "scale_levels_for_size"]
+__all__ = ["ELPIPS", "ELPIPSEstimate", "elpips_estimate", "scale_levels_for_size"]
 
 
 def scale_levels_for_size(height: int, width: int) -> int:
@@ -108,12 +110,13 @@ class ELPIPS(nn.Module):
         return list(torch.split(self.weights, self.channels))
 
     def distance_once(self, images: Sequence[torch.Tensor], reference: torch.Tensor,
-                      generator: Optional[torch.Generator]) -> List[torch.Tensor]:
-        """One sample: a transformation + dropout shared by every image; a (N,) distance per image."""
+                      generator: Optional[torch.Generator], scale: Optional[int] = None) -> List[torch.Tensor]:
+        """One sample: a transformation + dropout shared by every image; a (N,) distance per image.
+        ``scale`` fixes the transformation's scale level (stratified sampling)."""
         n = reference.shape[0]
         batch = list(images) + [reference]
         if self.transforms:
-            p = sample_official(n, generator=generator, max_scale=self.max_scale)
+            p = sample_official(n, generator=generator, max_scale=self.max_scale, scale=scale)
             batch = [apply_transform(b, p) for b in batch]
         x = self.scaling_layer(torch.cat(batch) * 2 - 1)
         feats = self.net(x, len(batch), self.keep_prob if self.dropout else None, generator)
@@ -147,3 +150,91 @@ class ELPIPS(nn.Module):
             total = d if total is None else [a + b for a, b in zip(total, d)]
         result = tuple(t / k for t in total)
         return result if isinstance(image, (tuple, list)) else result[0]
+
+
+@dataclass
+class ELPIPSEstimate:
+    """Result of ``elpips_estimate``: per-image mean, standard error and interval half-width."""
+
+    mean: torch.Tensor
+    stderr: torch.Tensor
+    half_width: torch.Tensor
+    samples: int
+    converged: torch.Tensor
+    confidence: float
+    stratified: bool
+
+
+def _z(confidence: float) -> float:
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    return NormalDist().inv_cdf(0.5 + confidence / 2)
+
+
+def elpips_estimate(x: torch.Tensor, y: torch.Tensor, *, rtol: float = 0.025, atol: float = 0.01,
+                    confidence: float = 0.95, min_samples: int = 10, max_samples: int = 2000,
+                    stratified: bool = True, seed: Optional[int] = None, metric: Optional[ELPIPS] = None,
+                    callback=None) -> ELPIPSEstimate:
+    """E-LPIPS of ``x`` vs ``y`` ((N, 3, H, W) in [0, 1]) to a confidence interval, stopping adaptively.
+
+    Stops, as the release's evaluation example does, once for every image both
+    ``z * stderr < rtol * mean`` and ``z * stderr < atol`` hold (z from ``confidence``; 1.96 for 95%)
+    after at least ``min_samples`` samples, or at ``max_samples``.
+
+    ``stratified=True`` samples the scale level by stratification: each level s gets a share of the
+    samples proportional to P(s) ~ 1/s^2 (at least 2, for its variance), the transformation is drawn
+    conditioned on its level, and mean = sum_s P(s) mean_s, var = sum_s P(s)^2 var_s / n_s: unbiased
+    (each stratum's mean is) and free of the between-level variance. ``stratified=False`` is the
+    release's i.i.d. sampling. ``callback(samples, estimate)`` is called after each sample.
+    """
+    if metric is None:
+        metric = ELPIPS()
+    z = _z(confidence)
+    if min_samples < 2 or max_samples < min_samples:
+        raise ValueError(f"need 2 <= min_samples <= max_samples, got {min_samples}, {max_samples}")
+    g = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**62, (1,))))
+    levels = metric.max_scale if metric.transforms else 1
+    p = scale_probabilities(levels) if stratified else torch.ones(1, dtype=torch.float64)
+    strata: List[List[torch.Tensor]] = [[] for _ in range(len(p))]
+    order = _allocation(p, max_samples) if stratified else [0] * max_samples
+    est = None
+    with torch.no_grad():
+        for i, s in enumerate(order, start=1):
+            scale = s + 1 if stratified else None
+            d = metric.distance_once((x,), y, g, scale=scale)[0].double()
+            strata[s].append(d)
+            if i >= min_samples and all(len(v) >= 2 for v in strata):
+                est = _combine(strata, p, z, i, confidence, stratified)
+                est.converged = (est.half_width < rtol * est.mean) & (est.half_width < atol)
+                if callback is not None:
+                    callback(i, est)
+                if bool(est.converged.all()):
+                    break
+    if est is None:  # pragma: no cover - max_samples below the strata minimum
+        raise ValueError("max_samples too small to estimate a variance in every stratum")
+    return est
+
+
+def _allocation(p: torch.Tensor, total: int) -> List[int]:
+    """Stratum of every successive sample: 2 per stratum first, then proportional to p (largest deficit)."""
+    order = [s for s in range(len(p)) for _ in range(2)]
+    counts = [2] * len(p)
+    while len(order) < total:
+        n = len(order) + 1
+        s = max(range(len(p)), key=lambda k: float(p[k]) * n - counts[k])
+        counts[s] += 1
+        order.append(s)
+    return order[:max(total, 2 * len(p))]
+
+
+def _combine(strata, p, z, n, confidence, stratified) -> ELPIPSEstimate:
+    means, variances = [], []
+    for v in strata:
+        t = torch.stack(v)
+        means.append(t.mean(0))
+        variances.append(t.var(0, unbiased=True) / len(v))
+    mean = sum(float(p[k]) * means[k] for k in range(len(p)))
+    var = sum(float(p[k]) ** 2 * variances[k] for k in range(len(p)))
+    se = var.sqrt()
+    return ELPIPSEstimate(mean.float(), se.float(), (z * se).float(), n, torch.zeros_like(mean, dtype=torch.bool),
+                          confidence, stratified)

@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ["TransformParams", "sample_official", "apply_transform", "PERMUTATIONS", "MAX_SCALE", "MAX_OFFSET"]
+__all__ = ["TransformParams", "sample_official", "scale_probabilities", "apply_transform", "PERMUTATIONS", "MAX_SCALE", "MAX_OFFSET"]
 
 PERMUTATIONS = torch.tensor(list(itertools.permutations(range(3))))  # (6, 3)
 MAX_SCALE = 8
@@ -58,17 +58,26 @@ def _stratified_codes(n: int, k: int, g: torch.Generator) -> torch.Tensor:
     return codes[torch.randperm(n, generator=g)]
 
 
+def scale_probabilities(max_scale: int = MAX_SCALE) -> torch.Tensor:
+    """P(s) for s = 1..max_scale, proportional to 1/s^2 (float64)."""
+    levels = torch.arange(1, max_scale + 1, dtype=torch.float64)
+    p = 1.0 / levels**2
+    return p / p.sum()
+
+
 def sample_official(n: int, *, generator: Optional[torch.Generator] = None, max_scale: int = MAX_SCALE,
-                    brightness: bool = False) -> TransformParams:
+                    brightness: bool = False, scale: Optional[int] = None) -> TransformParams:
     """Draw one transformation for ``n`` images as the official release does (scale level and swap
-    shared by the batch). ``max_scale`` limits the scale levels (see ``scale_levels_for_size``)."""
+    shared by the batch). ``max_scale`` limits the scale levels (see ``scale_levels_for_size``);
+    ``scale`` fixes the level (a draw conditioned on it, for stratified sampling)."""
     if n < 1:
         raise ValueError(f"need at least one image, got n={n}")
     if not 1 <= max_scale <= MAX_SCALE:
         raise ValueError(f"max_scale must be in 1..{MAX_SCALE}, got {max_scale}")
     g = generator if generator is not None else torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))
-    levels = torch.arange(1, max_scale + 1, dtype=torch.float64)
-    s = int(torch.multinomial(1.0 / levels**2, 1, generator=g)) + 1
+    if scale is not None and not 1 <= scale <= max_scale:
+        raise ValueError(f"scale must be in 1..{max_scale}, got {scale}")
+    s = scale if scale is not None else int(torch.multinomial(scale_probabilities(max_scale), 1, generator=g)) + 1
     oy, ox = (int(v) for v in torch.randint(s, (2,), generator=g))
     offsets = torch.randint(MAX_OFFSET + 1, (n, 2), generator=g)
     flips = _stratified_codes(n, 4, g)

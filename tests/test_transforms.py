@@ -108,3 +108,12 @@ def test_bad_arguments():
     # max_scale restricts the levels
     g = torch.Generator().manual_seed(1)
     assert max(sample_official(4, generator=g, max_scale=2).scale for _ in range(200)) == 2
+
+
+def test_conditioned_scale_level():
+    g = torch.Generator().manual_seed(2)
+    for s in range(1, 9):
+        p = sample_official(3, generator=g, scale=s)
+        assert p.scale == s and max(p.scale_offset) < s
+    with pytest.raises(ValueError, match="scale must be in 1..4"):
+        sample_official(3, max_scale=4, scale=5)
