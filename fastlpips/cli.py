@@ -242,6 +242,42 @@ def cmd_demo(args, out) -> int:
     return 0
 
 
+def cmd_elpips(args, out) -> int:
+    """E-LPIPS of two images (or same-named images of two folders) to a confidence interval."""
+    from .elpips import ELPIPS, elpips_estimate, scale_levels_for_size
+
+    a, b = Path(args.a), Path(args.b)
+    pairs = [(p, b / p.name) for p in _list_images(a) if (b / p.name).is_file()] if a.is_dir() else [(a, b)]
+    if not pairs:
+        raise SystemExit(f"error: no same-named images in {a} and {b}")
+    metrics = {}
+    rows = []
+    progress = Progress(len(pairs) * args.max_samples, "elpips", args.progress)
+    for p0, p1 in pairs:
+        x, y = (_load(p0) + 1) / 2, (_load(p1) + 1) / 2  # E-LPIPS takes [0, 1] images
+        if x.shape != y.shape:
+            raise SystemExit(f"error: {p0} and {p1} have different sizes")
+        levels = args.scales or scale_levels_for_size(x.shape[2], x.shape[3])
+        if levels not in metrics:
+            metrics[levels] = ELPIPS(max_scale=levels).to(args.device)
+        done = [0]
+
+        def tick(n, est, done=done):
+            progress.update(n - done[0])
+            done[0] = n
+
+        est = elpips_estimate(x.to(args.device), y.to(args.device), rtol=args.rtol, atol=args.atol,
+                              confidence=args.confidence, max_samples=args.max_samples, seed=args.seed,
+                              stratified=not args.iid, metric=metrics[levels], callback=tick)
+        progress.update(args.max_samples - done[0])
+        rows.append({"image0": str(p0), "image1": str(p1), "elpips": float(est.mean[0]),
+                     "half_width": float(est.half_width[0]), "samples": est.samples,
+                     "converged": bool(est.converged[0]), "scale_levels": levels})
+    progress.close()
+    _emit(rows, args.format, out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastlpips", description="LPIPS perceptual distances (fast, exact drop-in for lpips)")
     common = argparse.ArgumentParser(add_help=False)
@@ -268,6 +304,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("allpairs", parents=[common], help="distances between all pairs of images in a folder")
     s.add_argument("dir")
     s.set_defaults(func=cmd_allpairs)
+    s = sub.add_parser("elpips", parents=[common], help="E-LPIPS of two images (or two folders) to a confidence interval")
+    s.add_argument("a")
+    s.add_argument("b")
+    s.add_argument("--rtol", type=float, default=0.025, help="stop when the interval half-width < rtol * mean (0.025)")
+    s.add_argument("--atol", type=float, default=0.01, help="... and < atol (0.01), as the release does")
+    s.add_argument("--confidence", type=float, default=0.95, help="interval confidence (0.95)")
+    s.add_argument("--max-samples", type=int, default=2000, help="sample budget per pair (2000)")
+    s.add_argument("--scales", type=int, default=None, help="scale levels (default: the release's rule, min(H, W) // 64)")
+    s.add_argument("--iid", action="store_true", help="i.i.d. sampling instead of stratified scale levels")
+    s.add_argument("--seed", type=int, default=None, help="random seed (reproducible results)")
+    s.set_defaults(func=cmd_elpips)
     s = sub.add_parser("demo", parents=[common], help="LPIPS on a bundled sample photo and three distortions")
     s.add_argument("--heatmap", metavar="OUT.png", help="save the JPEG distortion's distance map as a picture")
     s.set_defaults(func=cmd_demo)
@@ -280,6 +327,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise SystemExit("error: --batch-size must be >= 1")
     if args.net is None:
         args.net = "both" if args.command == "demo" else "alex"
+    if args.command == "elpips" and args.net not in ("alex", "vgg"):
+        raise SystemExit("error: E-LPIPS uses its own VGG network; --net does not apply")
     elif args.net == "both" and args.command != "demo":
         raise SystemExit("error: --net both is only for the demo; choose alex, vgg or squeeze")
     if args.out:

@@ -116,3 +116,20 @@ def test_demo_and_module_entry_point(tmp_path):
     assert {r["net"] for r in rows} == {"alex", "vgg"} and len(rows) == 6
     assert all(0.01 < r["distance"] < 1.5 for r in rows)
     assert heat.is_file()
+
+
+def test_elpips_command(folders, capsys):
+    d0, d1 = folders
+    res = _run(["elpips", str(d0 / "im0.png"), str(d1 / "im0.png"), "--rtol", "0.2", "--atol", "0.05",
+                "--seed", "1", "--format", "json", "--no-progress"], capsys)
+    row = json.loads(res.out)["results"][0]
+    assert row["converged"] and row["samples"] >= 10 and row["scale_levels"] == 1
+    assert 0 < row["elpips"] < 1 and row["half_width"] < 0.2 * row["elpips"]
+    again = _run(["elpips", str(d0 / "im0.png"), str(d1 / "im0.png"), "--rtol", "0.2", "--atol", "0.05",
+                  "--seed", "1", "--format", "json", "--no-progress"], capsys)
+    assert json.loads(again.out)["results"][0] == row  # seeded: reproducible
+    res = _run(["elpips", str(d0), str(d1), "--rtol", "0.5", "--atol", "0.5", "--seed", "0", "--format", "csv",
+                "--no-progress"], capsys)
+    assert len(list(csv.DictReader(io.StringIO(res.out)))) == 4
+    with pytest.raises(SystemExit, match="--net does not apply"):
+        cli.main(["elpips", str(d0 / "im0.png"), str(d1 / "im0.png"), "--net", "squeeze"])
