@@ -48,7 +48,8 @@ def native_extensions():
         # toolkits), searched after the toolkit's own.
         site = Path(torch.__file__).resolve().parent.parent
         late = [f"-idirafter{p}" for p in sorted(site.glob("nvidia/cu*/include"))]
-        sources += ["csrc/cuda/head_cuda.cu", "csrc/cuda/head_cuda_glue.cpp"]
+        sources += ["csrc/cuda/head_cuda.cu", "csrc/cuda/head_cuda_glue.cpp", "csrc/cuda/transform_cuda.cu",
+                    "csrc/cuda/transform_cuda_glue.cpp"]
         ext = CUDAExtension("fastlpips._C", sources, include_dirs=include_dirs,
                             define_macros=macros + [("FASTLPIPS_WITH_CUDA", "1")],
                             extra_compile_args={"cxx": cxx + late, "nvcc": ["-O3"]},

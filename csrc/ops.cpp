@@ -37,6 +37,10 @@ TORCH_LIBRARY(fastlpips_cpp, m) {
         " -> (Tensor, Tensor, Tensor)");
   m.def("head_jvp(Tensor f0, Tensor f1, Tensor? w, Tensor r0, Tensor r1, Tensor? t0, Tensor? t1, Tensor? tw,"
         " float eps) -> Tensor");
+  // E-LPIPS batched random transform (csrc/include/fastlpips/transform_math.h) and its adjoint.
+  m.def("transform_fwd(Tensor x, Tensor params, Tensor colors, int scale, int out_h, int out_w) -> Tensor");
+  m.def("transform_bwd(Tensor grad, Tensor params, Tensor colors, int scale, int batch, int in_h, int in_w)"
+        " -> Tensor");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -268,7 +268,8 @@ def cmd_elpips(args, out) -> int:
 
         est = elpips_estimate(x.to(args.device), y.to(args.device), rtol=args.rtol, atol=args.atol,
                               confidence=args.confidence, max_samples=args.max_samples, seed=args.seed,
-                              stratified=not args.iid, metric=metrics[levels], callback=tick)
+                              stratified=not args.iid, metric=metrics[levels], callback=tick,
+                              batch_size=args.batch_size)
         progress.update(args.max_samples - done[0])
         rows.append({"image0": str(p0), "image1": str(p1), "elpips": float(est.mean[0]),
                      "half_width": float(est.half_width[0]), "samples": est.samples,

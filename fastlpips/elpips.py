@@ -30,7 +30,9 @@ from .model import ScalingLayer
 from .nets.trunks import VGG16
 from .nets.weights import load_lin_weights, load_trunk_state
 from .ops.head import lpips_head_map
-from .transforms import MAX_SCALE, apply_transform, min_size_for_scale, sample_official, scale_probabilities
+from .ops.transform import batched_transform
+from .transforms import (MAX_SCALE, TransformSet, apply_transform, min_size_for_scale, sample_batched,
+                         sample_official, scale_probabilities)
 
 __all__ = ["ELPIPS", "ELPIPSEstimate", "elpips_estimate", "scale_levels_for_size"]
 
@@ -58,14 +60,26 @@ class _AvgPoolVGG(nn.Module):
         n = x.shape[0] // groups
         for m in self.layers:
             if isinstance(m, nn.Conv2d) and keep is not None:
-                shape = (n,) + tuple(x.shape[1:])
-                u = torch.rand(shape, generator=generator, dtype=torch.float32).to(device=x.device)
-                mask = (u < keep).to(x.dtype) / keep
-                x = x * mask.repeat(groups, 1, 1, 1)
+                x = _dropout(x, n, groups, keep, generator)
             x = m(x)
             if isinstance(m, nn.ReLU):
                 feats.append(x)
         return feats
+
+
+def _dropout(x: torch.Tensor, n: int, groups: int, keep: float, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """Multiply by one Bernoulli(keep)/keep mask per element of a batch of ``n``, the same for every
+    one of the ``groups`` stacked batches. Drawn as (n, H, W, C) (channels_last order) in fp32 from
+    ``generator`` (on its device), applied in fp32 for reduced-precision activations."""
+    _, c, h, w = x.shape
+    gdev = generator.device if generator is not None else torch.device("cpu")
+    u = torch.rand((n, h, w, c), generator=generator, device=gdev, dtype=torch.float32).to(x.device)
+    mask = ((u < keep).to(torch.float32) / keep).permute(0, 3, 1, 2)
+    if x.dtype == torch.float64:
+        mask = mask.double()
+    if groups > 1:
+        mask = torch.cat([mask] * groups)
+    return (x * mask).to(x.dtype)
 
 
 class ELPIPS(nn.Module):
@@ -73,34 +87,54 @@ class ELPIPS(nn.Module):
 
     Args (keyword-only):
         n_samples: transformations (each with fresh dropout) averaged per call; default 1 (a loss).
+        mode: 'batched' (default): the samples of a call are drawn at once (``sample_batched``),
+            grouped by scale level, and every group runs as one pass of the fused transform op and
+            one trunk pass (chunked to ``memory_budget``); 'official': the release's loop, one
+            ``sample_official`` draw and one trunk pass per sample. Both compute the same
+            expectation (tests check their agreement).
         transforms / dropout: switch the random transformations / the dropout off (for tests and
             ablations; the metric is E-LPIPS only with both on).
         keep_prob: dropout keep probability (0.99).
         max_scale: largest scale level (1..8; the release's default is 8; see
             ``scale_levels_for_size`` for small images).
-        trunk_path, backend: as for ``fastlpips.LPIPS``.
+        dtype: reduced-precision trunk, e.g. ``torch.bfloat16`` (head accumulation and results in
+            fp32); None (default) runs the trunk in the module's dtype.
+        memory_budget: bytes of activations one trunk pass may take (default 1 GiB); larger
+            groups are split into chunks of samples.
+        trunk_path, backend: as for ``fastlpips.LPIPS`` (``backend`` picks the head and transform kernels).
 
     ``image`` may be a tuple of image batches: each is compared with ``reference`` under the same
     transformations and dropout (the official "third image" use). Images are (N, 3, H, W) in [0, 1].
     """
 
-    def __init__(self, *, n_samples: int = 1, transforms: bool = True, dropout: bool = True,
-                 keep_prob: float = 0.99, max_scale: int = MAX_SCALE,
-                 trunk_path: Optional[Union[str, os.PathLike]] = None, backend: Optional[str] = None) -> None:
+    def __init__(self, *, n_samples: int = 1, mode: str = "batched", transforms: bool = True, dropout: bool = True,
+                 keep_prob: float = 0.99, max_scale: int = MAX_SCALE, dtype: Optional[torch.dtype] = None,
+                 memory_budget: int = 1 << 30, trunk_path: Optional[Union[str, os.PathLike]] = None,
+                 backend: Optional[str] = None) -> None:
         super().__init__()
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        if mode not in ("batched", "official"):
+            raise ValueError(f"mode must be 'batched' or 'official', got {mode!r}")
         if not 0 < keep_prob <= 1:
             raise ValueError(f"keep_prob must be in (0, 1], got {keep_prob}")
         if not 1 <= max_scale <= MAX_SCALE:
             raise ValueError(f"max_scale must be in 1..{MAX_SCALE}, got {max_scale}")
-        self.n_samples, self.transforms, self.dropout = n_samples, transforms, dropout
+        if dtype is not None and dtype not in (torch.bfloat16, torch.float16):
+            raise ValueError(f"dtype= selects a reduced-precision trunk (torch.bfloat16 or torch.float16), got {dtype}")
+        if memory_budget < 1:
+            raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
+        self.n_samples, self.mode, self.transforms, self.dropout = n_samples, mode, transforms, dropout
         self.keep_prob, self.max_scale, self.backend = keep_prob, max_scale, backend
+        self.compute_dtype, self.memory_budget = dtype, memory_budget
         self.scaling_layer = ScalingLayer()
         vgg = VGG16()
         load_trunk_state(vgg, "vgg", trunk_path)
         vgg.requires_grad_(False)
         self.net = _AvgPoolVGG(vgg)
+        self.net.to(memory_format=torch.channels_last)
+        if dtype is not None:
+            self.net.to(dtype)
         lin = load_lin_weights("elpips", "vgg_full_avg")
         self.register_buffer("weights", torch.cat([lin[f"lin{k}"].reshape(-1) for k in range(14)]))
         self.channels = [lin[f"lin{k}"].numel() for k in range(14)]
@@ -109,27 +143,95 @@ class ELPIPS(nn.Module):
     def _layer_weights(self) -> List[torch.Tensor]:
         return list(torch.split(self.weights, self.channels))
 
+    def _distances(self, batch: List[torch.Tensor], per: int, generator: Optional[torch.Generator]) -> List[torch.Tensor]:
+        """Trunk + heads for stacked members (images..., reference), each of ``per`` images in the
+        scale [0, 1]; one dropout mask per element of a member, shared by all members."""
+        x = self.scaling_layer(torch.cat(batch) * 2 - 1)
+        if self.compute_dtype is not None:
+            x = x.to(self.compute_dtype)
+        feats = self.net(x.contiguous(memory_format=torch.channels_last), len(batch),
+                         self.keep_prob if self.dropout else None, generator)
+        out = [0.0] * (len(batch) - 1)
+        for f, w in zip(feats, self._layer_weights()):
+            parts = torch.split(f, per)
+            for i in range(len(out)):
+                out[i] = out[i] + lpips_head_map(parts[i], parts[-1], w, backend=self.backend).mean((1, 2, 3))
+        return out
+
     def distance_once(self, images: Sequence[torch.Tensor], reference: torch.Tensor,
                       generator: Optional[torch.Generator], scale: Optional[int] = None) -> List[torch.Tensor]:
-        """One sample: a transformation + dropout shared by every image; a (N,) distance per image.
-        ``scale`` fixes the transformation's scale level (stratified sampling)."""
+        """One sample as the release computes it: a ``sample_official`` transformation (applied by
+        the plain reference ``apply_transform``) and dropout shared by every image; a (N,)
+        distance per image. ``scale`` fixes the transformation's scale level (stratified sampling)."""
         n = reference.shape[0]
         batch = list(images) + [reference]
         if self.transforms:
             p = sample_official(n, generator=generator, max_scale=self.max_scale, scale=scale)
             batch = [apply_transform(b, p) for b in batch]
-        x = self.scaling_layer(torch.cat(batch) * 2 - 1)
-        feats = self.net(x, len(batch), self.keep_prob if self.dropout else None, generator)
-        out = [0.0] * len(images)
-        for f, w in zip(feats, self._layer_weights()):
-            parts = torch.split(f, n)
-            for i in range(len(images)):
-                out[i] = out[i] + lpips_head_map(parts[i], parts[-1], w, backend=self.backend).mean((1, 2, 3))
+        return self._distances(batch, n, generator)
+
+    def sample_distances(self, images: Sequence[torch.Tensor], reference: torch.Tensor, samples: int, *,
+                         generator: Optional[torch.Generator] = None,
+                         transforms: Optional[TransformSet] = None) -> List[torch.Tensor]:
+        """(samples, N) distances per image for ``samples`` independent draws (``sample_batched``,
+        or the given ``transforms``), grouped by scale level: each group is one fused transform
+        pass and one trunk pass (split into chunks that fit ``memory_budget``)."""
+        n, h, w = reference.shape[0], reference.shape[2], reference.shape[3]
+        members = list(images) + [reference]
+        if self.transforms:
+            if transforms is None:
+                transforms = sample_batched(samples, n, generator=generator, max_scale=self.max_scale)
+            if transforms.samples != samples or transforms.n != n:
+                raise ValueError(f"transforms hold {transforms.samples} samples for {transforms.n} images; "
+                                 f"expected {samples} for {n}")
+            groups = transforms.groups(h, w)
+        else:
+            groups = [(torch.arange(samples), None)]
+        out = [reference.new_zeros((samples, n), dtype=torch.float64 if reference.dtype == torch.float64
+                                   else torch.float32) for _ in images]
+        for idx, tb in groups:
+            oh, ow = tb.out_size(h, w) if tb is not None else (h, w)
+            step = self._chunk(len(members) * n, oh, ow, torch.is_grad_enabled() and any(m.requires_grad for m in members))
+            for a in range(0, len(idx), step):
+                part = idx[a:a + step]
+                if tb is not None:
+                    sub = tb.select(a, a + len(part))
+                    batch = [batched_transform(m, sub, backend=self.backend) for m in members]
+                else:
+                    batch = [m.repeat(len(part), 1, 1, 1) for m in members]
+                d = self._distances(batch, len(part) * n, generator)
+                for i in range(len(images)):
+                    out[i] = out[i].index_put((part.to(out[i].device),), d[i].view(len(part), n).to(out[i].dtype))
         return out
+
+    def _chunk(self, images_per_sample: int, h: int, w: int, grad: bool) -> int:
+        """Samples per trunk pass: activations of the 14 layers ~ 273 h w values per image (x3 with
+        a graph for the backward), within ``memory_budget``."""
+        elem = 2 if self.compute_dtype is not None else self.weights.element_size()
+        per_sample = images_per_sample * 273 * h * w * elem * (3 if grad else 1)
+        return max(1, self.memory_budget // per_sample)
 
     def forward(self, image: Union[torch.Tensor, Tuple[torch.Tensor, ...]], reference: torch.Tensor, *,
                 n_samples: Optional[int] = None, generator: Optional[torch.Generator] = None):
         images = tuple(image) if isinstance(image, (tuple, list)) else (image,)
+        self.check_inputs(images, reference)
+        if generator is None:
+            generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))
+        k = n_samples or self.n_samples
+        if k < 1:
+            raise ValueError(f"n_samples must be >= 1, got {k}")
+        if self.mode == "batched":
+            result = tuple(d.mean(0) for d in self.sample_distances(images, reference, k, generator=generator))
+        else:
+            total = None
+            for _ in range(k):
+                d = self.distance_once(images, reference, generator)
+                total = d if total is None else [a + b for a, b in zip(total, d)]
+            result = tuple(t / k for t in total)
+        return result if isinstance(image, (tuple, list)) else result[0]
+
+    def check_inputs(self, images: Sequence[torch.Tensor], reference: torch.Tensor) -> None:
+        """Shapes, ranges and sizes (the transforms need sides >= 8 * max_scale), with named errors."""
         for i, im in enumerate(images):
             V.check_image(im, f"image[{i}]")
             V.check_pair(im, reference)
@@ -141,15 +243,6 @@ class ELPIPS(nn.Module):
             raise ValueError(f"images of {h}x{w} are too small for scale levels up to {self.max_scale} (the "
                              f"downscaled image must be >= 8 px); use ELPIPS(max_scale={max(1, min(h, w) // 8)}) "
                              f"or the release's rule scale_levels_for_size(h, w) = {scale_levels_for_size(h, w)}")
-        if generator is None:
-            generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))
-        k = n_samples or self.n_samples
-        total = None
-        for _ in range(k):
-            d = self.distance_once(images, reference, generator)
-            total = d if total is None else [a + b for a, b in zip(total, d)]
-        result = tuple(t / k for t in total)
-        return result if isinstance(image, (tuple, list)) else result[0]
 
 
 @dataclass
@@ -173,46 +266,73 @@ def _z(confidence: float) -> float:
 
 def elpips_estimate(x: torch.Tensor, y: torch.Tensor, *, rtol: float = 0.025, atol: float = 0.01,
                     confidence: float = 0.95, min_samples: int = 10, max_samples: int = 2000,
-                    stratified: bool = True, seed: Optional[int] = None, metric: Optional[ELPIPS] = None,
-                    callback=None) -> ELPIPSEstimate:
+                    stratified: bool = True, batch_size: int = 32, seed: Optional[int] = None,
+                    metric: Optional[ELPIPS] = None, callback=None) -> ELPIPSEstimate:
     """E-LPIPS of ``x`` vs ``y`` ((N, 3, H, W) in [0, 1]) to a confidence interval, stopping adaptively.
 
     Stops, as the release's evaluation example does, once for every image both
     ``z * stderr < rtol * mean`` and ``z * stderr < atol`` hold (z from ``confidence``; 1.96 for 95%)
-    after at least ``min_samples`` samples, or at ``max_samples``.
+    after at least ``min_samples`` samples, or at ``max_samples``. Samples are drawn in rounds of
+    ``batch_size`` (the stopping rule is checked after each round); with ``metric.mode ==
+    'official'`` each sample is its own pass (the release's loop) and the rule is checked after
+    every sample.
 
     ``stratified=True`` samples the scale level by stratification: each level s gets a share of the
     samples proportional to P(s) ~ 1/s^2 (at least 2, for its variance), the transformation is drawn
     conditioned on its level, and mean = sum_s P(s) mean_s, var = sum_s P(s)^2 var_s / n_s: unbiased
     (each stratum's mean is) and free of the between-level variance. ``stratified=False`` is the
-    release's i.i.d. sampling. ``callback(samples, estimate)`` is called after each sample.
+    release's i.i.d. sampling. ``callback(samples, estimate)`` is called after each check.
     """
     if metric is None:
         metric = ELPIPS()
     z = _z(confidence)
     if min_samples < 2 or max_samples < min_samples:
         raise ValueError(f"need 2 <= min_samples <= max_samples, got {min_samples}, {max_samples}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    metric.check_inputs((x,), y)
     g = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**62, (1,))))
     levels = metric.max_scale if metric.transforms else 1
     p = scale_probabilities(levels) if stratified else torch.ones(1, dtype=torch.float64)
     strata: List[List[torch.Tensor]] = [[] for _ in range(len(p))]
     order = _allocation(p, max_samples) if stratified else [0] * max_samples
+    step = 1 if metric.mode == "official" else batch_size
     est = None
+    done = 0
     with torch.no_grad():
-        for i, s in enumerate(order, start=1):
-            scale = s + 1 if stratified else None
-            d = metric.distance_once((x,), y, g, scale=scale)[0].double()
-            strata[s].append(d)
-            if i >= min_samples and all(len(v) >= 2 for v in strata):
-                est = _combine(strata, p, z, i, confidence, stratified)
+        while done < len(order):
+            chunk = order[done:done + step]
+            for s, d in _draw(metric, x, y, chunk, stratified, g):
+                strata[s].append(d.double())
+            done += len(chunk)
+            if done >= min_samples and all(len(v) >= 2 for v in strata):
+                est = _combine(strata, p, z, done, confidence, stratified)
                 est.converged = (est.half_width < rtol * est.mean) & (est.half_width < atol)
                 if callback is not None:
-                    callback(i, est)
+                    callback(done, est)
                 if bool(est.converged.all()):
                     break
     if est is None:  # pragma: no cover - max_samples below the strata minimum
         raise ValueError("max_samples too small to estimate a variance in every stratum")
     return est
+
+
+def _draw(metric: ELPIPS, x, y, chunk: List[int], stratified: bool, g: torch.Generator):
+    """Distances (one (N,) tensor per sample) for a round of samples whose strata are ``chunk``."""
+    n = y.shape[0]
+    if metric.mode == "official":
+        return [(s, metric.distance_once((x,), y, g, scale=s + 1 if stratified else None)[0]) for s in chunk]
+    if not metric.transforms:
+        d = metric.sample_distances((x,), y, len(chunk), generator=g)[0]
+        return [(s, d[k]) for k, s in enumerate(chunk)]
+    if stratified:
+        levels = sorted(set(chunk))
+        sets = [sample_batched(chunk.count(s), n, generator=g, max_scale=metric.max_scale, scale=s + 1) for s in levels]
+        tset, strata = TransformSet.cat(sets), [s for s in levels for _ in range(chunk.count(s))]
+    else:
+        tset, strata = sample_batched(len(chunk), n, generator=g, max_scale=metric.max_scale), chunk
+    d = metric.sample_distances((x,), y, len(chunk), generator=g, transforms=tset)[0]
+    return [(s, d[k]) for k, s in enumerate(strata)]
 
 
 def _allocation(p: torch.Tensor, total: int) -> List[int]:

@@ -13,21 +13,29 @@ Semantics of the official E-LPIPS release (shared/docs/REFERENCE.md section 2), 
 Applied in this order: (1) if s > 1, reflect-pad to a multiple of s (left/top pad = ox/oy, padded
 size ((s-1) + W + (s-1)) // s * s) and box-downscale by s; (2) reflect-pad each image by
 (top 7-dy, bottom dy, left 7-dx, right dx); (3) flip; (4) swap H/W; (5) permute channels;
-(6) scale channels. ``apply_transform`` is the reference the fused kernels will be tested against.
+(6) scale channels. ``apply_transform`` is the plain reference (one sample at a time).
 
-Status: sampling and the reference application only; the E-LPIPS metric, the batched-sample mode
-and the fused transform kernels are the rest of the E-LPIPS work (issue 4).
+Two sampling modes, both drawing from the same distribution per sample:
+
+* ``sample_official(n)``: one transformation for a batch of n images, exactly as the release draws
+  it once per forward pass (scale level, scale offsets and swap shared by the batch);
+* ``sample_batched(S, n)``: S independent such draws at once (vectorized), each sample with its
+  own scale level, scale offsets and swap, flips/permutations/colours stratified over the n images
+  within each sample as in the release. ``TransformSet.groups`` splits the S samples by scale
+  level (and by swap when the downscaled image is not square) into ``TransformBatch`` groups, each
+  one pass of the fused op ``fastlpips.ops.transform.batched_transform`` and of the trunk.
 """
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["TransformParams", "sample_official", "scale_probabilities", "apply_transform", "PERMUTATIONS", "MAX_SCALE", "MAX_OFFSET"]
+__all__ = ["TransformParams", "TransformSet", "TransformBatch", "sample_official", "sample_batched",
+           "scale_probabilities", "apply_transform", "PERMUTATIONS", "MAX_SCALE", "MAX_OFFSET"]
 
 PERMUTATIONS = torch.tensor(list(itertools.permutations(range(3))))  # (6, 3)
 MAX_SCALE = 8
@@ -88,6 +96,159 @@ def sample_official(n: int, *, generator: Optional[torch.Generator] = None, max_
     u = torch.stack([u[torch.randperm(n, generator=g), c] for c in range(ch)], 1)
     colors = (0.2 + 0.8 * u).float().expand(n, 3).contiguous()
     return TransformParams(s, (oy, ox), offsets, flips, swap, perms, colors)
+
+
+def _generator(generator: Optional[torch.Generator]) -> torch.Generator:
+    return generator if generator is not None else torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))
+
+
+def _stratified_rows(rows: int, n: int, k: int, g: torch.Generator) -> torch.Tensor:
+    """(rows, n) codes in 0..k-1: in every row each code n/k times (up to one), in random order."""
+    start = torch.randint(k, (rows, 1), generator=g)
+    codes = (torch.arange(n) + start) % k
+    return codes.gather(1, torch.rand(rows, n, generator=g).argsort(1))
+
+
+@dataclass
+class TransformSet:
+    """S independent transformations for a batch of n images (``sample_batched``)."""
+
+    scales: torch.Tensor         # (S,) long, 1..8
+    scale_offsets: torch.Tensor  # (S, 2) long: oy, ox in 0..s-1
+    offsets: torch.Tensor        # (S, n, 2) long
+    flips: torch.Tensor          # (S, n) long
+    swap: torch.Tensor           # (S,) bool
+    perms: torch.Tensor          # (S, n, 3) long
+    colors: torch.Tensor         # (S, n, 3) float32
+
+    @property
+    def samples(self) -> int:
+        return int(self.scales.shape[0])
+
+    @property
+    def n(self) -> int:
+        return int(self.offsets.shape[1])
+
+    def sample(self, k: int) -> TransformParams:
+        """Sample k as a ``TransformParams`` (for ``apply_transform``)."""
+        return TransformParams(int(self.scales[k]), tuple(int(v) for v in self.scale_offsets[k]), self.offsets[k],
+                               self.flips[k], bool(self.swap[k]), self.perms[k], self.colors[k])
+
+    @classmethod
+    def cat(cls, sets: Sequence["TransformSet"]) -> "TransformSet":
+        """The samples of several sets, in order."""
+        return cls(*(torch.cat([getattr(t, f) for t in sets]) for f in
+                     ("scales", "scale_offsets", "offsets", "flips", "swap", "perms", "colors")))
+
+    def groups(self, height: int, width: int) -> List[Tuple[torch.Tensor, "TransformBatch"]]:
+        """[(sample indices, TransformBatch)]: one group per scale level, split by swap when the
+        downscaled image is not square (output shapes must agree within a group)."""
+        out = []
+        for s in torch.unique(self.scales).tolist():
+            hd, wd = _downscaled(height, s), _downscaled(width, s)
+            keys = [None] if hd == wd else [False, True]
+            for key in keys:
+                sel = self.scales == s
+                if key is not None:
+                    sel = sel & (self.swap == key)
+                idx = sel.nonzero().flatten()
+                if len(idx):
+                    out.append((idx, TransformBatch.from_set(self, idx)))
+        return out
+
+
+def sample_batched(samples: int, n: int, *, generator: Optional[torch.Generator] = None,
+                   max_scale: int = MAX_SCALE, scale: Optional[int] = None, brightness: bool = False) -> TransformSet:
+    """Draw ``samples`` independent transformations for ``n`` images at once (vectorized); each is
+    distributed as one ``sample_official(n)`` draw. ``scale`` fixes every sample's level."""
+    if samples < 1 or n < 1:
+        raise ValueError(f"need samples >= 1 and n >= 1, got samples={samples}, n={n}")
+    if not 1 <= max_scale <= MAX_SCALE:
+        raise ValueError(f"max_scale must be in 1..{MAX_SCALE}, got {max_scale}")
+    if scale is not None and not 1 <= scale <= max_scale:
+        raise ValueError(f"scale must be in 1..{max_scale}, got {scale}")
+    g = _generator(generator)
+    if scale is None:
+        scales = torch.multinomial(scale_probabilities(max_scale), samples, replacement=True, generator=g) + 1
+    else:
+        scales = torch.full((samples,), scale, dtype=torch.long)
+    scale_offsets = (torch.rand(samples, 2, generator=g, dtype=torch.float64) * scales[:, None]).long()
+    offsets = torch.randint(MAX_OFFSET + 1, (samples, n, 2), generator=g)
+    flips = _stratified_rows(samples, n, 4, g)
+    swap = torch.rand(samples, generator=g) < 0.5
+    perms = PERMUTATIONS[_stratified_rows(samples, n, 6, g)]
+    ch = 1 if brightness else 3
+    u = (torch.rand(samples, ch, n, generator=g, dtype=torch.float64) + torch.arange(n, dtype=torch.float64)) / n
+    u = u.gather(2, torch.rand(samples, ch, n, generator=g).argsort(2)).transpose(1, 2)
+    colors = (0.2 + 0.8 * u).float().expand(samples, n, 3).contiguous()
+    return TransformSet(scales, scale_offsets, offsets, flips, swap, perms, colors)
+
+
+def _downscaled(side: int, s: int) -> int:
+    return (2 * (s - 1) + side) // s
+
+
+@dataclass
+class TransformBatch:
+    """Kernel-ready parameters of S samples of one scale level for a batch of ``batch`` images:
+    ``params`` (S*batch, 9) int32 rows (dy, dx, flip, swap, oy, ox, perm0, perm1, perm2) and
+    ``colors`` (S*batch, 3) float32, sample-major (row n belongs to image n % batch)."""
+
+    scale: int
+    params: torch.Tensor
+    colors: torch.Tensor
+    batch: int
+
+    @property
+    def samples(self) -> int:
+        return int(self.params.shape[0]) // self.batch
+
+    @classmethod
+    def from_set(cls, t: TransformSet, idx: torch.Tensor) -> "TransformBatch":
+        scales = t.scales[idx]
+        if len(idx) == 0 or bool((scales != scales[0]).any()):
+            raise ValueError("a TransformBatch holds one or more samples of a single scale level")
+        k, n = len(idx), t.n
+        params = torch.cat([t.offsets[idx], t.flips[idx][..., None], t.swap[idx].long()[:, None, None].expand(k, n, 1),
+                            t.scale_offsets[idx][:, None, :].expand(k, n, 2), t.perms[idx]], dim=2)
+        return cls(int(scales[0]), params.reshape(k * n, 9).to(torch.int32).contiguous(),
+                   t.colors[idx].reshape(k * n, 3).float().contiguous(), n)
+
+    @classmethod
+    def from_params(cls, ps: Sequence[TransformParams]) -> "TransformBatch":
+        """Stack official draws (``sample_official``) of one scale level."""
+        if not ps:
+            raise ValueError("need at least one TransformParams")
+        t = TransformSet(torch.tensor([p.scale for p in ps]), torch.tensor([p.scale_offset for p in ps]),
+                         torch.stack([p.offsets for p in ps]), torch.stack([p.flips for p in ps]),
+                         torch.tensor([p.swap for p in ps]), torch.stack([p.perms for p in ps]),
+                         torch.stack([p.colors for p in ps]))
+        return cls.from_set(t, torch.arange(len(ps)))
+
+    def select(self, start: int, stop: int) -> "TransformBatch":
+        """Samples start..stop-1 (a chunk of this group)."""
+        rows = slice(start * self.batch, stop * self.batch)
+        return TransformBatch(self.scale, self.params[rows], self.colors[rows], self.batch)
+
+    def downscaled(self, height: int, width: int) -> Tuple[int, int]:
+        return _downscaled(height, self.scale), _downscaled(width, self.scale)
+
+    def check_size(self, height: int, width: int) -> None:
+        if min(height, width) < min_size_for_scale(self.scale):
+            raise ValueError(f"images of {height}x{width} are too small for scale level {self.scale}: reflect "
+                             f"padding needs the downscaled image to be >= 8 px, i.e. sides >= "
+                             f"{min_size_for_scale(self.scale)}")
+
+    def out_size(self, height: int, width: int) -> Tuple[int, int]:
+        """(h, w) of every transformed image; the swaps must agree unless the result is square."""
+        hd, wd = self.downscaled(height, width)
+        swaps = self.params[:, 3]
+        if hd != wd and bool((swaps != swaps[0]).any()):
+            raise ValueError("samples with and without the H/W swap give different shapes for non-square "
+                             "images; split them (TransformSet.groups does)")
+        if hd != wd and bool(swaps[0]):
+            hd, wd = wd, hd
+        return hd + MAX_OFFSET, wd + MAX_OFFSET
 
 
 def min_size_for_scale(scale: int) -> int:

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastlpips.transforms import MAX_OFFSET, PERMUTATIONS, TransformParams, apply_transform, sample_official
+from fastlpips.transforms import (MAX_OFFSET, PERMUTATIONS, TransformParams, apply_transform, sample_batched,
+                                  sample_official)
 
 
 def _numpy_transform(x: np.ndarray, p: TransformParams) -> np.ndarray:
@@ -70,9 +71,15 @@ def test_same_seed_same_transform_and_adjoint_identity():
     assert torch.allclose((ax * y).sum(), (x * aty).sum(), rtol=1e-13)
 
 
-def test_sampling_distributions():
+@pytest.mark.parametrize("mode", ["official", "batched"])
+def test_sampling_distributions(mode):
+    """Both sampling modes draw every sample from the release's distribution."""
     g = torch.Generator().manual_seed(0)
-    draws = [sample_official(10, generator=g) for _ in range(4000)]
+    if mode == "official":
+        draws = [sample_official(10, generator=g) for _ in range(4000)]
+    else:
+        t = sample_batched(4000, 10, generator=g)
+        draws = [t.sample(k) for k in range(4000)]
     scales = torch.tensor([d.scale for d in draws])
     expected = (1 / torch.arange(1, 9, dtype=torch.float64) ** 2)
     expected = expected / expected.sum()
@@ -91,6 +98,10 @@ def test_sampling_distributions():
         assert torch.equal(strata, torch.arange(10)[:, None].expand(10, 3))
         assert d.offsets.min() >= 0 and d.offsets.max() <= 7
     assert 0.45 < np.mean([d.swap for d in draws]) < 0.55
+    offsets = torch.stack([d.offsets for d in draws]).flatten()
+    assert (torch.bincount(offsets, minlength=8).double() / len(offsets) - 1 / 8).abs().max() < 0.01
+    level2 = [d.scale_offset for d in draws if d.scale == 2]
+    assert 0.4 < np.mean([o[0] for o in level2]) < 0.6  # uniform in {0, 1}
 
 
 def test_bad_arguments():
@@ -117,3 +128,9 @@ def test_conditioned_scale_level():
         assert p.scale == s and max(p.scale_offset) < s
     with pytest.raises(ValueError, match="scale must be in 1..4"):
         sample_official(3, max_scale=4, scale=5)
+    t = sample_batched(50, 3, generator=g, scale=3)
+    assert bool((t.scales == 3).all()) and int(t.scale_offsets.max()) <= 2
+    with pytest.raises(ValueError, match="scale must be in 1..4"):
+        sample_batched(2, 3, max_scale=4, scale=5)
+    with pytest.raises(ValueError, match="samples >= 1"):
+        sample_batched(0, 3)

@@ -44,32 +44,23 @@ cudaError_t jvp(const fastlpips::cuda::Geom& g, const void* f0, const void* f1, 
 
 }  // namespace
 
-#define FASTLPIPS_DISPATCH(code, FN, ...)                                  \
-  switch (code) {                                                          \
-    case 0: return FN<float, float>(__VA_ARGS__);                          \
-    case 1: return FN<double, double>(__VA_ARGS__);                        \
-    case 2: return FN<__half, float>(__VA_ARGS__);                         \
-    case 3: return FN<__nv_bfloat16, float>(__VA_ARGS__);                  \
-    default: return cudaErrorInvalidValue;                                 \
-  }
-
 extern "C" {
 
 cudaError_t fastlpips_head_fwd(int dtype, fastlpips::cuda::Geom g, const void* f0, const void* f1, const void* w,
                                double eps, void* m, void* r0, void* r1, cudaStream_t s) {
-  FASTLPIPS_DISPATCH(dtype, fwd, g, f0, f1, w, eps, m, r0, r1, s)
+  FASTLPIPS_DISPATCH_CODE(dtype, fwd, g, f0, f1, w, eps, m, r0, r1, s)
 }
 
 cudaError_t fastlpips_head_bwd(int dtype, fastlpips::cuda::Geom g, const void* gm, const void* f0, const void* f1,
                                const void* w, const void* r0, const void* r1, double eps, void* g0, void* g1,
                                void* gw, cudaStream_t s) {
-  FASTLPIPS_DISPATCH(dtype, bwd, g, gm, f0, f1, w, r0, r1, eps, g0, g1, gw, s)
+  FASTLPIPS_DISPATCH_CODE(dtype, bwd, g, gm, f0, f1, w, r0, r1, eps, g0, g1, gw, s)
 }
 
 cudaError_t fastlpips_head_jvp(int dtype, fastlpips::cuda::Geom g, const void* f0, const void* f1, const void* w,
                                const void* r0, const void* r1, const void* t0, const void* t1, const void* tw,
                                double eps, void* tm, cudaStream_t s) {
-  FASTLPIPS_DISPATCH(dtype, jvp, g, f0, f1, w, r0, r1, t0, t1, tw, eps, tm, s)
+  FASTLPIPS_DISPATCH_CODE(dtype, jvp, g, f0, f1, w, r0, r1, t0, t1, tw, eps, tm, s)
 }
 
 }  // extern "C"

@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include "fastlpips/checks.h"
+#include "glue.h"
 #include "head_geom.h"
 
 extern "C" {
@@ -20,22 +21,6 @@ cudaError_t fastlpips_head_jvp(int, fastlpips::cuda::Geom, const void*, const vo
 
 namespace fastlpips {
 namespace {
-
-#define FASTLPIPS_CUDA_CHECK(expr)                                                            \
-  do {                                                                                        \
-    cudaError_t err__ = (expr);                                                               \
-    TORCH_CHECK(err__ == cudaSuccess, "fastlpips CUDA kernel failed: ", cudaGetErrorString(err__)); \
-  } while (0)
-
-int dtype_code(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return 0;
-    case at::kDouble: return 1;
-    case at::kHalf: return 2;
-    case at::kBFloat16: return 3;
-    default: TORCH_CHECK(false, "fastlpips: unsupported dtype ", t);
-  }
-}
 
 at::Tensor cl(const at::Tensor& t) { return t.contiguous(at::MemoryFormat::ChannelsLast); }
 

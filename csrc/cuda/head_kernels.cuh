@@ -5,6 +5,7 @@
 #pragma once
 
 #include "fastlpips/head_math.h"
+#include "convert.cuh"
 #include "head_geom.h"
 
 #include <cuda_bf16.h>
@@ -13,14 +14,6 @@
 namespace fastlpips {
 namespace cuda {
 
-template <typename T> __device__ __forceinline__ float load_acc(const T* p) { return float(*p); }
-template <> __device__ __forceinline__ float load_acc<__half>(const __half* p) { return __half2float(*p); }
-template <> __device__ __forceinline__ float load_acc<__nv_bfloat16>(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-__device__ __forceinline__ double load_acc(const double* p) { return *p; }
-
-template <typename T, typename A> __device__ __forceinline__ T store_cast(A v) { return T(v); }
-template <> __device__ __forceinline__ __half store_cast<__half, float>(float v) { return __float2half(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 store_cast<__nv_bfloat16, float>(float v) { return __float2bfloat16(v); }
 
 template <typename A>
 __device__ __forceinline__ A warp_sum(A v) {

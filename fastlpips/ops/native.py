@@ -16,6 +16,16 @@ torch.library.register_fake("fastlpips_cpp::head_bwd")(fake_bwd)
 torch.library.register_fake("fastlpips_cpp::head_jvp")(fake_jvp)
 
 
+@torch.library.register_fake("fastlpips_cpp::transform_fwd")
+def _transform_fwd_fake(x, params, colors, scale, out_h, out_w):
+    return x.new_empty((params.shape[0], 3, out_h, out_w))
+
+
+@torch.library.register_fake("fastlpips_cpp::transform_bwd")
+def _transform_bwd_fake(grad, params, colors, scale, batch, in_h, in_w):
+    return grad.new_empty((batch, 3, in_h, in_w))
+
+
 def _setup(ctx, inputs, output):
     f0, f1, w, eps = inputs
     _, r0, r1 = output

@@ -1,0 +1,137 @@
+"""The fused E-LPIPS batched random transform and its adjoint, behind the backend dispatch.
+
+``batched_transform(x, t)`` maps images x (B, 3, H, W) and a ``TransformBatch`` t of S samples
+(one scale level) to the transformed (S*B, 3, h, w) batch in one pass (output image n comes from
+image n % B): mirror pad + box downscale (step 1), offset padding (2), flip (3), swap (4),
+channel permutation (5) and colour scale (6), as in ``fastlpips.transforms.apply_transform``.
+
+The map is linear in x; gradients reach x through the adjoint kernel (a scatter-add), the
+adjoint's own derivative is the forward kernel again (double backward), and forward-mode AD
+applies the forward kernel to the tangent. Backends: 'torch' (vectorized gather with plain
+autograd), 'cpp' and 'cuda' (fastlpips._C, math in csrc/include/fastlpips/transform_math.h),
+'triton' (kernels/transform.py, interpreted on CPU). The colours are constants (no gradient).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..transforms import MAX_OFFSET, TransformBatch
+
+__all__ = ["batched_transform", "IMPLEMENTED"]
+
+IMPLEMENTED = {"torch", "cpp", "triton", "cuda"}
+
+
+def _reflect(i: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.where(i < 0, -i, torch.where(i >= n, 2 * (n - 1) - i, i))
+
+
+def _torch_transform(x: torch.Tensor, t: TransformBatch) -> torch.Tensor:
+    """The same index math in plain torch ops: one gather of every s x s box, then a mean."""
+    b, _, h, w = x.shape
+    s = t.scale
+    oh, ow = t.out_size(h, w)
+    hd, wd = t.downscaled(h, w)
+    p = t.params.to(x.device).long()
+    n = p.shape[0]
+    i = torch.arange(oh, device=x.device).view(1, oh, 1)
+    j = torch.arange(ow, device=x.device).view(1, 1, ow)
+    col = lambda k: p[:, k].view(n, 1, 1)  # noqa: E731
+    swap, flip = col(3) != 0, col(2)
+    a, bb = torch.where(swap, j, i), torch.where(swap, i, j)
+    a = torch.where((flip == 1) | (flip == 2), hd + MAX_OFFSET - 1 - a, a)
+    bb = torch.where((flip == 0) | (flip == 2), wd + MAX_OFFSET - 1 - bb, bb)
+    u = _reflect(a - (MAX_OFFSET - col(0)), hd)
+    v = _reflect(bb - (MAX_OFFSET - col(1)), wd)
+    k = torch.arange(s, device=x.device)
+    rows = _reflect(u[..., None] * s + k - col(4)[..., None], h)  # (N, oh, ow, s)
+    cols = _reflect(v[..., None] * s + k - col(5)[..., None], w)
+    img = (torch.arange(n, device=x.device) % b).view(n, 1, 1, 1, 1, 1)
+    chan = p[:, 6:9].view(n, 3, 1, 1, 1, 1)
+    boxes = x[img, chan, rows[:, None, :, :, :, None], cols[:, None, :, :, None, :]]  # (N, 3, oh, ow, s, s)
+    colors = t.colors.to(device=x.device, dtype=x.dtype).view(n, 3, 1, 1)
+    return boxes.sum((-1, -2)) / (s * s) * colors
+
+
+def _kernels(backend: str):
+    if backend in ("cpp", "cuda"):
+        return torch.ops.fastlpips_cpp.transform_fwd, torch.ops.fastlpips_cpp.transform_bwd
+    if backend == "triton":
+        from . import triton_ops  # noqa: F401  (registers torch.ops.fastlpips_triton)
+
+        return torch.ops.fastlpips_triton.transform_fwd, torch.ops.fastlpips_triton.transform_bwd
+    raise NotImplementedError(f"no transform kernels for backend {backend!r}")  # pragma: no cover
+
+
+class _Transform(torch.autograd.Function):
+    @staticmethod
+    def forward(x, params, colors, scale, out_h, out_w, backend):
+        fwd, _ = _kernels(backend)
+        return fwd(x, params, colors, scale, out_h, out_w)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, params, colors, scale, _, _, backend = inputs
+        ctx.params, ctx.colors, ctx.scale, ctx.backend = params, colors, scale, backend
+        ctx.in_shape, ctx.out_hw = tuple(x.shape), (inputs[4], inputs[5])
+
+    @staticmethod
+    def backward(ctx, g):
+        b, _, h, w = ctx.in_shape
+        gx = _TransformAdjoint.apply(g, ctx.params, ctx.colors, ctx.scale, b, h, w, ctx.backend)
+        return gx, None, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, tx, *unused):
+        fwd, _ = _kernels(ctx.backend)
+        return fwd(tx, ctx.params, ctx.colors, ctx.scale, *ctx.out_hw)
+
+
+class _TransformAdjoint(torch.autograd.Function):
+    """The adjoint as its own node: its derivative is the forward transform (double backward)."""
+
+    @staticmethod
+    def forward(g, params, colors, scale, batch, in_h, in_w, backend):
+        _, bwd = _kernels(backend)
+        return bwd(g, params, colors, scale, batch, in_h, in_w)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        g, params, colors, scale, _, _, _, backend = inputs
+        ctx.params, ctx.colors, ctx.scale, ctx.backend = params, colors, scale, backend
+        ctx.out_hw = tuple(g.shape[2:])
+
+    @staticmethod
+    def backward(ctx, gg):
+        ggx = _Transform.apply(gg, ctx.params, ctx.colors, ctx.scale, *ctx.out_hw, ctx.backend)
+        return ggx, None, None, None, None, None, None, None
+
+
+def batched_transform(x: torch.Tensor, t: TransformBatch, *, backend: Optional[str] = None) -> torch.Tensor:
+    """Apply the S samples of ``t`` to images ``x`` (B, 3, H, W) -> (S*B, 3, h, w), sample-major.
+
+    Differentiable with respect to ``x`` (backward, double backward, forward-mode AD). ``backend``
+    as for ``lpips_head_map``: 'auto' (default), 'torch', 'cpp', 'triton', 'cuda'.
+    """
+    from .._backend import resolve
+
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"images must be (B, 3, H, W), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"images must be floating point, got {x.dtype}")
+    if t.batch != x.shape[0]:
+        raise ValueError(f"the transforms were drawn for batches of {t.batch} images, got {x.shape[0]}")
+    h, w = x.shape[2:]
+    t.check_size(h, w)
+    name = resolve(x.device, backend)
+    if name == "cupy":  # pragma: no cover - GPU only; CuPy has head kernels only: use torch's gather
+        name = "torch"
+    if name == "torch":
+        return _torch_transform(x, t)
+    params = t.params.to(device=x.device, dtype=torch.int32)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    colors = t.colors.to(device=x.device, dtype=acc)
+    oh, ow = t.out_size(h, w)
+    return _Transform.apply(x, params, colors, t.scale, oh, ow, name)
