@@ -17,12 +17,14 @@ high-sample estimator with confidence intervals, the CLI and the benchmarks.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import _validation as V
@@ -53,33 +55,53 @@ class _AvgPoolVGG(nn.Module):
                 layers.append(nn.AvgPool2d(2, 2) if isinstance(m, nn.MaxPool2d) else m)
         self.layers = nn.ModuleList(layers)
 
-    def forward(self, x: torch.Tensor, groups: int, keep: Optional[float],
-                generator: Optional[torch.Generator]) -> List[torch.Tensor]:
-        """``x`` holds ``groups`` stacked batches of equal size that share every dropout mask."""
-        feats = [x]
+    def forward(self, x: torch.Tensor, groups: int, keep: Optional[float], generator: Optional[torch.Generator],
+                consume: Callable[[torch.Tensor], None]) -> None:
+        """Hands the 14 layers to ``consume`` as they are computed (layer 0: the input). ``x`` holds
+        ``groups`` stacked batches of equal size that share every dropout mask. Dropout: the
+        dropped elements are zeroed and the 1/keep scale is folded into the convolution weights."""
+        consume(x)
         n = x.shape[0] // groups
         for m in self.layers:
-            if isinstance(m, nn.Conv2d) and keep is not None:
-                x = _dropout(x, n, groups, keep, generator)
-            x = m(x)
+            if isinstance(m, nn.Conv2d) and keep is not None and keep < 1:
+                x = _drop(x, n, groups, 1 - keep, generator)
+                x = F.conv2d(x, m.weight * (1 / keep), m.bias, m.stride, m.padding)
+            else:
+                x = m(x)
             if isinstance(m, nn.ReLU):
-                feats.append(x)
-        return feats
+                consume(x)
 
 
-def _dropout(x: torch.Tensor, n: int, groups: int, keep: float, generator: Optional[torch.Generator]) -> torch.Tensor:
-    """Multiply by one Bernoulli(keep)/keep mask per element of a batch of ``n``, the same for every
-    one of the ``groups`` stacked batches. Drawn as (n, H, W, C) (channels_last order) in fp32 from
-    ``generator`` (on its device), applied in fp32 for reduced-precision activations."""
-    _, c, h, w = x.shape
-    gdev = generator.device if generator is not None else torch.device("cpu")
-    u = torch.rand((n, h, w, c), generator=generator, device=gdev, dtype=torch.float32).to(x.device)
-    mask = ((u < keep).to(torch.float32) / keep).permute(0, 3, 1, 2)
-    if x.dtype == torch.float64:
-        mask = mask.double()
+def _bernoulli_positions(count: int, p: float, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """Positions (0..count-1) of the successes of ``count`` independent Bernoulli(p) trials, drawn
+    exactly through their geometric gaps: floor(log U / log(1 - p)) + 1 (about p * count uniforms
+    instead of count)."""
+    log_q = math.log1p(-p)
+    chunks, total = [], 0
+    while total < count:
+        k = int(count * p + 6 * math.sqrt(count * p) + 16)
+        u = 1 - torch.rand(k, generator=generator, dtype=torch.float64)  # (0, 1]
+        gaps = torch.floor(torch.log(u) / log_q).long() + 1
+        pos = torch.cumsum(gaps, 0) + (total - 1)
+        chunks.append(pos[pos < count])
+        total = int(pos[-1]) + 1
+    return torch.cat(chunks)
+
+
+def _drop(x: torch.Tensor, n: int, groups: int, p: float, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """Zero each element of a batch of ``n`` with probability p, the same elements in each of the
+    ``groups`` stacked batches. Elements are counted in channels_last order (any fixed order gives
+    the same i.i.d. mask); in place when no gradient is recorded, else out of place."""
+    per = n * x[0].numel()
+    idx = _bernoulli_positions(per, p, generator).to(x.device)
     if groups > 1:
-        mask = torch.cat([mask] * groups)
-    return (x * mask).to(x.dtype)
+        idx = (idx[None] + torch.arange(groups, device=x.device)[:, None] * per).reshape(-1)
+    if not (torch.is_grad_enabled() and x.requires_grad) and x.is_contiguous(memory_format=torch.channels_last):
+        x.permute(0, 2, 3, 1).view(-1).index_fill_(0, idx, 0)
+        return x
+    nhwc = x.permute(0, 2, 3, 1)
+    flat = nhwc.reshape(-1).index_fill(0, idx, 0)
+    return flat.view(nhwc.shape).permute(0, 3, 1, 2)
 
 
 class ELPIPS(nn.Module):
@@ -145,17 +167,22 @@ class ELPIPS(nn.Module):
 
     def _distances(self, batch: List[torch.Tensor], per: int, generator: Optional[torch.Generator]) -> List[torch.Tensor]:
         """Trunk + heads for stacked members (images..., reference), each of ``per`` images in the
-        scale [0, 1]; one dropout mask per element of a member, shared by all members."""
+        scale [0, 1]; one dropout mask per element of a member, shared by all members. Each layer's
+        head runs as soon as the layer exists (dropout then zeroes the next conv's input in place)."""
         x = self.scaling_layer(torch.cat(batch) * 2 - 1)
         if self.compute_dtype is not None:
             x = x.to(self.compute_dtype)
-        feats = self.net(x.contiguous(memory_format=torch.channels_last), len(batch),
-                         self.keep_prob if self.dropout else None, generator)
         out = [0.0] * (len(batch) - 1)
-        for f, w in zip(feats, self._layer_weights()):
+        weights = iter(self._layer_weights())
+
+        def consume(f: torch.Tensor) -> None:
+            w = next(weights)
             parts = torch.split(f, per)
             for i in range(len(out)):
                 out[i] = out[i] + lpips_head_map(parts[i], parts[-1], w, backend=self.backend).mean((1, 2, 3))
+
+        self.net(x.contiguous(memory_format=torch.channels_last), len(batch),
+                 self.keep_prob if self.dropout else None, generator, consume)
         return out
 
     def distance_once(self, images: Sequence[torch.Tensor], reference: torch.Tensor,

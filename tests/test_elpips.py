@@ -218,3 +218,38 @@ def test_bf16_trunk_close_to_fp32():
     assert ((low - ref).abs() / ref).max() < 0.01, (low, ref)
     with pytest.raises(ValueError, match="reduced-precision"):
         _plain(dtype=torch.float64)
+
+
+def test_dropout_positions_are_bernoulli():
+    """The geometric-gap sampler draws i.i.d. Bernoulli(p) trials: the count, the spread over the
+    positions and the gaps match, and a seed repeats it."""
+    from fastlpips.elpips import _bernoulli_positions
+
+    count, p = 200_000, 0.01
+    pos = _bernoulli_positions(count, p, torch.Generator().manual_seed(0))
+    assert torch.equal(pos, _bernoulli_positions(count, p, torch.Generator().manual_seed(0)))
+    assert bool((pos[1:] > pos[:-1]).all()) and int(pos.min()) >= 0 and int(pos.max()) < count
+    sd = (count * p * (1 - p)) ** 0.5
+    assert abs(len(pos) - count * p) < 4 * sd
+    quarters = torch.bincount(pos * 4 // count, minlength=4).double()
+    assert ((quarters - count * p / 4).abs() < 4 * (count * p / 4) ** 0.5).all()
+    gaps = torch.diff(pos).double()
+    assert abs(float(gaps.mean()) - 1 / p) < 4 * ((1 - p) ** 0.5 / p) / len(gaps) ** 0.5
+    assert abs(float((gaps == 1).double().mean()) - p) < 0.005  # P(gap = 1) = p
+    many = torch.cat([_bernoulli_positions(50, 0.5, torch.Generator().manual_seed(s)) for s in range(400)])
+    assert abs(len(many) / (50 * 400) - 0.5) < 0.02  # many chunks (large p), still exact
+
+
+def test_dropout_rate_and_sharing(small_metric):
+    """About 1% of each conv input is zeroed, the same elements in every stacked member."""
+    from fastlpips.elpips import _drop
+
+    x = torch.ones(4, 8, 20, 20).contiguous(memory_format=torch.channels_last)
+    y = _drop(x.clone(), 2, 2, 0.25, torch.Generator().manual_seed(1))
+    assert torch.equal(y[:2] == 0, y[2:] == 0)
+    assert abs(float((y[:2] == 0).double().mean()) - 0.25) < 0.03
+    a = x.clone().requires_grad_()
+    z = _drop(a * 1, 2, 2, 0.25, torch.Generator().manual_seed(1))  # out of place with a graph
+    assert torch.equal(z == 0, y == 0)
+    z.sum().backward()
+    assert torch.equal(a.grad == 0, y == 0)
