@@ -1,6 +1,6 @@
 """Turn a pytest-benchmark JSON into the same-run ratio tables of benchmarks/README.md.
 
-Usage: python benchmarks/report.py benchmarks/results/latest.json [--readme benchmarks/README.md]
+Usage: python benchmarks/report.py benchmarks/results/latest.json [more.json ...] [--readme benchmarks/README.md]
 Ratios are baseline median / provider median, from the same run on the same machine; the goals
 come from the issues and are checked here, not in the tests (machines are noisy).
 """
@@ -11,7 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-BASELINES = ("lpips", "reference")
+BASELINES = ("lpips", "reference", "faithful-loop")
 
 # (group regex, provider) -> minimum speed-up vs the baseline (issues 2 and 3)
 GOALS = [
@@ -41,7 +41,8 @@ def _ms(stats):
 def table(data):
     by_group = defaultdict(dict)
     for b in data["benchmarks"]:
-        by_group[b["group"]][b["extra_info"]["provider"]] = b
+        if b["group"]:
+            by_group[b["group"]][b["extra_info"]["provider"]] = b
     lines = ["| benchmark | baseline | provider | median | vs baseline | goal | met | notes |",
              "|---|---|---|---|---|---|---|---|"]
     for group in sorted(by_group):
@@ -75,13 +76,67 @@ def table(data):
     return head + "\n\n" + "\n".join(lines)
 
 
+ELPIPS_GOALS = {"time": 3.0, "samples": 0.6, "bias": 0.005}  # issue 4
+
+
+def elpips_table(data):
+    """Time to a 95% interval of +-2.5%: samples needed x seconds per sample, engine vs faithful loop."""
+    per_sample, needed, actual = {}, {}, None
+    for b in data["benchmarks"]:
+        info = b["extra_info"]
+        if "samples_per_run" in info:
+            per_sample[(info["size"], info["provider"])] = (b["stats"]["median"] / info["samples_per_run"], info)
+        elif "samples_needed_iid" in info:
+            needed[info["size"]] = info
+        elif info.get("provider") == "fastlpips-estimate":
+            actual = (b["stats"]["median"], info)
+    if not needed:
+        return ""
+    lines = ["| size | pairs | s/sample faithful loop | s/sample engine fp32 (x) | s/sample engine bf16 (x) | bf16 bias "
+             f"(goal < {100 * ELPIPS_GOALS['bias']:g}%) | samples needed i.i.d. | stratified (ratio, goal <= "
+             f"{ELPIPS_GOALS['samples']:g}) | time to target faithful | engine fp32 (x, goal >= {ELPIPS_GOALS['time']:g}) "
+             "| engine bf16 (x) | met |", "|" + "---|" * 12]
+    for size in sorted(needed):
+        n = needed[size]
+        tf, info = per_sample.get((size, "faithful-loop"), (None, {}))
+        te, _ = per_sample.get((size, "fastlpips"), (None, {}))
+        tb, binfo = per_sample.get((size, "fastlpips-bf16"), (None, {}))
+        if tf is None or te is None:
+            continue
+        ni, ns = n["samples_needed_iid"], n["samples_needed_stratified"]
+        base, fp32 = ni * tf, ns * te
+        bf16 = ns * tb if tb else None
+        bias = binfo.get("bf16_rel_bias")
+        met = (base / fp32 >= ELPIPS_GOALS["time"]) and (ns / ni <= ELPIPS_GOALS["samples"]) and \
+            (bias is None or bias < ELPIPS_GOALS["bias"])
+        lines.append(f"| {size}x{size} | {info.get('pairs', '?')} | {tf:.3f} | {te:.3f} ({tf / te:.2f}x) | "
+                     f"{'' if tb is None else f'{tb:.3f} ({tf / tb:.2f}x)'} | "
+                     f"{'' if bias is None else f'{100 * bias:.3f}%'} | {ni:.0f} | {ns:.0f} ({ns / ni:.2f}) | "
+                     f"{base:.0f} s | {fp32:.0f} s ({base / fp32:.2f}x) | "
+                     f"{'' if bf16 is None else f'{bf16:.0f} s ({base / bf16:.2f}x)'} | {'yes' if met else '**no**'} |")
+    if actual is not None:
+        secs, info = actual
+        lines.append("")
+        lines.append(f"Actual run at 64x64: `elpips_estimate` (stratified, rounds of 64, fp32) reached +-"
+                     f"{100 * info['rel_half_width']:.2f}% on every pair (converged: {info['converged']}) with "
+                     f"{info['samples_used']} samples in {secs:.0f} s (projection above: "
+                     f"{needed.get(64, {}).get('samples_needed_stratified', float('nan')):.0f} samples).")
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("json")
+    ap.add_argument("json", nargs="+", help="one or more pytest-benchmark JSON files (their benchmarks are merged)")
     ap.add_argument("--readme", default=str(Path(__file__).with_name("README.md")))
     args = ap.parse_args()
-    data = json.loads(Path(args.json).read_text())
+    runs = [json.loads(Path(p).read_text()) for p in args.json]
+    data = runs[0]
+    for other in runs[1:]:
+        data["benchmarks"] = data["benchmarks"] + other["benchmarks"]
     text = table(data)
+    extra = elpips_table(data)
+    if extra:
+        text += "\n\nE-LPIPS time to a 95% interval of +-2.5% (and +-0.01), per pair set:\n\n" + extra
     readme = Path(args.readme)
     body = readme.read_text() if readme.exists() else f"{START}\n{END}\n"
     if START not in body:

@@ -10,10 +10,10 @@ transformations and dropout, with the official release's semantics (REFERENCE.md
   head op of fastlpips.ops);
 * inputs in [0, 1]; the transformation is applied first, then ``2x - 1`` and the LPIPS scaling.
 
-Status (issue 4, in progress): this module evaluates the metric by drawing one transformation
-per sample in the official mode (``fastlpips.transforms``) and looping over samples. Still to
-come: the batched-sample mode, the fused transform kernels, grouping by scale level, the
-high-sample estimator with confidence intervals, the CLI and the benchmarks.
+Engine: ``mode='batched'`` (default) draws the samples of a call at once, groups them by scale level
+and runs each group through the fused transform op (``fastlpips.ops.transform``) and one trunk
+pass (chunked to ``memory_budget``); ``mode='official'`` is the release's one-sample-per-pass loop.
+``elpips_estimate`` evaluates to a confidence interval with stratified scale levels.
 """
 from __future__ import annotations
 
@@ -63,9 +63,13 @@ class _AvgPoolVGG(nn.Module):
         consume(x)
         n = x.shape[0] // groups
         for m in self.layers:
-            if isinstance(m, nn.Conv2d) and keep is not None and keep < 1:
-                x = _drop(x, n, groups, 1 - keep, generator)
-                x = F.conv2d(x, m.weight * (1 / keep), m.bias, m.stride, m.padding)
+            if isinstance(m, nn.Conv2d):
+                x = x.to(m.weight.dtype)  # reduced precision: the first conv and its layers stay fp32
+                if keep is not None and keep < 1:
+                    x = _drop(x, n, groups, 1 - keep, generator)
+                    x = F.conv2d(x, m.weight * (1 / keep), m.bias, m.stride, m.padding)
+                else:
+                    x = m(x)
             else:
                 x = m(x)
             if isinstance(m, nn.ReLU):
@@ -119,8 +123,9 @@ class ELPIPS(nn.Module):
         keep_prob: dropout keep probability (0.99).
         max_scale: largest scale level (1..8; the release's default is 8; see
             ``scale_levels_for_size`` for small images).
-        dtype: reduced-precision trunk, e.g. ``torch.bfloat16`` (head accumulation and results in
-            fp32); None (default) runs the trunk in the module's dtype.
+        dtype: reduced-precision trunk, e.g. ``torch.bfloat16``: every conv but the first runs in
+            that dtype (the input, conv1_1 and their two layers stay fp32: cheap, and where bf16's
+            rounding of the image would bias the distance most); heads accumulate in fp32.
         memory_budget: bytes of activations one trunk pass may take (default 1 GiB); larger
             groups are split into chunks of samples.
         trunk_path, backend: as for ``fastlpips.LPIPS`` (``backend`` picks the head and transform kernels).
@@ -155,8 +160,9 @@ class ELPIPS(nn.Module):
         vgg.requires_grad_(False)
         self.net = _AvgPoolVGG(vgg)
         self.net.to(memory_format=torch.channels_last)
-        if dtype is not None:
+        if dtype is not None:  # all but the first conv: the input and conv1_1 (cheap) stay fp32
             self.net.to(dtype)
+            self.net.layers[0].float()
         lin = load_lin_weights("elpips", "vgg_full_avg")
         self.register_buffer("weights", torch.cat([lin[f"lin{k}"].reshape(-1) for k in range(14)]))
         self.channels = [lin[f"lin{k}"].numel() for k in range(14)]
@@ -170,8 +176,6 @@ class ELPIPS(nn.Module):
         scale [0, 1]; one dropout mask per element of a member, shared by all members. Each layer's
         head runs as soon as the layer exists (dropout then zeroes the next conv's input in place)."""
         x = self.scaling_layer(torch.cat(batch) * 2 - 1)
-        if self.compute_dtype is not None:
-            x = x.to(self.compute_dtype)
         out = [0.0] * (len(batch) - 1)
         weights = iter(self._layer_weights())
 
@@ -234,7 +238,7 @@ class ELPIPS(nn.Module):
     def _chunk(self, images_per_sample: int, h: int, w: int, grad: bool) -> int:
         """Samples per trunk pass: activations of the 14 layers ~ 273 h w values per image (x3 with
         a graph for the backward), within ``memory_budget``."""
-        elem = 2 if self.compute_dtype is not None else self.weights.element_size()
+        elem = self.weights.element_size()  # not the reduced dtype: same chunks (and dropout draws) as fp32
         per_sample = images_per_sample * 273 * h * w * elem * (3 if grad else 1)
         return max(1, self.memory_budget // per_sample)
 
