@@ -262,7 +262,8 @@ class ELPIPS(nn.Module):
         return result if isinstance(image, (tuple, list)) else result[0]
 
     def check_inputs(self, images: Sequence[torch.Tensor], reference: torch.Tensor) -> None:
-        """Shapes, ranges and sizes (the transforms need sides >= 8 * max_scale), with named errors."""
+        """Shapes, ranges and sizes (the transforms need sides >= 8 * max_scale, the trunk >= 9 with
+        transforms, 16 without), with named errors."""
         for i, im in enumerate(images):
             V.check_image(im, f"image[{i}]")
             V.check_pair(im, reference)
@@ -274,6 +275,12 @@ class ELPIPS(nn.Module):
             raise ValueError(f"images of {h}x{w} are too small for scale levels up to {self.max_scale} (the "
                              f"downscaled image must be >= 8 px); use ELPIPS(max_scale={max(1, min(h, w) // 8)}) "
                              f"or the release's rule scale_levels_for_size(h, w) = {scale_levels_for_size(h, w)}")
+        # the trunk's four 2x2 poolings need >= 16 px: the (downscaled + 7 px padded) image at level 1
+        trunk_min = 9 if self.transforms else 16
+        if min(h, w) < trunk_min:
+            raise ValueError(f"images of {h}x{w} are too small for the VGG trunk: sides must be >= {trunk_min} "
+                             f"({'+ 7 px of offset padding ' if self.transforms else ''}>= 16 px through four "
+                             f"2x2 poolings)")
 
 
 @dataclass

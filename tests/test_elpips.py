@@ -87,6 +87,10 @@ def test_small_images_and_bad_arguments(metric):
     assert scale_levels_for_size(40, 300) == 1 and scale_levels_for_size(256, 256) == 4
     with pytest.raises(ValueError, match="n_samples must be >= 1"):
         ELPIPS(n_samples=0)
+    with pytest.raises(ValueError, match="too small for the VGG trunk: sides must be >= 9"):
+        ELPIPS(max_scale=1)(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="sides must be >= 16"):
+        ELPIPS(transforms=False)(torch.rand(1, 3, 15, 15), torch.rand(1, 3, 15, 15))
     with pytest.raises(ValueError, match="batch 2 but reference 1"):
         metric(torch.rand(2, 3, 64, 64), torch.rand(1, 3, 64, 64))
 

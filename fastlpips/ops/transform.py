@@ -88,6 +88,12 @@ class _Transform(torch.autograd.Function):
         fwd, _ = _kernels(ctx.backend)
         return fwd(tx, ctx.params, ctx.colors, ctx.scale, *ctx.out_hw)
 
+    @staticmethod
+    def vmap(info, in_dims, x, params, colors, scale, out_h, out_w, backend):
+        """torch.func.vmap (e.g. jacfwd): one call per vmapped slice (the kernels take one batch)."""
+        xs = x.movedim(in_dims[0], 0)
+        return torch.stack([_Transform.apply(xi, params, colors, scale, out_h, out_w, backend) for xi in xs]), 0
+
 
 class _TransformAdjoint(torch.autograd.Function):
     """The adjoint as its own node: its derivative is the forward transform (double backward)."""
@@ -107,6 +113,12 @@ class _TransformAdjoint(torch.autograd.Function):
     def backward(ctx, gg):
         ggx = _Transform.apply(gg, ctx.params, ctx.colors, ctx.scale, *ctx.out_hw, ctx.backend)
         return ggx, None, None, None, None, None, None, None
+
+    @staticmethod
+    def vmap(info, in_dims, g, params, colors, scale, batch, in_h, in_w, backend):
+        gs = g.movedim(in_dims[0], 0)
+        return torch.stack([_TransformAdjoint.apply(gi, params, colors, scale, batch, in_h, in_w, backend)
+                            for gi in gs]), 0
 
 
 def batched_transform(x: torch.Tensor, t: TransformBatch, *, backend: Optional[str] = None) -> torch.Tensor:

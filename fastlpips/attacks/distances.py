@@ -1,0 +1,165 @@
+"""Distances for perceptual attacks: every one is a feature distance d(x, y) = ||phi(x) - phi(y)||_2
+(or its square), with phi(x) a flat (N, D) feature vector, so the attacks only need ``features``
+(and its Jacobian J, through ``fastlpips.attacks.linalg``). Images are (N, 3, H, W) in [0, 1].
+
+* ``LPIPSDistance(model)``: calibrated LPIPS (any net/version of ``fastlpips.LPIPS``, any lin
+  weights, e.g. an R-LPIPS checkpoint loaded with ``model_path``). phi concatenates, per layer,
+  the channel-normalized features times sqrt(w_c / (H W)), so ||phi(x) - phi(y)||^2 is exactly
+  the LPIPS value; ``squared=True``: bounds are on the LPIPS value itself.
+* ``LPIPSDistance(model, calibrated=False)``: perceptual-advex's scale: unit weights and the
+  root, sqrt(uncalibrated LPIPS); its bounds 0.5 / 0.25 mean the same thing here.
+* ``ELPIPSDistance(metric, samples)``: E-LPIPS with ``samples`` transformations and dropout masks
+  fixed until ``resample()`` (common random numbers within an attack step), all in one pass.
+* ``ClassifierFeatureDistance(model, layers)``: self-bounded distances from a classifier's own
+  feature layers, named as in ``model.named_modules()`` and captured with forward hooks (4-D
+  activations are normalized per pixel and divided by sqrt(H W), 2-D ones per vector).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+from torch import nn
+
+EPS = 1e-10
+
+__all__ = ["FeatureDistance", "LPIPSDistance", "ELPIPSDistance", "ClassifierFeatureDistance", "normalize_layer"]
+
+
+def normalize_layer(f: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C*H*W): f / (||f||_c + eps) * sqrt(w_c / (H W)) (w = 1 when None)."""
+    if f.dim() == 2:
+        f = f[:, :, None, None]
+    n = f / (torch.linalg.vector_norm(f, dim=1, keepdim=True) + EPS)
+    scale = 1.0 / (f.shape[2] * f.shape[3])
+    if weight is not None:
+        n = n * (weight.reshape(1, -1, 1, 1).to(n.dtype) * scale).sqrt()
+    else:
+        n = n * scale**0.5
+    return n.flatten(1)
+
+
+def _channels_last(t: torch.Tensor) -> torch.Tensor:
+    """channels_last for the trunk's speed; as-is inside vmap (torch.func.jacfwd), which cannot."""
+    try:
+        return t.contiguous(memory_format=torch.channels_last)
+    except RuntimeError:
+        return t
+
+
+class FeatureDistance(nn.Module):
+    """d(x, y) = ||phi(x) - phi(y)|| (``squared=False``) or its square (``squared=True``)."""
+
+    squared: bool = False
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def from_features(self, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
+        d = torch.linalg.vector_norm(fx - fy, dim=1)
+        return d.square() if self.squared else d
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.from_features(self.features(x), self.features(y))
+
+    def root(self, value: float) -> float:
+        """A bound or step on this distance's scale -> on the scale of ||dphi|| (the attacks' scale)."""
+        return value**0.5 if self.squared else value
+
+
+class LPIPSDistance(FeatureDistance):
+    def __init__(self, model: Optional[nn.Module] = None, *, net: str = "alex", calibrated: bool = True) -> None:
+        super().__init__()
+        if model is None:
+            from ..model import LPIPS
+
+            model = LPIPS(net=net, verbose=False)
+        if calibrated and not model.lpips:
+            raise ValueError("calibrated=True needs an LPIPS model with lin layers (lpips=True)")
+        self.model = model.eval()
+        self.calibrated = calibrated
+        self.squared = calibrated
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        h = 2 * x - 1
+        if m.version == "0.1":
+            h = m.scaling_layer(h)
+        if m.compute_dtype is not None:
+            h = h.to(m.compute_dtype)
+        feats = list(m.net(_channels_last(h)))
+        weights = [lin.weight for lin in m.lins] if self.calibrated else [None] * len(feats)
+        return torch.cat([normalize_layer(f, w) for f, w in zip(feats, weights)], 1)
+
+
+class ELPIPSDistance(FeatureDistance):
+    """E-LPIPS over ``samples`` fixed draws (transformations and dropout), squared scale
+    (||phi(x) - phi(y)||^2 = the mean over the samples of the E-LPIPS sample distance)."""
+
+    squared = True
+
+    def __init__(self, metric=None, samples: int = 8, *, seed: int = 0) -> None:
+        super().__init__()
+        if metric is None:
+            from ..elpips import ELPIPS
+
+            metric = ELPIPS()
+        self.metric, self.samples, self._seed = metric, samples, seed
+        self._transforms = None
+        self._shape = None
+
+    def resample(self, seed: Optional[int] = None) -> None:
+        """Draw new transformations and dropout masks (the next attack step's common random numbers)."""
+        self._seed = seed if seed is not None else self._seed + 1
+        self._transforms = None
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        from ..ops.transform import batched_transform
+        from ..transforms import sample_batched
+
+        m = self.metric
+        n, _, h, w = x.shape
+        if self._transforms is None or self._shape != (n, h, w):
+            self._transforms = sample_batched(self.samples, n, generator=torch.Generator().manual_seed(self._seed),
+                                              max_scale=m.max_scale) if m.transforms else None
+            self._shape = (n, h, w)
+        groups = self._transforms.groups(h, w) if self._transforms is not None else [(torch.arange(self.samples), None)]
+        gen = torch.Generator().manual_seed(self._seed + 7919)  # dropout: the same masks on every call
+        per_sample: List[Optional[torch.Tensor]] = [None] * self.samples
+        weights = m._layer_weights()
+        for idx, tb in groups:
+            xt = batched_transform(x, tb, backend=m.backend) if tb is not None else x.repeat(len(idx), 1, 1, 1)
+            h0 = _channels_last(m.scaling_layer(xt * 2 - 1))
+            parts: List[torch.Tensor] = []
+            it = iter(weights)
+            m.net(h0, 1, m.keep_prob if m.dropout else None, gen,
+                  lambda f: parts.append(normalize_layer(f, next(it))))
+            phi = torch.cat(parts, 1).view(len(idx), n, -1)
+            for k, s in enumerate(idx.tolist()):
+                per_sample[s] = phi[k]
+        return torch.cat(per_sample, 1) / self.samples**0.5
+
+
+class ClassifierFeatureDistance(FeatureDistance):
+    """phi from named layers of ``model`` (self-bounded attacks: the classifier's own features)."""
+
+    def __init__(self, model: nn.Module, layers: Sequence[str]) -> None:
+        super().__init__()
+        modules = dict(model.named_modules())
+        missing = [name for name in layers if name not in modules]
+        if missing or not layers:
+            raise ValueError(f"unknown feature layers {missing or list(layers)}; choose among "
+                             f"{[k for k in modules if k][:20]}")
+        self.model, self.layers = model, list(layers)
+        self._captured: List[torch.Tensor] = []
+        for name in self.layers:
+            modules[name].register_forward_hook(lambda mod, inp, out: self._captured.append(out))
+
+    def features_and_logits(self, x: torch.Tensor):
+        self._captured = []
+        logits = self.model(x)
+        feats, self._captured = self._captured, []
+        return torch.cat([normalize_layer(f) for f in feats], 1), logits
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features_and_logits(x)[0]

@@ -1,0 +1,216 @@
+"""Perceptual attacks (Laidlaw et al., ICLR 2021) on exact products: PPGD, LPA, Fast-LPA, and the
+projections onto a distance ball. Semantics follow perceptual-advex 0.2.6 (REFERENCE.md section 4)
+where it is sound; differences are deliberate and listed:
+
+* J v is exact (forward-mode AD on one linearization per step) instead of a finite difference,
+  CG starts from x = 0 without spending a product on J^T J 0, and the step length ||J x|| comes
+  from the same linearization instead of an extra forward;
+* projections return a point that satisfies d <= bound, or report the sample as not projected
+  (``Projected.ok``); perceptual-advex's bisection returns its last midpoint, which may lie outside.
+
+Every attack takes the classifier ``model`` (logits from images in [0, 1]), a ``FeatureDistance``
+and a bound on that distance's own scale (e.g. perceptual-advex's 0.5 with
+``LPIPSDistance(calibrated=False)``, or an LPIPS value with the calibrated one).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .distances import FeatureDistance
+from .linalg import JTJ, _bcast, _dot, conjugate_gradient
+
+__all__ = ["margin_loss", "Projected", "project_bisection", "project_newton", "PerceptualPGD",
+           "LagrangePerceptualAttack", "FastLagrangePerceptualAttack"]
+
+
+def margin_loss(logits: torch.Tensor, labels: torch.Tensor, kappa: float = math.inf,
+                targeted: bool = False) -> torch.Tensor:
+    """Untargeted: max_{i != y} z_i - z_y; targeted: z_y - max_{i != y} z_i; clamped at kappa."""
+    z_y = logits.gather(1, labels[:, None])[:, 0]
+    other = logits.masked_fill(nn.functional.one_hot(labels, logits.shape[1]).bool(), -math.inf).amax(1)
+    m = (z_y - other) if targeted else (other - z_y)
+    return m.clamp(max=kappa)
+
+
+@dataclass
+class Projected:
+    images: torch.Tensor
+    distance: torch.Tensor  # (N,) final distance on the distance's scale
+    ok: torch.Tensor        # (N,) d <= bound holds
+
+
+def _dist(distance: FeatureDistance, x: torch.Tensor, fx: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return distance.from_features(distance.features(x), fx)
+
+
+def project_bisection(distance: FeatureDistance, x: torch.Tensor, x_adv: torch.Tensor, bound: float, *,
+                      steps: int = 10, fx: Optional[torch.Tensor] = None) -> Projected:
+    """Bisection on the segment x + a (x_adv - x), a in [0, 1]: the largest a found with d <= bound
+    (a = 0, the clean image, is always inside)."""
+    fx = distance.features(x).detach() if fx is None else fx
+    d_adv = _dist(distance, x_adv, fx)
+    inside = d_adv <= bound
+    lo = torch.where(inside, torch.ones_like(d_adv), torch.zeros_like(d_adv))
+    hi = torch.ones_like(d_adv)
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        d = _dist(distance, x + _bcast(mid, x) * (x_adv - x), fx)
+        ok = (d <= bound) & ~inside
+        lo = torch.where(ok, mid, lo)
+        hi = torch.where(~ok & ~inside, mid, hi)
+    out = x + _bcast(lo, x) * (x_adv - x)
+    d = _dist(distance, out, fx)
+    return Projected(out, d, d <= bound)
+
+
+def project_newton(distance: FeatureDistance, x: torch.Tensor, x_adv: torch.Tensor, bound: float, *,
+                   overshoot: float = 0.1, max_iterations: int = 10, fx: Optional[torch.Tensor] = None) -> Projected:
+    """Newton steps x_adv -= (d - bound + overshoot) (1 + overshoot) g / ||g||^2 on the samples
+    still outside (clamped to [0, 1]); samples still outside after ``max_iterations`` fall back to
+    bisection from the original x_adv."""
+    fx = distance.features(x).detach() if fx is None else fx
+    cur = x_adv.detach().clone()
+    need = _dist(distance, cur, fx) > bound
+    for _ in range(max_iterations):
+        if not bool(need.any()):
+            break
+        a = cur[need].clone().requires_grad_(True)
+        d = distance.from_features(distance.features(a), fx[need])
+        (g,) = torch.autograd.grad(d.sum(), a)
+        step = (d.detach() - bound).clamp(min=0)
+        step = torch.where(step > 0, step + overshoot, step)
+        gn = _dot(g, g).clamp_min(1e-30)
+        cur[need] = (a.detach() - _bcast(step * (1 + overshoot) / gn, g) * g).clamp(0, 1)
+        idx = need.nonzero().flatten()
+        need = need.clone()
+        need[idx] = _dist(distance, cur[idx], fx[idx]) > bound
+    if bool(need.any()):
+        fb = project_bisection(distance, x[need], x_adv[need], bound, fx=fx[need])
+        cur[need] = fb.images
+    d = _dist(distance, cur, fx)
+    return Projected(cur, d, d <= bound)
+
+
+def _project(kind: str, distance, x, x_adv, bound, fx) -> Projected:
+    if kind == "newton":
+        return project_newton(distance, x, x_adv, bound, fx=fx)
+    if kind == "bisection":
+        return project_bisection(distance, x, x_adv, bound, fx=fx)
+    raise ValueError(f"projection must be 'newton' or 'bisection', got {kind!r}")
+
+
+class PerceptualPGD(nn.Module):
+    """PPGD: each step solves (J^T J) d = grad(margin loss) by ``cg_iterations`` CG iterations with
+    exact products at the current image, moves to x + (step / ||J d||) d (clamped to [0, 1]) and
+    projects onto d(x0, .) <= bound. ``step`` defaults to 2 bound / num_iterations (root scale).
+    ``forward`` returns the adversarial images; ``last`` keeps the CG residuals, pass counts and
+    projection results of the final step."""
+
+    def __init__(self, model: nn.Module, distance: FeatureDistance, bound: float, *, num_iterations: int = 5,
+                 cg_iterations: int = 5, step: Optional[float] = None, kappa: float = 1.0,
+                 targeted: bool = False, projection: str = "newton", init_std: float = 0.01) -> None:
+        super().__init__()
+        if bound <= 0 or num_iterations < 1 or cg_iterations < 1:
+            raise ValueError(f"need bound > 0, num_iterations >= 1 and cg_iterations >= 1, got {bound}, "
+                             f"{num_iterations}, {cg_iterations}")
+        self.model, self.distance, self.bound = model, distance, bound
+        self.num_iterations, self.cg_iterations = num_iterations, cg_iterations
+        self.step = step if step is not None else 2 * distance.root(bound) / num_iterations
+        self.kappa, self.targeted, self.projection, self.init_std = kappa, targeted, projection, init_std
+        self.last: dict = {}
+
+    def step_once(self, x0: torch.Tensor, adv: torch.Tensor, labels: torch.Tensor, fx0: torch.Tensor) -> torch.Tensor:
+        a = adv.detach().requires_grad_(True)
+        loss = margin_loss(self.model(a), labels, self.kappa, self.targeted)
+        (g,) = torch.autograd.grad(loss.sum(), a)
+        op = JTJ(self.distance.features, adv)
+        cg = conjugate_gradient(op, g, iterations=self.cg_iterations)
+        jd = op.J(cg.x)
+        length = jd.flatten(1).norm(dim=1)
+        live = (g.flatten(1).norm(dim=1) >= 1e-4) & (length > 0)  # as perceptual-advex: a zero gradient stays put
+        lam = torch.where(live, self.step / length.clamp_min(1e-30), torch.zeros_like(length))
+        moved = (adv + _bcast(lam, adv) * cg.x).clamp(0, 1)
+        proj = _project(self.projection, self.distance, x0, moved, self.bound, fx0)
+        self.last = {"cg": cg, "passes": dict(op.passes), "projection": proj}
+        return proj.images
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor, *, generator: Optional[torch.Generator] = None):
+        x = x.detach()
+        fx0 = self.distance.features(x).detach()
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) * self.init_std
+        adv = (x + noise).clamp(0, 1)
+        for _ in range(self.num_iterations):
+            if hasattr(self.distance, "resample"):
+                self.distance.resample()
+                fx0 = self.distance.features(x).detach()
+            adv = self.step_once(x, adv, labels, fx0)
+        return adv.detach()
+
+
+class LagrangePerceptualAttack(nn.Module):
+    """LPA: minimize -margin + lambda relu(d - bound) with normalized gradient steps of perceptual
+    length eta (decaying bound -> bound/10; length from an exact J v), lambda from 0.01 growing x10
+    for samples still outside after each of ``binary_steps`` rounds; samples that succeed inside
+    the bound stop being recomputed. Ends with a projection (guaranteed inside or reported)."""
+
+    def __init__(self, model: nn.Module, distance: FeatureDistance, bound: float, *, num_iterations: int = 20,
+                 binary_steps: int = 5, step: Optional[float] = None, kappa: float = 1.0, targeted: bool = False,
+                 projection: str = "newton", lam: float = 0.01, fast: bool = False, init_std: float = 0.01) -> None:
+        super().__init__()
+        self.model, self.distance, self.bound = model, distance, bound
+        self.num_iterations, self.binary_steps = num_iterations, (1 if fast else binary_steps)
+        self.step = step if step is not None else distance.root(bound)
+        self.kappa, self.targeted, self.projection = kappa, targeted, projection
+        self.lam0, self.fast, self.init_std = lam, fast, init_std
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor, *, generator: Optional[torch.Generator] = None):
+        x = x.detach()
+        n = x.shape[0]
+        fx0 = self.distance.features(x).detach()
+        adv = (x + torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) * self.init_std).clamp(0, 1)
+        lam = torch.full((n,), self.lam0, dtype=x.dtype, device=x.device)
+        live = torch.ones(n, dtype=torch.bool, device=x.device)
+        for _ in range(self.binary_steps):
+            dists = torch.zeros(n, dtype=x.dtype, device=x.device)
+            for it in range(self.num_iterations):
+                eta = self.step * 0.1 ** (it / self.num_iterations)
+                lam_t = lam * 0.1 ** (1 - it / self.num_iterations) if self.fast else lam
+                idx = live.nonzero().flatten()
+                a = adv[idx].clone().requires_grad_(True)
+                fa = self.distance.features(a)
+                logits = self.model(a)
+                d = self.distance.from_features(fa, fx0[idx])
+                loss = -margin_loss(logits, labels[idx], self.kappa, self.targeted) + \
+                    lam_t[idx] * torch.relu(d - self.bound)
+                (g,) = torch.autograd.grad(loss.sum(), a)
+                gn = g / _bcast(g.flatten(1).norm(dim=1) + 1e-8, g)
+                _, jg = torch.func.jvp(self.distance.features, (a.detach(),), (gn,))  # exact ||J g||
+                length = jg.flatten(1).norm(dim=1)
+                adv[idx] = (a.detach() - _bcast(eta / (length + 1e-8), gn) * gn).clamp(0, 1)
+                dists[idx] = d.detach()
+                if not self.fast:
+                    pred = logits.argmax(1)
+                    success = (pred == labels[idx]) if self.targeted else (pred != labels[idx])
+                    still = ~success | (d.detach() > self.bound)
+                    live = live.clone()
+                    live[idx] = still
+                    if not bool(live.any()):
+                        break
+            lam = torch.where(dists >= self.bound, lam * 10, lam)
+            if not bool(live.any()):
+                break
+        if self.fast:
+            return adv.detach()
+        return _project(self.projection, self.distance, x, adv, self.bound, fx0).images.detach()
+
+
+def FastLagrangePerceptualAttack(model: nn.Module, distance: FeatureDistance, bound: float, *,
+                                 num_iterations: int = 10, lam: float = 10.0, **kw) -> LagrangePerceptualAttack:
+    """Fast-LPA (for training): one round, lambda growing to ``lam`` within it, no final projection."""
+    return LagrangePerceptualAttack(model, distance, bound, num_iterations=num_iterations, lam=lam, fast=True, **kw)

