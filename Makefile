@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fastlpips-installed
 
-.PHONY: install demo test bench ext clean
+.PHONY: install demo test bench bench-deps ext clean
 
 install: $(STAMP)
 
@@ -24,9 +24,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	FASTLPIPS_OFFLINE=1 $(BIN)/python -m pytest -q tests
 
-bench: $(STAMP)
+bench: bench-deps
 	FASTLPIPS_OFFLINE=1 $(BIN)/python -m pytest -q benchmarks --benchmark-json=benchmarks/results/latest.json
 	$(BIN)/python benchmarks/report.py benchmarks/results/latest.json
+
+# perceptual-advex 0.2.6 (the attack benchmark's peer) and the packages it imports, without its
+# stale pins (it would downgrade torch); benchmarks/test_bench_attacks.py skips without it.
+bench-deps: $(STAMP)
+	$(BIN)/python -m pip install -q --no-deps perceptual-advex==0.2.6 robustness==1.2.1.post2 recoloradv advex-uar cox dill tensorboardX
+	$(BIN)/python -m pip install -q pandas protobuf python-dateutil
 
 ext: $(STAMP)
 	$(BIN)/python -m pip install -q --no-build-isolation --no-deps -e .

@@ -11,7 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-BASELINES = ("lpips", "reference", "faithful-loop")
+BASELINES = ("lpips", "reference", "faithful-loop", "perceptual-advex")
 
 # (group regex, provider) -> minimum speed-up vs the baseline (issues 2 and 3)
 GOALS = [
@@ -23,6 +23,9 @@ GOALS = [
     (r"^forward\+backward ", "fastlpips", 1.5),
     (r"^all-pairs ", "fastlpips", 10.0),
     (r"^head forward .*\[cpu\]", "cpp", 3.0),
+    (r"^ppgd step", "fastlpips", 1.3),
+    (r"^lpa ", "fastlpips", 1.2),
+    (r"^fast-lpa ", "fastlpips", 1.2),
     (r"^head forward\+backward .*\[cpu\]", "cpp", 2.0),
 ]
 
@@ -36,6 +39,10 @@ def goal_for(group, provider):
 
 def _ms(stats):
     return f"{stats['median'] * 1e3:.1f} ms (IQR {stats['iqr'] * 1e3:.1f})"
+
+
+def base_info(entry, base_name):
+    return entry[base_name]["extra_info"]
 
 
 def table(data):
@@ -64,6 +71,13 @@ def table(data):
                 notes.append(f"max rel. error {100 * info['max_rel_error_real_pairs']:.2f}% on {info['real_pairs']} real pairs")
             if prov == "fastlpips" and "trunk-only" in entry:
                 notes.append(f"{b['stats']['median'] / entry['trunk-only']['stats']['median']:.3f}x the trunk alone")
+            for key, label in (("success_rate", "success"), ("trunk_forward_passes_per_step", "trunk forward passes")):
+                for side, src in (("ours", info), ("theirs", base_info(entry, base_name))):
+                    if key in src:
+                        val = f"{100 * src[key]:.0f}%" if key == "success_rate" else str(src[key])
+                        notes.append(f"{label} {side} {val}")
+            if "jtj_passes" in info:
+                notes.append(f"J^T J passes {info['jtj_passes']}")
             if "gbytes_per_s" in info and info.get("device") == "cuda":
                 notes.append(f"{info['gbytes_per_s']:.0f} GB/s")
             lines.append(f"| {group} | {base_name} | {prov} | {_ms(b['stats'])} | {ratio:.2f}x | "
@@ -134,6 +148,21 @@ def main():
     for other in runs[1:]:
         data["benchmarks"] = data["benchmarks"] + other["benchmarks"]
     text = table(data)
+    cg = [b["extra_info"] for b in data["benchmarks"] if "rel_residual_ours" in b["extra_info"]]
+    if cg:
+        c = cg[0]
+        text += (f"\n\nPPGD CG after 5 iterations at the same point (exact products for the measurement): relative "
+                 f"residual ||g - J^T J x|| / ||g|| fastlpips {c['rel_residual_ours']:.3f} vs perceptual-advex "
+                 f"{c['rel_residual_perceptual_advex']:.3f}; CG objective 1/2 x'Ax - g'x {c['cg_objective_ours']:.4g} vs "
+                 f"{c['cg_objective_perceptual_advex']:.4g} (lower is better). Both residuals exceed 1: J^T J is "
+                 f"ill-conditioned and CG's residual norm is not monotone; 5 iterations solve it only roughly.")
+    ep = [b for b in data["benchmarks"] if b["extra_info"].get("provider") == "fastlpips-elpips"]
+    if ep:
+        b, i = ep[0], ep[0]["extra_info"]
+        text += (f"\n\nE-LPIPS-bounded PPGD step (5 CG iterations, {i['samples']} samples per product, {i['images']} images "
+                 f"32x32): {b['stats']['median']:.1f} s per step, {1e3 * i['seconds_per_sample_per_step']:.0f} ms per sample; "
+                 f"each product runs all samples batched in {i['trunk_passes_per_product']} trunk passes (one per scale "
+                 f"level drawn); passes {i['jtj_passes']}.")
     extra = elpips_table(data)
     if extra:
         text += "\n\nE-LPIPS time to a 95% interval of +-2.5% (and +-0.01), per pair set:\n\n" + extra

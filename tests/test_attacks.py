@@ -36,7 +36,7 @@ def test_lpips_distance_is_the_lpips_value(calibrated):
     assert d.squared is calibrated and d.root(0.25) == (0.5 if calibrated else 0.25)
 
 
-@pytest.mark.parametrize("mode", ["jvp", "linearize"])
+@pytest.mark.parametrize("mode", ["manual", "jvp", "linearize"])
 def test_jtj_equals_dense_lpips(mode):
     d = LPIPSDistance(_squeeze())
     x = torch.rand(2, 3, 17, 17, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
@@ -47,6 +47,22 @@ def test_jtj_equals_dense_lpips(mode):
         want = (a @ v[i].reshape(-1)).reshape(v[i].shape).detach()
         assert float((got[i] - want).norm() / want.norm()) <= 1e-8
     assert op.passes["backward"] == 1 and op.passes["jvp" if mode == "jvp" else "tangent"] == 1
+
+
+@pytest.mark.parametrize("net", ["alex", "vgg", "squeeze"])
+@pytest.mark.parametrize("version", ["0.1", "0.0"])
+def test_manual_linearization_equals_forward_ad(net, version):
+    """The trunk linearization (masks, argmax gathers, normalization derivative) is J v exactly."""
+    torch.manual_seed(1)
+    m = fastlpips.LPIPS(net=net, version=version, pnet_rand=True, verbose=False).double()
+    for calibrated in (True, False):
+        d = LPIPSDistance(m, calibrated=calibrated)
+        x = torch.rand(2, 3, 35, 33, dtype=torch.float64)
+        v = torch.randn_like(x)
+        value, jvp = d.linearize(x)
+        want_value, want = torch.func.jvp(d.features, (x,), (v,))
+        torch.testing.assert_close(value, want_value, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(jvp(v), want, rtol=1e-10, atol=1e-12)
 
 
 def test_jtj_equals_dense_elpips():

@@ -26,17 +26,19 @@ EPS = 1e-10
 __all__ = ["FeatureDistance", "LPIPSDistance", "ELPIPSDistance", "ClassifierFeatureDistance", "normalize_layer"]
 
 
+def _layer_scale(f: torch.Tensor, weight: Optional[torch.Tensor]):
+    scale = 1.0 / (f.shape[2] * f.shape[3])
+    if weight is None:
+        return scale**0.5
+    return (weight.reshape(1, -1, 1, 1).to(f.dtype) * scale).sqrt()
+
+
 def normalize_layer(f: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
     """(N, C, H, W) -> (N, C*H*W): f / (||f||_c + eps) * sqrt(w_c / (H W)) (w = 1 when None)."""
     if f.dim() == 2:
         f = f[:, :, None, None]
     n = f / (torch.linalg.vector_norm(f, dim=1, keepdim=True) + EPS)
-    scale = 1.0 / (f.shape[2] * f.shape[3])
-    if weight is not None:
-        n = n * (weight.reshape(1, -1, 1, 1).to(n.dtype) * scale).sqrt()
-    else:
-        n = n * scale**0.5
-    return n.flatten(1)
+    return (n * _layer_scale(f, weight)).flatten(1)
 
 
 def _channels_last(t: torch.Tensor) -> torch.Tensor:
@@ -80,16 +82,46 @@ class LPIPSDistance(FeatureDistance):
         self.calibrated = calibrated
         self.squared = calibrated
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
         m = self.model
         h = 2 * x - 1
         if m.version == "0.1":
             h = m.scaling_layer(h)
         if m.compute_dtype is not None:
             h = h.to(m.compute_dtype)
-        feats = list(m.net(_channels_last(h)))
-        weights = [lin.weight for lin in m.lins] if self.calibrated else [None] * len(feats)
-        return torch.cat([normalize_layer(f, w) for f, w in zip(feats, weights)], 1)
+        return h
+
+    def _weights(self, count: int):
+        return [lin.weight for lin in self.model.lins] if self.calibrated else [None] * count
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        feats = list(self.model.net(_channels_last(self._input(x))))
+        return torch.cat([normalize_layer(f, w) for f, w in zip(feats, self._weights(len(feats)))], 1)
+
+    def linearize(self, x: torch.Tensor):
+        """(phi(x), v -> J v): one primal pass (differentiable if x requires grad) that keeps what
+        the derivative needs, then tangent-only passes (see fastlpips.attacks.linearize)."""
+        from .linearize import linearize_module, linearize_normalize
+
+        m = self.model
+        h = self._input(x)
+        d_in = 2 / m.scaling_layer.scale if m.version == "0.1" else 2.0
+        fns, parts = [], []
+        for s, w in zip(m.net.slices, self._weights(len(m.net.slices))):
+            h, fs = linearize_module(s, h)
+            n, fn = linearize_normalize(h, EPS)
+            scale = _layer_scale(h, w)
+            parts.append((n * scale).flatten(1))
+            fns.append((fs, fn, scale))
+
+        def jvp(v: torch.Tensor) -> torch.Tensor:
+            t = v * d_in
+            out = []
+            for fs, fn, scale in fns:
+                t = fs(t)
+                out.append((fn(t) * scale).flatten(1))
+            return torch.cat(out, 1)
+        return torch.cat(parts, 1), jvp
 
 
 class ELPIPSDistance(FeatureDistance):

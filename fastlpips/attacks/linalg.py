@@ -36,20 +36,41 @@ class JTJ:
     tangent, one per J v in 'jvp' mode), 'tangent' (tangent-only passes, 'linearize' mode) and
     'backward' (one per J^T u). Parameters get no gradient (products run under no_grad)."""
 
-    def __init__(self, phi: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, mode: str = "jvp") -> None:
-        if mode not in ("jvp", "linearize"):
-            raise ValueError(f"mode must be 'jvp' or 'linearize', got {mode!r}")
+    def __init__(self, phi: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, mode: str = "auto") -> None:
+        """``phi``: a feature function, or a distance with ``features`` (and ``linearize``).
+        ``mode``: 'auto' (the distance's own exact linearization when it has one, else 'jvp'),
+        'jvp', 'linearize' (torch.func.linearize) or 'manual' (the distance's ``linearize``)."""
+        owner = phi if hasattr(phi, "features") else getattr(phi, "__self__", None)
+        manual = getattr(owner, "linearize", None)
+        if mode == "auto":
+            mode = "manual" if manual is not None else "jvp"
+        if mode not in ("jvp", "linearize", "manual") or (mode == "manual" and manual is None):
+            raise ValueError(f"mode must be 'auto', 'jvp', 'linearize' or 'manual' (with a distance that has "
+                             f"linearize), got {mode!r}")
+        phi = owner.features if hasattr(phi, "features") else phi
         self.x, self.phi, self.mode = x.detach(), phi, mode
         self.passes = {"forward": 1, "jvp": 0, "tangent": 0, "backward": 0}
+        if mode == "manual":  # one primal pass serves both the graph for J^T and the linearization
+            xg = self.x.clone().requires_grad_(True)
+            with torch.enable_grad():
+                value, self._lin = manual(xg)
+            self._graph = (xg, value)
+            self.value = value.detach()
+            self._vjp = self._manual_vjp
+            return
         with torch.no_grad():
             self.value, self._vjp = torch.func.vjp(phi, self.x)
             if mode == "linearize":
                 _, self._lin = torch.func.linearize(phi, self.x)
                 self.passes["forward"] += 1
 
+    def _manual_vjp(self, u: torch.Tensor):
+        xg, value = self._graph
+        return torch.autograd.grad(value, xg, u, retain_graph=True)
+
     def J(self, v: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            if self.mode == "linearize":
+            if self.mode in ("linearize", "manual"):
                 self.passes["tangent"] += 1
                 return self._lin(v.to(self.x.dtype))
             self.passes["jvp"] += 1
@@ -57,6 +78,8 @@ class JTJ:
 
     def JT(self, u: torch.Tensor) -> torch.Tensor:
         self.passes["backward"] += 1
+        if self.mode == "manual":
+            return self._vjp(u)[0]
         with torch.no_grad():
             return self._vjp(u)[0]
 

@@ -72,29 +72,35 @@ def project_bisection(distance: FeatureDistance, x: torch.Tensor, x_adv: torch.T
 def project_newton(distance: FeatureDistance, x: torch.Tensor, x_adv: torch.Tensor, bound: float, *,
                    overshoot: float = 0.1, max_iterations: int = 10, fx: Optional[torch.Tensor] = None) -> Projected:
     """Newton steps x_adv -= (d - bound + overshoot) (1 + overshoot) g / ||g||^2 on the samples
-    still outside (clamped to [0, 1]); samples still outside after ``max_iterations`` fall back to
+    still outside (clamped to [0, 1]); each iteration's forward pass also tells which samples are
+    inside by now (they stop). Samples still outside after ``max_iterations`` fall back to
     bisection from the original x_adv."""
     fx = distance.features(x).detach() if fx is None else fx
     cur = x_adv.detach().clone()
-    need = _dist(distance, cur, fx) > bound
-    for _ in range(max_iterations):
-        if not bool(need.any()):
-            break
-        a = cur[need].clone().requires_grad_(True)
-        d = distance.from_features(distance.features(a), fx[need])
-        (g,) = torch.autograd.grad(d.sum(), a)
-        step = (d.detach() - bound).clamp(min=0)
-        step = torch.where(step > 0, step + overshoot, step)
-        gn = _dot(g, g).clamp_min(1e-30)
-        cur[need] = (a.detach() - _bcast(step * (1 + overshoot) / gn, g) * g).clamp(0, 1)
+    dist = torch.zeros(x.shape[0], dtype=fx.dtype, device=x.device)
+    need = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    for it in range(max_iterations + 1):
         idx = need.nonzero().flatten()
-        need = need.clone()
-        need[idx] = _dist(distance, cur[idx], fx[idx]) > bound
+        if len(idx) == 0:
+            break
+        a = cur[idx].clone().requires_grad_(it < max_iterations)
+        with torch.set_grad_enabled(it < max_iterations):
+            d = distance.from_features(distance.features(a), fx[idx])
+        dist[idx] = d.detach()
+        outside = d.detach() > bound
+        need[idx] = outside
+        if it == max_iterations or not bool(outside.any()):
+            break
+        (g,) = torch.autograd.grad(d.sum(), a)
+        step = torch.where(outside, d.detach() - bound + overshoot, torch.zeros_like(d))
+        gn = _dot(g, g).clamp_min(1e-30)
+        cur[idx] = torch.where(_bcast(outside, a), (a.detach() - _bcast(step * (1 + overshoot) / gn, g) * g).clamp(0, 1),
+                               a.detach())
     if bool(need.any()):
         fb = project_bisection(distance, x[need], x_adv[need], bound, fx=fx[need])
         cur[need] = fb.images
-    d = _dist(distance, cur, fx)
-    return Projected(cur, d, d <= bound)
+        dist[need] = fb.distance
+    return Projected(cur, dist, dist <= bound)
 
 
 def _project(kind: str, distance, x, x_adv, bound, fx) -> Projected:
@@ -181,16 +187,19 @@ class LagrangePerceptualAttack(nn.Module):
             for it in range(self.num_iterations):
                 eta = self.step * 0.1 ** (it / self.num_iterations)
                 lam_t = lam * 0.1 ** (1 - it / self.num_iterations) if self.fast else lam
-                idx = live.nonzero().flatten()
-                a = adv[idx].clone().requires_grad_(True)
-                fa = self.distance.features(a)
+                everyone = bool(live.all())
+                idx = slice(None) if everyone else live.nonzero().flatten()  # no gather while all are live
+                a = (adv if everyone else adv[idx]).detach().clone().requires_grad_(True)
+                lin = getattr(self.distance, "linearize", None)
+                fa, jvp = lin(a) if lin is not None else (self.distance.features(a), None)
                 logits = self.model(a)
                 d = self.distance.from_features(fa, fx0[idx])
                 loss = -margin_loss(logits, labels[idx], self.kappa, self.targeted) + \
                     lam_t[idx] * torch.relu(d - self.bound)
                 (g,) = torch.autograd.grad(loss.sum(), a)
                 gn = g / _bcast(g.flatten(1).norm(dim=1) + 1e-8, g)
-                _, jg = torch.func.jvp(self.distance.features, (a.detach(),), (gn,))  # exact ||J g||
+                with torch.no_grad():  # exact ||J g||: a tangent pass on this forward's linearization
+                    jg = jvp(gn) if jvp is not None else torch.func.jvp(self.distance.features, (a.detach(),), (gn,))[1]
                 length = jg.flatten(1).norm(dim=1)
                 adv[idx] = (a.detach() - _bcast(eta / (length + 1e-8), gn) * gn).clamp(0, 1)
                 dists[idx] = d.detach()
