@@ -92,20 +92,31 @@ def _bernoulli_positions(count: int, p: float, generator: Optional[torch.Generat
     return torch.cat(chunks)
 
 
-def _drop(x: torch.Tensor, n: int, groups: int, p: float, generator: Optional[torch.Generator]) -> torch.Tensor:
-    """Zero each element of a batch of ``n`` with probability p, the same elements in each of the
-    ``groups`` stacked batches. Elements are counted in channels_last order (any fixed order gives
-    the same i.i.d. mask); in place when no gradient is recorded, else out of place."""
+def _drop_index(x: torch.Tensor, n: int, groups: int, p: float, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """Flat (channels_last order) positions of the dropped elements: a batch of ``n`` draws, the
+    same positions in each of the ``groups`` stacked batches."""
     per = n * x[0].numel()
     idx = _bernoulli_positions(per, p, generator).to(x.device)
     if groups > 1:
         idx = (idx[None] + torch.arange(groups, device=x.device)[:, None] * per).reshape(-1)
-    if not (torch.is_grad_enabled() and x.requires_grad) and x.is_contiguous(memory_format=torch.channels_last):
+    return idx
+
+
+def _zero_at(x: torch.Tensor, idx: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """Zero the elements at channels_last-order positions ``idx`` (in place when allowed)."""
+    if inplace and x.is_contiguous(memory_format=torch.channels_last):
         x.permute(0, 2, 3, 1).view(-1).index_fill_(0, idx, 0)
         return x
     nhwc = x.permute(0, 2, 3, 1)
-    flat = nhwc.reshape(-1).index_fill(0, idx, 0)
-    return flat.view(nhwc.shape).permute(0, 3, 1, 2)
+    return nhwc.reshape(-1).index_fill(0, idx, 0).view(nhwc.shape).permute(0, 3, 1, 2)
+
+
+def _drop(x: torch.Tensor, n: int, groups: int, p: float, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """Zero each element of a batch of ``n`` with probability p, the same elements in each of the
+    ``groups`` stacked batches. Elements are counted in channels_last order (any fixed order gives
+    the same i.i.d. mask); in place when no gradient is recorded, else out of place."""
+    idx = _drop_index(x, n, groups, p, generator)
+    return _zero_at(x, idx, inplace=not (torch.is_grad_enabled() and x.requires_grad))
 
 
 class ELPIPS(nn.Module):

