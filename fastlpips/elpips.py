@@ -29,7 +29,7 @@ from torch import nn
 
 from . import _validation as V
 from .model import ScalingLayer
-from .nets.trunks import VGG16
+from .nets.trunks import VGG16, Fire, SqueezeNet
 from .nets.weights import load_lin_weights, load_trunk_state
 from .ops.head import lpips_head_map
 from .ops.transform import batched_transform
@@ -76,6 +76,45 @@ class _AvgPoolVGG(nn.Module):
                 consume(x)
 
 
+class _FullMaxpoolSqueeze(nn.Module):
+    """SqueezeNet1.1 as the release's experimental E-LPIPS variant uses it: 10 compared layers (the
+    scaled input, conv1+ReLU, and every fire module's output), max pooling kept with the release's
+    'VALID' (floor) rounding, dropout before every convolution including the squeeze and both
+    expand convolutions of each fire module (each with its own mask)."""
+
+    def __init__(self, sq) -> None:
+        super().__init__()
+        feats = [m for s in sq.slices for m in s]
+        self.conv1 = feats[0]
+        self.fires = nn.ModuleList([m for m in feats if isinstance(m, Fire)])
+        self.pool = nn.MaxPool2d(kernel_size=3, stride=2)  # floor: TF 'VALID'
+        self.layers = nn.ModuleList(feats)  # parameters (for .to / dtype), in torchvision order
+
+    def forward(self, x: torch.Tensor, groups: int, keep: Optional[float], generator: Optional[torch.Generator],
+                consume: Callable[[torch.Tensor], None]) -> None:
+        n = x.shape[0] // groups
+
+        def conv(c: nn.Conv2d, h: torch.Tensor, shared: bool = False) -> torch.Tensor:
+            h = h.to(c.weight.dtype)
+            if keep is None or keep >= 1:
+                return F.relu(c(h))
+            if shared:  # the squeeze output feeds both expand convs: zero a copy, not h
+                h = _zero_at(h, _drop_index(h, n, groups, 1 - keep, generator), inplace=False)
+            else:
+                h = _drop(h, n, groups, 1 - keep, generator)
+            return F.relu(F.conv2d(h, c.weight * (1 / keep), c.bias, c.stride, c.padding))
+
+        consume(x)
+        x = conv(self.conv1, x)
+        consume(x)
+        for k, fire in enumerate(self.fires):
+            if k in (0, 2, 4):  # pools before fire3, fire6, fire9
+                x = self.pool(x)
+            s = conv(fire.squeeze, x)
+            x = torch.cat([conv(fire.expand1x1, s, True), conv(fire.expand3x3, s, True)], 1)
+            consume(x)
+
+
 def _bernoulli_positions(count: int, p: float, generator: Optional[torch.Generator]) -> torch.Tensor:
     """Positions (0..count-1) of the successes of ``count`` independent Bernoulli(p) trials, drawn
     exactly through their geometric gaps: floor(log U / log(1 - p)) + 1 (about p * count uniforms
@@ -120,9 +159,13 @@ def _drop(x: torch.Tensor, n: int, groups: int, p: float, generator: Optional[to
 
 
 class ELPIPS(nn.Module):
-    """E-LPIPS-VGG: ``forward(image, reference)`` -> (N,) distances averaged over ``n_samples``.
+    """E-LPIPS: ``forward(image, reference)`` -> (N,) distances averaged over ``n_samples``.
 
     Args (keyword-only):
+        net: 'vgg' (E-LPIPS-VGG, the metric) or 'squeeze' (the release's experimental
+            E-LPIPS-SqueezeNet: ``squeeze_full_maxpool`` weights, 10 layers, max pooling kept;
+            needs SqueezeNet1.1 ImageNet trunk weights, resolved like LPIPS' ``trunk_path`` /
+            torch.hub cache, or ``pnet_rand=True`` for a random trunk in tests).
         n_samples: transformations (each with fresh dropout) averaged per call; default 1 (a loss).
         mode: 'batched' (default): the samples of a call are drawn at once (``sample_batched``),
             grouped by scale level, and every group runs as one pass of the fused transform op and
@@ -145,11 +188,15 @@ class ELPIPS(nn.Module):
     transformations and dropout (the official "third image" use). Images are (N, 3, H, W) in [0, 1].
     """
 
-    def __init__(self, *, n_samples: int = 1, mode: str = "batched", transforms: bool = True, dropout: bool = True,
-                 keep_prob: float = 0.99, max_scale: int = MAX_SCALE, dtype: Optional[torch.dtype] = None,
-                 memory_budget: int = 1 << 30, trunk_path: Optional[Union[str, os.PathLike]] = None,
+    def __init__(self, *, net: str = "vgg", n_samples: int = 1, mode: str = "batched", transforms: bool = True,
+                 dropout: bool = True, keep_prob: float = 0.99, max_scale: int = MAX_SCALE,
+                 dtype: Optional[torch.dtype] = None, memory_budget: int = 1 << 30,
+                 trunk_path: Optional[Union[str, os.PathLike]] = None, pnet_rand: bool = False,
                  backend: Optional[str] = None) -> None:
         super().__init__()
+        if net not in ("vgg", "squeeze"):
+            raise ValueError(f"net must be 'vgg' (E-LPIPS-VGG) or 'squeeze' (the experimental E-LPIPS-SqueezeNet), "
+                             f"got {net!r}")
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
         if mode not in ("batched", "official"):
@@ -165,18 +212,21 @@ class ELPIPS(nn.Module):
         self.n_samples, self.mode, self.transforms, self.dropout = n_samples, mode, transforms, dropout
         self.keep_prob, self.max_scale, self.backend = keep_prob, max_scale, backend
         self.compute_dtype, self.memory_budget = dtype, memory_budget
+        self.net_name = net
         self.scaling_layer = ScalingLayer()
-        vgg = VGG16()
-        load_trunk_state(vgg, "vgg", trunk_path)
-        vgg.requires_grad_(False)
-        self.net = _AvgPoolVGG(vgg)
+        trunk = VGG16() if net == "vgg" else SqueezeNet()
+        if not pnet_rand:
+            load_trunk_state(trunk, net, trunk_path)
+        trunk.requires_grad_(False)
+        self.net = _AvgPoolVGG(trunk) if net == "vgg" else _FullMaxpoolSqueeze(trunk)
         self.net.to(memory_format=torch.channels_last)
         if dtype is not None:  # all but the first conv: the input and conv1_1 (cheap) stay fp32
             self.net.to(dtype)
             self.net.layers[0].float()
-        lin = load_lin_weights("elpips", "vgg_full_avg")
-        self.register_buffer("weights", torch.cat([lin[f"lin{k}"].reshape(-1) for k in range(14)]))
-        self.channels = [lin[f"lin{k}"].numel() for k in range(14)]
+        lin = load_lin_weights("elpips", "vgg_full_avg" if net == "vgg" else "squeeze_full_maxpool")
+        count = len(lin)
+        self.register_buffer("weights", torch.cat([lin[f"lin{k}"].reshape(-1) for k in range(count)]))
+        self.channels = [lin[f"lin{k}"].numel() for k in range(count)]
         self.eval()
 
     def _layer_weights(self) -> List[torch.Tensor]:
@@ -286,12 +336,14 @@ class ELPIPS(nn.Module):
             raise ValueError(f"images of {h}x{w} are too small for scale levels up to {self.max_scale} (the "
                              f"downscaled image must be >= 8 px); use ELPIPS(max_scale={max(1, min(h, w) // 8)}) "
                              f"or the release's rule scale_levels_for_size(h, w) = {scale_levels_for_size(h, w)}")
-        # the trunk's four 2x2 poolings need >= 16 px: the (downscaled + 7 px padded) image at level 1
-        trunk_min = 9 if self.transforms else 16
+        # the trunk's poolings need >= 16 px (VGG: four 2x2) or >= 31 px (SqueezeNet: a stride-2 conv and
+        # three 3x3/2 pools): the (downscaled + 7 px padded) image at level 1
+        need = 16 if self.net_name == "vgg" else 31
+        trunk_min = need - 7 if self.transforms else need
         if min(h, w) < trunk_min:
-            raise ValueError(f"images of {h}x{w} are too small for the VGG trunk: sides must be >= {trunk_min} "
-                             f"({'+ 7 px of offset padding ' if self.transforms else ''}>= 16 px through four "
-                             f"2x2 poolings)")
+            raise ValueError(f"images of {h}x{w} are too small for the {self.net_name} trunk: sides must be >= "
+                             f"{trunk_min} ({'+ 7 px of offset padding ' if self.transforms else ''}>= {need} px "
+                             f"through its poolings)")
 
 
 @dataclass

@@ -17,6 +17,18 @@ def metric():
     return ELPIPS()
 
 
+def _scaled(img):
+    """The LPIPS input scaling of [0, 1] images, written out (independent of fastlpips)."""
+    shift = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
+    scale = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
+    return ((img * 2 - 1) - shift) / scale
+
+
+def _original_weights(name, count):
+    orig = np.load(shared_path("weights", "elpips", f"{name}.npy"), allow_pickle=True).item()
+    return [torch.from_numpy(np.asarray(orig[f"lin{k}.model.1.weight"], np.float32).reshape(-1)) for k in range(count)]
+
+
 def _images(n=2, size=64):
     x = (real_images(size, n) + 1) / 2
     return x, ((distort(real_images(size, n)) + 1) / 2)
@@ -36,13 +48,10 @@ def test_disabled_randomness_equals_direct_14_layer_distance(metric):
     for k, v in metric.net.state_dict().items():  # same ImageNet weights, torchvision layout
         state[k.replace("layers.", "")] = v
     features.load_state_dict(state)
-    orig = np.load(shared_path("weights", "elpips", "vgg_full_avg.npy"), allow_pickle=True).item()
-    w = [torch.from_numpy(np.asarray(orig[f"lin{k}.model.1.weight"], np.float32).reshape(-1)) for k in range(14)]
-    shift = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
-    scale = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
+    w = _original_weights("vgg_full_avg", 14)
 
     def layers(img):
-        h = ((img * 2 - 1) - shift) / scale
+        h = _scaled(img)
         out = [h]
         for m in features:
             h = torch.nn.functional.avg_pool2d(h, 2) if isinstance(m, torch.nn.MaxPool2d) else m(h)
@@ -87,7 +96,7 @@ def test_small_images_and_bad_arguments(metric):
     assert scale_levels_for_size(40, 300) == 1 and scale_levels_for_size(256, 256) == 4
     with pytest.raises(ValueError, match="n_samples must be >= 1"):
         ELPIPS(n_samples=0)
-    with pytest.raises(ValueError, match="too small for the VGG trunk: sides must be >= 9"):
+    with pytest.raises(ValueError, match="too small for the vgg trunk: sides must be >= 9"):
         ELPIPS(max_scale=1)(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8))
     with pytest.raises(ValueError, match="sides must be >= 16"):
         ELPIPS(transforms=False)(torch.rand(1, 3, 15, 15), torch.rand(1, 3, 15, 15))
@@ -257,3 +266,44 @@ def test_dropout_rate_and_sharing(small_metric):
     assert torch.equal(z == 0, y == 0)
     z.sum().backward()
     assert torch.equal(a.grad == 0, y == 0)
+
+
+def test_squeeze_variant_equals_direct_computation():
+    """E-LPIPS-SqueezeNet with transforms and dropout off: the 10 layers (input, conv1, the eight
+    fire outputs; floor max pooling as the release's 'VALID') with the original weight file,
+    computed here directly from torchvision's SqueezeNet1.1 (same random trunk weights)."""
+    tv = pytest.importorskip("torchvision.models")
+    from fastlpips.elpips import ELPIPS
+
+    torch.manual_seed(0)
+    plain = ELPIPS(net="squeeze", transforms=False, dropout=False, pnet_rand=True)
+    x, y = _images(2, 48)
+    got = plain(x, y)
+    features = tv.squeezenet1_1(weights=None).features
+    features.load_state_dict({k.replace("layers.", ""): v for k, v in plain.net.state_dict().items()
+                              if k.startswith("layers.")})
+    w = _original_weights("squeeze_full_maxpool", 10)
+
+    def layers(img):
+        h = _scaled(img)
+        out = [h]
+        for i, m in enumerate(features):
+            h = torch.nn.functional.max_pool2d(h, 3, 2) if isinstance(m, torch.nn.MaxPool2d) else m(h)
+            if i == 1 or i >= 3 and not isinstance(m, torch.nn.MaxPool2d):
+                out.append(h.clone())
+        return out
+
+    with torch.no_grad():
+        want = sum(lpips_head(a, b, wk) for a, b, wk in zip(layers(x), layers(y), w))
+    assert len(layers(x)) == 10
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    # with randomness on: deterministic per seed, a tuple shares it, identical images give 0
+    m = ELPIPS(net="squeeze", max_scale=1, pnet_rand=True)
+    a = m(x, y, n_samples=3, generator=torch.Generator().manual_seed(1))
+    dx, dz = m((x, y), y, n_samples=3, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(dx, a, rtol=1e-6, atol=1e-8)
+    assert float(dz.abs().max()) == 0.0
+    with pytest.raises(ValueError, match="too small for the squeeze trunk: sides must be >= 24"):
+        m(torch.rand(1, 3, 20, 20), torch.rand(1, 3, 20, 20))
+    with pytest.raises(ValueError, match="net must be"):
+        ELPIPS(net="alex")

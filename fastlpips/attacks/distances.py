@@ -146,6 +146,11 @@ class ELPIPSDistance(FeatureDistance):
         self._seed = seed if seed is not None else self._seed + 1
         self._transforms = None
 
+    @property
+    def has_linearization(self) -> bool:
+        """The kept linearization covers the VGG variant (SqueezeNet: forward-mode AD)."""
+        return getattr(self.metric, "net_name", "vgg") == "vgg"
+
     def _groups(self, x: torch.Tensor):
         from ..transforms import sample_batched
 

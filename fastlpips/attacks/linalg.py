@@ -41,7 +41,7 @@ class JTJ:
         ``mode``: 'auto' (the distance's own exact linearization when it has one, else 'jvp'),
         'jvp', 'linearize' (torch.func.linearize) or 'manual' (the distance's ``linearize``)."""
         owner = phi if hasattr(phi, "features") else getattr(phi, "__self__", None)
-        manual = getattr(owner, "linearize", None)
+        manual = getattr(owner, "linearize", None) if getattr(owner, "has_linearization", True) else None
         if mode == "auto":
             mode = "manual" if manual is not None else "jvp"
         if mode not in ("jvp", "linearize", "manual") or (mode == "manual" and manual is None):

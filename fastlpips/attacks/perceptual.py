@@ -190,7 +190,7 @@ class LagrangePerceptualAttack(nn.Module):
                 everyone = bool(live.all())
                 idx = slice(None) if everyone else live.nonzero().flatten()  # no gather while all are live
                 a = (adv if everyone else adv[idx]).detach().clone().requires_grad_(True)
-                lin = getattr(self.distance, "linearize", None)
+                lin = getattr(self.distance, "linearize", None) if getattr(self.distance, "has_linearization", True) else None
                 fa, jvp = lin(a) if lin is not None else (self.distance.features(a), None)
                 logits = self.model(a)
                 d = self.distance.from_features(fa, fx0[idx])
