@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import torch
 
 from .reference import normalize_channels, spatial_average, upsample
 
-__all__ = ["im2tensor", "tensor2im", "load_image", "normalize_tensor", "spatial_average", "upsample",
+__all__ = ["im2tensor", "tensor2im", "load_image", "read_image", "normalize_tensor", "spatial_average", "upsample",
            "l2", "psnr"]
 
 
@@ -32,19 +33,177 @@ def tensor2im(image_tensor: torch.Tensor, imtype=np.uint8, cent: float = 1.0, fa
     return image_numpy.astype(imtype)
 
 
-def load_image(path) -> np.ndarray:
-    """Read an image file as an H x W x 3 uint8 RGB array (alpha dropped, grey expanded)."""
-    from PIL import Image
+# --- image files -------------------------------------------------------------------------------
+
+# 8-bit modes: PIL's own ``convert`` gives the RGB bytes, which are returned unchanged by ``load_image``
+# (bit-identical to ``np.asarray(Image.open(p).convert("RGB"))``) and divided by 255 by ``read_image``.
+_EIGHT_BIT_MODES = ("1", "L", "P", "RGB", "RGBX", "RGBA", "LA", "PA", "RGBa", "La",
+                    "CMYK", "YCbCr", "LAB", "HSV")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+_TIFF_BITS_PER_SAMPLE = 258
+_TIFF_SAMPLE_FORMAT = 339
+
+
+def _tiff_tag(im, tag):
+    """First value of a TIFF tag (``im.tag_v2``), or None when the file is no TIFF or lacks the tag."""
+    tags = getattr(im, "tag_v2", None)
+    if tags is None or tag not in tags:
+        return None
+    value = tags[tag]
+    if isinstance(value, (tuple, list)):
+        if not value or any(v != value[0] for v in value):
+            return None  # per-sample values that differ: not a layout read here
+        value = value[0]
+    return int(value)
+
+
+def _integer_scale(im, path: str) -> tuple[float, bool, bool]:
+    """Full-scale value of an integer image's samples from the file format (never from the pixels).
+
+    Returns ``(scale, signed, unsigned32)``: samples are divided by ``scale``; ``signed`` says negative
+    values are possible (and refused); ``unsigned32`` says PIL's int32 holds uint32 bits."""
+    mode, fmt = im.mode, im.format
+    bits = _tiff_tag(im, _TIFF_BITS_PER_SAMPLE) if fmt == "TIFF" else None
+    if mode in _SIXTEEN_BIT_MODES:
+        if bits is not None and 0 < bits < 16:  # e.g. 12-bit TIFF: PIL keeps 0..4095 in an I;16 image
+            return float(2**bits - 1), False, False
+        return 65535.0, False, False
+    # mode "I" (PIL's 32-bit signed container): the depth is a property of the file
+    if fmt == "PNG":  # PNG has no deeper grey than 16 bits (older Pillow opens it as "I")
+        return 65535.0, False, False
+    if fmt == "PPM":  # PIL rescales a PGM/PPM with maxval > 255 to 0..65535 in mode "I"
+        return 65535.0, False, False
+    if fmt == "TIFF" and bits in (8, 16, 32):
+        sample_format = _tiff_tag(im, _TIFF_SAMPLE_FORMAT)
+        sample_format = 1 if sample_format is None else sample_format
+        if sample_format == 1:  # unsigned integer
+            return float(2**bits - 1), False, bits == 32
+        if sample_format == 2:  # two's complement signed integer
+            return float(2 ** (bits - 1) - 1), True, False
+    raise ValueError(f"{path}: cannot tell the bit depth of this {fmt or 'unknown-format'} image in PIL mode "
+                     f"{mode!r} (BitsPerSample={bits}); convert it to an 8- or 16-bit PNG or TIFF")
+
+
+def _alpha(im) -> np.ndarray | None:
+    """Alpha of an 8-bit image: its alpha band, or the one PIL derives from a colour key / palette
+    transparency (``im.info['transparency']``); None when the image has none."""
+    if im.mode in ("RGBA", "LA", "PA"):
+        return np.asarray(im.getchannel("A"))
+    if "transparency" in im.info and im.mode in ("1", "L", "P", "RGB"):
+        try:
+            return np.asarray(im.convert("RGBA").getchannel("A"))
+        except (ValueError, OSError):  # a transparency entry PIL cannot apply: nothing to ignore
+            return None
+    return None
+
+
+def _decode(path, stacklevel: int) -> tuple[np.ndarray, bool]:
+    """Read ``path`` as H x W x 3. Returns ``(array, exact8)``: with ``exact8`` the array is the file's
+    uint8 RGB data (0..255), otherwise float32 in [0, 1]. ``stacklevel`` is that of the public caller's
+    caller, for the alpha warning."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"image file {path} does not exist")
-    with Image.open(path) as im:
-        if im.mode in ("I;16", "I;16B", "I"):
-            arr = np.asarray(im, dtype=np.float64)
-            arr = (arr / max(arr.max(), 1) * 255).round().astype(np.uint8)
-            return np.repeat(arr[:, :, None], 3, axis=2)
-        return np.asarray(im.convert("RGB"))
+        raise FileNotFoundError(f"image file {path} does not exist (or is not a file)")
+    try:
+        im_file = Image.open(path)
+    except UnidentifiedImageError as e:
+        raise ValueError(f"{path}: not an image file PIL can read ({e})") from e
+    with im_file as im:
+        try:
+            if im.tell() != 0:  # multi-frame files (GIF, APNG, TIFF pages): the first frame
+                im.seek(0)
+            mode = im.mode
+            if mode not in _EIGHT_BIT_MODES + _SIXTEEN_BIT_MODES + ("I", "F"):
+                raise ValueError(f"{path}: unsupported PIL image mode {mode!r}")
+            # The depth comes from the file's format / TIFF tags, which the transposed copy has lost.
+            scale = _integer_scale(im, path) if mode in _SIXTEEN_BIT_MODES + ("I",) else None
+            im.load()
+            # EXIF orientation, as OpenCV's imread (used by the lpips package) applies it by default.
+            im = ImageOps.exif_transpose(im)
+        except OSError as e:  # truncated or corrupt data
+            raise ValueError(f"{path}: cannot decode the image data ({e})") from e
+
+        if mode in _EIGHT_BIT_MODES:
+            if mode == "RGBa":  # premultiplied alpha: PIL un-premultiplies when converting to RGBA
+                im = im.convert("RGBA")
+            elif mode == "La":
+                im = im.convert("LA")
+            alpha = _alpha(im)
+            if alpha is not None and alpha.min() < 255:
+                warnings.warn(f"{path}: the image has transparent pixels; its alpha is ignored (the colour "
+                              "values are used as they are, not composited onto a background)",
+                              UserWarning, stacklevel=stacklevel)
+            try:
+                rgb = im.convert("RGB")
+            except (ValueError, OSError) as e:  # e.g. a colour space PIL cannot convert
+                raise ValueError(f"{path}: cannot convert PIL image mode {mode!r} to RGB ({e})") from e
+            return np.array(rgb, dtype=np.uint8), True
+
+        if mode == "F":
+            grey = np.array(im, dtype=np.float32)
+            finite = np.isfinite(grey)
+            if not finite.all() or grey.min() < 0 or grey.max() > 1:
+                seen = (f"min {grey[finite].min():g}, max {grey[finite].max():g}" if finite.any()
+                        else "no finite values")
+                extra = "" if finite.all() else f", {int((~finite).sum())} NaN/Inf values"
+                raise ValueError(f"{path}: float image has values outside [0, 1] ({seen}{extra}); float "
+                                 "images must hold finite values in [0, 1]")
+        else:  # 16-bit modes and "I"
+            full, signed, unsigned32 = scale
+            grey = np.array(im)
+            if unsigned32:
+                grey = grey.view(np.uint32)  # PIL stores uint32 TIFF samples bit for bit in its int32
+            if signed and grey.min() < 0:
+                raise ValueError(f"{path}: signed integer image has negative values (min {int(grey.min())}); "
+                                 "only values 0..max of the format are accepted")
+            grey = (grey.astype(np.float64) / full).astype(np.float32)
+        return np.repeat(grey[:, :, None], 3, axis=2), False
+
+
+def read_image(path) -> np.ndarray:
+    """Read an image file as an H x W x 3 float32 RGB array in [0, 1], at the file's full precision.
+
+    Samples are divided by the full-scale value of the file's sample format, never by the image's
+    own content (a darker image stays darker). Per PIL mode of the (first) frame:
+
+    * ``"1"``: 0 or 1; ``"L"``, ``"RGB"``, ``"RGBX"``: ``v / 255``; ``"P"`` (palette): palette colour / 255.
+    * ``"RGBA"``, ``"LA"``, ``"PA"``: the colour / 255, alpha dropped; ``"RGBa"``, ``"La"`` (premultiplied)
+      are un-premultiplied by PIL first. A warning (naming the file) says so when some alpha is below
+      255, also for a colour-key / palette ``transparency`` entry.
+    * ``"CMYK"``, ``"YCbCr"``, ``"LAB"``, ``"HSV"``: PIL's ``convert("RGB")`` / 255 (ValueError if PIL
+      cannot convert).
+    * ``"I;16"``, ``"I;16L"``, ``"I;16B"``, ``"I;16N"``: ``v / 65535``; a TIFF with fewer bits per sample
+      (e.g. 12) uses ``v / (2**bits - 1)``.
+    * ``"I"``: a PNG or PGM/PPM is 16-bit data, ``v / 65535``; a TIFF is read from its BitsPerSample and
+      SampleFormat tags: unsigned ``v / (2**bits - 1)`` (16 bits: 65535, 32 bits: 4294967295), signed
+      ``v / (2**(bits-1) - 1)`` (32 bits: 2147483647) with negative values refused. Any other
+      file in mode ``"I"`` raises ValueError rather than guessing.
+    * ``"F"`` (32-bit float): taken as it is; NaN/Inf or values outside [0, 1] raise ValueError.
+
+    Grey is repeated into 3 channels; the EXIF orientation is applied (as OpenCV's ``imread`` does).
+    Raises FileNotFoundError for a missing file and ValueError for an unreadable file or an
+    unsupported mode, each naming the file.
+    """
+    arr, exact8 = _decode(path, stacklevel=3)
+    if exact8:
+        return arr.astype(np.float32) / np.float32(255)
+    return arr
+
+
+def load_image(path) -> np.ndarray:
+    """Read an image file as an H x W x 3 uint8 RGB array (0..255), as the ``lpips`` package does.
+
+    8-bit files (modes ``1``, ``L``, ``P``, ``RGB``, ``RGBA``, ``LA``, ``CMYK``, ...) give exactly
+    ``np.asarray(Image.open(path).convert("RGB"))`` (alpha dropped, grey expanded). Deeper or float
+    files give ``np.round(read_image(path) * 255)``: scaled by the format's range (see ``read_image``
+    for the formula per mode), never by the image's own maximum.
+    """
+    arr, exact8 = _decode(path, stacklevel=3)
+    if exact8:
+        return arr
+    return np.round(arr * np.float32(255)).astype(np.uint8)
 
 
 def l2(p0: np.ndarray, p1: np.ndarray, range: float = 255.0) -> float:

@@ -75,7 +75,7 @@ def test_helpers_match_lpips(lpips_ref):
 def test_public_api_surface():
     assert sorted(fastlpips.__all__) == sorted([
         "lpips", "distance_matrix", "get_model", "backends", "BackendUnavailable", "ELPIPS", "ELPIPSEstimate", "elpips_estimate", "LPIPS", "LPIPSFeatures", "NetLinLayer", "ScalingLayer",
-        "WeightError", "RangeWarning", "im2tensor", "tensor2im", "load_image", "normalize_tensor",
+        "WeightError", "RangeWarning", "im2tensor", "tensor2im", "load_image", "read_image", "normalize_tensor",
         "spatial_average", "upsample", "l2", "psnr",
     ])
     for name in fastlpips.__all__:
@@ -100,7 +100,8 @@ def test_load_image_formats(tmp_path):
 
     Image.new("RGBA", (5, 4), (10, 20, 30, 40)).save(tmp_path / "a.png")
     Image.new("L", (5, 4), 77).save(tmp_path / "g.png")
-    a = fastlpips.load_image(tmp_path / "a.png")
+    with pytest.warns(UserWarning, match="alpha"):
+        a = fastlpips.load_image(tmp_path / "a.png")
     g = fastlpips.load_image(str(tmp_path / "g.png"))
     assert a.shape == (4, 5, 3) and a.dtype == np.uint8 and tuple(a[0, 0]) == (10, 20, 30)
     assert g.shape == (4, 5, 3) and tuple(g[0, 0]) == (77, 77, 77)
