@@ -3,19 +3,24 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
-__all__ = ["check_image", "check_pair", "check_model_match", "RangeWarning"]
+__all__ = ["check_image", "check_pair", "check_model_match", "check_size", "check_values", "check_positive_int",
+           "RangeWarning", "UNIT_HINT"]
 
 
 class RangeWarning(UserWarning):
     """Image values outside the range the metric was calibrated for."""
 
 
-def check_image(x, name: str, *, channels: int = 3) -> None:
-    """Type, rank, channel count and dtype of one N x C x H x W image batch."""
+_LPIPS_HINT = "convert images with x.float() / 127.5 - 1 (or / 255 with normalize=True)"
+UNIT_HINT = "convert images with x.float() / 255 (this metric takes images in [0, 1])"
+
+
+def check_image(x, name: str, *, channels: int = 3, hint: str = _LPIPS_HINT, allow_empty: bool = True) -> None:
+    """Type, rank, channel count, dtype and a non-empty batch of one N x C x H x W image batch."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (N, {channels}, H, W), got {type(x).__name__}")
     if x.dim() != 4:
@@ -23,8 +28,9 @@ def check_image(x, name: str, *, channels: int = 3) -> None:
     if x.shape[1] != channels:
         raise ValueError(f"{name} must have {channels} channels (RGB) in dim 1, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}; "
-                        "convert images with x.float() / 127.5 - 1 (or / 255 with normalize=True)")
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}; {hint}")
+    if x.shape[0] == 0 and not allow_empty:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)}); give at least one image")
 
 
 def check_pair(in0: torch.Tensor, in1: torch.Tensor) -> None:
@@ -54,7 +60,8 @@ def check_size(x: torch.Tensor, min_size: int, net: str, name: str) -> None:
                          f"it needs at least {min_size}x{min_size}")
 
 
-def check_values(x: torch.Tensor, name: str, lo: float, hi: float, warn_state: Optional[dict] = None) -> None:
+def check_values(x: torch.Tensor, name: str, lo: float, hi: float, warn_state: Optional[dict] = None,
+                 hint: Optional[Callable[[float, float], str]] = None) -> None:
     """NaN/Inf raise; values outside [lo, hi] warn once per ``warn_state`` (one sync per call)."""
     if x.numel() == 0:
         return
@@ -66,7 +73,35 @@ def check_values(x: torch.Tensor, name: str, lo: float, hi: float, warn_state: O
     if (mn < lo - 1e-6 or mx > hi + 1e-6) and (warn_state is None or not warn_state.get("range")):
         if warn_state is not None:
             warn_state["range"] = True
-        hint = (" (0..255 images? divide by 127.5 and subtract 1, or by 255 with normalize=True)"
-                if mx > 2 else "")
+        if hint is None:
+            hint = (" (0..255 images? divide by 127.5 and subtract 1, or by 255 with normalize=True)"
+                    if mx > 2 else "")
+        else:
+            hint = hint(mn, mx)
         warnings.warn(f"{name} has values in [{mn:.4g}, {mx:.4g}], outside the expected [{lo:g}, {hi:g}]{hint}; "
                       "this warning is shown once per model", RangeWarning, stacklevel=4)
+
+
+def check_positive_int(value, name: str, minimum: int = 1) -> int:
+    """An integer option >= ``minimum`` (bools and floats such as 1.5 refused by name)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            import numpy as np
+
+            ok = isinstance(value, np.integer)
+        except ImportError:  # pragma: no cover
+            ok = False
+        if not ok:
+            raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def unit_range_hint(mn: float, mx: float) -> str:
+    """Why [0, 1] images are out of range, from the observed extremes."""
+    if mx > 2:
+        return " (0..255 images? divide by 255)"
+    if mn < -1e-6:
+        return " ([-1, 1] images, LPIPS' range? map them with (x + 1) / 2)"
+    return ""

@@ -86,8 +86,12 @@ class LPIPSFeatures:
     ``maps[k]`` has shape (N, C_k, H_k, W_k); ``size`` is the (H, W) of the images.
     """
 
-    def __init__(self, maps: List[torch.Tensor], size: Tuple[int, int]) -> None:
-        self.maps, self.size = maps, tuple(size)
+    def __init__(self, maps: List[torch.Tensor], size: Tuple[int, int], source: Optional[str] = None) -> None:
+        self.maps, self.size, self.source = maps, tuple(size), source  # source: e.g. 'alex v0.1'
+
+    def _check_source(self, parts) -> None:
+        if len({p.source for p in parts}) > 1:
+            raise ValueError(f"cannot combine features of different trunks: {sorted({str(p.source) for p in parts})}")
 
     def __len__(self) -> int:
         return self.maps[0].shape[0]
@@ -95,14 +99,17 @@ class LPIPSFeatures:
     @staticmethod
     def cat(parts: Sequence["LPIPSFeatures"]) -> "LPIPSFeatures":
         """Concatenate feature batches of images of one size."""
+        if not parts:
+            raise ValueError("no feature batches to concatenate")
         if len({p.size for p in parts}) != 1:
             raise ValueError(f"cannot concatenate features of images of sizes {sorted({p.size for p in parts})}")
-        return LPIPSFeatures([torch.cat(ms) for ms in zip(*(p.maps for p in parts))], parts[0].size)
+        parts[0]._check_source(parts)
+        return LPIPSFeatures([torch.cat(ms) for ms in zip(*(p.maps for p in parts))], parts[0].size, parts[0].source)
 
     def __getitem__(self, idx) -> "LPIPSFeatures":
         if isinstance(idx, int):
             idx = slice(idx, idx + 1 if idx != -1 else None)
-        return LPIPSFeatures([m[idx] for m in self.maps], self.size)
+        return LPIPSFeatures([m[idx] for m in self.maps], self.size, self.source)
 
 
 _NETS = {"alex": [64, 192, 384, 256, 256], "vgg": [64, 128, 256, 512, 512], "vgg16": [64, 128, 256, 512, 512],
@@ -127,7 +134,8 @@ class LPIPS(nn.Module):
         verbose: log (not print) what is loaded.
     Keyword-only additions:
         trunk_path: explicit trunk weight file (see ``fastlpips.nets.weights``).
-        check_inputs: validate inputs on every call (one device sync per input); default True.
+        check_inputs: scan input values on every call (NaN/Inf raise, out-of-range values warn; one
+            device sync per input); default True. Shape, dtype, device and size checks always run.
         backend: head kernels, 'auto' (default; or ``$FASTLPIPS_BACKEND``) | 'torch' | 'cpp' |
             'triton' | 'cuda' | 'cupy' (see ``fastlpips.backends()``).
         dtype: reduced-precision mode, e.g. ``torch.bfloat16``: trunk and head run in that dtype
@@ -211,6 +219,8 @@ class LPIPS(nn.Module):
     # -- loading ----------------------------------------------------------------------------------
     def _load_model_path(self, model_path, verbose: bool) -> bool:
         """Strictly load a lin-only or full lpips state dict; returns whether it held the trunk."""
+        if os.path.isdir(model_path):
+            raise WeightError(f"model_path {model_path} is a directory; give the state dict file (.pth)")
         if not os.path.isfile(model_path):
             raise FileNotFoundError(f"model_path {model_path} does not exist")
         sd = read_state_dict(model_path)
@@ -254,12 +264,18 @@ class LPIPS(nn.Module):
         return self.scaling_layer.shift
 
     def _check(self, x: torch.Tensor, name: str, normalize: bool, *, basic: bool = True) -> None:
+        """Shape, dtype, device and size checks (always: no device sync); the value scan (NaN/Inf,
+        range) only with ``check_inputs=True``."""
         if basic:
             V.check_image(x, name)
         V.check_model_match(x, self._ref.device, x.dtype if self.compute_dtype else self._ref.dtype, name)
         V.check_size(x, self._min_size, self.pnet_type, name)
-        lo = 0.0 if normalize else -1.0
-        V.check_values(x, name, lo, 1.0, self._warned)
+        if self.check_inputs:
+            V.check_values(x, name, 0.0 if normalize else -1.0, 1.0, self._warned)
+
+    @property
+    def _feature_source(self) -> str:
+        return f"{self.pnet_type} v{self.version}"
 
     def _trunk_input(self, x: torch.Tensor, normalize: bool) -> torch.Tensor:
         if normalize:
@@ -318,12 +334,13 @@ class LPIPS(nn.Module):
 
     # -- public -----------------------------------------------------------------------------------
     def forward(self, in0: torch.Tensor, in1: torch.Tensor, retPerLayer: bool = False, normalize: bool = False):
-        if self.check_inputs:
-            V.check_image(in0, "in0")
-            V.check_image(in1, "in1")
-            V.check_pair(in0, in1)
-            self._check(in0, "in0", normalize, basic=False)
-            self._check(in1, "in1", normalize, basic=False)
+        V.check_image(in0, "in0")
+        V.check_image(in1, "in1")
+        V.check_pair(in0, in1)
+        self._check(in0, "in0", normalize, basic=False)
+        self._check(in1, "in1", normalize, basic=False)
+        if 0 in (in0.shape[0], in1.shape[0]):  # an empty batch against batch 1 broadcasts to empty
+            in0, in1 = in0[:0], in1[:0]
         outs0, outs1 = self._trunk_pair(in0, in1, normalize)
         grad = torch.is_grad_enabled()
         needs_graph = grad and (outs0[0].requires_grad or outs1[0].requires_grad
@@ -345,15 +362,26 @@ class LPIPS(nn.Module):
                                                             else None, backend=backend), in0.shape[2:])
                             for k in range(self.L)], retPerLayer)
 
-    def features(self, x: torch.Tensor, *, normalize: bool = False) -> LPIPSFeatures:
+    def features(self, x: torch.Tensor, *, normalize: bool = False, name: str = "x") -> LPIPSFeatures:
         """Channel-normalized trunk features of ``x`` (N, 3, H, W), to compare many times."""
-        if self.check_inputs:
-            self._check(x, "x", normalize)
+        self._check(x, name, normalize)
         outs = self._trunk(self._trunk_input(x, normalize), self._needs_graph(x))
-        return LPIPSFeatures([normalize_channels(o) for o in outs], x.shape[2:])
+        return LPIPSFeatures([normalize_channels(o) for o in outs], x.shape[2:], self._feature_source)
+
+    def _check_features(self, f, name: str) -> None:
+        """Features made by a model of this trunk and version (``LPIPSFeatures``, layer shapes)."""
+        if not isinstance(f, LPIPSFeatures):
+            raise TypeError(f"{name} must be LPIPSFeatures from model.features(...), got {type(f).__name__}")
+        if f.source is not None and f.source != self._feature_source:
+            raise ValueError(f"{name} are features of a {f.source} model; this model is {self._feature_source}")
+        chns = [m.shape[1] if m.dim() == 4 else None for m in f.maps]
+        if chns != self.chns:
+            raise ValueError(f"{name} hold layers with channels {chns}; this {self.pnet_type} model has {self.chns}")
 
     def compare_features(self, feats0: LPIPSFeatures, feats1: LPIPSFeatures, *, retPerLayer: bool = False):
         """Distances between precomputed features (batch 1 broadcasts): same output as ``forward``."""
+        self._check_features(feats0, "feats0")
+        self._check_features(feats1, "feats1")
         if feats0.size != feats1.size:
             raise ValueError(f"features come from images of different sizes {feats0.size} and {feats1.size}")
         if len(feats0) != len(feats1) and 1 not in (len(feats0), len(feats1)):
@@ -362,7 +390,8 @@ class LPIPS(nn.Module):
 
     def pairwise(self, x: torch.Tensor, y: Optional[torch.Tensor] = None, *, normalize: bool = False,
                  batch_size: int = 64, max_elements: int = 1 << 26) -> torch.Tensor:
-        """Distance matrix D[i, j] = LPIPS(x[i], y[j]) of shape (N, M) (``y=None``: all pairs of x).
+        """Distance matrix D[i, j] = LPIPS(x[i], y[j]) of shape (N, M) (``y=None``: all pairs of x;
+        an empty x or y gives an empty matrix).
 
         Every image goes through the trunk once (in batches of ``batch_size``); the heads of all
         pairs are evaluated in blocks of at most ``max_elements`` elements. With ``y=None`` only
@@ -372,8 +401,8 @@ class LPIPS(nn.Module):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if self.spatial:
             raise ValueError("pairwise() returns mean distances; build the model with spatial=False")
-        fx = self._batched_features(x, normalize, batch_size)
-        fy = None if y is None else self._batched_features(y, normalize, batch_size)
+        fx = self._batched_features(x, normalize, batch_size, "x")
+        fy = None if y is None else self._batched_features(y, normalize, batch_size, "y")
         return self.pairwise_features(fx, fy, max_elements=max_elements)
 
     def pairwise_features(self, fx: LPIPSFeatures, fy: Optional[LPIPSFeatures] = None, *,
@@ -381,12 +410,17 @@ class LPIPS(nn.Module):
         """``pairwise`` on precomputed features (``fy=None``: all pairs of fx)."""
         if self.spatial:
             raise ValueError("pairwise() returns mean distances; build the model with spatial=False")
+        self._check_features(fx, "fx")
         sym = fy is None
         fy = fx if sym else fy
+        if not sym:
+            self._check_features(fy, "fy")
         if fx.size != fy.size:
             raise ValueError(f"x and y have different spatial sizes {fx.size} and {fy.size}")
         n, m = len(fx), len(fy)
         out = torch.zeros(n, m, dtype=fx.maps[0].dtype, device=fx.maps[0].device)
+        if n == 0 or m == 0:  # an empty side: an empty (N, M) matrix
+            return out
         per_pair = sum(t[0].numel() for t in fy.maps)
         rows = max(1, min(n, max_elements // max(per_pair * m, 1)))
         for i0 in range(0, n, rows):
@@ -404,8 +438,7 @@ class LPIPS(nn.Module):
             out[i0:i1, j0:] = block
         return out + out.transpose(0, 1) if sym else out
 
-    def _batched_features(self, x: torch.Tensor, normalize: bool, batch_size: int) -> LPIPSFeatures:
-        if self.check_inputs:
-            V.check_image(x, "x")
-        return LPIPSFeatures.cat([self.features(x[i:i + batch_size], normalize=normalize)
+    def _batched_features(self, x: torch.Tensor, normalize: bool, batch_size: int, name: str) -> LPIPSFeatures:
+        V.check_image(x, name)
+        return LPIPSFeatures.cat([self.features(x[i:i + batch_size], normalize=normalize, name=name)
                                   for i in range(0, max(x.shape[0], 1), batch_size)])

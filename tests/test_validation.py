@@ -152,3 +152,63 @@ def test_check_inputs_off_skips_value_checks(model):
     m = fastlpips.LPIPS(net="alex", pnet_rand=True, check_inputs=False)
     out = m(GOOD.clone().fill_(float("nan")), GOOD)
     assert torch.isnan(out).all()  # the caller opted out: NaN propagates, no error
+
+
+# -- issue 9, item 8: API messages --------------------------------------------------------------------
+def test_empty_batches_are_documented_behaviour(model):
+    empty, one = rand_images(0, 64, 64), rand_images(1, 64, 64)
+    assert model(empty, one).shape == (0, 1, 1, 1) == model(one, empty).shape  # batch 1 broadcasts to 0
+    with pytest.raises(ValueError, match="batch sizes 0 and 2 differ"):
+        model(empty, rand_images(2, 64, 64))
+    assert model.pairwise(empty).shape == (0, 0)  # used to raise IndexError
+    assert model.pairwise(empty, GOOD).shape == (0, len(GOOD))
+    assert model.pairwise(GOOD, empty).shape == (len(GOOD), 0)
+    assert fastlpips.distance_matrix(empty).shape == (0, 0)
+
+
+def test_compare_features_refuses_foreign_features(model):
+    f = model.features(GOOD)
+    vgg = fastlpips.LPIPS(net="vgg", pnet_rand=True, verbose=False)
+    with pytest.raises(ValueError, match="features of a alex v0.1 model; this model is vgg v0.1"):
+        vgg.compare_features(f, f)
+    v0 = fastlpips.LPIPS(net="alex", version="0.0", pnet_rand=True, verbose=False)
+    with pytest.raises(ValueError, match="this model is alex v0.0"):
+        v0.compare_features(f, f)
+    with pytest.raises(TypeError, match="feats1 must be LPIPSFeatures"):
+        model.compare_features(f, f.maps)
+    with pytest.raises(ValueError, match="channels"):
+        vgg.compare_features(fastlpips.LPIPSFeatures(f.maps, f.size), fastlpips.LPIPSFeatures(f.maps, f.size))
+    with pytest.raises(ValueError, match="different trunks"):
+        fastlpips.LPIPSFeatures.cat([f, vgg.features(GOOD)])
+
+
+def test_distance_matrix_names_the_right_argument():
+    x = rand_images(2, 64, 64)
+    with pytest.raises(ValueError, match="^y of spatial size 8x8 is too small"):
+        fastlpips.distance_matrix(x, rand_images(2, 8, 8))
+    with pytest.raises(ValueError, match="^y must have 3 channels"):
+        fastlpips.distance_matrix(x, torch.zeros(2, 1, 64, 64))
+    with pytest.raises(TypeError, match="^y must be a torch.Tensor"):
+        fastlpips.distance_matrix(x, [1, 2])
+
+
+def test_model_path_directory(tmp_path):
+    with pytest.raises(fastlpips.WeightError, match=f"model_path {tmp_path} is a directory"):
+        fastlpips.LPIPS(net="alex", pnet_rand=True, model_path=tmp_path, verbose=False)
+
+
+def test_check_inputs_off_keeps_shape_checks():
+    """check_inputs=False skips only the value scan (as documented), never the shape checks."""
+    m = fastlpips.LPIPS(net="alex", pnet_rand=True, check_inputs=False, verbose=False)
+    with pytest.raises(ValueError, match="4 dimensions"):
+        m(GOOD[0], GOOD[0])
+    with pytest.raises(ValueError, match="3 channels"):
+        m(GOOD[:, :1], GOOD[:, :1])
+    with pytest.raises(ValueError, match="same spatial size"):
+        m(GOOD, rand_images(len(GOOD), 64, 48))
+    with pytest.raises(ValueError, match="too small for the alex trunk"):
+        m(rand_images(1, 8, 8), rand_images(1, 8, 8))
+    with pytest.raises(TypeError, match="floating-point"):
+        m((GOOD * 127).to(torch.uint8), GOOD)
+    with pytest.raises(ValueError, match="too small"):
+        m.features(rand_images(1, 8, 8))
