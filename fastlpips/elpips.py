@@ -197,8 +197,7 @@ class ELPIPS(nn.Module):
         if net not in ("vgg", "squeeze"):
             raise ValueError(f"net must be 'vgg' (E-LPIPS-VGG) or 'squeeze' (the experimental E-LPIPS-SqueezeNet), "
                              f"got {net!r}")
-        if n_samples < 1:
-            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        n_samples = V.check_positive_int(n_samples, "n_samples")
         if mode not in ("batched", "official"):
             raise ValueError(f"mode must be 'batched' or 'official', got {mode!r}")
         if not 0 < keep_prob <= 1:
@@ -227,6 +226,7 @@ class ELPIPS(nn.Module):
         count = len(lin)
         self.register_buffer("weights", torch.cat([lin[f"lin{k}"].reshape(-1) for k in range(count)]))
         self.channels = [lin[f"lin{k}"].numel() for k in range(count)]
+        self._warned: dict = {}
         self.eval()
 
     def _layer_weights(self) -> List[torch.Tensor]:
@@ -309,9 +309,7 @@ class ELPIPS(nn.Module):
         self.check_inputs(images, reference)
         if generator is None:
             generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))
-        k = n_samples or self.n_samples
-        if k < 1:
-            raise ValueError(f"n_samples must be >= 1, got {k}")
+        k = self.n_samples if n_samples is None else V.check_positive_int(n_samples, "n_samples")
         if self.mode == "batched":
             result = tuple(d.mean(0) for d in self.sample_distances(images, reference, k, generator=generator))
         else:
@@ -323,15 +321,28 @@ class ELPIPS(nn.Module):
         return result if isinstance(image, (tuple, list)) else result[0]
 
     def check_inputs(self, images: Sequence[torch.Tensor], reference: torch.Tensor) -> None:
-        """Shapes, ranges and sizes (the transforms need sides >= 8 * max_scale, the trunk >= 9 with
-        transforms, 16 without), with named errors."""
+        """Shapes, values and sizes, with named errors: floating-point (N, 3, H, W) batches of one
+        size, dtype and device; NaN/Inf raise; values outside [0, 1] warn once per metric (E-LPIPS
+        takes [0, 1] images, unlike LPIPS' [-1, 1]); the transforms need sides >= 8 * max_scale,
+        the trunk >= 9 with transforms, 16 without."""
+        if not images:
+            raise ValueError("no images to compare with the reference")
+        V.check_image(reference, "reference", hint=V.UNIT_HINT)
         for i, im in enumerate(images):
-            V.check_image(im, f"image[{i}]")
+            V.check_image(im, f"image[{i}]", hint=V.UNIT_HINT)
             V.check_pair(im, reference)
             if im.shape[0] != reference.shape[0]:
                 raise ValueError(f"image[{i}] has batch {im.shape[0]} but reference {reference.shape[0]}")
-        V.check_image(reference, "reference")
-        h, w = reference.shape[2:]
+        dev = self.weights.device
+        for i, im in enumerate(list(images) + [reference]):
+            name = "reference" if i == len(images) else f"image[{i}]"
+            if im.device != dev:
+                raise ValueError(f"{name} is on {im.device} but the metric is on {dev}; move one with .to()")
+            V.check_values(im, name, 0.0, 1.0, self._warned, hint=V.unit_range_hint)
+        self.check_size(reference.shape[2], reference.shape[3])
+
+    def check_size(self, h: int, w: int) -> None:
+        """Images of h x w fit the transformations and the trunk, else a ValueError saying what fits."""
         if self.transforms and min(h, w) < min_size_for_scale(self.max_scale):
             raise ValueError(f"images of {h}x{w} are too small for scale levels up to {self.max_scale} (the "
                              f"downscaled image must be >= 8 px); use ELPIPS(max_scale={max(1, min(h, w) // 8)}) "
@@ -386,15 +397,25 @@ def elpips_estimate(x: torch.Tensor, y: torch.Tensor, *, rtol: float = 0.025, at
     """
     if metric is None:
         metric = ELPIPS()
+    elif not isinstance(metric, ELPIPS):
+        raise TypeError(f"metric must be an ELPIPS instance, got {type(metric).__name__}")
     z = _z(confidence)
-    if min_samples < 2 or max_samples < min_samples:
-        raise ValueError(f"need 2 <= min_samples <= max_samples, got {min_samples}, {max_samples}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if not isinstance(tol, (int, float)) or not tol > 0:  # refuses NaN; inf switches the criterion off
+            raise ValueError(f"{name} must be a number > 0 (math.inf switches it off), got {tol!r}")
+    min_samples = V.check_positive_int(min_samples, "min_samples", 2)
+    max_samples = V.check_positive_int(max_samples, "max_samples", 2)
+    batch_size = V.check_positive_int(batch_size, "batch_size")
+    if max_samples < min_samples:
+        raise ValueError(f"max_samples ({max_samples}) must be >= min_samples ({min_samples})")
     metric.check_inputs((x,), y)
     g = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**62, (1,))))
     levels = metric.max_scale if metric.transforms else 1
     p = scale_probabilities(levels) if stratified else torch.ones(1, dtype=torch.float64)
+    if max_samples < 2 * len(p):
+        raise ValueError(f"max_samples={max_samples} is below the {2 * len(p)} samples stratified sampling needs "
+                         f"for {len(p)} scale levels (2 per level, for each level's variance); raise max_samples, "
+                         "lower the metric's max_scale or pass stratified=False")
     strata: List[List[torch.Tensor]] = [[] for _ in range(len(p))]
     order = _allocation(p, max_samples) if stratified else [0] * max_samples
     step = 1 if metric.mode == "official" else batch_size
@@ -408,13 +429,14 @@ def elpips_estimate(x: torch.Tensor, y: torch.Tensor, *, rtol: float = 0.025, at
             done += len(chunk)
             if done >= min_samples and all(len(v) >= 2 for v in strata):
                 est = _combine(strata, p, z, done, confidence, stratified)
-                est.converged = (est.half_width < rtol * est.mean) & (est.half_width < atol)
+                # a zero-variance estimate (identical images: every sample exactly 0) is exact
+                est.converged = ((est.half_width < rtol * est.mean) & (est.half_width < atol)) | (est.half_width == 0)
                 if callback is not None:
                     callback(done, est)
                 if bool(est.converged.all()):
                     break
-    if est is None:  # pragma: no cover - max_samples below the strata minimum
-        raise ValueError("max_samples too small to estimate a variance in every stratum")
+    if est is None:  # pragma: no cover - excluded by the checks above
+        raise RuntimeError("no estimate: max_samples too small to estimate a variance in every stratum")
     return est
 
 
@@ -445,7 +467,7 @@ def _allocation(p: torch.Tensor, total: int) -> List[int]:
         s = max(range(len(p)), key=lambda k: float(p[k]) * n - counts[k])
         counts[s] += 1
         order.append(s)
-    return order[:max(total, 2 * len(p))]
+    return order[:total]
 
 
 def _combine(strata, p, z, n, confidence, stratified) -> ELPIPSEstimate:

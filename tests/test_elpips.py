@@ -307,3 +307,80 @@ def test_squeeze_variant_equals_direct_computation():
         m(torch.rand(1, 3, 20, 20), torch.rand(1, 3, 20, 20))
     with pytest.raises(ValueError, match="net must be"):
         ELPIPS(net="alex")
+
+
+# -- issue 9: E-LPIPS input values and the estimator's stopping rule --------------------------------
+@pytest.fixture(scope="module")
+def rand_metric():
+    from fastlpips.elpips import ELPIPS
+
+    torch.manual_seed(0)
+    return ELPIPS(pnet_rand=True, max_scale=2)
+
+
+def test_elpips_refuses_nan_and_warns_on_range(rand_metric):
+    import warnings
+
+    from fastlpips import RangeWarning
+    from fastlpips.elpips import ELPIPS
+
+    x = torch.rand(2, 3, 32, 32)
+    bad = x.clone()
+    bad[1, 0, 3, 4] = float("nan")
+    with pytest.raises(ValueError, match=r"image\[0\] contains 1 NaN or Inf"):
+        rand_metric(bad, x)
+    bad[1, 0, 3, 4] = float("inf")
+    with pytest.raises(ValueError, match="reference contains 1 NaN or Inf"):
+        rand_metric(x, bad)
+    m = ELPIPS(pnet_rand=True, max_scale=2)
+    with pytest.warns(RangeWarning, match=r"\[-1, 1\] images.*\(x \+ 1\) / 2"):
+        m(x * 2 - 1, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m(x * 2 - 1, x)  # once per metric
+    with pytest.warns(RangeWarning, match="0..255 images"):
+        ELPIPS(pnet_rand=True, max_scale=2)(x * 255, x)
+    with pytest.raises(TypeError, match=r"x.float\(\) / 255"):  # E-LPIPS' own [0, 1] hint
+        rand_metric((x * 255).to(torch.uint8), x)
+
+
+def test_elpips_sample_count_arguments(rand_metric):
+    from fastlpips.elpips import ELPIPS
+
+    x = torch.rand(1, 3, 32, 32)
+    with pytest.raises(TypeError, match="n_samples must be an integer"):
+        ELPIPS(pnet_rand=True, n_samples=1.5)
+    with pytest.raises(ValueError, match="n_samples must be >= 1, got 0"):
+        rand_metric(x, x, n_samples=0)  # used to fall back to the default silently
+    with pytest.raises(TypeError, match="n_samples must be an integer"):
+        rand_metric(x, x, n_samples=2.0)
+
+
+def test_estimate_identical_images_converge_at_once(rand_metric):
+    from fastlpips import elpips_estimate
+
+    x = torch.rand(2, 3, 32, 32)
+    est = elpips_estimate(x, x.clone(), metric=rand_metric, seed=0, batch_size=8, max_samples=2000)
+    assert est.converged.all() and est.samples == 16  # the first check (min_samples 10 -> 2 rounds of 8)
+    assert torch.equal(est.mean, torch.zeros(2)) and torch.equal(est.half_width, torch.zeros(2))
+
+
+def test_estimate_argument_checks(rand_metric):
+    import fastlpips
+    from fastlpips import elpips_estimate
+
+    x, y = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    for name in ("rtol", "atol"):
+        for bad in (0, -0.1, float("nan")):
+            with pytest.raises(ValueError, match=f"{name} must be a number > 0"):
+                elpips_estimate(x, y, metric=rand_metric, **{name: bad})
+    # stratified sampling needs 2 samples per level: refused instead of silently exceeded
+    from fastlpips.elpips import ELPIPS
+
+    with pytest.raises(ValueError, match="max_samples=10 is below the 16 samples"):
+        elpips_estimate(torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64), min_samples=2, max_samples=10,
+                        metric=ELPIPS(pnet_rand=True))
+    est = elpips_estimate(x, y, metric=rand_metric, min_samples=4, max_samples=4, rtol=1e-9, atol=1e-9, seed=0)
+    assert est.samples == 4 and not est.converged.any()  # the budget is honoured exactly
+    with pytest.raises(TypeError, match="metric must be an ELPIPS"):
+        elpips_estimate(x, y, metric=fastlpips.LPIPS(pnet_rand=True, verbose=False))
