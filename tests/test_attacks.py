@@ -7,7 +7,8 @@ from torch import nn
 import fastlpips
 from fastlpips.attacks import (ClassifierFeatureDistance, ELPIPSDistance, JTJ, LPIPSDistance, PerceptualPGD,
                                FastLagrangePerceptualAttack, LagrangePerceptualAttack, conjugate_gradient,
-                               lanczos_extremes, margin_loss, power_iteration, project_bisection, project_newton)
+                               lanczos_extremes, margin_loss, power_iteration, project_bisection, project_newton,
+                               pull_to_target, push_within_l2, twoafc_pgd)
 from fastlpips.nets import weights as W
 
 
@@ -195,7 +196,7 @@ def test_metric_attacks_respect_their_constraints():
         assert (res.distance > -before).all()  # the disagreement margin grew from -before
     with pytest.raises(ValueError, match="norm must be"):
         twoafc_pgd(d, x, p0, p1, judge, 0.1, norm="l1")
-    with pytest.raises(ValueError, match="eps > 0"):
+    with pytest.raises(ValueError, match="eps must be a finite number > 0"):
         push_within_l2(d, x, 0.0)
 
 
@@ -255,3 +256,64 @@ def test_elpips_bounded_projection_and_lpa_hold_on_the_whole_batch():
     labels = model(x).argmax(1)
     out = LagrangePerceptualAttack(model, d, bound, num_iterations=4, binary_steps=2)(x, labels)
     assert (d(x, out) <= bound).all()
+
+
+def test_attack_inputs_are_validated():
+    """Issue 9: one validation helper for every attack, with messages naming the argument."""
+    from fastlpips.attacks import FastLagrangePerceptualAttack, LagrangePerceptualAttack
+
+    model = _classifier()
+    d = LPIPSDistance(_squeeze(), calibrated=False)
+    x = torch.rand(4, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 3])
+    ppgd = PerceptualPGD(model, d, 0.5, num_iterations=1, cg_iterations=1)
+    with pytest.raises(ValueError, match=r"labels must have shape \(4,\), one label per image, got \(1,\)"):
+        ppgd(x, y[:1])  # used to broadcast: 3 of 4 images not attacked
+    with pytest.raises(ValueError, match=r"labels must have shape \(4,\)"):
+        ppgd(x, y[:3])
+    with pytest.raises(TypeError, match="integer class indices"):
+        ppgd(x, y.double())
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 9\], got values in \[0, 12\]"):
+        ppgd(x, torch.tensor([0, 1, 2, 12]))
+    with pytest.raises(ValueError, match=r"labels must be >= 0, got values in \[-1, 2\]"):
+        ppgd(x, torch.tensor([0, 1, 2, -1]))
+    with pytest.raises(ValueError, match=r"x has values in \[.*\]; attacks take images in \[0, 1\]"):
+        ppgd(x * 2 - 1, y)
+    with pytest.raises(ValueError, match="x contains NaN or Inf"):
+        ppgd(x.clone().fill_(float("nan")), y)
+    with pytest.raises(ValueError, match="too small for the squeeze trunk"):
+        ppgd(torch.rand(4, 3, 16, 16, dtype=torch.float64), y)
+    wrong = nn.Sequential(model, nn.Flatten(0))  # (N*K,) instead of (N, K)
+    with pytest.raises(ValueError, match=r"model\(x\) must return logits of shape \(4, num_classes >= 2\), got \(40,\)"):
+        PerceptualPGD(wrong, d, 0.5, num_iterations=1, cg_iterations=1)(x, y)
+    for bad in (float("nan"), 0.0, -1.0, float("inf")):
+        for make in (lambda b: PerceptualPGD(model, d, b), lambda b: LagrangePerceptualAttack(model, d, b),
+                     lambda b: FastLagrangePerceptualAttack(model, d, b)):
+            with pytest.raises(ValueError, match="bound must be a finite number > 0"):
+                make(bad)
+    with pytest.raises(TypeError, match="num_iterations must be an integer"):
+        PerceptualPGD(model, d, 0.5, num_iterations=2.5)
+    with pytest.raises(ValueError, match="projection must be"):
+        LagrangePerceptualAttack(model, d, 0.5, projection="nope")
+    with pytest.raises(ValueError, match=r"labels must have shape \(4,\)"):
+        LagrangePerceptualAttack(model, d, 0.5, num_iterations=1, binary_steps=1)(x, y[:1])
+    with pytest.raises(ValueError, match="bound must be a finite number > 0"):
+        project_newton(d, x, x, float("nan"))
+    with pytest.raises(ValueError, match=r"x and x_adv must have the same shape"):
+        project_bisection(d, x, x[:2], 0.5)
+    with pytest.raises(ValueError, match="eps must be a finite number > 0"):
+        push_within_l2(d, x, float("nan"))
+    with pytest.raises(ValueError, match=r"x has values in"):
+        push_within_l2(d, x + 1, 0.5)
+    with pytest.raises(ValueError, match=r"x and target must have the same shape"):
+        pull_to_target(d, x, x[:1], 0.5)
+    with pytest.raises(ValueError, match=r"judge must be a tensor of shape \(4,\)"):
+        twoafc_pgd(d, x, x, x, torch.zeros(1), 0.1)
+
+
+def test_attack_outputs_stay_in_the_box():
+    model = _classifier()
+    d = LPIPSDistance(_squeeze(), calibrated=False)
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    adv = PerceptualPGD(model, d, 0.5, num_iterations=1, cg_iterations=2)(x, torch.tensor([3, 4]))
+    assert adv.min() >= 0 and adv.max() <= 1

@@ -68,6 +68,17 @@ class FeatureDistance(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.from_features(self.features(x), self.features(y))
 
+    def check_images(self, x: torch.Tensor, name: str = "x") -> None:
+        """What every attack checks first: a floating (N, 3, H, W) batch, finite, in [0, 1], large
+        enough for this distance's features (clear errors naming ``name``)."""
+        from .checks import check_unit_images
+
+        check_unit_images(x, name)
+        self._check_size(x, name)
+
+    def _check_size(self, x: torch.Tensor, name: str) -> None:
+        """Subclasses whose features need a minimum image size raise here."""
+
     def root(self, value: float) -> float:
         """A bound or step on this distance's scale -> on the scale of ||dphi|| (the attacks' scale)."""
         return value**0.5 if self.squared else value
@@ -85,6 +96,11 @@ class LPIPSDistance(FeatureDistance):
         self.model = model.eval()
         self.calibrated = calibrated
         self.squared = calibrated
+
+    def _check_size(self, x: torch.Tensor, name: str) -> None:
+        from .. import _validation as V
+
+        V.check_size(x, self.model._min_size, self.model.pnet_type, name)
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         m = self.model
@@ -141,7 +157,9 @@ class ELPIPSDistance(FeatureDistance):
             from ..elpips import ELPIPS
 
             metric = ELPIPS()
-        self.metric, self.samples, self._seed = metric, samples, seed
+        from .checks import check_positive_int
+
+        self.metric, self.samples, self._seed = metric, check_positive_int(samples, "samples"), seed
         self._transforms = None
         self._shape = None
 
@@ -154,6 +172,9 @@ class ELPIPSDistance(FeatureDistance):
     def has_linearization(self) -> bool:
         """The kept linearization covers the VGG variant (SqueezeNet: forward-mode AD)."""
         return getattr(self.metric, "net_name", "vgg") == "vgg"
+
+    def _check_size(self, x: torch.Tensor, name: str) -> None:
+        self.metric.check_size(x.shape[2], x.shape[3])
 
     def _groups(self, x: torch.Tensor):
         from ..transforms import sample_batched

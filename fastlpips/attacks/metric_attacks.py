@@ -17,6 +17,7 @@ from typing import Optional
 
 import torch
 
+from .checks import check_bound, check_positive_int, check_same_shape
 from .distances import FeatureDistance
 from .linalg import _bcast
 from .perceptual import project_newton
@@ -46,15 +47,26 @@ def _project_linf(x: torch.Tensor, a: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.minimum(torch.maximum(a, x - eps), x + eps).clamp(0, 1)
 
 
-def _check(steps: int, eps: float) -> None:
-    if steps < 1 or eps <= 0:
-        raise ValueError(f"need steps >= 1 and eps > 0, got steps={steps}, eps={eps}")
+def _check(distance: FeatureDistance, steps: int, eps: float, step_size: Optional[float] = None, **images) -> float:
+    """Validation shared by the metric attacks (fastlpips.attacks.checks): images in [0, 1] of one
+    shape and large enough for the distance, steps a positive int, eps and step_size finite > 0."""
+    check_positive_int(steps, "steps")
+    if step_size is not None:
+        check_bound(step_size, "step_size")
+    first = None
+    for name, img in images.items():
+        distance.check_images(img, name)
+        if first is None:
+            first = (name, img)
+        else:
+            check_same_shape(first[1], img, first[0], name)
+    return check_bound(eps, "eps")
 
 
 def pull_to_target(distance: FeatureDistance, x: torch.Tensor, target: torch.Tensor, eps: float, *,
                    steps: int = 50, step_size: float = 0.05) -> MetricAttackResult:
     """E-LPIPS A1: minimize ||a - target||_2 with d(a, x) <= eps (eps on the distance's own scale)."""
-    _check(steps, eps)
+    eps = _check(distance, steps, eps, step_size, x=x, target=target)
     fx = distance.features(x).detach()
     a = x.detach().clone()
     for _ in range(steps):
@@ -69,7 +81,7 @@ def pull_to_target(distance: FeatureDistance, x: torch.Tensor, target: torch.Ten
 def push_within_l2(distance: FeatureDistance, x: torch.Tensor, eps: float, *, steps: int = 50,
                    step_size: Optional[float] = None, generator: Optional[torch.Generator] = None) -> MetricAttackResult:
     """E-LPIPS A2: maximize d(a, x) subject to ||a - x||_2 <= eps (normalized gradient ascent)."""
-    _check(steps, eps)
+    eps = _check(distance, steps, eps, step_size, x=x)
     step_size = step_size if step_size is not None else 2.5 * eps / steps
     fx = distance.features(x).detach()
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
@@ -88,7 +100,7 @@ def feature_mse_attack(distance: FeatureDistance, x: torch.Tensor, eps: float, *
                        generator: Optional[torch.Generator] = None) -> MetricAttackResult:
     """R-LPIPS OPT: maximize ||phi(a) - phi(x)||^2 within ||a - x||_inf <= eps (signed PGD, random start).
     ``distance`` is typically ``LPIPSDistance(model, calibrated=False)`` (the trunk's features)."""
-    _check(steps, eps)
+    eps = _check(distance, steps, eps, step_size, x=x)
     step_size = step_size if step_size is not None else 2.5 * eps / steps
     fx = distance.features(x).detach()
     u = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
@@ -110,9 +122,14 @@ def twoafc_pgd(distance: FeatureDistance, ref: torch.Tensor, p0: torch.Tensor, p
     2AFC judgment (p1 closer when d(ref, p1) < d(ref, p0)) disagrees with the humans' (``judge`` in
     [0, 1], the fraction who found p1 closer). Returns the perturbed image, the final margin
     sign * (d(ref, p1) - d(ref, p0)) (> 0: the metric disagrees) and the norm constraint."""
-    _check(steps, eps)
     if norm not in ("linf", "l2") or target not in ("p0", "p1", "ref"):
         raise ValueError(f"norm must be 'linf' or 'l2' and target 'p0', 'p1' or 'ref', got {norm!r}, {target!r}")
+    eps = _check(distance, steps, eps, step_size, ref=ref, p0=p0, p1=p1)
+    if not isinstance(judge, torch.Tensor) or judge.shape != (ref.shape[0],):
+        raise ValueError(f"judge must be a tensor of shape ({ref.shape[0]},), the fraction of humans who found p1 "
+                         f"closer, got {getattr(judge, 'shape', type(judge).__name__)}")
+    if not bool(((judge >= 0) & (judge <= 1)).all()):
+        raise ValueError("judge must lie in [0, 1] (the fraction of humans who found p1 closer)")
     step_size = step_size if step_size is not None else 2.5 * eps / steps
     sign = torch.where(judge > 0.5, 1.0, -1.0).to(ref.dtype)  # humans: p1 closer -> make d1 - d0 large
     images = {"ref": ref.detach(), "p0": p0.detach(), "p1": p1.detach()}

@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .checks import check_bound, check_labels, check_logits, check_positive_int, check_same_shape
 from .distances import FeatureDistance
 from .linalg import JTJ, _bcast, _dot, conjugate_gradient
 
@@ -30,7 +31,12 @@ __all__ = ["margin_loss", "Projected", "project_bisection", "project_newton", "P
 
 def margin_loss(logits: torch.Tensor, labels: torch.Tensor, kappa: float = math.inf,
                 targeted: bool = False) -> torch.Tensor:
-    """Untargeted: max_{i != y} z_i - z_y; targeted: z_y - max_{i != y} z_i; clamped at kappa."""
+    """Untargeted: max_{i != y} z_i - z_y; targeted: z_y - max_{i != y} z_i; clamped at kappa.
+    ``logits`` (N, K), ``labels`` (N,) integer classes in [0, K) (checked: no broadcasting)."""
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 1:  # raises, naming what labels should be
+        check_labels(labels, logits.shape[0] if isinstance(logits, torch.Tensor) and logits.dim() else 0)
+    check_logits(logits, labels.shape[0])
+    check_labels(labels, logits.shape[0], logits.shape[1])
     z_y = logits.gather(1, labels[:, None])[:, 0]
     other = logits.masked_fill(nn.functional.one_hot(labels, logits.shape[1]).bool(), -math.inf).amax(1)
     m = (z_y - other) if targeted else (other - z_y)
@@ -53,6 +59,8 @@ def project_bisection(distance: FeatureDistance, x: torch.Tensor, x_adv: torch.T
                       steps: int = 10, fx: Optional[torch.Tensor] = None) -> Projected:
     """Bisection on the segment x + a (x_adv - x), a in [0, 1]: the largest a found with d <= bound
     (a = 0, the clean image, is always inside)."""
+    bound = check_bound(bound)
+    check_same_shape(x, x_adv, "x", "x_adv")
     fx = distance.features(x).detach() if fx is None else fx
     d_adv = _dist(distance, x_adv, fx)
     inside = d_adv <= bound
@@ -75,6 +83,8 @@ def project_newton(distance: FeatureDistance, x: torch.Tensor, x_adv: torch.Tens
     still outside (clamped to [0, 1]); each iteration's forward pass also tells which samples are
     inside by now (they stop). Samples still outside after ``max_iterations`` fall back to
     bisection from the original x_adv."""
+    bound = check_bound(bound)
+    check_same_shape(x, x_adv, "x", "x_adv")
     fx = distance.features(x).detach() if fx is None else fx
     cur = x_adv.detach().clone()
     dist = torch.zeros(x.shape[0], dtype=fx.dtype, device=x.device)
@@ -107,6 +117,20 @@ def project_newton(distance: FeatureDistance, x: torch.Tensor, x_adv: torch.Tens
     return Projected(cur, dist, dist <= bound)
 
 
+def _check_projection(kind: str) -> None:
+    if kind not in ("newton", "bisection"):
+        raise ValueError(f"projection must be 'newton' or 'bisection', got {kind!r}")
+
+
+def check_attack_inputs(distance: FeatureDistance, x: torch.Tensor, labels: torch.Tensor) -> None:
+    """Images in [0, 1] large enough for the distance, one integer label per image (the class
+    count is checked against the logits by ``margin_loss``)."""
+    distance.check_images(x, "x")
+    check_labels(labels, x.shape[0])
+    if labels.device != x.device:
+        raise ValueError(f"labels are on {labels.device} but x on {x.device}")
+
+
 def _project(kind: str, distance, x, x_adv, bound, fx) -> Projected:
     if kind == "newton":
         return project_newton(distance, x, x_adv, bound, fx=fx)
@@ -126,9 +150,12 @@ class PerceptualPGD(nn.Module):
                  cg_iterations: int = 5, step: Optional[float] = None, kappa: float = 1.0,
                  targeted: bool = False, projection: str = "newton", init_std: float = 0.01) -> None:
         super().__init__()
-        if bound <= 0 or num_iterations < 1 or cg_iterations < 1:
-            raise ValueError(f"need bound > 0, num_iterations >= 1 and cg_iterations >= 1, got {bound}, "
-                             f"{num_iterations}, {cg_iterations}")
+        bound = check_bound(bound)
+        check_positive_int(num_iterations, "num_iterations")
+        check_positive_int(cg_iterations, "cg_iterations")
+        if step is not None:
+            check_bound(step, "step")
+        _check_projection(projection)
         self.model, self.distance, self.bound = model, distance, bound
         self.num_iterations, self.cg_iterations = num_iterations, cg_iterations
         self.step = step if step is not None else 2 * distance.root(bound) / num_iterations
@@ -151,6 +178,8 @@ class PerceptualPGD(nn.Module):
         return proj.images
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor, *, generator: Optional[torch.Generator] = None):
+        """``x`` (N, 3, H, W) in [0, 1], ``labels`` (N,) class indices -> adversarial images in [0, 1]."""
+        check_attack_inputs(self.distance, x, labels)
         x = x.detach()
         fx0 = self.distance.features(x).detach()
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) * self.init_std
@@ -173,6 +202,13 @@ class LagrangePerceptualAttack(nn.Module):
                  binary_steps: int = 5, step: Optional[float] = None, kappa: float = 1.0, targeted: bool = False,
                  projection: str = "newton", lam: float = 0.01, fast: bool = False, init_std: float = 0.01) -> None:
         super().__init__()
+        bound = check_bound(bound)
+        check_positive_int(num_iterations, "num_iterations")
+        check_positive_int(binary_steps, "binary_steps")
+        if step is not None:
+            check_bound(step, "step")
+        check_bound(lam, "lam")
+        _check_projection(projection)
         self.model, self.distance, self.bound = model, distance, bound
         self.num_iterations, self.binary_steps = num_iterations, (1 if fast else binary_steps)
         self.step = step if step is not None else distance.root(bound)
@@ -180,6 +216,8 @@ class LagrangePerceptualAttack(nn.Module):
         self.lam0, self.fast, self.init_std = lam, fast, init_std
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor, *, generator: Optional[torch.Generator] = None):
+        """``x`` (N, 3, H, W) in [0, 1], ``labels`` (N,) class indices -> adversarial images in [0, 1]."""
+        check_attack_inputs(self.distance, x, labels)
         x = x.detach()
         n = x.shape[0]
         fx0 = self.distance.features(x).detach()
