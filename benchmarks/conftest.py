@@ -36,6 +36,9 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["torch_threads"] = torch.get_num_threads()
     machine_info["cpu_count"] = os.cpu_count()
     machine_info["cuda"] = torch.cuda.is_available()
+    from fastlpips.precision import cpu_info
+
+    machine_info["cpu_isa"] = cpu_info()  # AVX2 / AVX512 / AVX512-BF16 / AMX: bf16 speed depends on it
 
 
 def real_pairs(size, n=6):

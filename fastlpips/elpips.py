@@ -33,6 +33,7 @@ from .nets.trunks import VGG16, Fire, SqueezeNet
 from .nets.weights import load_lin_weights, load_trunk_state
 from .ops.head import lpips_head_map
 from .ops.transform import batched_transform
+from .precision import resolve_dtype, warn_if_slow
 from .transforms import (MAX_SCALE, TransformSet, apply_transform, min_size_for_scale, sample_batched,
                          sample_official, scale_probabilities)
 
@@ -177,9 +178,13 @@ class ELPIPS(nn.Module):
         keep_prob: dropout keep probability (0.99).
         max_scale: largest scale level (1..8; the release's default is 8; see
             ``scale_levels_for_size`` for small images).
-        dtype: reduced-precision trunk, e.g. ``torch.bfloat16``: every conv but the first runs in
-            that dtype (the input, conv1_1 and their two layers stay fp32: cheap, and where bf16's
-            rounding of the image would bias the distance most); heads accumulate in fp32.
+        dtype: reduced-precision trunk, ``torch.bfloat16`` / ``'bf16'`` (or fp16): every conv but
+            the first runs in that dtype (the input, conv1_1 and their two layers stay fp32: cheap,
+            and where bf16's rounding of the image would bias the distance most); heads accumulate
+            in fp32. ``'auto'``: bf16 only where it is faster than fp32 on ``device`` (see
+            ``fastlpips.precision``); an explicit bf16 on a CPU without native bf16 warns once.
+        device: move the metric there after construction; also the device ``dtype='auto'``
+            decides for (default CPU).
         memory_budget: bytes of activations one trunk pass may take (default 1 GiB); larger
             groups are split into chunks of samples.
         trunk_path, backend: as for ``fastlpips.LPIPS`` (``backend`` picks the head and transform kernels).
@@ -190,9 +195,9 @@ class ELPIPS(nn.Module):
 
     def __init__(self, *, net: str = "vgg", n_samples: int = 1, mode: str = "batched", transforms: bool = True,
                  dropout: bool = True, keep_prob: float = 0.99, max_scale: int = MAX_SCALE,
-                 dtype: Optional[torch.dtype] = None, memory_budget: int = 1 << 30,
+                 dtype: Union[torch.dtype, str, None] = None, memory_budget: int = 1 << 30,
                  trunk_path: Optional[Union[str, os.PathLike]] = None, pnet_rand: bool = False,
-                 backend: Optional[str] = None) -> None:
+                 backend: Optional[str] = None, device: Union[str, torch.device, None] = None) -> None:
         super().__init__()
         if net not in ("vgg", "squeeze"):
             raise ValueError(f"net must be 'vgg' (E-LPIPS-VGG) or 'squeeze' (the experimental E-LPIPS-SqueezeNet), "
@@ -204,8 +209,7 @@ class ELPIPS(nn.Module):
             raise ValueError(f"keep_prob must be in (0, 1], got {keep_prob}")
         if not 1 <= max_scale <= MAX_SCALE:
             raise ValueError(f"max_scale must be in 1..{MAX_SCALE}, got {max_scale}")
-        if dtype is not None and dtype not in (torch.bfloat16, torch.float16):
-            raise ValueError(f"dtype= selects a reduced-precision trunk (torch.bfloat16 or torch.float16), got {dtype}")
+        dtype = resolve_dtype(dtype, device)
         if memory_budget < 1:
             raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
         self.n_samples, self.mode, self.transforms, self.dropout = n_samples, mode, transforms, dropout
@@ -228,6 +232,8 @@ class ELPIPS(nn.Module):
         self.channels = [lin[f"lin{k}"].numel() for k in range(count)]
         self._warned: dict = {}
         self.eval()
+        if device is not None:
+            self.to(device)
 
     def _layer_weights(self) -> List[torch.Tensor]:
         return list(torch.split(self.weights, self.channels))
@@ -257,6 +263,8 @@ class ELPIPS(nn.Module):
         distance per image. ``scale`` fixes the transformation's scale level (stratified sampling)."""
         n = reference.shape[0]
         batch = list(images) + [reference]
+        if self.compute_dtype is not None:
+            warn_if_slow(self.compute_dtype, reference.device)
         if self.transforms:
             p = sample_official(n, generator=generator, max_scale=self.max_scale, scale=scale)
             batch = [apply_transform(b, p) for b in batch]
@@ -270,6 +278,8 @@ class ELPIPS(nn.Module):
         pass and one trunk pass (split into chunks that fit ``memory_budget``)."""
         n, h, w = reference.shape[0], reference.shape[2], reference.shape[3]
         members = list(images) + [reference]
+        if self.compute_dtype is not None:
+            warn_if_slow(self.compute_dtype, reference.device)
         if self.transforms:
             if transforms is None:
                 transforms = sample_batched(samples, n, generator=generator, max_scale=self.max_scale)

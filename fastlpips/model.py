@@ -27,6 +27,7 @@ from . import _validation as V
 from .nets.trunks import build_trunk
 from .nets.weights import WeightError, load_lin_weights, load_trunk_state, read_state_dict
 from ._backend import resolve
+from .precision import resolve_dtype, warn_if_slow
 from .ops.head import lpips_head_map
 from .reference import EPS, normalize_channels, upsample
 
@@ -138,9 +139,14 @@ class LPIPS(nn.Module):
             device sync per input); default True. Shape, dtype, device and size checks always run.
         backend: head kernels, 'auto' (default; or ``$FASTLPIPS_BACKEND``) | 'torch' | 'cpp' |
             'triton' | 'cuda' | 'cupy' (see ``fastlpips.backends()``).
-        dtype: reduced-precision mode, e.g. ``torch.bfloat16``: trunk and head run in that dtype
-            with fp32 accumulation; inputs of any float dtype are accepted and the result is fp32.
-            Opt-in; its error is measured in benchmarks/README.md.
+        dtype: reduced-precision mode, ``torch.bfloat16`` / ``'bf16'`` (or fp16): trunk and head run
+            in that dtype with fp32 accumulation; inputs of any float dtype are accepted and the
+            result is fp32. ``'auto'``: bf16 only where it is faster than fp32 on ``device`` (a GPU
+            with bf16, a CPU with AMX confirmed by timing one convolution), else fp32; see
+            ``fastlpips.precision``. An explicit bf16 on a CPU without native bf16 warns once
+            (``PrecisionWarning``: emulated, several times slower). Error: benchmarks/README.md.
+        device: move the model there after construction; also the device ``dtype='auto'`` decides
+            for (default CPU: an 'auto' model moved to a GPU later keeps the CPU's choice).
 
     Forward: ``forward(in0, in1, retPerLayer=False, normalize=False)`` with images (N, 3, H, W)
     in [-1, 1] ([0, 1] with ``normalize=True``); batch 1 broadcasts against N. Returns (N, 1, 1, 1)
@@ -157,7 +163,8 @@ class LPIPS(nn.Module):
                  spatial: bool = False, pnet_rand: bool = False, pnet_tune: bool = False, use_dropout: bool = True,
                  model_path: Optional[Union[str, os.PathLike]] = None, eval_mode: bool = True, verbose: bool = True,
                  *, trunk_path: Optional[Union[str, os.PathLike]] = None, check_inputs: bool = True,
-                 backend: Optional[str] = None, dtype: Optional[torch.dtype] = None) -> None:
+                 backend: Optional[str] = None, dtype: Union[torch.dtype, str, None] = None,
+                 device: Union[str, torch.device, None] = None) -> None:
         super().__init__()
         if net not in _NETS:
             raise ValueError(f"unknown net={net!r}; expected one of 'alex', 'vgg', 'squeeze'")
@@ -177,8 +184,7 @@ class LPIPS(nn.Module):
         self.version = version
         self.check_inputs = check_inputs
         self.backend = backend
-        if dtype is not None and dtype not in (torch.bfloat16, torch.float16):
-            raise ValueError(f"dtype= selects a reduced-precision mode (torch.bfloat16 or torch.float16), got {dtype}")
+        dtype = resolve_dtype(dtype, device)
         self.compute_dtype = dtype
         self.scaling_layer = ScalingLayer()
         self.chns = list(_NETS[net])
@@ -215,6 +221,8 @@ class LPIPS(nn.Module):
             self.net.to(dtype)
         if eval_mode:
             self.eval()
+        if device is not None:
+            self.to(device)
 
     # -- loading ----------------------------------------------------------------------------------
     def _load_model_path(self, model_path, verbose: bool) -> bool:
@@ -346,6 +354,8 @@ class LPIPS(nn.Module):
         needs_graph = grad and (outs0[0].requires_grad or outs1[0].requires_grad
                                 or (self.lpips and any(p.requires_grad for p in self.lins.parameters())))
         backend = resolve(outs0[0].device, self.backend)
+        if self.compute_dtype is not None:
+            warn_if_slow(self.compute_dtype, outs0[0].device)
         if not needs_graph and backend == "torch" and self.compute_dtype is None:
             # Pure torch without an autograd graph: the trunk outputs are ours alone; work in place.
             with torch.no_grad():
