@@ -8,11 +8,12 @@ from .elpips import ELPIPS, ELPIPSEstimate, elpips_estimate
 from .functional import distance_matrix, get_model, lpips
 from .model import LPIPS, LPIPSFeatures, NetLinLayer, ScalingLayer
 from .nets.weights import WeightError
+from .precision import PrecisionWarning
 from .utils import im2tensor, l2, load_image, normalize_tensor, psnr, read_image, spatial_average, tensor2im, upsample
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "lpips", "distance_matrix", "get_model", "backends", "BackendUnavailable", "ELPIPS", "ELPIPSEstimate", "elpips_estimate", "LPIPS", "LPIPSFeatures", "NetLinLayer", "ScalingLayer", "WeightError", "RangeWarning",
+    "lpips", "distance_matrix", "get_model", "backends", "BackendUnavailable", "ELPIPS", "ELPIPSEstimate", "elpips_estimate", "LPIPS", "LPIPSFeatures", "NetLinLayer", "ScalingLayer", "WeightError", "RangeWarning", "PrecisionWarning",
     "im2tensor", "tensor2im", "load_image", "read_image", "normalize_tensor", "spatial_average", "upsample", "l2", "psnr",
 ]

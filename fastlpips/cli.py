@@ -1,155 +1,246 @@
-"""Command line: ``fastlpips pair A B``, ``fastlpips dirs D0 D1``, ``fastlpips allpairs D``, ``fastlpips demo``.
+"""Command line: ``fastlpips pair A B``, ``dirs D0 D1``, ``allpairs D``, ``elpips A B``, ``check``, ``demo``.
 
 Mirrors the reference scripts (lpips_2imgs.py, lpips_2dirs.py, lpips_1dir_allpairs.py) with
-batching, table/CSV/JSON output, a progress bar for folders and a spatial heat map.
+batching, table/CSV/JSON output, a progress bar (tqdm) for long work and a spatial heat map.
+
+Nothing is lost or destroyed: outputs (``-o``, ``--heatmap``) are written only after the command
+succeeded, through a temporary file in the same folder renamed over the target; an output path
+that is one of the inputs is refused before any work; when an output cannot be written the
+results still reach stdout. Errors are one message on stderr and exit code 1 (``--debug`` shows
+the traceback).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
+import math
 import os
 import sys
-import time
+import tempfile
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from .model import LPIPS, LPIPSFeatures
-from .utils import im2tensor, load_image
+from .utils import read_image
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
 
 
-class Progress:
-    """A minimal progress bar on stderr (shown when stderr is a terminal, or when forced)."""
+class CLIError(Exception):
+    """A user-facing error: printed as one message, exit code 1."""
 
-    def __init__(self, total: int, label: str, enabled: Optional[bool] = None, stream=None) -> None:
-        self.total, self.label, self.done = max(total, 1), label, 0
-        self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty() if enabled is None else enabled
-        self.t0 = time.perf_counter()
 
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        if self.enabled:
-            frac = min(self.done / self.total, 1.0)
-            bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
-            rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
-            self.stream.write(f"\r{self.label} [{bar}] {self.done}/{self.total} ({rate:.1f}/s)")
-            self.stream.flush()
+@dataclass
+class Result:
+    """What a command produced: rows for the table/CSV/JSON output, and pictures to save after it."""
 
-    def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
+    columns: List[str]
+    rows: List[Dict] = field(default_factory=list)
+    summary: Optional[Dict] = None
+    pictures: List[Callable[[], None]] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+    exit_code: int = 0
+
+
+def _progress(total: int, desc: str, enabled: Optional[bool]):
+    from tqdm.auto import tqdm
+
+    # enabled=None: shown when stderr is a terminal (tqdm's disable=None), --progress forces it
+    return tqdm(total=total, desc=desc, unit="img", disable=None if enabled is None else not enabled,
+                file=sys.stderr, dynamic_ncols=True, leave=False if enabled is None else True)
 
 
 def _list_images(folder: Path) -> List[Path]:
     if not folder.is_dir():
-        raise SystemExit(f"error: {folder} is not a directory")
+        raise CLIError(f"{folder} is not a directory")
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
 
 
-def _load(path: Path) -> torch.Tensor:
+def _load01(path: Path) -> torch.Tensor:
+    """An image file as a (1, 3, H, W) float32 tensor in [0, 1] (16-bit and float files at full precision)."""
     try:
-        return im2tensor(load_image(path))
+        arr = read_image(path)
     except FileNotFoundError:
-        raise SystemExit(f"error: image {path} does not exist")
-    except Exception as e:  # PIL's UnidentifiedImageError and friends
-        raise SystemExit(f"error: cannot read image {path}: {e}")
+        raise CLIError(f"image {path} does not exist") from None
+    except Exception as e:  # PIL's errors, unsupported modes, out-of-range float images
+        raise CLIError(f"cannot read image {path}: {e}") from e
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]
 
 
-def _model(args, spatial: bool = False) -> LPIPS:
-    model = LPIPS(net=args.net, version=args.version, spatial=spatial, verbose=False)
+def _load(path: Path) -> torch.Tensor:
+    """An image file as (1, 3, H, W) in [-1, 1], LPIPS' input range."""
+    return _load01(path) * 2 - 1
+
+
+def _model(args, spatial: bool = False, net: Optional[str] = None) -> LPIPS:
+    model = LPIPS(net=net or args.net, version=args.version, spatial=spatial, verbose=False)
     model.requires_grad_(False)
     return model.to(args.device)
 
 
-def _emit(rows: List[Dict], fmt: str, out, summary: Optional[Dict] = None) -> None:
+def _same_size(p0, t0, p1, t1) -> None:
+    if t0.shape != t1.shape:
+        raise CLIError(f"{p0} is {t0.shape[3]}x{t0.shape[2]} but {p1} is {t1.shape[3]}x{t1.shape[2]}; "
+                       "LPIPS compares images of one size")
+
+
+# -- output ----------------------------------------------------------------------------------------
+def _json_value(v):
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def render(res: Result, fmt: str) -> str:
+    """The results as text in ``fmt`` ('table' | 'csv' | 'json'); valid for zero rows (no NaN in JSON)."""
+    out = io.StringIO()
     if fmt == "json":
-        json.dump({"results": rows, **({"summary": summary} if summary else {})}, out, indent=2)
+        doc = {"results": [{k: _json_value(v) for k, v in r.items()} for r in res.rows]}
+        if res.summary is not None:
+            doc["summary"] = {k: _json_value(v) for k, v in res.summary.items()}
+        json.dump(doc, out, indent=2, allow_nan=False)
         out.write("\n")
-        return
-    if not rows:
-        out.write("(no image pairs)\n")
-        return
-    cols = list(rows[0])
-    if fmt == "csv":
-        w = csv.DictWriter(out, fieldnames=cols, lineterminator="\n")
+    elif fmt == "csv":
+        w = csv.DictWriter(out, fieldnames=res.columns, lineterminator="\n")
         w.writeheader()
-        w.writerows(rows)
-        return
-    cells = [[_fmt(r[c]) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
-    out.write("  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip() + "\n")
-    for x in cells:
-        out.write("  ".join(v.ljust(w) for v, w in zip(x, widths)).rstrip() + "\n")
-    if summary:
-        out.write("  ".join(f"{k}: {_fmt(v)}" for k, v in summary.items()) + "\n")
+        w.writerows(res.rows)
+    else:
+        if not res.rows:
+            out.write("(no image pairs)\n")
+        else:
+            cells = [[_fmt(r[c]) for c in res.columns] for r in res.rows]
+            widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(res.columns)]
+            out.write("  ".join(c.ljust(w) for c, w in zip(res.columns, widths)).rstrip() + "\n")
+            for x in cells:
+                out.write("  ".join(v.ljust(w) for v, w in zip(x, widths)).rstrip() + "\n")
+        if res.summary:
+            out.write("  ".join(f"{k}: {_fmt(v)}" for k, v in res.summary.items()) + "\n")
+    return out.getvalue()
 
 
 def _fmt(v) -> str:
-    return f"{v:.6f}" if isinstance(v, float) else str(v)
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}" if v and abs(v) < 1e-3 else f"{v:.6f}"
+    return str(v)
 
 
+def atomic_write(path, write: Callable[[str], None]) -> None:
+    """Write ``path`` through ``write(tmp_name)`` on a temporary file in the same folder, renamed
+    over ``path`` only when ``write`` succeeded; the temporary file never survives a failure."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix or ".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        if path.exists():
+            mode = path.stat().st_mode & 0o7777
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_output_path(path: str, option: str, inputs: Sequence[Path]) -> Path:
+    """Refuse, before any work, an output that is a folder, whose folder is missing or read-only,
+    or that is one of the command's input files."""
+    p = Path(path)
+    if p.is_dir():
+        raise CLIError(f"{option} {path} is a directory; give a file name")
+    parent = p.parent
+    if not parent.is_dir():
+        raise CLIError(f"{option} {path}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CLIError(f"{option} {path}: the folder {parent} is not writable")
+    for inp in inputs:
+        if _same_file(p, Path(inp)):
+            raise CLIError(f"{option} {path} is one of the input images; refusing to overwrite it")
+    return p
+
+
+# -- heat map ----------------------------------------------------------------------------------------
 def save_heatmap(dmap: torch.Tensor, path: str, title: str = "", images: Sequence[torch.Tensor] = ()) -> None:
     """Save an (H, W) distance map as a picture with a colour bar, after the compared images
-    (each (3, H, W) in [-1, 1]) when given."""
+    (each (3, H, W) in [-1, 1]) when given. The file appears only once complete."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise SystemExit("error: --heatmap needs matplotlib (pip install matplotlib)")
+        raise CLIError("--heatmap needs matplotlib (pip install matplotlib)") from None
     arr = dmap.detach().float().cpu().numpy()
     h, w = arr.shape
     n = len(images) + 1
     side = 3.6
     fig, axes = plt.subplots(1, n, figsize=(side * n * w / max(h, w) + 0.8, side * h / max(h, w) + 0.6), squeeze=False)
-    for ax, im, name in zip(axes[0], images, ("image 0", "image 1")):
-        ax.imshow(((im.detach().float().cpu().permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1))
-        ax.set_title(name, fontsize=9)
+    try:
+        for ax, im, name in zip(axes[0], images, ("image 0", "image 1")):
+            ax.imshow(((im.detach().float().cpu().permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1))
+            ax.set_title(name, fontsize=9)
+            ax.set_axis_off()
+        ax = axes[0][-1]
+        shown = ax.imshow(arr, cmap="magma", interpolation="nearest")
         ax.set_axis_off()
-    ax = axes[0][-1]
-    shown = ax.imshow(arr, cmap="magma", interpolation="nearest")
-    ax.set_axis_off()
-    ax.set_title(title or "LPIPS map", fontsize=9)
-    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="LPIPS per pixel")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        ax.set_title(title or "LPIPS map", fontsize=9)
+        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="LPIPS per pixel")
+        fig.tight_layout()
+        fmt = Path(path).suffix.lstrip(".").lower() or None
+        if fmt is not None and fmt not in fig.canvas.get_supported_filetypes():
+            raise CLIError(f"--heatmap {path}: unknown picture format {fmt!r}; use one of "
+                           f"{', '.join(sorted(fig.canvas.get_supported_filetypes()))}")
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format=fmt or "png"))
+    finally:
+        plt.close(fig)
 
 
 # -- commands ------------------------------------------------------------------------------------
-def cmd_pair(args, out) -> int:
+def cmd_pair(args) -> Result:
     a, b = _load(Path(args.a)), _load(Path(args.b))
-    if a.shape != b.shape:
-        raise SystemExit(f"error: {args.a} is {a.shape[3]}x{a.shape[2]} but {args.b} is {b.shape[3]}x{b.shape[2]}")
+    _same_size(args.a, a, args.b, b)
     dev = torch.device(args.device)
+    res = Result(["image0", "image1", "distance"])
     with torch.no_grad():
+        dist = _model(args)(a.to(dev), b.to(dev)).item()
         if args.heatmap:
             dmap = _model(args, spatial=True)(a.to(dev), b.to(dev))
-            dist = _model(args)(a.to(dev), b.to(dev)).item()
-            save_heatmap(dmap[0, 0], args.heatmap, f"LPIPS {args.net} v{args.version}: {dist:.4f}", (a[0], b[0]))
-        else:
-            dist = _model(args)(a.to(dev), b.to(dev)).item()
-    _emit([{"image0": args.a, "image1": args.b, "distance": dist}], args.format, out)
-    return 0
+            title = f"LPIPS {args.net} v{args.version}: {dist:.4f}"
+            res.pictures.append(lambda: save_heatmap(dmap[0, 0], args.heatmap, title, (a[0], b[0])))
+    res.rows.append({"image0": args.a, "image1": args.b, "distance": dist})
+    return res
 
 
-def _batched(model: LPIPS, pairs: Sequence, batch_size: int, device, progress: Progress) -> List[float]:
+def _batched(model: LPIPS, pairs: Sequence, batch_size: int, device, progress) -> List[float]:
     """Distances for (path0, path1) pairs, batching images of equal size."""
-    loaded = [(_load(p0), _load(p1)) for p0, p1 in pairs]
+    loaded = []
+    for p0, p1 in pairs:
+        t0, t1 = _load(p0), _load(p1)
+        _same_size(p0, t0, p1, t1)
+        loaded.append((t0, t1))
     by_size = defaultdict(list)
-    for i, (t0, t1) in enumerate(loaded):
-        if t0.shape != t1.shape:
-            raise SystemExit(f"error: {pairs[i][0]} and {pairs[i][1]} have different sizes")
+    for i, (t0, _) in enumerate(loaded):
         by_size[tuple(t0.shape[2:])].append(i)
     dists = [0.0] * len(pairs)
     with torch.no_grad():
@@ -164,53 +255,57 @@ def _batched(model: LPIPS, pairs: Sequence, batch_size: int, device, progress: P
     return dists
 
 
-def cmd_dirs(args, out) -> int:
+def cmd_dirs(args) -> Result:
     d0, d1 = Path(args.dir0), Path(args.dir1)
-    files = [p for p in _list_images(d0) if (d1 / p.name).is_file()]
-    missing = [p.name for p in _list_images(d0) if not (d1 / p.name).is_file()]
+    listed = _list_images(d0)
+    _list_images(d1)
+    files = [p for p in listed if (d1 / p.name).is_file()]
+    res = Result(["file", "distance"])
+    missing = len(listed) - len(files)
     if missing:
-        print(f"warning: {len(missing)} file(s) of {d0} have no counterpart in {d1}", file=sys.stderr)
-    progress = Progress(len(files), "dirs", args.progress)
-    dists = _batched(_model(args), [(p, d1 / p.name) for p in files], args.batch_size, torch.device(args.device), progress)
-    progress.close()
-    rows = [{"file": p.name, "distance": d} for p, d in zip(files, dists)]
-    summary = {"pairs": len(rows), "mean": float(np.mean(dists)) if dists else float("nan")}
-    _emit(rows, args.format, out, summary)
-    return 0
+        res.notes.append(f"warning: {missing} file(s) of {d0} have no counterpart in {d1}")
+    dists: List[float] = []
+    if files:
+        with _progress(len(files), "dirs", args.progress) as bar:
+            dists = _batched(_model(args), [(p, d1 / p.name) for p in files], args.batch_size,
+                             torch.device(args.device), bar)
+    res.rows = [{"file": p.name, "distance": d} for p, d in zip(files, dists)]
+    res.summary = {"pairs": len(res.rows), "mean": float(np.mean(dists)) if dists else None}
+    return res
 
 
-def cmd_allpairs(args, out) -> int:
+def cmd_allpairs(args) -> Result:
     files = _list_images(Path(args.dir))
     if len(files) < 2:
-        raise SystemExit(f"error: {args.dir} holds fewer than two images")
+        raise CLIError(f"{args.dir} holds fewer than two images")
     ims = [_load(p) for p in files]
-    if len({t.shape for t in ims}) != 1:
-        raise SystemExit("error: allpairs needs images of one size (the distance matrix batches them)")
+    for p, t in zip(files[1:], ims[1:]):
+        _same_size(files[0], ims[0], p, t)
     model = _model(args)
-    progress = Progress(len(files), "features", args.progress)
     x = torch.cat(ims).to(args.device)
     parts = []
-    with torch.no_grad():
+    with torch.no_grad(), _progress(len(files), "features", args.progress) as bar:
         for s in range(0, len(files), args.batch_size):
             parts.append(model.features(x[s:s + args.batch_size]))
-            progress.update(len(parts[-1]))
+            bar.update(len(parts[-1]))
         D = model.pairwise_features(LPIPSFeatures.cat(parts)).cpu()
-    progress.close()
-    rows = [{"image0": files[i].name, "image1": files[j].name, "distance": float(D[i, j])}
-            for i in range(len(files)) for j in range(i + 1, len(files))]
-    summary = {"pairs": len(rows), "mean": float(np.mean([r["distance"] for r in rows]))}
-    _emit(rows, args.format, out, summary)
-    return 0
+    res = Result(["image0", "image1", "distance"])
+    res.rows = [{"image0": files[i].name, "image1": files[j].name, "distance": float(D[i, j])}
+                for i in range(len(files)) for j in range(i + 1, len(files))]
+    res.summary = {"pairs": len(res.rows), "mean": float(np.mean([r["distance"] for r in res.rows]))}
+    return res
 
 
-def cmd_demo(args, out) -> int:
+def cmd_demo(args) -> Result:
     """LPIPS between scikit-image's bundled astronaut photo and three real distortions."""
     try:
         from skimage import data
     except ImportError:
-        raise SystemExit("error: the demo uses scikit-image's bundled photos (pip install scikit-image); "
-                         "or run `fastlpips pair A.png B.png` on your own images")
+        raise CLIError("the demo uses scikit-image's bundled photos (pip install scikit-image); "
+                       "or run `fastlpips pair A.png B.png` on your own images") from None
     from PIL import Image, ImageFilter
+
+    from .utils import im2tensor
 
     photo = Image.fromarray(data.astronaut()).resize((256, 256), Image.BICUBIC)
     buf = io.BytesIO()
@@ -224,118 +319,240 @@ def cmd_demo(args, out) -> int:
     }
     ref = im2tensor(np.asarray(photo)).to(args.device)
     batch = torch.cat([im2tensor(v) for v in variants.values()]).to(args.device)
-    rows = []
+    res = Result(["image", "distortion", "net", "distance"])
     with torch.no_grad():
         for net in (["alex", "vgg"] if args.net == "both" else [args.net]):
-            args_net = argparse.Namespace(**{**vars(args), "net": net})
-            d = _model(args_net)(ref, batch).reshape(-1).tolist()
-            rows += [{"image": "astronaut 256x256", "distortion": k, "net": net, "distance": v}
-                     for k, v in zip(variants, d)]
+            d = _model(args, net=net)(ref, batch).reshape(-1).tolist()
+            res.rows += [{"image": "astronaut 256x256", "distortion": k, "net": net, "distance": v}
+                         for k, v in zip(variants, d)]
         if args.heatmap:
             net = "alex" if args.net == "both" else args.net
-            args_net = argparse.Namespace(**{**vars(args), "net": net})
-            dmap = _model(args_net, spatial=True)(ref, batch[:1])
-            save_heatmap(dmap[0, 0], args.heatmap, f"JPEG q=10, LPIPS {net}", (ref[0], batch[0]))
-    _emit(rows, args.format, out)
-    if args.heatmap:
-        print(f"heat map written to {args.heatmap}", file=sys.stderr)
-    return 0
+            dmap = _model(args, spatial=True, net=net)(ref, batch[:1])
+            res.pictures.append(lambda: save_heatmap(dmap[0, 0], args.heatmap, f"JPEG q=10, LPIPS {net}",
+                                                     (ref[0], batch[0])))
+            res.notes.append(f"heat map written to {args.heatmap}")
+    return res
 
 
-def cmd_elpips(args, out) -> int:
+def _elpips_pairs(args) -> List:
+    a, b = Path(args.a), Path(args.b)
+    if a.is_dir() != b.is_dir():
+        raise CLIError(f"give two image files or two folders, got {a} and {b}")
+    if not a.is_dir():
+        return [(a, b)]
+    pairs = [(p, b / p.name) for p in _list_images(a) if (b / p.name).is_file()]
+    if not pairs:
+        raise CLIError(f"no same-named images in {a} and {b}")
+    return pairs
+
+
+def cmd_elpips(args) -> Result:
     """E-LPIPS of two images (or same-named images of two folders) to a confidence interval."""
     from .elpips import ELPIPS, elpips_estimate, scale_levels_for_size
 
-    a, b = Path(args.a), Path(args.b)
-    pairs = [(p, b / p.name) for p in _list_images(a) if (b / p.name).is_file()] if a.is_dir() else [(a, b)]
-    if not pairs:
-        raise SystemExit(f"error: no same-named images in {a} and {b}")
-    metrics = {}
-    rows = []
-    progress = Progress(len(pairs) * args.max_samples, "elpips", args.progress)
-    for p0, p1 in pairs:
-        x, y = (_load(p0) + 1) / 2, (_load(p1) + 1) / 2  # E-LPIPS takes [0, 1] images
-        if x.shape != y.shape:
-            raise SystemExit(f"error: {p0} and {p1} have different sizes")
-        levels = args.scales or scale_levels_for_size(x.shape[2], x.shape[3])
-        if levels not in metrics:
-            metrics[levels] = ELPIPS(max_scale=levels).to(args.device)
-        done = [0]
+    pairs = _elpips_pairs(args)
+    metrics: Dict[int, ELPIPS] = {}
+    res = Result(["image0", "image1", "elpips", "half_width", "samples", "converged", "scale_levels"])
+    with _progress(len(pairs) * args.max_samples, "elpips", args.progress) as bar:
+        for p0, p1 in pairs:
+            x, y = _load01(p0), _load01(p1)  # E-LPIPS takes [0, 1] images
+            _same_size(p0, x, p1, y)
+            levels = args.scales or scale_levels_for_size(x.shape[2], x.shape[3])
+            if levels not in metrics:
+                metrics[levels] = ELPIPS(net=args.net, max_scale=levels).to(args.device)
+            done = [0]
 
-        def tick(n, est, done=done):
-            progress.update(n - done[0])
-            done[0] = n
+            def tick(n, est, done=done):
+                bar.update(n - done[0])
+                done[0] = n
 
-        est = elpips_estimate(x.to(args.device), y.to(args.device), rtol=args.rtol, atol=args.atol,
-                              confidence=args.confidence, max_samples=args.max_samples, seed=args.seed,
-                              stratified=not args.iid, metric=metrics[levels], callback=tick,
-                              batch_size=args.batch_size)
-        progress.update(args.max_samples - done[0])
-        rows.append({"image0": str(p0), "image1": str(p1), "elpips": float(est.mean[0]),
-                     "half_width": float(est.half_width[0]), "samples": est.samples,
-                     "converged": bool(est.converged[0]), "scale_levels": levels})
-    progress.close()
-    _emit(rows, args.format, out)
-    return 0
+            est = elpips_estimate(x.to(args.device), y.to(args.device), rtol=args.rtol, atol=args.atol,
+                                  confidence=args.confidence, max_samples=args.max_samples, seed=args.seed,
+                                  stratified=not args.iid, metric=metrics[levels], callback=tick,
+                                  batch_size=args.batch_size)
+            bar.update(args.max_samples - done[0])
+            res.rows.append({"image0": str(p0), "image1": str(p1), "elpips": float(est.mean[0]),
+                             "half_width": float(est.half_width[0]), "samples": est.samples,
+                             "converged": bool(est.converged[0]), "scale_levels": levels})
+    return res
 
 
+def cmd_check(args) -> Result:
+    """Every available backend of the head and transform ops against the reference, and LPIPS /
+    E-LPIPS parity across backends (fastlpips.selfcheck)."""
+    from .selfcheck import run_checks
+
+    rows = run_checks(torch.device(args.device), quick=args.quick)
+    res = Result(["check", "backend", "available", "max_error", "tolerance", "status", "seconds"])
+    res.rows = [r.as_row() for r in rows]
+    failed = sum(r.status == "FAIL" for r in rows)
+    res.summary = {"checks": len(rows), "passed": sum(r.status == "pass" for r in rows), "failed": failed,
+                   "skipped": sum(r.status == "skip" for r in rows)}
+    res.exit_code = 1 if failed else 0
+    if failed:
+        res.notes.append(f"fastlpips check: {failed} check(s) FAILED on {args.device}")
+    return res
+
+
+# -- parsing and running ----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastlpips", description="LPIPS perceptual distances (fast, exact drop-in for lpips)")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--net", default=None, choices=["alex", "vgg", "squeeze", "both"],
-                        help="trunk network (default alex; the demo runs alex and vgg: 'both')")
-    common.add_argument("--version", default="0.1", choices=["0.1", "0.0"], help="LPIPS version (default 0.1)")
     common.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default cpu)")
-    common.add_argument("--batch-size", type=int, default=32, help="images per trunk pass (default 32)")
     common.add_argument("--format", default="table", choices=["table", "csv", "json"], help="output format")
-    common.add_argument("-o", "--out", help="write results to this file instead of stdout")
-    prog = common.add_mutually_exclusive_group()
+    common.add_argument("-o", "--out", help="write results to this file (atomically, after success) instead of stdout")
+    common.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    lp = argparse.ArgumentParser(add_help=False)
+    lp.add_argument("--net", default=None, choices=["alex", "vgg", "squeeze", "both"],
+                    help="trunk network (default alex; the demo runs alex and vgg: 'both')")
+    lp.add_argument("--version", default=None, choices=["0.1", "0.0"], help="LPIPS version (default 0.1)")
+    lp.add_argument("--batch-size", type=int, default=32, help="images per trunk pass (default 32)")
+    prog = lp.add_mutually_exclusive_group()
     prog.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show progress")
     prog.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress")
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("pair", parents=[common], help="distance between two images")
+    s = sub.add_parser("pair", parents=[common, lp], help="distance between two images")
     s.add_argument("a")
     s.add_argument("b")
     s.add_argument("--heatmap", metavar="OUT.png", help="save the spatial distance map as a picture")
     s.set_defaults(func=cmd_pair)
-    s = sub.add_parser("dirs", parents=[common], help="distances between same-named images of two folders")
+    s = sub.add_parser("dirs", parents=[common, lp], help="distances between same-named images of two folders")
     s.add_argument("dir0")
     s.add_argument("dir1")
     s.set_defaults(func=cmd_dirs)
-    s = sub.add_parser("allpairs", parents=[common], help="distances between all pairs of images in a folder")
+    s = sub.add_parser("allpairs", parents=[common, lp], help="distances between all pairs of images in a folder")
     s.add_argument("dir")
     s.set_defaults(func=cmd_allpairs)
-    s = sub.add_parser("elpips", parents=[common], help="E-LPIPS of two images (or two folders) to a confidence interval")
+    s = sub.add_parser("elpips", parents=[common, lp],
+                       help="E-LPIPS of two images (or two folders) to a confidence interval")
     s.add_argument("a")
     s.add_argument("b")
     s.add_argument("--rtol", type=float, default=0.025, help="stop when the interval half-width < rtol * mean (0.025)")
     s.add_argument("--atol", type=float, default=0.01, help="... and < atol (0.01), as the release does")
     s.add_argument("--confidence", type=float, default=0.95, help="interval confidence (0.95)")
     s.add_argument("--max-samples", type=int, default=2000, help="sample budget per pair (2000)")
-    s.add_argument("--scales", type=int, default=None, help="scale levels (default: the release's rule, min(H, W) // 64)")
+    s.add_argument("--scales", type=int, default=None, help="scale levels 1..8 (default: the release's rule, min(H, W) // 64)")
     s.add_argument("--iid", action="store_true", help="i.i.d. sampling instead of stratified scale levels")
     s.add_argument("--seed", type=int, default=None, help="random seed (reproducible results)")
     s.set_defaults(func=cmd_elpips)
-    s = sub.add_parser("demo", parents=[common], help="LPIPS on a bundled sample photo and three distortions")
+    s = sub.add_parser("check", parents=[common],
+                       help="self-check: every available backend against the reference (run this first on a GPU)")
+    s.add_argument("--quick", action="store_true", help="small shapes only")
+    s.set_defaults(func=cmd_check)
+    s = sub.add_parser("demo", parents=[common, lp], help="LPIPS on a bundled sample photo and three distortions")
     s.add_argument("--heatmap", metavar="OUT.png", help="save the JPEG distortion's distance map as a picture")
     s.set_defaults(func=cmd_demo)
     return p
 
 
+def _check_device(spec: str) -> str:
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise CLIError(f"--device {spec!r} is not a torch device (use cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CLIError(f"--device {spec}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise CLIError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) exist")
+    else:
+        try:
+            torch.empty(1, device=dev)
+        except Exception as e:
+            raise CLIError(f"--device {spec} cannot be used: {str(e).splitlines()[0]}") from None
+    return spec
+
+
+def _validate(args) -> List[Path]:
+    """Option checks that need no work; returns the input files an output must not overwrite."""
+    _check_device(args.device)
+    cmd = args.command
+    if cmd != "check":
+        if args.batch_size < 1:
+            raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if cmd == "elpips":
+        if args.net is None:
+            args.net = "vgg"
+        if args.net not in ("vgg", "squeeze"):
+            raise CLIError(f"--net {args.net}: E-LPIPS has a VGG (default) and an experimental SqueezeNet "
+                           "variant: use --net vgg or --net squeeze")
+        if args.version is not None:
+            raise CLIError("--version selects an LPIPS version; E-LPIPS has its own weights (drop --version)")
+        if args.scales is not None and not 1 <= args.scales <= 8:
+            raise CLIError(f"--scales must be in 1..8, got {args.scales}")
+        for opt in ("rtol", "atol"):
+            v = getattr(args, opt)
+            if not v > 0:  # NaN too
+                raise CLIError(f"--{opt} must be > 0, got {v}")
+        if not 0 < args.confidence < 1:
+            raise CLIError(f"--confidence must be in (0, 1), got {args.confidence}")
+        if args.max_samples < 2:
+            raise CLIError(f"--max-samples must be >= 2, got {args.max_samples}")
+    elif cmd != "check":
+        args.version = args.version or "0.1"
+        if args.net is None:
+            args.net = "both" if cmd == "demo" else "alex"
+        elif args.net == "both" and cmd != "demo":
+            raise CLIError("--net both is only for the demo; choose alex, vgg or squeeze")
+    if cmd in ("pair", "elpips"):
+        return [Path(args.a), Path(args.b)] + [p for d in (args.a, args.b) if Path(d).is_dir()
+                                                for p in Path(d).iterdir()]
+    if cmd == "dirs":
+        return [p for d in (args.dir0, args.dir1) if Path(d).is_dir() for p in Path(d).iterdir()]
+    if cmd == "allpairs":
+        return list(Path(args.dir).iterdir()) if Path(args.dir).is_dir() else []
+    return []
+
+
+def _run(args, stdout, stderr) -> int:
+    inputs = _validate(args)
+    out_path = check_output_path(args.out, "-o", inputs) if args.out else None
+    heat = getattr(args, "heatmap", None)
+    if heat:
+        check_output_path(heat, "--heatmap", inputs)
+        if out_path is not None and _same_file(Path(heat), out_path):
+            raise CLIError("-o and --heatmap name the same file")
+    res = args.func(args)
+    text = render(res, args.format)
+    code = res.exit_code
+    if out_path is None:
+        stdout.write(text)
+        stdout.flush()
+    else:
+        try:
+            atomic_write(out_path, lambda tmp: Path(tmp).write_text(text))
+        except OSError as e:  # nothing lost: the results go to stdout instead
+            stdout.write(text)
+            stdout.flush()
+            stderr.write(f"fastlpips: error: cannot write -o {out_path}: {e}; the results are above\n")
+            code = 1
+    for save in res.pictures:
+        try:
+            save()
+        except (CLIError, OSError, ValueError, RuntimeError) as e:
+            stderr.write(f"fastlpips: error: the heat map could not be written: {e}\n")
+            code = 1
+            res.notes = [n for n in res.notes if not n.startswith("heat map written")]
+    for note in res.notes:
+        stderr.write(note + "\n")
+    return code
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.batch_size < 1:
-        raise SystemExit("error: --batch-size must be >= 1")
-    if args.net is None:
-        args.net = "both" if args.command == "demo" else "alex"
-    if args.command == "elpips" and args.net not in ("alex", "vgg"):
-        raise SystemExit("error: E-LPIPS uses its own VGG network; --net does not apply")
-    elif args.net == "both" and args.command != "demo":
-        raise SystemExit("error: --net both is only for the demo; choose alex, vgg or squeeze")
-    if args.out:
-        with open(args.out, "w", newline="") as f:
-            return args.func(args, f)
-    return args.func(args, sys.stdout)
+    try:
+        return _run(args, sys.stdout, sys.stderr)
+    except KeyboardInterrupt:
+        sys.stderr.write("fastlpips: interrupted\n")
+        return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        msg = str(e) if isinstance(e, CLIError) else f"{type(e).__name__}: {e}"
+        sys.stderr.write(f"fastlpips: error: {msg}\n")
+        if not isinstance(e, CLIError):
+            sys.stderr.write("(run with --debug for the traceback)\n")
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover
