@@ -3,7 +3,7 @@
 ``import fastlpips as lpips`` works for code written against the ``lpips`` package.
 """
 from ._backend import BackendUnavailable, backends
-from ._validation import RangeWarning
+from .validation import RangeWarning
 from .elpips import ELPIPS, ELPIPSEstimate, elpips_estimate
 from .functional import distance_matrix, get_model, lpips
 from .model import LPIPS, LPIPSFeatures, NetLinLayer, ScalingLayer

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _validation as V
+from . import validation as V
 from .model import ScalingLayer
 from .nets.trunks import VGG16, Fire, SqueezeNet
 from .nets.weights import load_lin_weights, load_trunk_state
@@ -37,7 +37,7 @@ from .precision import resolve_dtype, warn_if_slow
 from .transforms import (MAX_SCALE, TransformSet, apply_transform, min_size_for_scale, sample_batched,
                          sample_official, scale_probabilities)
 
-__all__ = ["ELPIPS", "ELPIPSEstimate", "elpips_estimate", "scale_levels_for_size"]
+__all__ = ["ELPIPS", "ELPIPSEstimate", "elpips_estimate", "scale_levels_for_size", "dropout_positions", "zero_at"]
 
 
 def scale_levels_for_size(height: int, width: int) -> int:
@@ -100,7 +100,7 @@ class _FullMaxpoolSqueeze(nn.Module):
             if keep is None or keep >= 1:
                 return F.relu(c(h))
             if shared:  # the squeeze output feeds both expand convs: zero a copy, not h
-                h = _zero_at(h, _drop_index(h, n, groups, 1 - keep, generator), inplace=False)
+                h = zero_at(h, dropout_positions(h, n, groups, 1 - keep, generator), inplace=False)
             else:
                 h = _drop(h, n, groups, 1 - keep, generator)
             return F.relu(F.conv2d(h, c.weight * (1 / keep), c.bias, c.stride, c.padding))
@@ -132,7 +132,7 @@ def _bernoulli_positions(count: int, p: float, generator: Optional[torch.Generat
     return torch.cat(chunks)
 
 
-def _drop_index(x: torch.Tensor, n: int, groups: int, p: float, generator: Optional[torch.Generator]) -> torch.Tensor:
+def dropout_positions(x: torch.Tensor, n: int, groups: int, p: float, generator: Optional[torch.Generator]) -> torch.Tensor:
     """Flat (channels_last order) positions of the dropped elements: a batch of ``n`` draws, the
     same positions in each of the ``groups`` stacked batches."""
     per = n * x[0].numel()
@@ -142,7 +142,7 @@ def _drop_index(x: torch.Tensor, n: int, groups: int, p: float, generator: Optio
     return idx
 
 
-def _zero_at(x: torch.Tensor, idx: torch.Tensor, inplace: bool) -> torch.Tensor:
+def zero_at(x: torch.Tensor, idx: torch.Tensor, inplace: bool) -> torch.Tensor:
     """Zero the elements at channels_last-order positions ``idx`` (in place when allowed)."""
     if inplace and x.is_contiguous(memory_format=torch.channels_last):
         x.permute(0, 2, 3, 1).view(-1).index_fill_(0, idx, 0)
@@ -155,8 +155,8 @@ def _drop(x: torch.Tensor, n: int, groups: int, p: float, generator: Optional[to
     """Zero each element of a batch of ``n`` with probability p, the same elements in each of the
     ``groups`` stacked batches. Elements are counted in channels_last order (any fixed order gives
     the same i.i.d. mask); in place when no gradient is recorded, else out of place."""
-    idx = _drop_index(x, n, groups, p, generator)
-    return _zero_at(x, idx, inplace=not (torch.is_grad_enabled() and x.requires_grad))
+    idx = dropout_positions(x, n, groups, p, generator)
+    return zero_at(x, idx, inplace=not (torch.is_grad_enabled() and x.requires_grad))
 
 
 class ELPIPS(nn.Module):

@@ -23,13 +23,13 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from . import _validation as V
+from . import validation as V
 from .nets.trunks import build_trunk
 from .nets.weights import WeightError, load_lin_weights, load_trunk_state, read_state_dict
 from ._backend import resolve
 from .precision import resolve_dtype, warn_if_slow
 from .ops.head import lpips_head_map
-from .reference import EPS, normalize_channels, upsample
+from .reference import normalize_channels, upsample, weighted_channel_sum
 
 logger = logging.getLogger("fastlpips")
 
@@ -74,11 +74,6 @@ def _rename_model0(state_dict, prefix, *args) -> None:
     old, new = prefix + "model.0.weight", prefix + "model.1.weight"
     if old in state_dict and new not in state_dict:
         state_dict[new] = state_dict.pop(old)
-
-
-def _normalize_(f: torch.Tensor) -> torch.Tensor:
-    """In-place ``f / (||f|| + eps)`` (no autograd): same rounding as ``normalize_channels``."""
-    return f.div_(torch.linalg.vector_norm(f, dim=1, keepdim=True).add_(EPS))
 
 
 class LPIPSFeatures:
@@ -310,20 +305,14 @@ class LPIPS(nn.Module):
             return [o[:n] for o in outs], [o[n:] for o in outs]
         return self._trunk(x0, g0), self._trunk(x1, g1)
 
-    def _layer(self, k: int, n0: torch.Tensor, n1: torch.Tensor, out_hw, inplace: bool = False) -> torch.Tensor:
-        """One layer's distance from channel-normalized features (N, C, H, W)."""
-        diff = n0.sub_(n1).square_() if inplace and n0.shape == n1.shape else (n0 - n1).square()
-        lin = self.lins[k] if self.lpips else None
-        if lin is None:
-            m = diff.sum(dim=1, keepdim=True)
-        elif self.training and isinstance(lin.model[0], nn.Dropout):
-            m = lin(diff)  # dropout active: exactly the lpips module
-        elif diff.is_contiguous(memory_format=torch.channels_last) and diff.shape[1] > 1:
-            # (N, H, W, C) @ (C, 1): a GEMV over the contiguous channel axis, cheaper than conv2d 1x1
-            m = torch.matmul(diff.permute(0, 2, 3, 1), lin.weight.reshape(-1, 1)).permute(0, 3, 1, 2)
-        else:
-            m = lin(diff)
-        return self._reduce_map(m, out_hw)
+    def _lin_weight(self, k: int) -> Optional[torch.Tensor]:
+        return self.lins[k].weight if self.lpips else None
+
+    def _dropout(self) -> float:
+        """lpips' dropout before the lin layers: active in train mode with use_dropout=True."""
+        if self.lpips and self.training and isinstance(self.lin0.model[0], nn.Dropout):
+            return self.lin0.model[0].p
+        return 0.0
 
     def _reduce_map(self, m: torch.Tensor, out_hw) -> torch.Tensor:
         """A layer's (N, 1, h, w) map -> (N, 1, H, W) upsampled (spatial) or (N, 1, 1, 1) mean."""
@@ -336,9 +325,10 @@ class LPIPS(nn.Module):
             val = val + r
         return (val, res) if retPerLayer else val
 
-    def _combine(self, n0: Sequence[torch.Tensor], n1: Sequence[torch.Tensor], out_hw, retPerLayer: bool,
-                 inplace: bool = False):
-        return self._total([self._layer(k, n0[k], n1[k], out_hw, inplace) for k in range(self.L)], retPerLayer)
+    def _combine_normalized(self, n0: Sequence[torch.Tensor], n1: Sequence[torch.Tensor], out_hw, retPerLayer: bool):
+        """The layers' distances from channel-normalized features (``LPIPSFeatures``)."""
+        return self._total([self._reduce_map(weighted_channel_sum((n0[k] - n1[k]).square(), self._lin_weight(k)),
+                                             out_hw) for k in range(self.L)], retPerLayer)
 
     # -- public -----------------------------------------------------------------------------------
     def forward(self, in0: torch.Tensor, in1: torch.Tensor, retPerLayer: bool = False, normalize: bool = False):
@@ -350,26 +340,13 @@ class LPIPS(nn.Module):
         if 0 in (in0.shape[0], in1.shape[0]):  # an empty batch against batch 1 broadcasts to empty
             in0, in1 = in0[:0], in1[:0]
         outs0, outs1 = self._trunk_pair(in0, in1, normalize)
-        grad = torch.is_grad_enabled()
-        needs_graph = grad and (outs0[0].requires_grad or outs1[0].requires_grad
-                                or (self.lpips and any(p.requires_grad for p in self.lins.parameters())))
         backend = resolve(outs0[0].device, self.backend)
         if self.compute_dtype is not None:
             warn_if_slow(self.compute_dtype, outs0[0].device)
-        if not needs_graph and backend == "torch" and self.compute_dtype is None:
-            # Pure torch without an autograd graph: the trunk outputs are ours alone; work in place.
-            with torch.no_grad():
-                n0 = [_normalize_(o) for o in outs0]
-                n1 = [_normalize_(o) for o in outs1]
-                return self._combine(n0, n1, in0.shape[2:], retPerLayer, inplace=True)
-        if self.lpips and self.training and isinstance(self.lin0.model[0], nn.Dropout):
-            # dropout before the lin layers is active: run exactly the lpips module sequence
-            n0 = [normalize_channels(o) for o in outs0]
-            n1 = [normalize_channels(o) for o in outs1]
-            return self._combine(n0, n1, in0.shape[2:], retPerLayer)
-        # The fused head (one autograd node per layer, fastlpips.ops.head), any backend.
-        return self._total([self._reduce_map(lpips_head_map(outs0[k], outs1[k], self.lins[k].weight if self.lpips
-                                                            else None, backend=backend), in0.shape[2:])
+        dropout = self._dropout()
+        # one head path: the fused op (fastlpips.ops.head) for every layer, any backend
+        return self._total([self._reduce_map(lpips_head_map(outs0[k], outs1[k], self._lin_weight(k), backend=backend,
+                                                            dropout=dropout), in0.shape[2:])
                             for k in range(self.L)], retPerLayer)
 
     def features(self, x: torch.Tensor, *, normalize: bool = False, name: str = "x") -> LPIPSFeatures:
@@ -396,7 +373,7 @@ class LPIPS(nn.Module):
             raise ValueError(f"features come from images of different sizes {feats0.size} and {feats1.size}")
         if len(feats0) != len(feats1) and 1 not in (len(feats0), len(feats1)):
             raise ValueError(f"feature batches of {len(feats0)} and {len(feats1)} differ and neither is 1")
-        return self._combine(feats0.maps, feats1.maps, feats0.size, retPerLayer)
+        return self._combine_normalized(feats0.maps, feats1.maps, feats0.size, retPerLayer)
 
     def pairwise(self, x: torch.Tensor, y: Optional[torch.Tensor] = None, *, normalize: bool = False,
                  batch_size: int = 64, max_elements: int = 1 << 26) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 EPS = 1e-10
 
-__all__ = ["EPS", "safe_norm", "normalize_channels", "lpips_head", "spatial_average", "upsample"]
+__all__ = ["EPS", "safe_norm", "normalize_with_norm", "normalize_channels", "lpips_head", "weighted_channel_sum", "spatial_average", "upsample"]
 
 
 def safe_norm(f: torch.Tensor, dim: int = 1) -> torch.Tensor:
@@ -32,9 +32,16 @@ def safe_norm(f: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return torch.linalg.vector_norm(f, ord=2, dim=dim, keepdim=True)
 
 
+def normalize_with_norm(f: torch.Tensor, eps: float = EPS):
+    """``(f / (||f||_channels + eps), ||f||_channels)``: the one definition of the channel
+    normalization (reference, torch kernels, attacks), finite gradients at f = 0."""
+    r = safe_norm(f)
+    return f / (r + eps), r
+
+
 def normalize_channels(f: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     """``f / (||f||_channels + eps)`` with finite gradients at f = 0 (see module docstring)."""
-    return f / (safe_norm(f) + eps)
+    return normalize_with_norm(f, eps)[0]
 
 
 def spatial_average(in_tens: torch.Tensor, keepdim: bool = True) -> torch.Tensor:
@@ -60,9 +67,12 @@ def lpips_head(f0: torch.Tensor, f1: torch.Tensor, weight: Optional[torch.Tensor
     """
     if not normalized:
         f0, f1 = normalize_channels(f0, eps), normalize_channels(f1, eps)
-    d = (f0 - f1).square()
-    if weight is None:
-        m = d.sum(1, keepdim=True)
-    else:
-        m = F.conv2d(d, weight.reshape(1, -1, 1, 1).to(d.dtype))
+    m = weighted_channel_sum((f0 - f1).square(), weight)
     return m if spatial else m.mean((1, 2, 3))
+
+
+def weighted_channel_sum(d: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(N, C, H, W) -> (N, 1, H, W): sum_c w_c d_c, as lpips' 1x1 convolution (None = unit weights)."""
+    if weight is None:
+        return d.sum(1, keepdim=True)
+    return F.conv2d(d, weight.reshape(1, -1, 1, 1).to(d.dtype))

@@ -232,6 +232,7 @@ _TRANSFORM_FULL = {"1x33x40 s4": (1, 33, 40, 4, 2), "2x20x20 s1": (2, 20, 20, 1,
 
 
 def _transform_check(device: torch.device, dtype: torch.dtype, quick: bool) -> _Check:
+    from .ops import table
     from .ops import transform as transform_op
     from .transforms import apply_transform, sample_batched
 
@@ -271,8 +272,8 @@ def _transform_check(device: torch.device, dtype: torch.dtype, quick: bool) -> _
         return pairs
 
     def skip(backend):
-        if backend not in transform_op.IMPLEMENTED:
-            return f"no {backend} transform kernels (batched_transform runs the torch gather for it)"
+        if "transform" not in table.BACKENDS[backend].ops:
+            return f"no {backend} transform kernels (batched_transform hands it to the next backend of 'auto')"
         return None
 
     return _Check(f"transform {_dtype_name(dtype)}", dtype, reference, compare, skip)
@@ -393,12 +394,12 @@ def _plan(device: torch.device, quick: bool) -> List[_Check]:
 def _availability(device: torch.device) -> Dict[str, Optional[str]]:
     """{backend: None if it can run on ``device`` else the reason}; a probe that raises is recorded
     as 'probe failed: ...' (the backend's rows then FAIL: it could not even tell)."""
-    from . import _backend
+    from .ops import table
 
     out: Dict[str, Optional[str]] = {}
-    for name in _backend.BACKENDS:
+    for name in table.BACKENDS:
         try:
-            out[name] = _backend._why_not(name, device.type)
+            out[name] = table.why_not(name, device.type)
         except Exception as e:  # noqa: BLE001 - an installation problem is a result here
             out[name] = f"probe failed: {type(e).__name__}: {e}"
     return out
@@ -459,7 +460,7 @@ def _run_check(check: _Check, avail: Dict[str, Optional[str]], device: torch.dev
 def run_checks(device, *, quick: bool = False, backends: Optional[Sequence[str]] = None) -> List[CheckResult]:
     """Run the self-check on ``device`` (a torch.device or string); one ``CheckResult`` per check
     and backend (see the module docstring). ``quick``: one small shape per op and one dtype.
-    ``backends``: only these (default: all of ``fastlpips._backend.BACKENDS``). Never raises for a
+    ``backends``: only these (default: every backend of ``fastlpips.ops.table.BACKENDS``). Never raises for a
     backend's failure: that is a FAIL row."""
     device = torch.device(device)
     avail = _availability(device)

@@ -145,7 +145,7 @@ class TransformSet:
         downscaled image is not square (output shapes must agree within a group)."""
         out = []
         for s in torch.unique(self.scales).tolist():
-            hd, wd = _downscaled(height, s), _downscaled(width, s)
+            hd, wd = downscaled_size(height, s), downscaled_size(width, s)
             keys = [None] if hd == wd else [False, True]
             for key in keys:
                 sel = self.scales == s
@@ -184,7 +184,8 @@ def sample_batched(samples: int, n: int, *, generator: Optional[torch.Generator]
     return TransformSet(scales, scale_offsets, offsets, flips, swap, perms, colors)
 
 
-def _downscaled(side: int, s: int) -> int:
+def downscaled_size(side: int, s: int) -> int:
+    """Side after the mirror pad (s - 1 on each end) and the s x s box downscale."""
     return (2 * (s - 1) + side) // s
 
 
@@ -231,7 +232,7 @@ class TransformBatch:
         return TransformBatch(self.scale, self.params[rows], self.colors[rows], self.batch)
 
     def downscaled(self, height: int, width: int) -> Tuple[int, int]:
-        return _downscaled(height, self.scale), _downscaled(width, self.scale)
+        return downscaled_size(height, self.scale), downscaled_size(width, self.scale)
 
     def check_size(self, height: int, width: int) -> None:
         if min(height, width) < min_size_for_scale(self.scale):

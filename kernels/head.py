@@ -4,11 +4,14 @@ Same math as csrc/include/fastlpips/head_math.h. Each program handles BLOCK_P pi
 channels in registers (C <= 512 for every LPIPS trunk). Inputs may have any strides (NCHW,
 channels_last, an expanded batch of 1); accumulation is fp32 (fp64 for float64 inputs).
 
-Compiled or interpreted: Triton fixes that when ``triton.jit`` runs (its own helpers such as
-``tl.sum`` included), so it is decided when this module is first imported: on a machine without
-a CUDA device, before Triton is imported, ``TRITON_INTERPRET=1`` is set, and these very kernels
-then run on CPU tensors through Triton's interpreter (this is how the CPU test suite executes
-them). ``INTERPRETED`` tells which mode is in force.
+Compiled or interpreted: Triton fixes that when a function is jitted, its own helpers such as
+``tl.sum`` when Triton is imported. This module is imported at first use of a Triton kernel (the
+op table loads it lazily), and ``_import_triton`` decides then: a user's ``TRITON_INTERPRET``
+(or a Triton that something else already imported) is respected; otherwise, without a CUDA
+device, Triton is imported with the interpreter on (the variable is set only around that import
+and Triton's own knob keeps the choice), so these kernels run CPU tensors through Triton's
+interpreter (this is how the CPU test suite executes them). ``interpreted()`` tells which mode is
+in force.
 """
 from __future__ import annotations
 
@@ -17,13 +20,31 @@ import sys
 
 import torch
 
-if "triton" not in sys.modules and not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import triton  # noqa: E402
+def _import_triton():
+    if "triton" in sys.modules or "TRITON_INTERPRET" in os.environ or torch.cuda.is_available():
+        import triton
+
+        return triton
+    os.environ["TRITON_INTERPRET"] = "1"  # read when triton.language defines its helpers
+    try:
+        import triton
+        import triton.language  # noqa: F401
+    finally:
+        del os.environ["TRITON_INTERPRET"]
+    triton.knobs.runtime.interpret = True  # Triton's knob: the kernels below are interpreted too
+    return triton
+
+
+triton = _import_triton()
 import triton.language as tl  # noqa: E402
 
 INTERPRETED = bool(triton.knobs.runtime.interpret)
+
+
+def interpreted() -> bool:
+    """Whether these kernels run through Triton's interpreter (CPU tensors) or compiled (GPU)."""
+    return INTERPRETED
 
 
 def _pixel_block(f0, f1, NP, C, HW, W, s0n, s0c, s0h, s0w, s1n, s1c, s1h, s1w,

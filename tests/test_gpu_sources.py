@@ -52,8 +52,8 @@ def test_extension_cuda_build_matches_environment():
     """When torch is a CUDA build and nvcc exists, setup.py must have built the CUDA kernels."""
     from fastlpips import _backend
 
-    if _backend._native() is not None:
-        pytest.skip(_backend._native())
+    if _backend.native_reason() is not None:
+        pytest.skip(_backend.native_reason())
     from fastlpips import _C
 
     can_build = torch.version.cuda is not None and (shutil.which("nvcc") or Path("/usr/local/cuda/bin/nvcc").is_file())

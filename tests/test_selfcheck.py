@@ -1,5 +1,6 @@
 """``fastlpips check`` (issue 9): every backend against the reference, failures that are found,
 and the command line around it."""
+import dataclasses
 import json
 import math
 import os
@@ -12,8 +13,7 @@ import torch
 
 import fastlpips
 from fastlpips import cli, selfcheck
-from fastlpips.ops import head as head_op
-from fastlpips.ops import transform as transform_op
+from fastlpips.ops import table
 from fastlpips.selfcheck import CheckResult, run_checks
 
 CPU = torch.device("cpu")
@@ -40,7 +40,7 @@ def _kind(row):
 def test_quick_cpu_run_passes(quick_rows):
     assert {r.status for r in quick_rows} <= {"pass", "skip"}, [r.as_row() for r in quick_rows if r.status != "pass"]
     assert {_kind(r) for r in quick_rows} >= set(KINDS)
-    assert {r.backend for r in quick_rows} == set(fastlpips._backend.BACKENDS)
+    assert {r.backend for r in quick_rows} == set(table.BACKENDS)
     for b in ("torch", "cpp", "triton"):
         rows = _by(quick_rows, b)
         if b in AVAILABLE:  # every check ran and passed on every available CPU backend
@@ -73,12 +73,12 @@ def test_rows_are_json_safe(quick_rows):
 @pytest.mark.skipif(NATIVE is None, reason="neither the cpp nor the triton backend is available")
 def test_perturbed_head_kernel_fails(monkeypatch):
     """A head kernel 1e-3 off: its head, LPIPS and E-LPIPS rows FAIL, everything else passes."""
-    real = head_op._native_ops
+    real = table.kernels
 
-    def perturbed(backend):
-        fwd, bwd, jvp = real(backend)
-        if backend != NATIVE:
-            return fwd, bwd, jvp
+    def perturbed(op, backend):
+        if op != "head" or backend != NATIVE:
+            return real(op, backend)
+        fwd, bwd, jvp = real(op, backend)
 
         def bad_fwd(*args):
             m, r0, r1 = fwd(*args)
@@ -86,7 +86,7 @@ def test_perturbed_head_kernel_fails(monkeypatch):
 
         return bad_fwd, bwd, jvp
 
-    monkeypatch.setattr(head_op, "_native_ops", perturbed)
+    monkeypatch.setattr(table, "kernels", perturbed)
     rows = run_checks(CPU, quick=True, backends=("torch", NATIVE))
     assert {r.backend for r in rows} == {"torch", NATIVE}
     for r in _by(rows, "torch"):
@@ -103,14 +103,14 @@ def test_perturbed_head_kernel_fails(monkeypatch):
 
 @pytest.mark.skipif(NATIVE is None, reason="neither the cpp nor the triton backend is available")
 def test_raising_backend_is_a_fail_with_the_message(monkeypatch):
-    real = transform_op._kernels
+    real = table.kernels
 
-    def broken(backend):
-        if backend == NATIVE:
+    def broken(op, backend):
+        if op == "transform" and backend == NATIVE:
             raise RuntimeError("injected transform kernel failure")
-        return real(backend)
+        return real(op, backend)
 
-    monkeypatch.setattr(transform_op, "_kernels", broken)
+    monkeypatch.setattr(table, "kernels", broken)
     rows = run_checks(CPU, quick=True, backends=("torch", NATIVE))
     for r in rows:
         if r.backend == NATIVE and _kind(r) in ("transform", "elpips"):
@@ -122,15 +122,17 @@ def test_raising_backend_is_a_fail_with_the_message(monkeypatch):
 
 
 def test_nan_from_a_backend_fails_without_nan_in_the_row(monkeypatch):
-    real = head_op._native_ops
+    real = table.kernels
 
-    def nan_ops(backend):
-        fwd, bwd, jvp = real(backend)
+    def nan_ops(op, backend):
+        if op != "head" or backend != NATIVE:
+            return real(op, backend)
+        fwd, bwd, jvp = real(op, backend)
         return (lambda *a: tuple(t * math.nan if i == 0 else t for i, t in enumerate(fwd(*a)))), bwd, jvp
 
     if NATIVE is None:
         pytest.skip("neither the cpp nor the triton backend is available")
-    monkeypatch.setattr(head_op, "_native_ops", nan_ops)
+    monkeypatch.setattr(table, "kernels", nan_ops)
     rows = [r for r in run_checks(CPU, quick=True, backends=(NATIVE,)) if _kind(r) == "head"]
     assert rows and all(r.status == "FAIL" and "non-finite" in r.detail for r in rows)
     json.dumps([r.as_row() for r in rows], allow_nan=False)
@@ -147,7 +149,7 @@ def test_failing_reference_fails_every_backend(monkeypatch):
 
 
 def test_unavailable_backend_is_skipped_with_its_reason(monkeypatch):
-    monkeypatch.setattr(fastlpips._backend, "_native", lambda: "not built (test)")
+    monkeypatch.setattr(table, "native_reason", lambda: "not built (test)")
     rows = run_checks(CPU, quick=True, backends=("cpp",))
     assert {_kind(r) for r in rows} == set(KINDS)
     assert all(r.status == "skip" and not r.available and r.detail == "not built (test)" for r in rows)
@@ -156,7 +158,9 @@ def test_unavailable_backend_is_skipped_with_its_reason(monkeypatch):
 @pytest.mark.skipif(NATIVE is None, reason="neither the cpp nor the triton backend is available")
 def test_backend_without_transform_kernels_skips_that_check(monkeypatch):
     """As cupy (head kernels only): the transform row is a skip, the other checks still run."""
-    monkeypatch.setattr(transform_op, "IMPLEMENTED", transform_op.IMPLEMENTED - {NATIVE})
+    entry = table.BACKENDS[NATIVE]
+    monkeypatch.setitem(table.BACKENDS, NATIVE, dataclasses.replace(
+        entry, ops={k: v for k, v in entry.ops.items() if k != "transform"}))
     rows = {_kind(r): r for r in run_checks(CPU, quick=True, backends=(NATIVE,))}
     assert rows["transform"].status == "skip" and rows["transform"].available
     assert f"no {NATIVE} transform kernels" in rows["transform"].detail
@@ -164,14 +168,14 @@ def test_backend_without_transform_kernels_skips_that_check(monkeypatch):
 
 
 def test_availability_probe_that_raises_is_a_fail(monkeypatch):
-    real = fastlpips._backend._why_not
+    real = table.why_not
 
-    def probe(name, device_type):
+    def probe(name, device_type, op=None):
         if name == "cupy":
             raise OSError("libcuda.so: cannot open shared object file")
-        return real(name, device_type)
+        return real(name, device_type, op)
 
-    monkeypatch.setattr(fastlpips._backend, "_why_not", probe)
+    monkeypatch.setattr(table, "why_not", probe)
     rows = run_checks(CPU, quick=True, backends=("cupy",))
     assert rows and all(r.status == "FAIL" and "probe failed: OSError: libcuda.so" in r.detail for r in rows)
 

@@ -8,7 +8,7 @@ from fastlpips import _backend
 from fastlpips.ops.transform import batched_transform
 from fastlpips.transforms import MAX_OFFSET, TransformBatch, TransformSet, sample_batched, sample_official
 
-CPU_BACKENDS = [b for b in ("torch", "cpp", "triton") if _backend._why_not(b, "cpu") is None]
+CPU_BACKENDS = [b for b in ("torch", "cpp", "triton") if _backend.why_not(b, "cpu") is None]
 
 
 def _independent(x: torch.Tensor, t: TransformSet) -> torch.Tensor:
@@ -209,9 +209,9 @@ def test_native_op_checks_its_arguments():
 
 @pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b != "torch"])
 def test_opcheck(backend):
-    from fastlpips.ops.transform import _kernels
+    from fastlpips.ops import table
 
-    fwd, bwd = _kernels(backend)
+    fwd, bwd = table.kernels("transform", backend)
     tb = TransformBatch.from_set(_set(2, 2, seed=2, scale=2), torch.arange(2))
     x = torch.rand(2, 3, 20, 20)
     torch.library.opcheck(fwd, (x, tb.params, tb.colors, 2, 17, 17))

@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from .. import _validation as V
+from .. import validation as V
 
 __all__ = ["check_unit_images", "check_bound", "check_labels", "check_logits", "check_same_shape",
            "check_positive_int"]

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-EPS = 1e-10
+from ..reference import EPS, normalize_channels
+
 
 __all__ = ["FeatureDistance", "LPIPSDistance", "ELPIPSDistance", "ClassifierFeatureDistance", "normalize_layer"]
 
@@ -38,7 +39,7 @@ def normalize_layer(f: torch.Tensor, weight: Optional[torch.Tensor] = None) -> t
     """(N, C, H, W) -> (N, C*H*W): f / (||f||_c + eps) * sqrt(w_c / (H W)) (w = 1 when None)."""
     if f.dim() == 2:
         f = f[:, :, None, None]
-    n = f / (torch.linalg.vector_norm(f, dim=1, keepdim=True) + EPS)
+    n = normalize_channels(f)
     return (n * _layer_scale(f, weight)).flatten(1)
 
 
@@ -98,7 +99,7 @@ class LPIPSDistance(FeatureDistance):
         self.squared = calibrated
 
     def _check_size(self, x: torch.Tensor, name: str) -> None:
-        from .. import _validation as V
+        from .. import validation as V
 
         V.check_size(x, self.model._min_size, self.model.pnet_type, name)
 
@@ -223,7 +224,7 @@ class ELPIPSDistance(FeatureDistance):
         """(phi(x), v -> J v) with the transforms, dropout positions, ReLU masks and normalization
         derivatives of one primal pass kept: each J v is then a tangent-only pass (the transform op,
         bias-free convolutions with the dropped positions zeroed, masks, pooling)."""
-        from ..elpips import _drop_index, _zero_at
+        from ..elpips import dropout_positions, zero_at
         from .linearize import linearize_module, linearize_normalize
 
         m = self.metric
@@ -246,10 +247,10 @@ class ELPIPSDistance(FeatureDistance):
             feature(h)
             for layer in m.net.layers:
                 if isinstance(layer, nn.Conv2d) and keep is not None and keep < 1:
-                    pos = _drop_index(h, h.shape[0], 1, 1 - keep, gen)
+                    pos = dropout_positions(h, h.shape[0], 1, 1 - keep, gen)
                     ws = layer.weight * (1 / keep)
-                    h = F.conv2d(_zero_at(h, pos, inplace=False), ws, layer.bias, layer.stride, layer.padding)
-                    steps.append(("map", lambda t, pos=pos, ws=ws, c=layer: F.conv2d(_zero_at(t, pos, inplace=False), ws,
+                    h = F.conv2d(zero_at(h, pos, inplace=False), ws, layer.bias, layer.stride, layer.padding)
+                    steps.append(("map", lambda t, pos=pos, ws=ws, c=layer: F.conv2d(zero_at(t, pos, inplace=False), ws,
                                                                                      None, c.stride, c.padding)))
                 else:
                     h, fn = linearize_module(layer, h)

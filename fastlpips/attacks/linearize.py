@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nets.trunks import Fire
+from ..ops.torch_kernels import dnormalize
+from ..reference import normalize_with_norm
 
 Tangent = Callable[[torch.Tensor], torch.Tensor]
 
@@ -61,11 +63,10 @@ def linearize_module(m: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, Tange
 
 
 def linearize_normalize(f: torch.Tensor, eps: float) -> Tuple[torch.Tensor, Tangent]:
-    """n = f / (||f||_c + eps) and its derivative df / (r + eps) - n <n, df>_c / r (0 term at r = 0)."""
-    r = torch.linalg.vector_norm(f, dim=1, keepdim=True)
-    n = f / (r + eps)
-    inv_r = torch.where(r > 0, 1 / torch.where(r > 0, r, torch.ones_like(r)), torch.zeros_like(r))
+    """n = f / (||f||_c + eps) and its derivative df / (r + eps) - n <n, df>_c / r (0 term at r = 0):
+    the package's one definition of each (reference.normalize_with_norm, ops.torch_kernels.dnormalize)."""
+    n, r = normalize_with_norm(f, eps)
 
     def tangent(df):
-        return df / (r + eps) - n * ((df * n).sum(1, keepdim=True) * inv_r)
+        return dnormalize(df, n, r, eps)
     return n, tangent

@@ -7,9 +7,11 @@ channel permutation (5) and colour scale (6), as in ``fastlpips.transforms.apply
 
 The map is linear in x; gradients reach x through the adjoint kernel (a scatter-add), the
 adjoint's own derivative is the forward kernel again (double backward), and forward-mode AD
-applies the forward kernel to the tangent. Backends: 'torch' (vectorized gather with plain
-autograd), 'cpp' and 'cuda' (fastlpips._C, math in csrc/include/fastlpips/transform_math.h),
-'triton' (kernels/transform.py, interpreted on CPU). The colours are constants (no gradient).
+applies the forward kernel to the tangent: one autograd definition (here) over the kernels of the
+op table (fastlpips.ops.table): 'torch' (a vectorized gather and scatter-add,
+fastlpips.ops.torch_kernels), 'cpp' and 'cuda' (fastlpips._C, math in
+csrc/include/fastlpips/transform_math.h), 'triton' (kernels/transform.py, interpreted on CPU).
+The colours are constants (no gradient).
 """
 from __future__ import annotations
 
@@ -17,58 +19,16 @@ from typing import Optional
 
 import torch
 
-from ..transforms import MAX_OFFSET, TransformBatch
+from ..transforms import TransformBatch
+from . import table
 
-__all__ = ["batched_transform", "IMPLEMENTED"]
-
-IMPLEMENTED = {"torch", "cpp", "triton", "cuda"}
-
-
-def _reflect(i: torch.Tensor, n: int) -> torch.Tensor:
-    return torch.where(i < 0, -i, torch.where(i >= n, 2 * (n - 1) - i, i))
-
-
-def _torch_transform(x: torch.Tensor, t: TransformBatch) -> torch.Tensor:
-    """The same index math in plain torch ops: one gather of every s x s box, then a mean."""
-    b, _, h, w = x.shape
-    s = t.scale
-    oh, ow = t.out_size(h, w)
-    hd, wd = t.downscaled(h, w)
-    p = t.params.to(x.device).long()
-    n = p.shape[0]
-    i = torch.arange(oh, device=x.device).view(1, oh, 1)
-    j = torch.arange(ow, device=x.device).view(1, 1, ow)
-    col = lambda k: p[:, k].view(n, 1, 1)  # noqa: E731
-    swap, flip = col(3) != 0, col(2)
-    a, bb = torch.where(swap, j, i), torch.where(swap, i, j)
-    a = torch.where((flip == 1) | (flip == 2), hd + MAX_OFFSET - 1 - a, a)
-    bb = torch.where((flip == 0) | (flip == 2), wd + MAX_OFFSET - 1 - bb, bb)
-    u = _reflect(a - (MAX_OFFSET - col(0)), hd)
-    v = _reflect(bb - (MAX_OFFSET - col(1)), wd)
-    k = torch.arange(s, device=x.device)
-    rows = _reflect(u[..., None] * s + k - col(4)[..., None], h)  # (N, oh, ow, s)
-    cols = _reflect(v[..., None] * s + k - col(5)[..., None], w)
-    img = (torch.arange(n, device=x.device) % b).view(n, 1, 1, 1, 1, 1)
-    chan = p[:, 6:9].view(n, 3, 1, 1, 1, 1)
-    boxes = x[img, chan, rows[:, None, :, :, :, None], cols[:, None, :, :, None, :]]  # (N, 3, oh, ow, s, s)
-    colors = t.colors.to(device=x.device, dtype=x.dtype).view(n, 3, 1, 1)
-    return boxes.sum((-1, -2)) / (s * s) * colors
-
-
-def _kernels(backend: str):
-    if backend in ("cpp", "cuda"):
-        return torch.ops.fastlpips_cpp.transform_fwd, torch.ops.fastlpips_cpp.transform_bwd
-    if backend == "triton":
-        from . import triton_ops  # noqa: F401  (registers torch.ops.fastlpips_triton)
-
-        return torch.ops.fastlpips_triton.transform_fwd, torch.ops.fastlpips_triton.transform_bwd
-    raise NotImplementedError(f"no transform kernels for backend {backend!r}")  # pragma: no cover
+__all__ = ["batched_transform"]
 
 
 class _Transform(torch.autograd.Function):
     @staticmethod
     def forward(x, params, colors, scale, out_h, out_w, backend):
-        fwd, _ = _kernels(backend)
+        fwd, _ = table.kernels("transform", backend)
         return fwd(x, params, colors, scale, out_h, out_w)
 
     @staticmethod
@@ -85,7 +45,7 @@ class _Transform(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, tx, *unused):
-        fwd, _ = _kernels(ctx.backend)
+        fwd, _ = table.kernels("transform", ctx.backend)
         return fwd(tx, ctx.params, ctx.colors, ctx.scale, *ctx.out_hw)
 
     @staticmethod
@@ -100,7 +60,7 @@ class _TransformAdjoint(torch.autograd.Function):
 
     @staticmethod
     def forward(g, params, colors, scale, batch, in_h, in_w, backend):
-        _, bwd = _kernels(backend)
+        _, bwd = table.kernels("transform", backend)
         return bwd(g, params, colors, scale, batch, in_h, in_w)
 
     @staticmethod
@@ -127,8 +87,6 @@ def batched_transform(x: torch.Tensor, t: TransformBatch, *, backend: Optional[s
     Differentiable with respect to ``x`` (backward, double backward, forward-mode AD). ``backend``
     as for ``lpips_head_map``: 'auto' (default), 'torch', 'cpp', 'triton', 'cuda'.
     """
-    from .._backend import resolve
-
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"images must be (B, 3, H, W), got {tuple(x.shape)}")
     if not x.is_floating_point():
@@ -137,11 +95,7 @@ def batched_transform(x: torch.Tensor, t: TransformBatch, *, backend: Optional[s
         raise ValueError(f"the transforms were drawn for batches of {t.batch} images, got {x.shape[0]}")
     h, w = x.shape[2:]
     t.check_size(h, w)
-    name = resolve(x.device, backend)
-    if name == "cupy":  # pragma: no cover - GPU only; CuPy has head kernels only: use torch's gather
-        name = "torch"
-    if name == "torch":
-        return _torch_transform(x, t)
+    name = table.resolve(x.device, backend, "transform")  # CuPy has head kernels only: the next backend
     params = t.params.to(device=x.device, dtype=torch.int32)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     colors = t.colors.to(device=x.device, dtype=acc)
