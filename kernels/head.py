@@ -32,7 +32,12 @@ def _import_triton():
         import triton.language  # noqa: F401
     finally:
         del os.environ["TRITON_INTERPRET"]
-    triton.knobs.runtime.interpret = True  # Triton's knob: the kernels below are interpreted too
+    # Triton's knob keeps the choice for the kernels jitted later; not propagated to os.environ
+    propagate, triton.knobs.propagate_env = triton.knobs.propagate_env, False
+    try:
+        triton.knobs.runtime.interpret = True
+    finally:
+        triton.knobs.propagate_env = propagate
     return triton
 
 

@@ -181,3 +181,25 @@ def test_auto_falls_back_without_native_extension(monkeypatch):
     assert _backend.resolve(torch.device("cpu")) == "torch"
     with pytest.raises(fastlpips.BackendUnavailable, match="not built \\(test\\)"):
         _backend.resolve(torch.device("cpu"), "cpp")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter is chosen only without a CUDA device")
+def test_triton_interpreter_chosen_at_first_use():
+    """Importing fastlpips never touches TRITON_INTERPRET; the first use of a Triton kernel picks the
+    interpreter without leaving the variable set, and a user's own TRITON_INTERPRET is respected."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    code = ("import os, sys, fastlpips, torch; assert 'triton' not in sys.modules; "
+            "from fastlpips.kernels import head; "
+            "print(head.interpreted(), os.environ.get('TRITON_INTERPRET'), fastlpips.backends('cpu')['triton'])")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[:3] == ["True", "None", "available"], out.stdout
+    out = subprocess.run([sys.executable, "-c", code], env=dict(env, TRITON_INTERPRET="0"), capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("False 0 triton runs CPU tensors only through its interpreter"), out.stdout
