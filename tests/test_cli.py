@@ -12,7 +12,7 @@ from PIL import Image
 
 import fastlpips
 from fastlpips import cli
-from conftest import distort, real_images
+from helpers import distort, real_images
 
 
 def _save(t, path):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import fastlpips
-from conftest import distort, real_images
+from helpers import distort, real_images
 
 
 @pytest.mark.slow

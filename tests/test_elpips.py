@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import distort, real_images, shared_path
+from helpers import distort, real_images, shared_path
 from fastlpips.nets import weights as W
 from fastlpips.reference import lpips_head
 

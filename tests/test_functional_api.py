@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fastlpips
-from conftest import distort, model_pair, rand_images, real_images
+from helpers import distort, model_pair, rand_images, real_images
 
 
 def test_functional_matches_module_and_reductions():

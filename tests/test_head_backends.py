@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import fastlpips
+from helpers import tolerance
 from fastlpips import _backend
 from fastlpips.ops.head import lpips_head_map
 from fastlpips.reference import lpips_head
@@ -46,7 +47,8 @@ def _feats(n, c, h, w, seed, dtype=torch.float64, cl=False):
 
 
 def _tol(dtype):
-    return dict(rtol=1e-12, atol=1e-13) if dtype == torch.float64 else dict(rtol=2e-5, atol=1e-6)
+    rtol, atol = tolerance(dtype)  # the one dtype -> tolerance table (tests/helpers.py)
+    return dict(rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fastlpips
-from conftest import distort, model_pair, rand_images, real_images, shared_path
+from helpers import distort, model_pair, rand_images, real_images, shared_path
 from fastlpips.nets import weights as W
 
 

@@ -10,7 +10,7 @@ import itertools
 import pytest
 import torch
 
-from conftest import distort, model_pair, rand_images, real_images
+from helpers import distort, model_pair, rand_images, real_images
 
 NETS = ["alex", "vgg", "squeeze"]
 ATOL32 = 1e-5
@@ -114,7 +114,7 @@ def test_gradient_parity(lpips_ref, net, dtype):
 
 def test_shared_example_images(lpips_ref):
     """The LPIPS authors' example patches (shared/images): same distances, same ranking."""
-    from conftest import shared_path
+    from helpers import shared_path
 
     import fastlpips
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from fastlpips.nets.trunks import build_trunk
-from conftest import rand_images
+from helpers import rand_images
 
 TV = {"alex": "alexnet", "vgg": "vgg16", "squeeze": "squeezenet1_1"}
 BOUNDS = {"alex": [(0, 2), (2, 5), (5, 8), (8, 10), (10, 12)],

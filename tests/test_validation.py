@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fastlpips
-from conftest import rand_images
+from helpers import rand_images
 
 
 @pytest.fixture(scope="module")

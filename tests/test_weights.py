@@ -13,7 +13,7 @@ import torch
 import fastlpips
 from fastlpips.nets import weights as W
 from fastlpips.nets.trunks import build_trunk
-from conftest import shared_path
+from helpers import shared_path
 
 LIN_CHANNELS = {"alex": [64, 192, 384, 256, 256], "vgg": [64, 128, 256, 512, 512],
                 "squeeze": [64, 128, 256, 384, 384, 512, 512]}

@@ -163,9 +163,18 @@ def why_not(name: str, device_type: str, op: Optional[str] = None) -> Optional[s
     return b.probe(device_type)
 
 
+_LOADED: Dict[Tuple[str, str, Callable], tuple] = {}
+
+
 def kernels(op: str, name: str) -> tuple:
-    """The kernels of ``op`` for backend ``name`` (see the module docstring for their signatures)."""
-    return BACKENDS[name].ops[op]()
+    """The kernels of ``op`` for backend ``name`` (see the module docstring for their signatures),
+    loaded once (the op's autograd Function looks them up on every call)."""
+    loader = BACKENDS[name].ops[op]
+    key = (op, name, loader)
+    found = _LOADED.get(key)
+    if found is None:
+        found = _LOADED[key] = loader()
+    return found
 
 
 def report(device="cpu") -> Dict[str, str]:

