@@ -4,7 +4,8 @@
 """
 from ._backend import BackendUnavailable, backends
 from .validation import RangeWarning
-from .elpips import ELPIPS, ELPIPSEstimate, elpips_estimate
+from .elpips import ELPIPS
+from .estimator import ELPIPSEstimate, elpips_estimate
 from .functional import distance_matrix, get_model, lpips
 from .model import LPIPS, LPIPSFeatures, NetLinLayer, ScalingLayer
 from .nets.weights import WeightError

@@ -28,7 +28,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .model import LPIPS, LPIPSFeatures
+from .model import LPIPS
 from .utils import read_image
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
@@ -283,12 +283,8 @@ def cmd_allpairs(args) -> Result:
         _same_size(files[0], ims[0], p, t)
     model = _model(args)
     x = torch.cat(ims).to(args.device)
-    parts = []
     with torch.no_grad(), _progress(len(files), "features", args.progress) as bar:
-        for s in range(0, len(files), args.batch_size):
-            parts.append(model.features(x[s:s + args.batch_size]))
-            bar.update(len(parts[-1]))
-        D = model.pairwise_features(LPIPSFeatures.cat(parts)).cpu()
+        D = model.pairwise(x, batch_size=args.batch_size, progress=bar.update).cpu()
     res = Result(["image0", "image1", "distance"])
     res.rows = [{"image0": files[i].name, "image1": files[j].name, "distance": float(D[i, j])}
                 for i in range(len(files)) for j in range(i + 1, len(files))]
@@ -348,7 +344,8 @@ def _elpips_pairs(args) -> List:
 
 def cmd_elpips(args) -> Result:
     """E-LPIPS of two images (or same-named images of two folders) to a confidence interval."""
-    from .elpips import ELPIPS, elpips_estimate, scale_levels_for_size
+    from .elpips import ELPIPS, scale_levels_for_size
+    from .estimator import elpips_estimate
 
     pairs = _elpips_pairs(args)
     metrics: Dict[int, ELPIPS] = {}

@@ -13,14 +13,12 @@ transformations and dropout, with the official release's semantics (REFERENCE.md
 Engine: ``mode='batched'`` (default) draws the samples of a call at once, groups them by scale level
 and runs each group through the fused transform op (``fastlpips.ops.transform``) and one trunk
 pass (chunked to ``memory_budget``); ``mode='official'`` is the release's one-sample-per-pass loop.
-``elpips_estimate`` evaluates to a confidence interval with stratified scale levels.
+``fastlpips.estimator.elpips_estimate`` evaluates to a confidence interval with stratified scale levels.
 """
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
-from statistics import NormalDist
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -34,10 +32,9 @@ from .nets.weights import load_lin_weights, load_trunk_state
 from .ops.head import lpips_head_map
 from .ops.transform import batched_transform
 from .precision import resolve_dtype, warn_if_slow
-from .transforms import (MAX_SCALE, TransformSet, apply_transform, min_size_for_scale, sample_batched,
-                         sample_official, scale_probabilities)
+from .transforms import MAX_SCALE, TransformSet, apply_transform, min_size_for_scale, sample_batched, sample_official
 
-__all__ = ["ELPIPS", "ELPIPSEstimate", "elpips_estimate", "scale_levels_for_size", "dropout_positions", "zero_at"]
+__all__ = ["ELPIPS", "scale_levels_for_size", "dropout_positions", "zero_at"]
 
 
 def scale_levels_for_size(height: int, width: int) -> int:
@@ -185,6 +182,9 @@ class ELPIPS(nn.Module):
             ``fastlpips.precision``); an explicit bf16 on a CPU without native bf16 warns once.
         device: move the metric there after construction; also the device ``dtype='auto'``
             decides for (default CPU).
+        check_inputs: scan input values on every call (NaN/Inf raise, values outside [0, 1] warn;
+            one device sync per input), as ``LPIPS(check_inputs=...)``; shape, dtype, device and
+            size checks always run (``validate``).
         memory_budget: bytes of activations one trunk pass may take (default 1 GiB); larger
             groups are split into chunks of samples.
         trunk_path, backend: as for ``fastlpips.LPIPS`` (``backend`` picks the head and transform kernels).
@@ -197,7 +197,8 @@ class ELPIPS(nn.Module):
                  dropout: bool = True, keep_prob: float = 0.99, max_scale: int = MAX_SCALE,
                  dtype: Union[torch.dtype, str, None] = None, memory_budget: int = 1 << 30,
                  trunk_path: Optional[Union[str, os.PathLike]] = None, pnet_rand: bool = False,
-                 backend: Optional[str] = None, device: Union[str, torch.device, None] = None) -> None:
+                 backend: Optional[str] = None, device: Union[str, torch.device, None] = None,
+                 check_inputs: bool = True) -> None:
         super().__init__()
         if net not in ("vgg", "squeeze"):
             raise ValueError(f"net must be 'vgg' (E-LPIPS-VGG) or 'squeeze' (the experimental E-LPIPS-SqueezeNet), "
@@ -231,6 +232,7 @@ class ELPIPS(nn.Module):
         self.register_buffer("weights", torch.cat([lin[f"lin{k}"].reshape(-1) for k in range(count)]))
         self.channels = [lin[f"lin{k}"].numel() for k in range(count)]
         self._warned: dict = {}
+        self.check_inputs = check_inputs
         self.eval()
         if device is not None:
             self.to(device)
@@ -316,7 +318,7 @@ class ELPIPS(nn.Module):
     def forward(self, image: Union[torch.Tensor, Tuple[torch.Tensor, ...]], reference: torch.Tensor, *,
                 n_samples: Optional[int] = None, generator: Optional[torch.Generator] = None):
         images = tuple(image) if isinstance(image, (tuple, list)) else (image,)
-        self.check_inputs(images, reference)
+        self.validate(images, reference)
         if generator is None:
             generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))
         k = self.n_samples if n_samples is None else V.check_positive_int(n_samples, "n_samples")
@@ -330,11 +332,11 @@ class ELPIPS(nn.Module):
             result = tuple(t / k for t in total)
         return result if isinstance(image, (tuple, list)) else result[0]
 
-    def check_inputs(self, images: Sequence[torch.Tensor], reference: torch.Tensor) -> None:
+    def validate(self, images: Sequence[torch.Tensor], reference: torch.Tensor) -> None:
         """Shapes, values and sizes, with named errors: floating-point (N, 3, H, W) batches of one
-        size, dtype and device; NaN/Inf raise; values outside [0, 1] warn once per metric (E-LPIPS
-        takes [0, 1] images, unlike LPIPS' [-1, 1]); the transforms need sides >= 8 * max_scale,
-        the trunk >= 9 with transforms, 16 without."""
+        size, dtype and device; with ``check_inputs`` NaN/Inf raise and values outside [0, 1] warn
+        once per metric (E-LPIPS takes [0, 1] images, unlike LPIPS' [-1, 1]); the transforms need
+        sides >= 8 * max_scale, the trunk >= 9 with transforms, 16 without."""
         if not images:
             raise ValueError("no images to compare with the reference")
         V.check_image(reference, "reference", hint=V.UNIT_HINT)
@@ -348,7 +350,8 @@ class ELPIPS(nn.Module):
             name = "reference" if i == len(images) else f"image[{i}]"
             if im.device != dev:
                 raise ValueError(f"{name} is on {im.device} but the metric is on {dev}; move one with .to()")
-            V.check_values(im, name, 0.0, 1.0, self._warned, hint=V.unit_range_hint)
+            if self.check_inputs:
+                V.check_values(im, name, 0.0, 1.0, self._warned, hint=V.unit_range_hint)
         self.check_size(reference.shape[2], reference.shape[3])
 
     def check_size(self, h: int, w: int) -> None:
@@ -365,129 +368,3 @@ class ELPIPS(nn.Module):
             raise ValueError(f"images of {h}x{w} are too small for the {self.net_name} trunk: sides must be >= "
                              f"{trunk_min} ({'+ 7 px of offset padding ' if self.transforms else ''}>= {need} px "
                              f"through its poolings)")
-
-
-@dataclass
-class ELPIPSEstimate:
-    """Result of ``elpips_estimate``: per-image mean, standard error and interval half-width."""
-
-    mean: torch.Tensor
-    stderr: torch.Tensor
-    half_width: torch.Tensor
-    samples: int
-    converged: torch.Tensor
-    confidence: float
-    stratified: bool
-
-
-def _z(confidence: float) -> float:
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    return NormalDist().inv_cdf(0.5 + confidence / 2)
-
-
-def elpips_estimate(x: torch.Tensor, y: torch.Tensor, *, rtol: float = 0.025, atol: float = 0.01,
-                    confidence: float = 0.95, min_samples: int = 10, max_samples: int = 2000,
-                    stratified: bool = True, batch_size: int = 32, seed: Optional[int] = None,
-                    metric: Optional[ELPIPS] = None, callback=None) -> ELPIPSEstimate:
-    """E-LPIPS of ``x`` vs ``y`` ((N, 3, H, W) in [0, 1]) to a confidence interval, stopping adaptively.
-
-    Stops, as the release's evaluation example does, once for every image both
-    ``z * stderr < rtol * mean`` and ``z * stderr < atol`` hold (z from ``confidence``; 1.96 for 95%)
-    after at least ``min_samples`` samples, or at ``max_samples``. Samples are drawn in rounds of
-    ``batch_size`` (the stopping rule is checked after each round); with ``metric.mode ==
-    'official'`` each sample is its own pass (the release's loop) and the rule is checked after
-    every sample.
-
-    ``stratified=True`` samples the scale level by stratification: each level s gets a share of the
-    samples proportional to P(s) ~ 1/s^2 (at least 2, for its variance), the transformation is drawn
-    conditioned on its level, and mean = sum_s P(s) mean_s, var = sum_s P(s)^2 var_s / n_s: unbiased
-    (each stratum's mean is) and free of the between-level variance. ``stratified=False`` is the
-    release's i.i.d. sampling. ``callback(samples, estimate)`` is called after each check.
-    """
-    if metric is None:
-        metric = ELPIPS()
-    elif not isinstance(metric, ELPIPS):
-        raise TypeError(f"metric must be an ELPIPS instance, got {type(metric).__name__}")
-    z = _z(confidence)
-    for name, tol in (("rtol", rtol), ("atol", atol)):
-        if not isinstance(tol, (int, float)) or not tol > 0:  # refuses NaN; inf switches the criterion off
-            raise ValueError(f"{name} must be a number > 0 (math.inf switches it off), got {tol!r}")
-    min_samples = V.check_positive_int(min_samples, "min_samples", 2)
-    max_samples = V.check_positive_int(max_samples, "max_samples", 2)
-    batch_size = V.check_positive_int(batch_size, "batch_size")
-    if max_samples < min_samples:
-        raise ValueError(f"max_samples ({max_samples}) must be >= min_samples ({min_samples})")
-    metric.check_inputs((x,), y)
-    g = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**62, (1,))))
-    levels = metric.max_scale if metric.transforms else 1
-    p = scale_probabilities(levels) if stratified else torch.ones(1, dtype=torch.float64)
-    if max_samples < 2 * len(p):
-        raise ValueError(f"max_samples={max_samples} is below the {2 * len(p)} samples stratified sampling needs "
-                         f"for {len(p)} scale levels (2 per level, for each level's variance); raise max_samples, "
-                         "lower the metric's max_scale or pass stratified=False")
-    strata: List[List[torch.Tensor]] = [[] for _ in range(len(p))]
-    order = _allocation(p, max_samples) if stratified else [0] * max_samples
-    step = 1 if metric.mode == "official" else batch_size
-    est = None
-    done = 0
-    with torch.no_grad():
-        while done < len(order):
-            chunk = order[done:done + step]
-            for s, d in _draw(metric, x, y, chunk, stratified, g):
-                strata[s].append(d.double())
-            done += len(chunk)
-            if done >= min_samples and all(len(v) >= 2 for v in strata):
-                est = _combine(strata, p, z, done, confidence, stratified)
-                # a zero-variance estimate (identical images: every sample exactly 0) is exact
-                est.converged = ((est.half_width < rtol * est.mean) & (est.half_width < atol)) | (est.half_width == 0)
-                if callback is not None:
-                    callback(done, est)
-                if bool(est.converged.all()):
-                    break
-    if est is None:  # pragma: no cover - excluded by the checks above
-        raise RuntimeError("no estimate: max_samples too small to estimate a variance in every stratum")
-    return est
-
-
-def _draw(metric: ELPIPS, x, y, chunk: List[int], stratified: bool, g: torch.Generator):
-    """Distances (one (N,) tensor per sample) for a round of samples whose strata are ``chunk``."""
-    n = y.shape[0]
-    if metric.mode == "official":
-        return [(s, metric.distance_once((x,), y, g, scale=s + 1 if stratified else None)[0]) for s in chunk]
-    if not metric.transforms:
-        d = metric.sample_distances((x,), y, len(chunk), generator=g)[0]
-        return [(s, d[k]) for k, s in enumerate(chunk)]
-    if stratified:
-        levels = sorted(set(chunk))
-        sets = [sample_batched(chunk.count(s), n, generator=g, max_scale=metric.max_scale, scale=s + 1) for s in levels]
-        tset, strata = TransformSet.cat(sets), [s for s in levels for _ in range(chunk.count(s))]
-    else:
-        tset, strata = sample_batched(len(chunk), n, generator=g, max_scale=metric.max_scale), chunk
-    d = metric.sample_distances((x,), y, len(chunk), generator=g, transforms=tset)[0]
-    return [(s, d[k]) for k, s in enumerate(strata)]
-
-
-def _allocation(p: torch.Tensor, total: int) -> List[int]:
-    """Stratum of every successive sample: 2 per stratum first, then proportional to p (largest deficit)."""
-    order = [s for s in range(len(p)) for _ in range(2)]
-    counts = [2] * len(p)
-    while len(order) < total:
-        n = len(order) + 1
-        s = max(range(len(p)), key=lambda k: float(p[k]) * n - counts[k])
-        counts[s] += 1
-        order.append(s)
-    return order[:total]
-
-
-def _combine(strata, p, z, n, confidence, stratified) -> ELPIPSEstimate:
-    means, variances = [], []
-    for v in strata:
-        t = torch.stack(v)
-        means.append(t.mean(0))
-        variances.append(t.var(0, unbiased=True) / len(v))
-    mean = sum(float(p[k]) * means[k] for k in range(len(p)))
-    var = sum(float(p[k]) ** 2 * variances[k] for k in range(len(p)))
-    se = var.sqrt()
-    return ELPIPSEstimate(mean.float(), se.float(), (z * se).float(), n, torch.zeros_like(mean, dtype=torch.bool),
-                          confidence, stratified)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -376,20 +376,22 @@ class LPIPS(nn.Module):
         return self._combine_normalized(feats0.maps, feats1.maps, feats0.size, retPerLayer)
 
     def pairwise(self, x: torch.Tensor, y: Optional[torch.Tensor] = None, *, normalize: bool = False,
-                 batch_size: int = 64, max_elements: int = 1 << 26) -> torch.Tensor:
+                 batch_size: int = 64, max_elements: int = 1 << 26,
+                 progress: Optional[Callable[[int], None]] = None) -> torch.Tensor:
         """Distance matrix D[i, j] = LPIPS(x[i], y[j]) of shape (N, M) (``y=None``: all pairs of x;
         an empty x or y gives an empty matrix).
 
         Every image goes through the trunk once (in batches of ``batch_size``); the heads of all
         pairs are evaluated in blocks of at most ``max_elements`` elements. With ``y=None`` only
-        the upper triangle is computed (D is symmetric with a zero diagonal).
+        the upper triangle is computed (D is symmetric with a zero diagonal). ``progress(n)`` is
+        called after each trunk batch with the number of images it held (e.g. a tqdm ``update``).
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if self.spatial:
             raise ValueError("pairwise() returns mean distances; build the model with spatial=False")
-        fx = self._batched_features(x, normalize, batch_size, "x")
-        fy = None if y is None else self._batched_features(y, normalize, batch_size, "y")
+        fx = self._batched_features(x, normalize, batch_size, "x", progress)
+        fy = None if y is None else self._batched_features(y, normalize, batch_size, "y", progress)
         return self.pairwise_features(fx, fy, max_elements=max_elements)
 
     def pairwise_features(self, fx: LPIPSFeatures, fy: Optional[LPIPSFeatures] = None, *,
@@ -425,7 +427,12 @@ class LPIPS(nn.Module):
             out[i0:i1, j0:] = block
         return out + out.transpose(0, 1) if sym else out
 
-    def _batched_features(self, x: torch.Tensor, normalize: bool, batch_size: int, name: str) -> LPIPSFeatures:
+    def _batched_features(self, x: torch.Tensor, normalize: bool, batch_size: int, name: str,
+                          progress: Optional[Callable[[int], None]] = None) -> LPIPSFeatures:
         V.check_image(x, name)
-        return LPIPSFeatures.cat([self.features(x[i:i + batch_size], normalize=normalize, name=name)
-                                  for i in range(0, max(x.shape[0], 1), batch_size)])
+        parts = []
+        for i in range(0, max(x.shape[0], 1), batch_size):
+            parts.append(self.features(x[i:i + batch_size], normalize=normalize, name=name))
+            if progress is not None:
+                progress(len(parts[-1]))
+        return LPIPSFeatures.cat(parts)

@@ -14,7 +14,7 @@ LAYERS = [
     ("core", ["fastlpips.reference", "fastlpips.transforms", "fastlpips.validation", "fastlpips.precision",
               "fastlpips.nets", "fastlpips.utils"]),
     ("ops", ["fastlpips.ops", "fastlpips._backend"]),
-    ("metrics", ["fastlpips.model", "fastlpips.elpips", "fastlpips.functional"]),
+    ("metrics", ["fastlpips.model", "fastlpips.elpips", "fastlpips.estimator", "fastlpips.functional"]),
     ("attacks/trainers/tools", ["fastlpips.attacks", "fastlpips.selfcheck"]),
     ("cli", ["fastlpips.cli", "fastlpips.__main__"]),
 ]

@@ -9,6 +9,7 @@ from fastlpips.attacks import (ClassifierFeatureDistance, ELPIPSDistance, JTJ, L
                                FastLagrangePerceptualAttack, LagrangePerceptualAttack, conjugate_gradient,
                                lanczos_extremes, margin_loss, power_iteration, project_bisection, project_newton,
                                pull_to_target, push_within_l2, twoafc_pgd)
+from fastlpips.attacks.distances import normalize_layer
 from fastlpips.nets import weights as W
 
 
@@ -164,6 +165,24 @@ def test_attacks_respect_the_bound_and_succeed():
         ClassifierFeatureDistance(model, ["nope"])
     with pytest.raises(ValueError, match="projection must be"):
         PerceptualPGD(model, d, bound, projection="x")(x[:1], labels[:1])
+    # the feature hooks exist only while features are computed: none survives the attacks
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_feature_hooks_are_scoped():
+    model = _classifier()
+    d = ClassifierFeatureDistance(model, ["4", "1"])
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    f = d.features(x)
+    h1 = torch.relu(model[0](x))
+    assert torch.allclose(f[:, f.shape[1] - h1.numel() // 2:], normalize_layer(h1))  # the given layer order
+    assert all(not m._forward_hooks for m in model.modules())
+    model(x)  # an ordinary call captures nothing and keeps nothing alive
+    with pytest.raises(RuntimeError, match="boom"):
+        with d.capture():
+            assert len(model[1]._forward_hooks) == 1
+            raise RuntimeError("boom")
+    assert all(not m._forward_hooks for m in model.modules())  # removed on an exception too
 
 
 def test_metric_attacks_respect_their_constraints():

@@ -217,3 +217,10 @@ def test_backend_argument_on_the_model():
         m(rand_images(1, 64, 64), rand_images(1, 64, 64))
     m.backend = "torch"
     assert m(rand_images(1, 64, 64), rand_images(1, 64, 64)).shape == (1, 1, 1, 1)
+
+
+def test_pairwise_reports_progress_per_trunk_batch():
+    m = fastlpips.LPIPS(net="alex", pnet_rand=True, verbose=False)
+    seen = []
+    D = m.pairwise(rand_images(5, 64, 64), batch_size=2, progress=seen.append)
+    assert seen == [2, 2, 1] and D.shape == (5, 5)

@@ -16,7 +16,8 @@
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+import contextlib
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -281,7 +282,9 @@ class ELPIPSDistance(FeatureDistance):
 
 
 class ClassifierFeatureDistance(FeatureDistance):
-    """phi from named layers of ``model`` (self-bounded attacks: the classifier's own features)."""
+    """phi from named layers of ``model`` (self-bounded attacks: the classifier's own features).
+    The layers' outputs are captured by forward hooks that exist only while ``features`` /
+    ``features_and_logits`` run (``capture``): the classifier carries no hook otherwise."""
 
     def __init__(self, model: nn.Module, layers: Sequence[str]) -> None:
         super().__init__()
@@ -291,15 +294,28 @@ class ClassifierFeatureDistance(FeatureDistance):
             raise ValueError(f"unknown feature layers {missing or list(layers)}; choose among "
                              f"{[k for k in modules if k][:20]}")
         self.model, self.layers = model, list(layers)
-        self._captured: List[torch.Tensor] = []
-        for name in self.layers:
-            modules[name].register_forward_hook(lambda mod, inp, out: self._captured.append(out))
+
+    @contextlib.contextmanager
+    def capture(self):
+        """Within the block, the named layers' outputs of every model call land in the yielded
+        dict {layer name: output}; the hooks are removed on exit (also on an exception)."""
+        modules = dict(self.model.named_modules())
+        captured: Dict[str, torch.Tensor] = {}
+        handles = [modules[name].register_forward_hook(
+            lambda mod, inp, out, name=name: captured.__setitem__(name, out)) for name in self.layers]
+        try:
+            yield captured
+        finally:
+            for h in handles:
+                h.remove()
 
     def features_and_logits(self, x: torch.Tensor):
-        self._captured = []
-        logits = self.model(x)
-        feats, self._captured = self._captured, []
-        return torch.cat([normalize_layer(f) for f in feats], 1), logits
+        with self.capture() as captured:
+            logits = self.model(x)
+        missing = [name for name in self.layers if name not in captured]
+        if missing:
+            raise RuntimeError(f"layers {missing} did not run in model(x); they cannot be feature layers")
+        return torch.cat([normalize_layer(captured[name]) for name in self.layers], 1), logits
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features_and_logits(x)[0]
