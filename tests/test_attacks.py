@@ -336,3 +336,25 @@ def test_attack_outputs_stay_in_the_box():
     x = torch.rand(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     adv = PerceptualPGD(model, d, 0.5, num_iterations=1, cg_iterations=2)(x, torch.tensor([3, 4]))
     assert adv.min() >= 0 and adv.max() <= 1
+
+
+def test_distance_protocol_is_declared():
+    """What the attacks need from a distance is declared on FeatureDistance, not probed with getattr."""
+    from fastlpips.attacks import FeatureDistance
+
+    class Pixels(FeatureDistance):
+        def features(self, x):
+            return x.flatten(1)
+
+    d = Pixels()
+    assert not d.stochastic and not d.has_linearization and d.batch_independent
+    d.resample()  # a no-op for a deterministic distance
+    with pytest.raises(NotImplementedError, match="no kept linearization"):
+        d.linearize(torch.rand(1, 3, 4, 4))
+    x = torch.rand(2, 3, 4, 4, dtype=torch.float64)
+    assert JTJ(d, x).mode == "jvp"  # no linearization: forward-mode AD
+    assert LPIPSDistance(_squeeze(), calibrated=False).has_linearization
+    assert not ClassifierFeatureDistance(_classifier(), ["1"]).stochastic
+    model = _classifier()
+    adv = PerceptualPGD(model, d, 0.5, num_iterations=1, cg_iterations=2)(x.repeat(1, 1, 8, 8), torch.tensor([1, 2]))
+    assert adv.shape == (2, 3, 32, 32)

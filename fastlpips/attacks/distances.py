@@ -53,15 +53,32 @@ def _channels_last(t: torch.Tensor) -> torch.Tensor:
 
 
 class FeatureDistance(nn.Module):
-    """d(x, y) = ||phi(x) - phi(y)|| (``squared=False``) or its square (``squared=True``)."""
+    """d(x, y) = ||phi(x) - phi(y)|| (``squared=False``) or its square (``squared=True``).
+
+    The protocol the attacks rely on, declared here (subclasses override what applies):
+
+    * ``features(x)`` -> (N, D) phi (required); ``from_features``, ``check_images``, ``root``;
+    * ``batch_independent``: phi of one image ignores the rest of the batch (attacks may then
+      evaluate subsets); False for E-LPIPS, whose draws are stratified over the batch;
+    * ``stochastic`` and ``resample()``: phi depends on random draws (E-LPIPS), which the attacks
+      renew at every step; a no-op for deterministic distances;
+    * ``has_linearization`` and ``linearize(x)`` -> (phi(x), v -> J v): an exact kept
+      linearization (tangent-only passes); without one the attacks use ``torch.func.jvp``.
+    """
 
     squared: bool = False
-    # phi of one image does not depend on the other images of the batch (attacks may then evaluate
-    # subsets of a batch); False for E-LPIPS, whose draws are stratified over the batch.
     batch_independent: bool = True
+    stochastic: bool = False
+    has_linearization: bool = False
 
     def features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def resample(self, seed: Optional[int] = None) -> None:
+        """Draw new random numbers (stochastic distances); nothing to do for deterministic ones."""
+
+    def linearize(self, x: torch.Tensor):
+        raise NotImplementedError(f"{type(self).__name__} has no kept linearization (has_linearization=False)")
 
     def from_features(self, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
         d = torch.linalg.vector_norm(fx - fy, dim=1)
@@ -87,6 +104,8 @@ class FeatureDistance(nn.Module):
 
 
 class LPIPSDistance(FeatureDistance):
+    has_linearization = True
+
     def __init__(self, model: Optional[nn.Module] = None, *, net: str = "alex", calibrated: bool = True) -> None:
         super().__init__()
         if model is None:
@@ -152,6 +171,7 @@ class ELPIPSDistance(FeatureDistance):
 
     squared = True
     batch_independent = False  # flips, permutations and colours are stratified over the batch
+    stochastic = True
 
     def __init__(self, metric=None, samples: int = 8, *, seed: int = 0) -> None:
         super().__init__()
@@ -173,7 +193,7 @@ class ELPIPSDistance(FeatureDistance):
     @property
     def has_linearization(self) -> bool:
         """The kept linearization covers the VGG variant (SqueezeNet: forward-mode AD)."""
-        return getattr(self.metric, "net_name", "vgg") == "vgg"
+        return self.metric.net_name == "vgg"
 
     def _check_size(self, x: torch.Tensor, name: str) -> None:
         self.metric.check_size(x.shape[2], x.shape[3])

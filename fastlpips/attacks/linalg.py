@@ -40,14 +40,17 @@ class JTJ:
         """``phi``: a feature function, or a distance with ``features`` (and ``linearize``).
         ``mode``: 'auto' (the distance's own exact linearization when it has one, else 'jvp'),
         'jvp', 'linearize' (torch.func.linearize) or 'manual' (the distance's ``linearize``)."""
-        owner = phi if hasattr(phi, "features") else getattr(phi, "__self__", None)
-        manual = getattr(owner, "linearize", None) if getattr(owner, "has_linearization", True) else None
+        from .distances import FeatureDistance
+
+        owner = phi if isinstance(phi, FeatureDistance) else getattr(phi, "__self__", None)
+        owner = owner if isinstance(owner, FeatureDistance) else None
+        manual = owner.linearize if (owner is not None and owner.has_linearization) else None
         if mode == "auto":
             mode = "manual" if manual is not None else "jvp"
         if mode not in ("jvp", "linearize", "manual") or (mode == "manual" and manual is None):
             raise ValueError(f"mode must be 'auto', 'jvp', 'linearize' or 'manual' (with a distance that has "
                              f"linearize), got {mode!r}")
-        phi = owner.features if hasattr(phi, "features") else phi
+        phi = owner.features if phi is owner else phi
         self.x, self.phi, self.mode = x.detach(), phi, mode
         self.passes = {"forward": 1, "jvp": 0, "tangent": 0, "backward": 0}
         if mode == "manual":  # one primal pass serves both the graph for J^T and the linearization

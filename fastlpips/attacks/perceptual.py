@@ -185,7 +185,7 @@ class PerceptualPGD(nn.Module):
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) * self.init_std
         adv = (x + noise).clamp(0, 1)
         for _ in range(self.num_iterations):
-            if hasattr(self.distance, "resample"):
+            if self.distance.stochastic:
                 self.distance.resample()
                 fx0 = self.distance.features(x).detach()
             adv = self.step_once(x, adv, labels, fx0)
@@ -235,8 +235,8 @@ class LagrangePerceptualAttack(nn.Module):
                 idx = live.nonzero().flatten() if gather else slice(None)
                 rows = live[idx]
                 a = adv[idx].detach().clone().requires_grad_(True)
-                lin = getattr(self.distance, "linearize", None) if getattr(self.distance, "has_linearization", True) else None
-                fa, jvp = lin(a) if lin is not None else (self.distance.features(a), None)
+                fa, jvp = self.distance.linearize(a) if self.distance.has_linearization else \
+                    (self.distance.features(a), None)
                 logits = self.model(a)
                 d = self.distance.from_features(fa, fx0[idx])
                 loss = -margin_loss(logits, labels[idx], self.kappa, self.targeted) + \
