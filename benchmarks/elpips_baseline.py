@@ -23,7 +23,7 @@ class FaithfulLoop(nn.Module):
                 self.layers.append(m)
         self.shift = engine.scaling_layer.shift.clone()
         self.scale = engine.scaling_layer.scale.clone()
-        self.weights = [w.clone() for w in engine._layer_weights()]
+        self.weights = [w.clone() for w in engine.layer_weights()]
         self.keep, self.max_scale = engine.keep_prob, engine.max_scale
 
     def sample(self, x, y, g):

@@ -204,7 +204,7 @@ def test_elpips_ppgd_step(benchmark):
         took.append(time.perf_counter() - t)
 
     benchmark.pedantic(run, rounds=1, iterations=1, warmup_rounds=0)
-    groups = len(dist._transforms.groups(32, 32))
+    groups = len(dist.draw.groups(32, 32))
     benchmark.extra_info.update(provider="fastlpips-elpips", samples=64, images=2, trunk_passes_per_product=groups,
                                 jtj_passes=attack.last["passes"],
                                 seconds_per_sample_per_step=took[-1] / 64)

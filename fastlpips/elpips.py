@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -34,7 +35,7 @@ from .ops.transform import batched_transform
 from .precision import resolve_dtype, warn_if_slow
 from .transforms import MAX_SCALE, TransformSet, apply_transform, min_size_for_scale, sample_batched, sample_official
 
-__all__ = ["ELPIPS", "scale_levels_for_size", "dropout_positions", "zero_at"]
+__all__ = ["ELPIPS", "ELPIPSDraw", "scale_levels_for_size", "dropout_positions", "zero_at"]
 
 
 def scale_levels_for_size(height: int, width: int) -> int:
@@ -156,6 +157,34 @@ def _drop(x: torch.Tensor, n: int, groups: int, p: float, generator: Optional[to
     return zero_at(x, idx, inplace=not (torch.is_grad_enabled() and x.requires_grad))
 
 
+@dataclass(frozen=True)
+class ELPIPSDraw:
+    """The random numbers of one batch of E-LPIPS samples, as an object to keep and pass around.
+
+    ``transforms``: the transformations of ``samples`` draws for batches of ``n`` images (a
+    ``TransformSet``; None when the metric's transforms are off); ``dropout_seed``: the seed of
+    the generator the dropout masks are drawn from. Every evaluation with the same draw uses the
+    same transformations and masks (common random numbers): a fixed-draw attack keeps one draw, an
+    expectation-over-transformation attack takes a new one per step, and training can log them.
+    Make one with ``ELPIPS.new_draw``; ``ELPIPS.forward`` / ``sample_distances`` accept it.
+    """
+
+    samples: int
+    n: int
+    transforms: Optional[TransformSet]
+    dropout_seed: int
+
+    def dropout_generator(self) -> torch.Generator:
+        """A fresh generator for the masks: the same masks on every evaluation."""
+        return torch.Generator().manual_seed(self.dropout_seed)
+
+    def groups(self, height: int, width: int):
+        """[(sample indices, TransformBatch or None)]: the samples grouped by scale level (one trunk pass each)."""
+        if self.transforms is None:
+            return [(torch.arange(self.samples), None)]
+        return self.transforms.groups(height, width)
+
+
 class ELPIPS(nn.Module):
     """E-LPIPS: ``forward(image, reference)`` -> (N,) distances averaged over ``n_samples``.
 
@@ -237,8 +266,49 @@ class ELPIPS(nn.Module):
         if device is not None:
             self.to(device)
 
-    def _layer_weights(self) -> List[torch.Tensor]:
+    def layer_weights(self) -> List[torch.Tensor]:
+        """The per-layer channel weights (``vgg_full_avg`` / ``squeeze_full_maxpool``), in layer order."""
         return list(torch.split(self.weights, self.channels))
+
+    @property
+    def keep(self) -> Optional[float]:
+        """The dropout keep probability in force (None: dropout off)."""
+        return self.keep_prob if self.dropout else None
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The trunk's modules in order (convolutions, ReLUs, poolings; Fire modules for SqueezeNet)."""
+        return self.net.layers
+
+    def trunk_input(self, x: torch.Tensor, tb=None, count: int = 1) -> torch.Tensor:
+        """Images in [0, 1] (B, 3, H, W) -> the trunk's input: the transformations of ``tb`` (a
+        ``TransformBatch``; None: ``count`` copies), then ``2x - 1`` and the LPIPS scaling."""
+        xt = batched_transform(x, tb, backend=self.backend) if tb is not None else x.repeat(count, 1, 1, 1)
+        return self.scaling_layer(xt * 2 - 1)
+
+    def run_trunk(self, x: torch.Tensor, generator: Optional[torch.Generator],
+                  consume: Callable[[torch.Tensor], None], groups: int = 1) -> None:
+        """The trunk on a trunk input; ``consume`` receives each compared layer (layer 0: the input)
+        as it is computed. Dropout masks are drawn from ``generator``; ``x`` may hold ``groups``
+        stacked batches that share every mask. Give ``x`` in channels_last for speed."""
+        self.net(x, groups, self.keep, generator, consume)
+
+    def new_draw(self, samples: int, n: int, *, generator: Optional[torch.Generator] = None,
+                 seed: Optional[int] = None) -> ELPIPSDraw:
+        """Draw the transformations and the dropout seed of ``samples`` samples for batches of ``n``
+        images: from ``generator``, or from ``seed`` (transforms from a generator seeded with it,
+        masks from seed + 7919), or fresh."""
+        samples = V.check_positive_int(samples, "samples")
+        if seed is not None:
+            generator, dropout_seed = torch.Generator().manual_seed(seed), seed + 7919
+        else:
+            generator = generator if generator is not None else torch.Generator().manual_seed(
+                int(torch.randint(2**62, (1,))))
+            dropout_seed = None
+        tset = sample_batched(samples, n, generator=generator, max_scale=self.max_scale) if self.transforms else None
+        if dropout_seed is None:
+            dropout_seed = int(torch.randint(2**62, (1,), generator=generator))
+        return ELPIPSDraw(samples, n, tset, dropout_seed)
 
     def _distances(self, batch: List[torch.Tensor], per: int, generator: Optional[torch.Generator]) -> List[torch.Tensor]:
         """Trunk + heads for stacked members (images..., reference), each of ``per`` images in the
@@ -246,7 +316,7 @@ class ELPIPS(nn.Module):
         head runs as soon as the layer exists (dropout then zeroes the next conv's input in place)."""
         x = self.scaling_layer(torch.cat(batch) * 2 - 1)
         out = [0.0] * (len(batch) - 1)
-        weights = iter(self._layer_weights())
+        weights = iter(self.layer_weights())
 
         def consume(f: torch.Tensor) -> None:
             w = next(weights)
@@ -254,8 +324,7 @@ class ELPIPS(nn.Module):
             for i in range(len(out)):
                 out[i] = out[i] + lpips_head_map(parts[i], parts[-1], w, backend=self.backend).mean((1, 2, 3))
 
-        self.net(x.contiguous(memory_format=torch.channels_last), len(batch),
-                 self.keep_prob if self.dropout else None, generator, consume)
+        self.run_trunk(x.contiguous(memory_format=torch.channels_last), generator, consume, groups=len(batch))
         return out
 
     def distance_once(self, images: Sequence[torch.Tensor], reference: torch.Tensor,
@@ -274,11 +343,23 @@ class ELPIPS(nn.Module):
 
     def sample_distances(self, images: Sequence[torch.Tensor], reference: torch.Tensor, samples: int, *,
                          generator: Optional[torch.Generator] = None,
-                         transforms: Optional[TransformSet] = None) -> List[torch.Tensor]:
+                         transforms: Optional[TransformSet] = None,
+                         draw: Optional[ELPIPSDraw] = None) -> List[torch.Tensor]:
         """(samples, N) distances per image for ``samples`` independent draws (``sample_batched``,
-        or the given ``transforms``), grouped by scale level: each group is one fused transform
-        pass and one trunk pass (split into chunks that fit ``memory_budget``)."""
+        or the given ``transforms``, or the transformations and dropout masks of ``draw``), grouped
+        by scale level: each group is one fused transform pass and one trunk pass (split into
+        chunks that fit ``memory_budget``)."""
         n, h, w = reference.shape[0], reference.shape[2], reference.shape[3]
+        if draw is not None:
+            if transforms is not None:
+                raise ValueError("give either transforms or draw, not both")
+            if (draw.samples, draw.n) != (samples, n):
+                raise ValueError(f"the draw holds {draw.samples} samples for batches of {draw.n} images; "
+                                 f"expected {samples} for {n}")
+            if (draw.transforms is None) == self.transforms:
+                raise ValueError("the draw was made by a metric with transforms="
+                                 f"{draw.transforms is not None}; this one has transforms={self.transforms}")
+            transforms, generator = draw.transforms, draw.dropout_generator()
         members = list(images) + [reference]
         if self.compute_dtype is not None:
             warn_if_slow(self.compute_dtype, reference.device)
@@ -316,13 +397,20 @@ class ELPIPS(nn.Module):
         return max(1, self.memory_budget // per_sample)
 
     def forward(self, image: Union[torch.Tensor, Tuple[torch.Tensor, ...]], reference: torch.Tensor, *,
-                n_samples: Optional[int] = None, generator: Optional[torch.Generator] = None):
+                n_samples: Optional[int] = None, generator: Optional[torch.Generator] = None,
+                draw: Optional[ELPIPSDraw] = None):
+        """(N,) distances averaged over ``n_samples`` samples (or over the samples of ``draw``:
+        the same transformations and dropout masks on every call, see ``ELPIPSDraw``)."""
         images = tuple(image) if isinstance(image, (tuple, list)) else (image,)
         self.validate(images, reference)
         if generator is None:
             generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))
         k = self.n_samples if n_samples is None else V.check_positive_int(n_samples, "n_samples")
-        if self.mode == "batched":
+        if draw is not None:
+            if n_samples is not None and n_samples != draw.samples:
+                raise ValueError(f"n_samples={n_samples} but the draw holds {draw.samples} samples")
+            result = tuple(d.mean(0) for d in self.sample_distances(images, reference, draw.samples, draw=draw))
+        elif self.mode == "batched":
             result = tuple(d.mean(0) for d in self.sample_distances(images, reference, k, generator=generator))
         else:
             total = None

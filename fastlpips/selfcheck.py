@@ -325,7 +325,7 @@ def _elpips_reference_distances(metric, x: torch.Tensor, y: torch.Tensor, tset) 
     for k in range(tset.samples):
         p = tset.sample(k)
         z = metric.scaling_layer(torch.cat([apply_transform(x, p), apply_transform(y, p)]) * 2 - 1)
-        weights = iter(metric._layer_weights())
+        weights = iter(metric.layer_weights())
         total = [0.0]
 
         def consume(f, total=total, weights=weights):

@@ -384,3 +384,44 @@ def test_estimate_argument_checks(rand_metric):
     assert est.samples == 4 and not est.converged.any()  # the budget is honoured exactly
     with pytest.raises(TypeError, match="metric must be an ELPIPS"):
         elpips_estimate(x, y, metric=fastlpips.LPIPS(pnet_rand=True, verbose=False))
+
+
+# -- issue 15: the draw object ---------------------------------------------------------------------
+def test_draw_fixes_transforms_and_dropout(rand_metric):
+    from fastlpips.elpips import ELPIPSDraw
+
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.rand(2, 3, 32, 32, generator=g), torch.rand(2, 3, 32, 32, generator=g)
+    d = rand_metric.new_draw(6, 2, seed=3)
+    assert isinstance(d, ELPIPSDraw) and d.samples == 6 and d.transforms.samples == 6
+    a, b = rand_metric(x, y, draw=d), rand_metric(x, y, draw=d)
+    assert torch.equal(a, b)  # common random numbers
+    assert torch.equal(rand_metric(x, y, draw=rand_metric.new_draw(6, 2, seed=3)), a)  # a seed is a draw
+    assert not torch.equal(rand_metric(x, y, draw=rand_metric.new_draw(6, 2, seed=4)), a)
+    per = rand_metric.sample_distances((x,), y, 6, draw=d)[0]
+    assert torch.allclose(per.mean(0), a)
+    with pytest.raises(ValueError, match="6 samples for batches of 2 images; expected 6 for 1"):
+        rand_metric(x[:1], y[:1], draw=d)
+    with pytest.raises(ValueError, match="n_samples=3 but the draw holds 6"):
+        rand_metric(x, y, draw=d, n_samples=3)
+
+
+def test_elpips_distance_is_the_metric_on_its_draw(rand_metric):
+    """The attacks' E-LPIPS distance (squared) equals ELPIPS itself evaluated on the same draw."""
+    from fastlpips.attacks import ELPIPSDistance
+
+    import copy
+
+    metric = copy.deepcopy(rand_metric).double()  # float64: the two summation orders agree to rounding
+    g = torch.Generator().manual_seed(6)
+    x, y = (torch.rand(3, 3, 32, 32, generator=g, dtype=torch.float64) for _ in range(2))
+    dist = ELPIPSDistance(metric, samples=5, seed=11)
+    with torch.no_grad():
+        value = dist(x, y)
+        direct = metric(x, y, draw=dist.draw)
+        other = metric(x, y, draw=metric.new_draw(5, 3, seed=12))
+    assert dist.draw.samples == 5 and dist.draw.n == 3
+    torch.testing.assert_close(value, direct, rtol=1e-10, atol=1e-14)
+    assert (value - other).abs().max() > 1e-6  # another draw is another value: the check can fail
+    dist.resample()
+    assert dist.draw is None and dist.seed == 12

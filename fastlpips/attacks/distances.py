@@ -181,14 +181,14 @@ class ELPIPSDistance(FeatureDistance):
             metric = ELPIPS()
         from .checks import check_positive_int
 
-        self.metric, self.samples, self._seed = metric, check_positive_int(samples, "samples"), seed
-        self._transforms = None
+        self.metric, self.samples, self.seed = metric, check_positive_int(samples, "samples"), seed
+        self.draw = None  # the ELPIPSDraw in use (made for the first batch shape seen)
         self._shape = None
 
     def resample(self, seed: Optional[int] = None) -> None:
         """Draw new transformations and dropout masks (the next attack step's common random numbers)."""
-        self._seed = seed if seed is not None else self._seed + 1
-        self._transforms = None
+        self.seed = seed if seed is not None else self.seed + 1
+        self.draw = None
 
     @property
     def has_linearization(self) -> bool:
@@ -199,25 +199,11 @@ class ELPIPSDistance(FeatureDistance):
         self.metric.check_size(x.shape[2], x.shape[3])
 
     def _groups(self, x: torch.Tensor):
-        from ..transforms import sample_batched
-
-        m = self.metric
         n, _, h, w = x.shape
-        if self._transforms is None or self._shape != (n, h, w):
-            self._transforms = sample_batched(self.samples, n, generator=torch.Generator().manual_seed(self._seed),
-                                              max_scale=m.max_scale) if m.transforms else None
+        if self.draw is None or self._shape != (n, h, w):
+            self.draw = self.metric.new_draw(self.samples, n, seed=self.seed)
             self._shape = (n, h, w)
-        return self._transforms.groups(h, w) if self._transforms is not None else [(torch.arange(self.samples), None)]
-
-    def _inputs(self, x: torch.Tensor, tb, count: int) -> torch.Tensor:
-        from ..ops.transform import batched_transform
-
-        m = self.metric
-        xt = batched_transform(x, tb, backend=m.backend) if tb is not None else x.repeat(count, 1, 1, 1)
-        return m.scaling_layer(xt * 2 - 1)
-
-    def _dropout_generator(self) -> torch.Generator:
-        return torch.Generator().manual_seed(self._seed + 7919)  # the same masks on every call
+        return self.draw.groups(h, w)
 
     def _assemble(self, x: torch.Tensor, groups, phis) -> torch.Tensor:
         per_sample: List[Optional[torch.Tensor]] = [None] * self.samples
@@ -230,14 +216,14 @@ class ELPIPSDistance(FeatureDistance):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         m = self.metric
         groups = self._groups(x)
-        gen = self._dropout_generator()
-        weights = m._layer_weights()
+        gen = self.draw.dropout_generator()
+        weights = m.layer_weights()
         phis = []
         for idx, tb in groups:
             parts: List[torch.Tensor] = []
             it = iter(weights)
-            m.net(_channels_last(self._inputs(x, tb, len(idx))), 1, m.keep_prob if m.dropout else None, gen,
-                  lambda f: parts.append(normalize_layer(f, next(it))))
+            m.run_trunk(_channels_last(m.trunk_input(x, tb, len(idx))), gen,
+                        lambda f: parts.append(normalize_layer(f, next(it))))
             phis.append(torch.cat(parts, 1))
         return self._assemble(x, groups, phis)
 
@@ -249,14 +235,14 @@ class ELPIPSDistance(FeatureDistance):
         from .linearize import linearize_module, linearize_normalize
 
         m = self.metric
-        keep = m.keep_prob if m.dropout else None
+        keep = m.keep
         groups = self._groups(x)
-        gen = self._dropout_generator()
+        gen = self.draw.dropout_generator()
         d_in = 2 / m.scaling_layer.scale
         phis, programs = [], []
         for idx, tb in groups:
-            h = self._inputs(x, tb, len(idx))
-            weights = iter(m._layer_weights())
+            h = m.trunk_input(x, tb, len(idx))
+            weights = iter(m.layer_weights())
             parts, steps = [], []
 
             def feature(f):
@@ -266,7 +252,7 @@ class ELPIPSDistance(FeatureDistance):
                 steps.append(("feature", (fn, scale)))
 
             feature(h)
-            for layer in m.net.layers:
+            for layer in m.layers:
                 if isinstance(layer, nn.Conv2d) and keep is not None and keep < 1:
                     pos = dropout_positions(h, h.shape[0], 1, 1 - keep, gen)
                     ws = layer.weight * (1 / keep)
