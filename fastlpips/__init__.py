@@ -4,7 +4,7 @@
 """
 from ._backend import BackendUnavailable, backends
 from .validation import RangeWarning
-from .elpips import ELPIPS
+from .elpips import ELPIPS, ELPIPSDraw
 from .estimator import ELPIPSEstimate, elpips_estimate
 from .functional import distance_matrix, get_model, lpips
 from .model import LPIPS, LPIPSFeatures, NetLinLayer, ScalingLayer
@@ -15,6 +15,6 @@ from .utils import im2tensor, l2, load_image, normalize_tensor, psnr, read_image
 __version__ = "0.1.0"
 
 __all__ = [
-    "lpips", "distance_matrix", "get_model", "backends", "BackendUnavailable", "ELPIPS", "ELPIPSEstimate", "elpips_estimate", "LPIPS", "LPIPSFeatures", "NetLinLayer", "ScalingLayer", "WeightError", "RangeWarning", "PrecisionWarning",
+    "lpips", "distance_matrix", "get_model", "backends", "BackendUnavailable", "ELPIPS", "ELPIPSDraw", "ELPIPSEstimate", "elpips_estimate", "LPIPS", "LPIPSFeatures", "NetLinLayer", "ScalingLayer", "WeightError", "RangeWarning", "PrecisionWarning",
     "im2tensor", "tensor2im", "load_image", "read_image", "normalize_tensor", "spatial_average", "upsample", "l2", "psnr",
 ]

@@ -74,7 +74,7 @@ def test_helpers_match_lpips(lpips_ref):
 
 def test_public_api_surface():
     assert sorted(fastlpips.__all__) == sorted([
-        "lpips", "distance_matrix", "get_model", "backends", "BackendUnavailable", "ELPIPS", "ELPIPSEstimate", "elpips_estimate", "LPIPS", "LPIPSFeatures", "NetLinLayer", "ScalingLayer",
+        "lpips", "distance_matrix", "get_model", "backends", "BackendUnavailable", "ELPIPS", "ELPIPSDraw", "ELPIPSEstimate", "elpips_estimate", "LPIPS", "LPIPSFeatures", "NetLinLayer", "ScalingLayer",
         "WeightError", "RangeWarning", "PrecisionWarning", "im2tensor", "tensor2im", "load_image", "read_image", "normalize_tensor",
         "spatial_average", "upsample", "l2", "psnr",
     ])
