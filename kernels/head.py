@@ -72,6 +72,21 @@ def _pixel_block(f0, f1, NP, C, HW, W, s0n, s0c, s0h, s0w, s1n, s1c, s1h, s1w,
 _pixel_block = triton.jit(_pixel_block)
 
 
+def _saved_norms(r0, r1, q, qm, a, b, eps, ACC: tl.constexpr):
+    """The forward's norms of this block's pixels and what follows from them: ra, rb, the inverse
+    norms, the normalized features na, nb and their difference d (backward and jvp)."""
+    ra = tl.load(r0 + q, mask=qm, other=1.0).to(ACC)
+    rb = tl.load(r1 + q, mask=qm, other=1.0).to(ACC)
+    ia = 1.0 / (ra + eps)
+    ib = 1.0 / (rb + eps)
+    na = a * ia[:, None]
+    nb = b * ib[:, None]
+    return ra, rb, ia, ib, na, nb, na - nb
+
+
+_saved_norms = triton.jit(_saved_norms)
+
+
 def _head_fwd(f0, f1, w, m, r0, r1, NP, C, HW, W,
               s0n, s0c, s0h, s0w, s1n, s1c, s1h, s1w, eps,
               HAS_W: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -100,13 +115,7 @@ def _head_bwd(g, f0, f1, w, r0, r1, g0, g1, gw, NP, C, HW, W,
     q, qm, n, h, x, c, cm, mask, a, b = _pixel_block(f0, f1, NP, C, HW, W, s0n, s0c, s0h, s0w, s1n, s1c, s1h, s1w,
                                                      ACC, BLOCK_P, BLOCK_C)
     gq = tl.load(g + q, mask=qm, other=0.0).to(ACC)
-    ra = tl.load(r0 + q, mask=qm, other=1.0).to(ACC)
-    rb = tl.load(r1 + q, mask=qm, other=1.0).to(ACC)
-    ia = 1.0 / (ra + eps)
-    ib = 1.0 / (rb + eps)
-    na = a * ia[:, None]
-    nb = b * ib[:, None]
-    d = na - nb
+    ra, rb, ia, ib, na, nb, d = _saved_norms(r0, r1, q, qm, a, b, eps, ACC)
     if HAS_W:
         wv = tl.load(w + c, mask=cm, other=0.0).to(ACC)
         u = 2.0 * d * wv[None, :] * gq[:, None]
@@ -134,13 +143,7 @@ def _head_jvp(f0, f1, w, r0, r1, t0, t1, tw, tm, NP, C, HW, W,
               ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     q, qm, n, h, x, c, cm, mask, a, b = _pixel_block(f0, f1, NP, C, HW, W, s0n, s0c, s0h, s0w, s1n, s1c, s1h, s1w,
                                                      ACC, BLOCK_P, BLOCK_C)
-    ra = tl.load(r0 + q, mask=qm, other=1.0).to(ACC)
-    rb = tl.load(r1 + q, mask=qm, other=1.0).to(ACC)
-    ia = 1.0 / (ra + eps)
-    ib = 1.0 / (rb + eps)
-    na = a * ia[:, None]
-    nb = b * ib[:, None]
-    d = na - nb
+    ra, rb, ia, ib, na, nb, d = _saved_norms(r0, r1, q, qm, a, b, eps, ACC)
     dd = tl.zeros_like(d)
     if HAS_T0:
         ta = tl.load(t0 + (n * u0n + h * u0h + x * u0w)[:, None] + c[None, :] * u0c, mask=mask, other=0.0).to(ACC)
