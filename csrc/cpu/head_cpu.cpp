@@ -17,6 +17,7 @@
 
 #include "fastlpips/checks.h"
 #include "fastlpips/head_math.h"
+#include "fastlpips/pixel_geometry.h"
 
 namespace fastlpips {
 namespace {
@@ -24,18 +25,10 @@ namespace {
 using namespace head;
 constexpr int LANES = 16;
 
-struct Pixels {
-  int64_t N, C, H, W, HW;
-  int64_t sN0, sC0, sH0, sW0, sN1, sC1, sH1, sW1;
-  int64_t off0(int64_t q) const { return (q / HW) * sN0 + ((q % HW) / W) * sH0 + (q % W) * sW0; }
-  int64_t off1(int64_t q) const { return (q / HW) * sN1 + ((q % HW) / W) * sH1 + (q % W) * sW1; }
-};
+using Pixels = PixelGeometry;  // fastlpips/pixel_geometry.h, shared with the CUDA kernels
 
 Pixels geometry(const at::Tensor& f0, const at::Tensor& f1) {
-  Pixels g{f0.size(0), f0.size(1), f0.size(2), f0.size(3), f0.size(2) * f0.size(3),
-           f0.stride(0), f0.stride(1), f0.stride(2), f0.stride(3),
-           f1.stride(0), f1.stride(1), f1.stride(2), f1.stride(3)};
-  return g;
+  return make_geometry(f0.sizes().data(), f0.strides().data(), f1.strides().data());
 }
 
 // sum_c term(c) over C contiguous channels with LANES independent accumulators (vectorizable
@@ -60,7 +53,7 @@ void forward_kernel(const Pixels& P, const T* f0, const T* f1, const at::opmath_
                     at::opmath_type<T>* r1) {
   using A = at::opmath_type<T>;
   const int64_t C = P.C;
-  at::parallel_for(0, P.N * P.HW, grain(C), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, P.NP, grain(C), [&](int64_t begin, int64_t end) {
     for (int64_t q = begin; q < end; ++q) {
       const T* a = f0 + P.off0(q);
       const T* b = f1 + P.off1(q);
@@ -85,14 +78,12 @@ void backward_kernel(const Pixels& P, const at::opmath_type<T>* g, const T* f0, 
   using A = at::opmath_type<T>;
   const int64_t C = P.C;
   std::mutex mu;
-  at::parallel_for(0, P.N * P.HW, grain(C), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, P.NP, grain(C), [&](int64_t begin, int64_t end) {
     std::vector<A> gw_local(gw ? C : 0, A(0));
     for (int64_t q = begin; q < end; ++q) {
-      const T* a = f0 + P.off0(q);
-      const T* b = f1 + P.off1(q);
-      const A gq = g[q];
-      const A ra = r0[q], rb = r1[q];
-      const A ia = inv_norm(ra, eps), ib = inv_norm(rb, eps);
+      const SavedPixel<T, A> p = saved_pixel(P, q, f0, f1, r0, r1, eps);
+      const T *a = p.a, *b = p.b;
+      const A gq = g[q], ra = p.ra, rb = p.rb, ia = p.ia, ib = p.ib;
       auto u = [&](int64_t c) {
         return upstream(WEIGHTED ? w[c] : A(1), diff(A(a[c]), ia, A(b[c]), ib), gq);
       };
@@ -129,14 +120,13 @@ void jvp_kernel(const Pixels& P, const T* f0, const T* f1, const at::opmath_type
   // Tangents t0 / t1 share the strides of f0 / f1 (the wrapper makes them so).
   using A = at::opmath_type<T>;
   const int64_t C = P.C;
-  at::parallel_for(0, P.N * P.HW, grain(C), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, P.NP, grain(C), [&](int64_t begin, int64_t end) {
     for (int64_t q = begin; q < end; ++q) {
-      const T* a = f0 + P.off0(q);
-      const T* b = f1 + P.off1(q);
+      const SavedPixel<T, A> p = saved_pixel(P, q, f0, f1, r0, r1, eps);
+      const T *a = p.a, *b = p.b;
       const T* ta = t0 ? t0 + P.off0(q) : nullptr;
       const T* tb = t1 ? t1 + P.off1(q) : nullptr;
-      const A ra = r0[q], rb = r1[q];
-      const A ia = inv_norm(ra, eps), ib = inv_norm(rb, eps);
+      const A ra = p.ra, rb = p.rb, ia = p.ia, ib = p.ib;
       const A pa = ta ? safe_ratio(channel_sum<A>(C, [&](int64_t c) { return A(ta[c]) * A(a[c]) * ia; }), ra) : A(0);
       const A pb = tb ? safe_ratio(channel_sum<A>(C, [&](int64_t c) { return A(tb[c]) * A(b[c]) * ib; }), rb) : A(0);
       tm[q] = channel_sum<A>(C, [&](int64_t c) {
@@ -229,12 +219,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> head_bwd_cpu(const at::Tensor& g_
   at::Tensor gw = want_w ? at::zeros({C}, f0.options().dtype(acc)) : at::empty({0}, f0.options().dtype(acc));
   if (N * H * W > 0 && (needs[0] || needs[1] || want_w)) {
     // The kernel writes g0/g1 at f0/f1's strides: use the gradients' own strides instead.
-    Pixels P = geometry(f0, f1);
-    Pixels Pg = P;
-    if (needs[0]) { Pg.sN0 = g0.stride(0); Pg.sC0 = g0.stride(1); Pg.sH0 = g0.stride(2); Pg.sW0 = g0.stride(3); }
-    if (needs[1]) { Pg.sN1 = g1.stride(0); Pg.sC1 = g1.stride(1); Pg.sH1 = g1.stride(2); Pg.sW1 = g1.stride(3); }
-    const bool same_strides = (!needs[0] || (Pg.sN0 == P.sN0 && Pg.sC0 == P.sC0 && Pg.sH0 == P.sH0 && Pg.sW0 == P.sW0)) &&
-                              (!needs[1] || (Pg.sN1 == P.sN1 && Pg.sC1 == P.sC1 && Pg.sH1 == P.sH1 && Pg.sW1 == P.sW1));
+    const bool same_strides = (!needs[0] || g0.strides() == f0.strides()) && (!needs[1] || g1.strides() == f1.strides());
     // Expanded (batch stride 0) features: materialize so features and gradients share strides.
     at::Tensor a = same_strides ? f0 : (needs[0] ? f0.expand({N, C, H, W}).contiguous(g0.suggest_memory_format()) : f0);
     at::Tensor b = same_strides ? f1 : (needs[1] ? f1.expand({N, C, H, W}).contiguous(g1.suggest_memory_format()) : f1);

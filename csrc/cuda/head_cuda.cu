@@ -11,7 +11,7 @@ constexpr int kThreads = 256;  // 8 pixels (warps) per block
 inline unsigned blocks_for(int64_t np) { return unsigned((np * 32 + kThreads - 1) / kThreads); }
 
 template <typename T, typename A>
-cudaError_t fwd(const fastlpips::cuda::Geom& g, const void* f0, const void* f1, const void* w, double eps, void* m,
+cudaError_t fwd(const fastlpips::PixelGeometry& g, const void* f0, const void* f1, const void* w, double eps, void* m,
                 void* r0, void* r1, cudaStream_t s) {
   if (g.NP == 0) return cudaSuccess;
   fastlpips::cuda::head_fwd_kernel<T, A><<<blocks_for(g.NP), kThreads, 0, s>>>(
@@ -21,7 +21,7 @@ cudaError_t fwd(const fastlpips::cuda::Geom& g, const void* f0, const void* f1, 
 }
 
 template <typename T, typename A>
-cudaError_t bwd(const fastlpips::cuda::Geom& g, const void* gm, const void* f0, const void* f1, const void* w,
+cudaError_t bwd(const fastlpips::PixelGeometry& g, const void* gm, const void* f0, const void* f1, const void* w,
                 const void* r0, const void* r1, double eps, void* g0, void* g1, void* gw, cudaStream_t s) {
   if (g.NP == 0) return cudaSuccess;
   fastlpips::cuda::head_bwd_kernel<T, A><<<blocks_for(g.NP), kThreads, 0, s>>>(
@@ -32,7 +32,7 @@ cudaError_t bwd(const fastlpips::cuda::Geom& g, const void* gm, const void* f0, 
 }
 
 template <typename T, typename A>
-cudaError_t jvp(const fastlpips::cuda::Geom& g, const void* f0, const void* f1, const void* w, const void* r0,
+cudaError_t jvp(const fastlpips::PixelGeometry& g, const void* f0, const void* f1, const void* w, const void* r0,
                 const void* r1, const void* t0, const void* t1, const void* tw, double eps, void* tm, cudaStream_t s) {
   if (g.NP == 0) return cudaSuccess;
   fastlpips::cuda::head_jvp_kernel<T, A><<<blocks_for(g.NP), kThreads, 0, s>>>(
@@ -46,18 +46,18 @@ cudaError_t jvp(const fastlpips::cuda::Geom& g, const void* f0, const void* f1, 
 
 extern "C" {
 
-cudaError_t fastlpips_head_fwd(int dtype, fastlpips::cuda::Geom g, const void* f0, const void* f1, const void* w,
+cudaError_t fastlpips_head_fwd(int dtype, fastlpips::PixelGeometry g, const void* f0, const void* f1, const void* w,
                                double eps, void* m, void* r0, void* r1, cudaStream_t s) {
   FASTLPIPS_DISPATCH_CODE(dtype, fwd, g, f0, f1, w, eps, m, r0, r1, s)
 }
 
-cudaError_t fastlpips_head_bwd(int dtype, fastlpips::cuda::Geom g, const void* gm, const void* f0, const void* f1,
+cudaError_t fastlpips_head_bwd(int dtype, fastlpips::PixelGeometry g, const void* gm, const void* f0, const void* f1,
                                const void* w, const void* r0, const void* r1, double eps, void* g0, void* g1,
                                void* gw, cudaStream_t s) {
   FASTLPIPS_DISPATCH_CODE(dtype, bwd, g, gm, f0, f1, w, r0, r1, eps, g0, g1, gw, s)
 }
 
-cudaError_t fastlpips_head_jvp(int dtype, fastlpips::cuda::Geom g, const void* f0, const void* f1, const void* w,
+cudaError_t fastlpips_head_jvp(int dtype, fastlpips::PixelGeometry g, const void* f0, const void* f1, const void* w,
                                const void* r0, const void* r1, const void* t0, const void* t1, const void* tw,
                                double eps, void* tm, cudaStream_t s) {
   FASTLPIPS_DISPATCH_CODE(dtype, jvp, g, f0, f1, w, r0, r1, t0, t1, tw, eps, tm, s)

@@ -8,14 +8,14 @@
 
 #include "fastlpips/checks.h"
 #include "glue.h"
-#include "head_geom.h"
+#include "fastlpips/pixel_geometry.h"
 
 extern "C" {
-cudaError_t fastlpips_head_fwd(int, fastlpips::cuda::Geom, const void*, const void*, const void*, double, void*,
+cudaError_t fastlpips_head_fwd(int, fastlpips::PixelGeometry, const void*, const void*, const void*, double, void*,
                                void*, void*, cudaStream_t);
-cudaError_t fastlpips_head_bwd(int, fastlpips::cuda::Geom, const void*, const void*, const void*, const void*,
+cudaError_t fastlpips_head_bwd(int, fastlpips::PixelGeometry, const void*, const void*, const void*, const void*,
                                const void*, const void*, double, void*, void*, void*, cudaStream_t);
-cudaError_t fastlpips_head_jvp(int, fastlpips::cuda::Geom, const void*, const void*, const void*, const void*,
+cudaError_t fastlpips_head_jvp(int, fastlpips::PixelGeometry, const void*, const void*, const void*, const void*,
                                const void*, const void*, const void*, const void*, double, void*, cudaStream_t);
 }
 
@@ -24,15 +24,8 @@ namespace {
 
 at::Tensor cl(const at::Tensor& t) { return t.contiguous(at::MemoryFormat::ChannelsLast); }
 
-cuda::Geom geom(const at::Tensor& f0, const at::Tensor& f1) {
-  cuda::Geom g;
-  g.NP = f0.size(0) * f0.size(2) * f0.size(3);
-  g.C = f0.size(1);
-  g.HW = f0.size(2) * f0.size(3);
-  g.W = f0.size(3);
-  g.s0n = f0.stride(0); g.s0c = f0.stride(1); g.s0h = f0.stride(2); g.s0w = f0.stride(3);
-  g.s1n = f1.stride(0); g.s1c = f1.stride(1); g.s1h = f1.stride(2); g.s1w = f1.stride(3);
-  return g;
+PixelGeometry geom(const at::Tensor& f0, const at::Tensor& f1) {
+  return make_geometry(f0.sizes().data(), f0.strides().data(), f1.strides().data());
 }
 
 void check(const at::Tensor& f0, const at::Tensor& f1) {

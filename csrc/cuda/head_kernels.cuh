@@ -6,13 +6,15 @@
 
 #include "fastlpips/head_math.h"
 #include "convert.cuh"
-#include "head_geom.h"
+#include "fastlpips/pixel_geometry.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 namespace fastlpips {
 namespace cuda {
+
+using Geom = PixelGeometry;
 
 
 template <typename A>
@@ -60,10 +62,9 @@ __device__ __forceinline__ void head_bwd_body(Geom g, const A* __restrict__ gm, 
   const int lane = threadIdx.x & 31;
   const int64_t q = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
   if (q >= g.NP) return;
-  const T* a = f0 + g.off0(q);
-  const T* b = f1 + g.off1(q);
-  const A gq = gm[q], ra = r0[q], rb = r1[q];
-  const A ia = head::inv_norm(ra, eps), ib = head::inv_norm(rb, eps);
+  const SavedPixel<T, A> p = saved_pixel(g, q, f0, f1, r0, r1, eps);
+  const T *a = p.a, *b = p.b;
+  const A gq = gm[q], ra = p.ra, rb = p.rb, ia = p.ia, ib = p.ib;
   A ta = 0, tb = 0;
   for (int64_t c = lane; c < g.C; c += 32) {
     const A na = A(load_acc(a + c * g.s0c)) * ia, nb = A(load_acc(b + c * g.s1c)) * ib;
@@ -92,10 +93,9 @@ __device__ __forceinline__ void head_jvp_body(Geom g, const T* __restrict__ f0, 
   const int lane = threadIdx.x & 31;
   const int64_t q = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
   if (q >= g.NP) return;
-  const T* a = f0 + g.off0(q);
-  const T* b = f1 + g.off1(q);
-  const A ra = r0[q], rb = r1[q];
-  const A ia = head::inv_norm(ra, eps), ib = head::inv_norm(rb, eps);
+  const SavedPixel<T, A> p = saved_pixel(g, q, f0, f1, r0, r1, eps);
+  const T *a = p.a, *b = p.b;
+  const A ra = p.ra, rb = p.rb, ia = p.ia, ib = p.ib;
   A pa = 0, pb = 0;
   for (int64_t c = lane; c < g.C; c += 32) {
     if (t0) pa += A(load_acc(t0 + q * g.C + c)) * A(load_acc(a + c * g.s0c)) * ia;

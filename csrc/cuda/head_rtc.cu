@@ -3,7 +3,7 @@
 #include "head_kernels.cuh"
 
 #define FASTLPIPS_GEOM                                                                          \
-  fastlpips::cuda::Geom g;                                                                      \
+  fastlpips::PixelGeometry g;                                                                      \
   g.NP = NP; g.C = C; g.HW = HW; g.W = W;                                                       \
   g.s0n = s0n; g.s0c = s0c; g.s0h = s0h; g.s0w = s0w; g.s1n = s1n; g.s1c = s1c; g.s1h = s1h; g.s1w = s1w
 #define FASTLPIPS_GEOM_ARGS                                                                     \

@@ -18,7 +18,7 @@ from .registry import register_head_ops
 _HEADERS = {  # include name -> path relative to the csrc folder
     "head_kernels.cuh": "cuda/head_kernels.cuh",
     "convert.cuh": "cuda/convert.cuh",
-    "head_geom.h": "cuda/head_geom.h",
+    "fastlpips/pixel_geometry.h": "include/fastlpips/pixel_geometry.h",
     "fastlpips/head_math.h": "include/fastlpips/head_math.h",
     "fastlpips/macros.h": "include/fastlpips/macros.h",
 }
