@@ -85,10 +85,6 @@ class LPIPSFeatures:
     def __init__(self, maps: List[torch.Tensor], size: Tuple[int, int], source: Optional[str] = None) -> None:
         self.maps, self.size, self.source = maps, tuple(size), source  # source: e.g. 'alex v0.1'
 
-    def _check_source(self, parts) -> None:
-        if len({p.source for p in parts}) > 1:
-            raise ValueError(f"cannot combine features of different trunks: {sorted({str(p.source) for p in parts})}")
-
     def __len__(self) -> int:
         return self.maps[0].shape[0]
 
@@ -99,7 +95,8 @@ class LPIPSFeatures:
             raise ValueError("no feature batches to concatenate")
         if len({p.size for p in parts}) != 1:
             raise ValueError(f"cannot concatenate features of images of sizes {sorted({p.size for p in parts})}")
-        parts[0]._check_source(parts)
+        if len({p.source for p in parts}) > 1:
+            raise ValueError(f"cannot combine features of different trunks: {sorted({str(p.source) for p in parts})}")
         return LPIPSFeatures([torch.cat(ms) for ms in zip(*(p.maps for p in parts))], parts[0].size, parts[0].source)
 
     def __getitem__(self, idx) -> "LPIPSFeatures":

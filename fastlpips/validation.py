@@ -5,6 +5,7 @@ import math
 import warnings
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
 __all__ = ["check_image", "check_pair", "check_model_match", "check_size", "check_values", "check_positive_int",
@@ -84,15 +85,8 @@ def check_values(x: torch.Tensor, name: str, lo: float, hi: float, warn_state: O
 
 def check_positive_int(value, name: str, minimum: int = 1) -> int:
     """An integer option >= ``minimum`` (bools and floats such as 1.5 refused by name)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        try:
-            import numpy as np
-
-            ok = isinstance(value, np.integer)
-        except ImportError:  # pragma: no cover
-            ok = False
-        if not ok:
-            raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)

@@ -70,23 +70,28 @@ def test_rows_are_json_safe(quick_rows):
     assert CheckResult("x", "torch", True, 1e-16, 1e-10, "pass", 0.1, "").as_row()["status"] == "pass"
 
 
-@pytest.mark.skipif(NATIVE is None, reason="neither the cpp nor the triton backend is available")
-def test_perturbed_head_kernel_fails(monkeypatch):
-    """A head kernel 1e-3 off: its head, LPIPS and E-LPIPS rows FAIL, everything else passes."""
+def _patch_native_head_fwd(monkeypatch, change):
+    """Make the NATIVE backend's head forward return change(m) for its map m (r0, r1 untouched)."""
     real = table.kernels
 
-    def perturbed(op, backend):
+    def patched(op, backend):
         if op != "head" or backend != NATIVE:
             return real(op, backend)
         fwd, bwd, jvp = real(op, backend)
 
         def bad_fwd(*args):
             m, r0, r1 = fwd(*args)
-            return m + 1e-3, r0, r1
+            return change(m), r0, r1
 
         return bad_fwd, bwd, jvp
 
-    monkeypatch.setattr(table, "kernels", perturbed)
+    monkeypatch.setattr(table, "kernels", patched)
+
+
+@pytest.mark.skipif(NATIVE is None, reason="neither the cpp nor the triton backend is available")
+def test_perturbed_head_kernel_fails(monkeypatch):
+    """A head kernel 1e-3 off: its head, LPIPS and E-LPIPS rows FAIL, everything else passes."""
+    _patch_native_head_fwd(monkeypatch, lambda m: m + 1e-3)
     rows = run_checks(CPU, quick=True, backends=("torch", NATIVE))
     assert {r.backend for r in rows} == {"torch", NATIVE}
     for r in _by(rows, "torch"):
@@ -122,17 +127,9 @@ def test_raising_backend_is_a_fail_with_the_message(monkeypatch):
 
 
 def test_nan_from_a_backend_fails_without_nan_in_the_row(monkeypatch):
-    real = table.kernels
-
-    def nan_ops(op, backend):
-        if op != "head" or backend != NATIVE:
-            return real(op, backend)
-        fwd, bwd, jvp = real(op, backend)
-        return (lambda *a: tuple(t * math.nan if i == 0 else t for i, t in enumerate(fwd(*a)))), bwd, jvp
-
     if NATIVE is None:
         pytest.skip("neither the cpp nor the triton backend is available")
-    monkeypatch.setattr(table, "kernels", nan_ops)
+    _patch_native_head_fwd(monkeypatch, lambda m: m * math.nan)
     rows = [r for r in run_checks(CPU, quick=True, backends=(NATIVE,)) if _kind(r) == "head"]
     assert rows and all(r.status == "FAIL" and "non-finite" in r.detail for r in rows)
     json.dumps([r.as_row() for r in rows], allow_nan=False)

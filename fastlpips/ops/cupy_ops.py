@@ -14,6 +14,7 @@ from typing import Dict, List, Tuple
 import torch
 
 from .registry import register_head_ops
+from .torch_kernels import acc_dtype
 
 _HEADERS = {  # include name -> path relative to the csrc folder
     "head_kernels.cuh": "cuda/head_kernels.cuh",
@@ -115,7 +116,7 @@ def _scalar(eps, acc):
 
 
 def _prep(f0, f1, w):
-    acc = torch.float64 if f0.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(f0.dtype)
     cl = torch.channels_last
     f0, f1 = f0.contiguous(memory_format=cl), f1.contiguous(memory_format=cl)
     w = None if w is None else w.reshape(-1).to(acc).contiguous()

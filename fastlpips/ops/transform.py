@@ -21,6 +21,7 @@ import torch
 
 from ..transforms import TransformBatch
 from . import table
+from .torch_kernels import acc_dtype
 
 __all__ = ["batched_transform"]
 
@@ -97,7 +98,7 @@ def batched_transform(x: torch.Tensor, t: TransformBatch, *, backend: Optional[s
     t.check_size(h, w)
     name = table.resolve(x.device, backend, "transform")  # CuPy has head kernels only: the next backend
     params = t.params.to(device=x.device, dtype=torch.int32)
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(x.dtype)
     colors = t.colors.to(device=x.device, dtype=acc)
     oh, ow = t.out_size(h, w)
     return _Transform.apply(x, params, colors, t.scale, oh, ow, name)
