@@ -30,8 +30,9 @@ static py::dict build_info() {
 }  // namespace fastlpips
 
 // Schemas of the native ops (implementations: csrc/cpu/*.cpp, csrc/cuda/*.cpp). Fake (meta)
-// kernels and autograd are registered from Python (fastlpips/ops/native.py).
-TORCH_LIBRARY(fastlpips_cpp, m) {
+// kernels, and the deprecated alias namespace fastlpips_cpp, are registered from Python
+// (fastlpips/ops/native.py); autograd lives in fastlpips/ops/head.py and transform.py.
+TORCH_LIBRARY(fastlpips_native, m) {
   m.def("head_fwd(Tensor f0, Tensor f1, Tensor? w, float eps) -> (Tensor, Tensor, Tensor)");
   m.def("head_bwd(Tensor g, Tensor f0, Tensor f1, Tensor? w, Tensor r0, Tensor r1, float eps, bool[3] needs)"
         " -> (Tensor, Tensor, Tensor)");

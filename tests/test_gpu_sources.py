@@ -63,8 +63,8 @@ def test_extension_cuda_build_matches_environment():
         assert _C.build_info()["cuda"] is False
         pytest.skip("no nvcc or CPU-only torch: the CUDA kernels are not built here")
     assert _C.build_info()["cuda"] is True
-    assert torch._C._dispatch_has_kernel_for_dispatch_key("fastlpips_cpp::head_fwd", "CUDA")
-    assert torch._C._dispatch_has_kernel_for_dispatch_key("fastlpips_cpp::head_bwd", "CUDA")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("fastlpips_native::head_fwd", "CUDA")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("fastlpips_native::head_bwd", "CUDA")
 
 
 @pytest.mark.parametrize("backend", ["cuda", "triton", "cupy"])

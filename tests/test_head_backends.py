@@ -132,7 +132,7 @@ def test_nan_input_propagates(backend):
 def test_opcheck_native_ops():
     if not _available("cpp"):
         pytest.skip(_backend.backends("cpu")["cpp"])
-    ops = torch.ops.fastlpips_cpp
+    ops = torch.ops.fastlpips_native
     x0 = torch.rand(2, 6, 3, 5).contiguous(memory_format=torch.channels_last)
     x1, w = torch.rand(2, 6, 3, 5), torch.rand(6)
     # the ops are kernels (no autograd of their own: fastlpips.ops.head.HeadMap is the one
@@ -147,13 +147,23 @@ def test_opcheck_native_ops():
 def test_native_kernel_argument_errors():
     if not _available("cpp"):
         pytest.skip(_backend.backends("cpu")["cpp"])
-    ops = torch.ops.fastlpips_cpp
+    ops = torch.ops.fastlpips_native
     with pytest.raises(RuntimeError, match="differ in shape"):
         ops.head_fwd(torch.rand(1, 3, 4, 4), torch.rand(1, 4, 4, 4), None, 1e-10)
     with pytest.raises(RuntimeError, match="must be \\(N, C, H, W\\)"):
         ops.head_fwd(torch.rand(3, 4, 4), torch.rand(3, 4, 4), None, 1e-10)
     with pytest.raises(RuntimeError, match="weights must have C = 3"):
         ops.head_fwd(torch.rand(1, 3, 4, 4), torch.rand(1, 3, 4, 4), torch.rand(4), 1e-10)
+
+
+def test_deprecated_native_namespace_alias():
+    """torch.ops.fastlpips_cpp (the former name of fastlpips_native) still works, with equal results."""
+    if not _available("cpp"):
+        pytest.skip(_backend.backends("cpu")["cpp"])
+    f0, f1, w = torch.rand(2, 6, 3, 5), torch.rand(2, 6, 3, 5), torch.rand(6)
+    got = torch.ops.fastlpips_cpp.head_fwd(f0, f1, w, 1e-10)
+    want = torch.ops.fastlpips_native.head_fwd(f0, f1, w, 1e-10)
+    assert len(got) == 3 and all(torch.equal(a, b) for a, b in zip(got, want))
 
 
 # -- dispatch ------------------------------------------------------------------------------------

@@ -200,7 +200,7 @@ def test_bad_input_is_named():
 @pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="native extension not built")
 def test_native_op_checks_its_arguments():
     x = torch.rand(2, 3, 16, 16)
-    ops = torch.ops.fastlpips_cpp
+    ops = torch.ops.fastlpips_native
     with pytest.raises(RuntimeError, match="int32"):
         ops.transform_fwd(x, torch.zeros(2, 9, dtype=torch.long), torch.ones(2, 3), 1, 23, 23)
     with pytest.raises(RuntimeError, match="not a multiple"):

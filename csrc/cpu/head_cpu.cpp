@@ -1,6 +1,7 @@
 // Fused LPIPS head on the CPU: channel-normalize, difference, weight, reduce over channels, for
 // every pixel in one pass (forward), plus its backward and forward-mode (jvp) products.
-// Math: csrc/include/fastlpips/head_math.h (shared with the CUDA kernels).
+// Math: csrc/include/fastlpips/head_math.h (shared with the CUDA kernels); argument checks and
+// allocation: csrc/include/fastlpips/op_args.h (shared with the CUDA glue).
 //
 // Layout: the kernels read channels-contiguous pixels (channels_last, the layout LPIPS runs in;
 // batch stride free, so an expanded batch-1 input is read without a copy); their channel loops use
@@ -15,8 +16,8 @@
 #include <mutex>
 #include <vector>
 
-#include "fastlpips/checks.h"
 #include "fastlpips/head_math.h"
+#include "fastlpips/op_args.h"
 #include "fastlpips/pixel_geometry.h"
 
 namespace fastlpips {
@@ -26,10 +27,6 @@ using namespace head;
 constexpr int LANES = 16;
 
 using Pixels = PixelGeometry;  // fastlpips/pixel_geometry.h, shared with the CUDA kernels
-
-Pixels geometry(const at::Tensor& f0, const at::Tensor& f1) {
-  return make_geometry(f0.sizes().data(), f0.strides().data(), f1.strides().data());
-}
 
 // sum_c term(c) over C contiguous channels with LANES independent accumulators (vectorizable
 // without reassociating a single running sum).
@@ -146,12 +143,7 @@ bool channels_contiguous(const at::Tensor& f) {
 }
 
 void check_pair(const at::Tensor& f0, const at::Tensor& f1) {
-  FASTLPIPS_CHECK_FEATURES(f0);
-  FASTLPIPS_CHECK_FEATURES(f1);
-  FASTLPIPS_CHECK_SAME_SHAPE(f0, f1);
-  FASTLPIPS_CHECK_DEVICE(f0, f1);
-  TORCH_CHECK(f0.scalar_type() == f1.scalar_type(), "fastlpips: f0 and f1 dtypes differ: ", f0.scalar_type(),
-              " vs ", f1.scalar_type());
+  check_features(f0, f1);
   TORCH_CHECK(f0.device().is_cpu(), "fastlpips: the cpp backend runs on the CPU, got ", f0.device());
 }
 
@@ -167,32 +159,30 @@ std::pair<at::Tensor, at::Tensor> harmonize(const at::Tensor& f0, const at::Tens
   return {cl(f0), cl(f1)};
 }
 
-at::Tensor weight_vector(const c10::optional<at::Tensor>& w, int64_t C, at::ScalarType acc) {
-  if (!w.has_value() || !w->defined()) return at::Tensor();
-  TORCH_CHECK(w->numel() == C, "fastlpips: weights must have C = ", C, " elements, got shape ", w->sizes());
-  return w->reshape({C}).to(acc).contiguous();
+// Calls body(T(), weighted, wp) for the element type T of features f (float, double, half, bfloat16),
+// weighted = std::bool_constant<w is defined> (the kernels' WEIGHTED) and wp = w's data or null.
+template <typename F>
+void dispatch(const at::Tensor& f, const at::Tensor& w, F&& body) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.scalar_type(), "fastlpips_head", [&] {
+    using A = at::opmath_type<scalar_t>;
+    const A* wp = w.defined() ? w.data_ptr<A>() : nullptr;
+    wp ? body(scalar_t(), std::true_type{}, wp) : body(scalar_t(), std::false_type{}, wp);
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> head_fwd_cpu(const at::Tensor& f0_in, const at::Tensor& f1_in,
                                                             const c10::optional<at::Tensor>& w_in, double eps) {
   check_pair(f0_in, f1_in);
   auto [f0, f1] = harmonize(f0_in, f1_in);
-  const auto acc = at::toOpMathType(f0.scalar_type());
-  const int64_t N = f0.size(0), C = f0.size(1), H = f0.size(2), W = f0.size(3);
-  auto w = weight_vector(w_in, C, acc);
-  auto opts = f0.options().dtype(acc);
-  auto m = at::empty({N, 1, H, W}, opts), r0 = at::empty({N, 1, H, W}, opts), r1 = at::empty({N, 1, H, W}, opts);
+  const at::Tensor w = head_inputs(f0, w_in).w;
+  auto [m, r0, r1] = head_fwd_outputs(f0);
   if (m.numel() == 0) return {m, r0, r1};
   const Pixels P = geometry(f0, f1);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f0.scalar_type(), "fastlpips_head_fwd", [&] {
-    using A = at::opmath_type<scalar_t>;
-    const A* wp = w.defined() ? w.data_ptr<A>() : nullptr;
-    auto run = [&](auto weighted_c) {
-      forward_kernel<scalar_t, decltype(weighted_c)::value>(
-          P, f0.data_ptr<scalar_t>(), f1.data_ptr<scalar_t>(), wp, A(eps), m.data_ptr<A>(), r0.data_ptr<A>(),
-          r1.data_ptr<A>());
-    };
-    wp ? run(std::true_type{}) : run(std::false_type{});
+  dispatch(f0, w, [&](auto t, auto weighted, auto wp) {
+    using T = decltype(t);
+    using A = at::opmath_type<T>;
+    forward_kernel<T, decltype(weighted)::value>(P, f0.data_ptr<T>(), f1.data_ptr<T>(), wp, A(eps), m.data_ptr<A>(),
+                                                 r0.data_ptr<A>(), r1.data_ptr<A>());
   });
   return {m, r0, r1};
 }
@@ -203,20 +193,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> head_bwd_cpu(const at::Tensor& g_
                                                             std::array<bool, 3> needs) {
   check_pair(f0_in, f1_in);
   auto [f0, f1] = harmonize(f0_in, f1_in);
-  const auto acc = at::toOpMathType(f0.scalar_type());
   const int64_t N = f0.size(0), C = f0.size(1), H = f0.size(2), W = f0.size(3);
-  TORCH_CHECK(g_in.numel() == N * H * W, "fastlpips: grad must have N*H*W = ", N * H * W, " elements, got ", g_in.sizes());
-  auto g = g_in.reshape({N * H * W}).to(acc).contiguous();
-  auto r0 = r0_in.reshape({N * H * W}).to(acc).contiguous(), r1 = r1_in.reshape({N * H * W}).to(acc).contiguous();
-  auto w = weight_vector(w_in, C, acc);
-  const bool want_w = needs[2] && w.defined();
-  // Gradients take the (harmonized) layout of the features; expanded batches get a full batch.
-  auto like = [&](const at::Tensor& f) {
-    return at::empty({N, C, H, W}, f.options(), at::MemoryFormat::ChannelsLast);
-  };
-  at::Tensor g0 = needs[0] ? like(f0) : at::empty({0}, f0.options());
-  at::Tensor g1 = needs[1] ? like(f1) : at::empty({0}, f1.options());
-  at::Tensor gw = want_w ? at::zeros({C}, f0.options().dtype(acc)) : at::empty({0}, f0.options().dtype(acc));
+  const HeadInputs in = head_inputs(f0, w_in, r0_in, r1_in);
+  const at::Tensor g = pixel_vector(g_in, "grad", f0, in.acc);
+  // Gradients: channels_last, full batch (expanded features get one too); see op_args.h.
+  const HeadGrads out = head_bwd_outputs(f0, f1, in, needs);
+  const at::Tensor &g0 = out.g0, &g1 = out.g1, &gw = out.gw;
+  const bool want_w = out.want_w;
   if (N * H * W > 0 && (needs[0] || needs[1] || want_w)) {
     // The kernel writes g0/g1 at f0/f1's strides: use the gradients' own strides instead.
     const bool same_strides = (!needs[0] || g0.strides() == f0.strides()) && (!needs[1] || g1.strides() == f1.strides());
@@ -224,61 +207,47 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> head_bwd_cpu(const at::Tensor& g_
     at::Tensor a = same_strides ? f0 : (needs[0] ? f0.expand({N, C, H, W}).contiguous(g0.suggest_memory_format()) : f0);
     at::Tensor b = same_strides ? f1 : (needs[1] ? f1.expand({N, C, H, W}).contiguous(g1.suggest_memory_format()) : f1);
     const Pixels Q = geometry(a, b);
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f0.scalar_type(), "fastlpips_head_bwd", [&] {
-      using A = at::opmath_type<scalar_t>;
-      const A* wp = w.defined() ? w.data_ptr<A>() : nullptr;
-      auto run = [&](auto weighted_c) {
-        backward_kernel<scalar_t, decltype(weighted_c)::value>(
-            Q, g.data_ptr<A>(), a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), wp, r0.data_ptr<A>(), r1.data_ptr<A>(),
-            A(eps), needs[0] ? g0.data_ptr<scalar_t>() : nullptr, needs[1] ? g1.data_ptr<scalar_t>() : nullptr,
-            want_w ? gw.data_ptr<A>() : nullptr);
-      };
-      wp ? run(std::true_type{}) : run(std::false_type{});
+    dispatch(f0, in.w, [&](auto t, auto weighted, auto wp) {
+      using T = decltype(t);
+      using A = at::opmath_type<T>;
+      backward_kernel<T, decltype(weighted)::value>(
+          Q, g.data_ptr<A>(), a.data_ptr<T>(), b.data_ptr<T>(), wp, in.r0.data_ptr<A>(), in.r1.data_ptr<A>(), A(eps),
+          needs[0] ? g0.data_ptr<T>() : nullptr, needs[1] ? g1.data_ptr<T>() : nullptr,
+          want_w ? gw.data_ptr<A>() : nullptr);
     });
   } else if (N * H * W == 0) {
     if (needs[0]) g0.zero_();
     if (needs[1]) g1.zero_();
   }
-  if (want_w) gw = gw.to(w_in->scalar_type()).reshape(w_in->sizes());
-  return {g0, g1, gw};
+  return out.result(w_in);
 }
 
 at::Tensor head_jvp_cpu(const at::Tensor& f0_in, const at::Tensor& f1_in, const c10::optional<at::Tensor>& w_in,
                         const at::Tensor& r0_in, const at::Tensor& r1_in, const c10::optional<at::Tensor>& t0_in,
                         const c10::optional<at::Tensor>& t1_in, const c10::optional<at::Tensor>& tw_in, double eps) {
   check_pair(f0_in, f1_in);
-  // Features and tangents are brought to one channels_last layout (tangents rarely share strides).
-  auto cl = [](const at::Tensor& t) { return t.contiguous(at::MemoryFormat::ChannelsLast); };
-  const int64_t N = f0_in.size(0), C = f0_in.size(1), H = f0_in.size(2), W = f0_in.size(3);
-  auto full = [&](const at::Tensor& t) { return cl(t.expand({N, C, H, W})); };
-  at::Tensor f0 = full(f0_in), f1 = full(f1_in);
-  const bool has0 = t0_in.has_value() && t0_in->defined(), has1 = t1_in.has_value() && t1_in->defined();
-  at::Tensor t0 = has0 ? full(t0_in->to(f0.scalar_type())) : at::Tensor();
-  at::Tensor t1 = has1 ? full(t1_in->to(f1.scalar_type())) : at::Tensor();
-  const auto acc = at::toOpMathType(f0.scalar_type());
-  auto w = weight_vector(w_in, C, acc);
-  auto tw = weight_vector(tw_in, C, acc);
-  auto r0 = r0_in.reshape({N * H * W}).to(acc).contiguous(), r1 = r1_in.reshape({N * H * W}).to(acc).contiguous();
-  auto tm = at::empty({N, 1, H, W}, f0.options().dtype(acc));
+  // Features and tangents are brought to one full channels_last layout (tangents rarely share strides).
+  const at::Tensor f0 = full_channels_last(f0_in), f1 = full_channels_last(f1_in);
+  const at::Tensor t0 = tangent(t0_in, f0), t1 = tangent(t1_in, f1);
+  const HeadInputs in = head_inputs(f0, w_in, r0_in, r1_in);
+  const at::Tensor tw = weight_vector(tw_in, f0.size(1), in.acc);
+  auto tm = pixel_map(f0);
   if (tm.numel() == 0) return tm;
   const Pixels P = geometry(f0, f1);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f0.scalar_type(), "fastlpips_head_jvp", [&] {
-    using A = at::opmath_type<scalar_t>;
-    const A* wp = w.defined() ? w.data_ptr<A>() : nullptr;
-    auto run = [&](auto weighted_c) {
-      jvp_kernel<scalar_t, decltype(weighted_c)::value>(
-          P, f0.data_ptr<scalar_t>(), f1.data_ptr<scalar_t>(), wp, r0.data_ptr<A>(), r1.data_ptr<A>(),
-          has0 ? t0.data_ptr<scalar_t>() : nullptr, has1 ? t1.data_ptr<scalar_t>() : nullptr,
-          tw.defined() ? tw.data_ptr<A>() : nullptr, A(eps), tm.data_ptr<A>());
-    };
-    wp ? run(std::true_type{}) : run(std::false_type{});
+  dispatch(f0, in.w, [&](auto t, auto weighted, auto wp) {
+    using T = decltype(t);
+    using A = at::opmath_type<T>;
+    jvp_kernel<T, decltype(weighted)::value>(P, f0.data_ptr<T>(), f1.data_ptr<T>(), wp, in.r0.data_ptr<A>(),
+                                             in.r1.data_ptr<A>(), t0.defined() ? t0.data_ptr<T>() : nullptr,
+                                             t1.defined() ? t1.data_ptr<T>() : nullptr,
+                                             tw.defined() ? tw.data_ptr<A>() : nullptr, A(eps), tm.data_ptr<A>());
   });
   return tm;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastlpips_cpp, CPU, m) {
+TORCH_LIBRARY_IMPL(fastlpips_native, CPU, m) {
   m.impl("head_fwd", &head_fwd_cpu);
   m.impl("head_bwd", &head_bwd_cpu);
   m.impl("head_jvp", &head_jvp_cpu);

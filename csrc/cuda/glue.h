@@ -1,4 +1,5 @@
-// Shared pieces of the torch glue around the plain-pointer CUDA launchers.
+// Shared pieces of the torch glue around the plain-pointer CUDA launchers (the argument checks
+// and allocations the CPU kernels share are in csrc/include/fastlpips/op_args.h).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -22,5 +23,13 @@ inline int dtype_code(at::ScalarType t) {
     default: TORCH_CHECK(false, "fastlpips: unsupported dtype ", t);
   }
 }
+
+// The CUDA kernels' device check (before the device guard is taken on t's device).
+inline void check_cuda(const at::Tensor& t, const char* who) {
+  TORCH_CHECK(t.is_cuda(), "fastlpips: ", who, " needs CUDA tensors, got ", t.device());
+}
+
+// Data pointer of an optional input (null where undefined).
+inline const void* ptr(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 
 }  // namespace fastlpips

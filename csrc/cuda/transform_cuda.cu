@@ -20,86 +20,60 @@ using fastlpips::cuda::store_cast;
 
 constexpr int kThreads = 256;
 
-struct Shape {
-  int64_t B, N;
-  int H, W, s, OH, OW;
-};
-
-// Output element e: its parameter row, source plane offset, channel and downscaled pixel (u, v).
-struct Element {
-  const int* p;
-  int64_t n, src;
-  int c, u, v;
-};
-
-__device__ __forceinline__ Element element(const Shape& g, const int* params, int64_t e) {
-  Element el;
-  const int j = int(e % g.OW), i = int((e / g.OW) % g.OH);
-  const int64_t plane = e / (int64_t(g.OH) * g.OW);
-  el.n = plane / 3;
-  el.c = int(plane % 3);
-  el.p = params + el.n * kParams;
-  el.src = ((el.n % g.B) * 3 + el.p[kPerm0 + el.c]) * int64_t(g.H) * g.W;
-  source_pixel(el.p, i, j, downscaled(g.H, g.s), downscaled(g.W, g.s), el.u, el.v);
-  return el;
+// Calls f(e, src, plane) for every output element e = ((n * 3 + c) * OH + i) * OW + j this thread
+// owns (grid-stride loop), with its source and its output plane n * 3 + c (the index of its colour).
+template <typename F>
+__device__ __forceinline__ void for_each_element(const TransformShape& g, const int* params, F&& f) {
+  const int64_t total = g.out_numel();
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t plane = e / (int64_t(g.OH) * g.OW);
+    f(e, source(g, params, plane / 3, int(plane % 3), int((e / g.OW) % g.OH), int(e % g.OW)), plane);
+  }
 }
 
 template <typename T, typename A>
-__global__ void transform_fwd_kernel(Shape g, const T* __restrict__ x, const int* __restrict__ params,
+__global__ void transform_fwd_kernel(TransformShape g, const T* __restrict__ x, const int* __restrict__ params,
                                      const A* __restrict__ colors, T* __restrict__ out) {
-  const int64_t total = g.N * 3 * g.OH * g.OW;
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
-    const Element el = element(g, params, e);
-    const int* p = el.p;
-    const T* src = x + el.src;
-    const int u = el.u, v = el.v;
+  for_each_element(g, params, [&](int64_t e, const Source& src, int64_t plane) {
     A acc = 0;
-    for (int k = 0; k < g.s; ++k) {
-      const T* row = src + int64_t(box(u, k, g.s, p[kOy], g.H)) * g.W;
-      for (int l = 0; l < g.s; ++l) acc += A(load_acc(row + box(v, l, g.s, p[kOx], g.W)));
-    }
-    out[e] = store_cast<T, A>(acc / A(g.s * g.s) * colors[el.n * 3 + el.c]);
-  }
+    for (int k = 0; k < g.s; ++k)
+      for (int l = 0; l < g.s; ++l) acc += A(load_acc(x + src.plane + box_offset(g, src, k, l)));
+    out[e] = store_cast<T, A>(acc / A(g.s * g.s) * colors[plane]);
+  });
 }
 
 template <typename T, typename A>
-__global__ void transform_bwd_kernel(Shape g, const T* __restrict__ grad, const int* __restrict__ params,
+__global__ void transform_bwd_kernel(TransformShape g, const T* __restrict__ grad, const int* __restrict__ params,
                                      const A* __restrict__ colors, A* __restrict__ gx) {
-  const int64_t total = g.N * 3 * g.OH * g.OW;
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
-    const Element el = element(g, params, e);
-    const int* p = el.p;
-    A* dst = gx + el.src;
-    const int u = el.u, v = el.v;
-    const A val = A(load_acc(grad + e)) / A(g.s * g.s) * colors[el.n * 3 + el.c];
-    for (int k = 0; k < g.s; ++k) {
-      A* row = dst + int64_t(box(u, k, g.s, p[kOy], g.H)) * g.W;
-      for (int l = 0; l < g.s; ++l) atomicAdd(row + box(v, l, g.s, p[kOx], g.W), val);
-    }
-  }
+  for_each_element(g, params, [&](int64_t e, const Source& src, int64_t plane) {
+    const A val = A(load_acc(grad + e)) / A(g.s * g.s) * colors[plane];
+    for (int k = 0; k < g.s; ++k)
+      for (int l = 0; l < g.s; ++l) atomicAdd(gx + src.plane + box_offset(g, src, k, l), val);
+  });
 }
 
-unsigned blocks(int64_t total) {
-  const int64_t b = (total + kThreads - 1) / kThreads;
-  return unsigned(b < 65535 * 32 ? b : 65535 * 32);
-}
-
-template <typename T, typename A>
-cudaError_t fwd(Shape g, const void* x, const void* params, const void* colors, void* out, cudaStream_t s) {
-  const int64_t total = g.N * 3 * g.OH * g.OW;
+// One launch of kernel over the output elements of g on stream s (in: x or grad; out: the output
+// images or the image gradient).
+template <typename T, typename A, typename Out>
+cudaError_t launch(void (*kernel)(TransformShape, const T*, const int*, const A*, Out*), TransformShape g,
+                   const void* in, const void* params, const void* colors, void* out, cudaStream_t s) {
+  const int64_t total = g.out_numel();
   if (total == 0) return cudaSuccess;
-  transform_fwd_kernel<T, A><<<blocks(total), kThreads, 0, s>>>(
-      g, static_cast<const T*>(x), static_cast<const int*>(params), static_cast<const A*>(colors), static_cast<T*>(out));
+  const int64_t blocks = (total + kThreads - 1) / kThreads;
+  kernel<<<unsigned(blocks < 65535 * 32 ? blocks : 65535 * 32), kThreads, 0, s>>>(
+      g, static_cast<const T*>(in), static_cast<const int*>(params), static_cast<const A*>(colors),
+      static_cast<Out*>(out));
   return cudaGetLastError();
 }
 
 template <typename T, typename A>
-cudaError_t bwd(Shape g, const void* grad, const void* params, const void* colors, void* gx, cudaStream_t s) {
-  const int64_t total = g.N * 3 * g.OH * g.OW;
-  if (total == 0) return cudaSuccess;
-  transform_bwd_kernel<T, A><<<blocks(total), kThreads, 0, s>>>(
-      g, static_cast<const T*>(grad), static_cast<const int*>(params), static_cast<const A*>(colors), static_cast<A*>(gx));
-  return cudaGetLastError();
+cudaError_t fwd(TransformShape g, const void* x, const void* params, const void* colors, void* out, cudaStream_t s) {
+  return launch(transform_fwd_kernel<T, A>, g, x, params, colors, out, s);
+}
+
+template <typename T, typename A>
+cudaError_t bwd(TransformShape g, const void* grad, const void* params, const void* colors, void* gx, cudaStream_t s) {
+  return launch(transform_bwd_kernel<T, A>, g, grad, params, colors, gx, s);
 }
 
 }  // namespace
@@ -107,17 +81,15 @@ cudaError_t bwd(Shape g, const void* grad, const void* params, const void* color
 extern "C" {
 
 // x (B, 3, H, W) contiguous; params (N, kParams) int32; colors (N, 3) accumulation type; out (N, 3, OH, OW).
-cudaError_t fastlpips_transform_fwd(int dtype, int64_t B, int64_t N, int H, int W, int s, int OH, int OW,
-                                    const void* x, const void* params, const void* colors, void* out,
-                                    cudaStream_t stream) {
-  FASTLPIPS_DISPATCH_CODE(dtype, fwd, Shape{B, N, H, W, s, OH, OW}, x, params, colors, out, stream)
+cudaError_t fastlpips_transform_fwd(int dtype, TransformShape shape, const void* x, const void* params,
+                                    const void* colors, void* out, cudaStream_t stream) {
+  FASTLPIPS_DISPATCH_CODE(dtype, fwd, shape, x, params, colors, out, stream)
 }
 
 // grad (N, 3, OH, OW) contiguous; gx (B, 3, H, W) accumulation type, zero-filled by the caller.
-cudaError_t fastlpips_transform_bwd(int dtype, int64_t B, int64_t N, int H, int W, int s, int OH, int OW,
-                                    const void* grad, const void* params, const void* colors, void* gx,
-                                    cudaStream_t stream) {
-  FASTLPIPS_DISPATCH_CODE(dtype, bwd, Shape{B, N, H, W, s, OH, OW}, grad, params, colors, gx, stream)
+cudaError_t fastlpips_transform_bwd(int dtype, TransformShape shape, const void* grad, const void* params,
+                                    const void* colors, void* gx, cudaStream_t stream) {
+  FASTLPIPS_DISPATCH_CODE(dtype, bwd, shape, grad, params, colors, gx, stream)
 }
 
 }  // extern "C"

@@ -60,7 +60,7 @@ def _probe_native() -> Optional[str]:
         importlib.import_module("fastlpips._C")
     except ImportError as e:
         return f"the native extension fastlpips._C is not built ({e}); reinstall with a C++ compiler"
-    if not hasattr(torch.ops.fastlpips_cpp, "head_fwd"):  # pragma: no cover - stale build
+    if not hasattr(torch.ops.fastlpips_native, "head_fwd"):  # pragma: no cover - stale build
         return "fastlpips._C has no head kernels (stale build); reinstall"
     from . import native  # noqa: F401  (fake kernels of the native ops)
 
@@ -137,13 +137,13 @@ def _library(namespace: str, names: Tuple[str, ...], register: Optional[str] = N
 
 BACKENDS: Dict[str, Backend] = {b.name: b for b in (
     Backend("torch", ("cpu", "cuda"), _probe_torch, {"head": _torch_head, "transform": _torch_transform}),
-    Backend("cpp", ("cpu",), _probe_cpp, {"head": _library("fastlpips_cpp", _HEAD),
-                                          "transform": _library("fastlpips_cpp", _TRANSFORM)}),
+    Backend("cpp", ("cpu",), _probe_cpp, {"head": _library("fastlpips_native", _HEAD),
+                                          "transform": _library("fastlpips_native", _TRANSFORM)}),
     Backend("triton", ("cpu", "cuda"), _probe_triton, {"head": _library("fastlpips_triton", _HEAD, ".triton_ops"),
                                                        "transform": _library("fastlpips_triton", _TRANSFORM,
                                                                              ".triton_ops")}),
-    Backend("cuda", ("cuda",), _probe_cuda, {"head": _library("fastlpips_cpp", _HEAD),
-                                             "transform": _library("fastlpips_cpp", _TRANSFORM)}),
+    Backend("cuda", ("cuda",), _probe_cuda, {"head": _library("fastlpips_native", _HEAD),
+                                             "transform": _library("fastlpips_native", _TRANSFORM)}),
     Backend("cupy", ("cuda",), _probe_cupy, {"head": _library("fastlpips_cupy", _HEAD, ".cupy_ops")}),
 )}
 
