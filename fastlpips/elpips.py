@@ -28,6 +28,7 @@ from torch import nn
 
 from . import validation as V
 from .model import ScalingLayer
+from .nets.linearize import Tangent, linearize_module
 from .nets.trunks import VGG16, Fire, SqueezeNet
 from .nets.weights import load_lin_weights, load_trunk_state
 from .ops.head import lpips_head_map
@@ -35,83 +36,12 @@ from .ops.transform import batched_transform
 from .precision import resolve_dtype, warn_if_slow
 from .transforms import MAX_SCALE, TransformSet, apply_transform, min_size_for_scale, sample_batched, sample_official
 
-__all__ = ["ELPIPS", "ELPIPSDraw", "scale_levels_for_size", "dropout_positions", "zero_at"]
+__all__ = ["ELPIPS", "ELPIPSDraw", "scale_levels_for_size", "dropout_positions", "zero_at", "dropout_conv"]
 
 
 def scale_levels_for_size(height: int, width: int) -> int:
     """The release's rule (set_scale_levels_by_image_size): max(1, min(H, W) // 64) levels."""
     return max(1, min(MAX_SCALE, min(height, width) // 64))
-
-
-class _AvgPoolVGG(nn.Module):
-    """VGG16 convolutions with 2x2 average pooling, returning the 14 E-LPIPS layers."""
-
-    def __init__(self, vgg: VGG16) -> None:
-        super().__init__()
-        layers: List[nn.Module] = []
-        for s in vgg.slices:
-            for m in s:
-                layers.append(nn.AvgPool2d(2, 2) if isinstance(m, nn.MaxPool2d) else m)
-        self.layers = nn.ModuleList(layers)
-
-    def forward(self, x: torch.Tensor, groups: int, keep: Optional[float], generator: Optional[torch.Generator],
-                consume: Callable[[torch.Tensor], None]) -> None:
-        """Hands the 14 layers to ``consume`` as they are computed (layer 0: the input). ``x`` holds
-        ``groups`` stacked batches of equal size that share every dropout mask. Dropout: the
-        dropped elements are zeroed and the 1/keep scale is folded into the convolution weights."""
-        consume(x)
-        n = x.shape[0] // groups
-        for m in self.layers:
-            if isinstance(m, nn.Conv2d):
-                x = x.to(m.weight.dtype)  # reduced precision: the first conv and its layers stay fp32
-                if keep is not None and keep < 1:
-                    x = _drop(x, n, groups, 1 - keep, generator)
-                    x = F.conv2d(x, m.weight * (1 / keep), m.bias, m.stride, m.padding)
-                else:
-                    x = m(x)
-            else:
-                x = m(x)
-            if isinstance(m, nn.ReLU):
-                consume(x)
-
-
-class _FullMaxpoolSqueeze(nn.Module):
-    """SqueezeNet1.1 as the release's experimental E-LPIPS variant uses it: 10 compared layers (the
-    scaled input, conv1+ReLU, and every fire module's output), max pooling kept with the release's
-    'VALID' (floor) rounding, dropout before every convolution including the squeeze and both
-    expand convolutions of each fire module (each with its own mask)."""
-
-    def __init__(self, sq) -> None:
-        super().__init__()
-        feats = [m for s in sq.slices for m in s]
-        self.conv1 = feats[0]
-        self.fires = nn.ModuleList([m for m in feats if isinstance(m, Fire)])
-        self.pool = nn.MaxPool2d(kernel_size=3, stride=2)  # floor: TF 'VALID'
-        self.layers = nn.ModuleList(feats)  # parameters (for .to / dtype), in torchvision order
-
-    def forward(self, x: torch.Tensor, groups: int, keep: Optional[float], generator: Optional[torch.Generator],
-                consume: Callable[[torch.Tensor], None]) -> None:
-        n = x.shape[0] // groups
-
-        def conv(c: nn.Conv2d, h: torch.Tensor, shared: bool = False) -> torch.Tensor:
-            h = h.to(c.weight.dtype)
-            if keep is None or keep >= 1:
-                return F.relu(c(h))
-            if shared:  # the squeeze output feeds both expand convs: zero a copy, not h
-                h = zero_at(h, dropout_positions(h, n, groups, 1 - keep, generator), inplace=False)
-            else:
-                h = _drop(h, n, groups, 1 - keep, generator)
-            return F.relu(F.conv2d(h, c.weight * (1 / keep), c.bias, c.stride, c.padding))
-
-        consume(x)
-        x = conv(self.conv1, x)
-        consume(x)
-        for k, fire in enumerate(self.fires):
-            if k in (0, 2, 4):  # pools before fire3, fire6, fire9
-                x = self.pool(x)
-            s = conv(fire.squeeze, x)
-            x = torch.cat([conv(fire.expand1x1, s, True), conv(fire.expand3x3, s, True)], 1)
-            consume(x)
 
 
 def _bernoulli_positions(count: int, p: float, generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -149,12 +79,144 @@ def zero_at(x: torch.Tensor, idx: torch.Tensor, inplace: bool) -> torch.Tensor:
     return nhwc.reshape(-1).index_fill(0, idx, 0).view(nhwc.shape).permute(0, 3, 1, 2)
 
 
-def _drop(x: torch.Tensor, n: int, groups: int, p: float, generator: Optional[torch.Generator]) -> torch.Tensor:
-    """Zero each element of a batch of ``n`` with probability p, the same elements in each of the
-    ``groups`` stacked batches. Elements are counted in channels_last order (any fixed order gives
-    the same i.i.d. mask); in place when no gradient is recorded, else out of place."""
-    idx = dropout_positions(x, n, groups, p, generator)
-    return zero_at(x, idx, inplace=not (torch.is_grad_enabled() and x.requires_grad))
+class _Dropout:
+    """The dropout of one trunk pass: keep probability ``keep`` (None: off), masks drawn from
+    ``generator`` for batches of ``n`` draws, the same in each of ``groups`` stacked batches."""
+
+    def __init__(self, keep: Optional[float], generator: Optional[torch.Generator], n: int, groups: int) -> None:
+        self.keep = keep if keep is not None and keep < 1 else None
+        self.generator, self.n, self.groups = generator, n, groups
+
+
+def dropout_conv(conv: nn.Conv2d, h: torch.Tensor, drop: _Dropout, *, shared: bool = False,
+                 linear: bool = False) -> Tuple[torch.Tensor, Optional[Tangent]]:
+    """``conv`` applied after E-LPIPS dropout: each input element zeroed with probability 1 - keep,
+    the 1/keep scale folded into the weights (in place when no gradient is recorded, ``h`` is not
+    ``shared`` with another consumer and not kept for a linearization). With ``linear``, also ``t -> d conv(dropout(h))[t]`` (the
+    same positions zeroed, no bias); else None. The one definition both ELPIPS and the attacks'
+    kept linearization run."""
+    h = h.to(conv.weight.dtype)  # reduced precision: the first conv and its layers stay fp32
+    if drop.keep is None:
+        y = conv(h)
+        weight, pos = conv.weight, None
+    else:
+        pos = dropout_positions(h, drop.n, drop.groups, 1 - drop.keep, drop.generator)
+        # in place only when nothing else holds h: not shared, no graph, not kept for a linearization
+        inplace = not (shared or linear or (torch.is_grad_enabled() and h.requires_grad))
+        weight = conv.weight * (1 / drop.keep)
+        y = F.conv2d(zero_at(h, pos, inplace), weight, conv.bias, conv.stride, conv.padding)
+    if not linear:
+        return y, None
+
+    def tangent(t: torch.Tensor) -> torch.Tensor:
+        t = t.to(weight.dtype)
+        return F.conv2d(t if pos is None else zero_at(t, pos, inplace=False), weight, None, conv.stride, conv.padding)
+    return y, tangent
+
+
+class _Program:
+    """The tangent program of a linearized trunk pass: maps applied in order, with ``feature``
+    marks where a compared layer's tangent is taken (the first mark: the input itself)."""
+
+    def __init__(self) -> None:
+        self.steps: List[Optional[Tangent]] = [None]
+
+    def map(self, fn: Tangent) -> None:
+        self.steps.append(fn)
+
+    def feature(self) -> None:
+        self.steps.append(None)
+
+    def __call__(self, t: torch.Tensor) -> List[torch.Tensor]:
+        out = []
+        for fn in self.steps:
+            if fn is None:
+                out.append(t)
+            else:
+                t = fn(t)
+        return out
+
+
+def _fire_tangent(fs: Tangent, fa: Tangent, fb: Tangent) -> Tangent:
+    def fire(t: torch.Tensor) -> torch.Tensor:
+        ts = fs(t)
+        return torch.cat([fa(ts), fb(ts)], 1)
+    return fire
+
+
+class _AvgPoolVGG(nn.Module):
+    """VGG16 convolutions with 2x2 average pooling, returning the 14 E-LPIPS layers."""
+
+    def __init__(self, vgg: VGG16) -> None:
+        super().__init__()
+        layers: List[nn.Module] = []
+        for s in vgg.slices:
+            for m in s:
+                layers.append(nn.AvgPool2d(2, 2) if isinstance(m, nn.MaxPool2d) else m)
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: torch.Tensor, drop: _Dropout, consume: Callable[[torch.Tensor], None],
+                program: Optional[_Program] = None) -> None:
+        """Hands the 14 layers to ``consume`` as they are computed (layer 0: the input); records
+        the tangent maps in ``program`` when given."""
+        consume(x)
+        for m in self.layers:
+            if isinstance(m, nn.Conv2d):
+                x, fn = dropout_conv(m, x, drop, linear=program is not None)
+            elif program is not None:
+                x, fn = linearize_module(m, x)
+            else:
+                x = m(x)
+            if program is not None:
+                program.map(fn)
+            if isinstance(m, nn.ReLU):
+                consume(x)
+                if program is not None:
+                    program.feature()
+
+
+class _FullMaxpoolSqueeze(nn.Module):
+    """SqueezeNet1.1 as the release's experimental E-LPIPS variant uses it: 10 compared layers (the
+    scaled input, conv1+ReLU, and every fire module's output), max pooling kept with the release's
+    'VALID' (floor) rounding, dropout before every convolution including the squeeze and both
+    expand convolutions of each fire module (each with its own mask)."""
+
+    def __init__(self, sq) -> None:
+        super().__init__()
+        feats = [m for s in sq.slices for m in s]
+        self.conv1 = feats[0]
+        self.fires = nn.ModuleList([m for m in feats if isinstance(m, Fire)])
+        self.pool = nn.MaxPool2d(kernel_size=3, stride=2)  # floor: TF 'VALID'
+        self.layers = nn.ModuleList(feats)  # parameters (for .to / dtype), in torchvision order
+
+    def forward(self, x: torch.Tensor, drop: _Dropout, consume: Callable[[torch.Tensor], None],
+                program: Optional[_Program] = None) -> None:
+        linear = program is not None
+
+        def conv(c: nn.Conv2d, h: torch.Tensor, shared: bool = False):
+            # the squeeze output feeds both expand convs (shared): zero a copy, not h
+            y, fn = dropout_conv(c, h, drop, shared=shared, linear=linear)
+            y, relu = linearize_module(nn.ReLU(), y) if linear else (F.relu(y), None)
+            return y, (lambda t: relu(fn(t))) if linear else None
+
+        consume(x)
+        x, fn = conv(self.conv1, x)
+        consume(x)
+        if linear:
+            program.map(fn)
+            program.feature()
+        for k, fire in enumerate(self.fires):
+            if k in (0, 2, 4):  # pools before fire3, fire6, fire9
+                x, pool = linearize_module(self.pool, x) if linear else (self.pool(x), None)
+                if linear:
+                    program.map(pool)
+            s, fs = conv(fire.squeeze, x)
+            (a, fa), (b, fb) = conv(fire.expand1x1, s, True), conv(fire.expand3x3, s, True)
+            x = torch.cat([a, b], 1)
+            consume(x)
+            if linear:
+                program.map(_fire_tangent(fs, fa, fb))
+                program.feature()
 
 
 @dataclass(frozen=True)
@@ -291,7 +353,18 @@ class ELPIPS(nn.Module):
         """The trunk on a trunk input; ``consume`` receives each compared layer (layer 0: the input)
         as it is computed. Dropout masks are drawn from ``generator``; ``x`` may hold ``groups``
         stacked batches that share every mask. Give ``x`` in channels_last for speed."""
-        self.net(x, groups, self.keep, generator, consume)
+        self.net(x, _Dropout(self.keep, generator, x.shape[0] // groups, groups), consume)
+
+    def linearize_trunk(self, x: torch.Tensor, generator: Optional[torch.Generator]
+                        ) -> Tuple[List[torch.Tensor], Callable[[torch.Tensor], List[torch.Tensor]]]:
+        """The trunk at ``x`` and its derivative kept for many products: (the compared layers,
+        ``t -> their tangents``). One primal pass draws the dropout masks from ``generator``
+        exactly as ``run_trunk`` does and records the dropped positions, ReLU masks and max-pool
+        indices; each tangent call is then a pass of bias-free convolutions, masks and gathers."""
+        layers: List[torch.Tensor] = []
+        program = _Program()
+        self.net(x, _Dropout(self.keep, generator, x.shape[0], 1), layers.append, program)
+        return layers, program
 
     def new_draw(self, samples: int, n: int, *, generator: Optional[torch.Generator] = None,
                  seed: Optional[int] = None) -> ELPIPSDraw:

@@ -316,7 +316,9 @@ def _lpips_check(device: torch.device, dtype: torch.dtype, quick: bool) -> _Chec
 # -- 4. E-LPIPS ------------------------------------------------------------------------------------
 def _elpips_reference_distances(metric, x: torch.Tensor, y: torch.Tensor, tset) -> torch.Tensor:
     """(samples, N) E-LPIPS distances without dropout, in the release's order: ``apply_transform``
-    per sample, the trunk, ``reference.lpips_head`` per layer."""
+    per sample, the trunk, ``reference.lpips_head`` per layer (``metric`` has dropout off)."""
+    if metric.keep is not None:
+        raise ValueError("the E-LPIPS reference distances are computed without dropout")
     from .reference import lpips_head
     from .transforms import apply_transform
 
@@ -331,7 +333,7 @@ def _elpips_reference_distances(metric, x: torch.Tensor, y: torch.Tensor, tset) 
         def consume(f, total=total, weights=weights):
             total[0] = total[0] + lpips_head(f[:n], f[n:], next(weights))
 
-        metric.net(z.contiguous(memory_format=torch.channels_last), 2, None, None, consume)
+        metric.run_trunk(z.contiguous(memory_format=torch.channels_last), None, consume, groups=2)
         rows.append(total[0])
     return torch.stack(rows)
 
@@ -358,7 +360,9 @@ def _elpips_check(device: torch.device, dtype: torch.dtype, quick: bool) -> _Che
     def reference():
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_SEED + 1)
-            base.append(ELPIPS(pnet_rand=True, backend="torch", max_scale=1).to(device=device, dtype=dtype))
+            # dropout off for the reference distances (run() switches it per comparison)
+            metric = ELPIPS(pnet_rand=True, backend="torch", max_scale=1, dropout=False)
+            base.append(metric.to(device=device, dtype=dtype))
         (x, y), tset = inputs()
         d = _elpips_reference_distances(base[0], x, y, tset)
         plain = [d.detach()] + _grads(d, [x, y], _SEED + 24)

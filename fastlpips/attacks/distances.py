@@ -20,7 +20,6 @@ import contextlib
 from typing import Dict, List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..reference import EPS, normalize_channels
@@ -190,10 +189,7 @@ class ELPIPSDistance(FeatureDistance):
         self.seed = seed if seed is not None else self.seed + 1
         self.draw = None
 
-    @property
-    def has_linearization(self) -> bool:
-        """The kept linearization covers the VGG variant (SqueezeNet: forward-mode AD)."""
-        return self.metric.net_name == "vgg"
+    has_linearization = True  # both trunks (VGG, SqueezeNet): ELPIPS.linearize_trunk
 
     def _check_size(self, x: torch.Tensor, name: str) -> None:
         self.metric.check_size(x.shape[2], x.shape[3])
@@ -228,60 +224,34 @@ class ELPIPSDistance(FeatureDistance):
         return self._assemble(x, groups, phis)
 
     def linearize(self, x: torch.Tensor):
-        """(phi(x), v -> J v) with the transforms, dropout positions, ReLU masks and normalization
-        derivatives of one primal pass kept: each J v is then a tangent-only pass (the transform op,
-        bias-free convolutions with the dropped positions zeroed, masks, pooling)."""
-        from ..elpips import dropout_positions, zero_at
-        from .linearize import linearize_module, linearize_normalize
+        """(phi(x), v -> J v) with the transforms, dropout positions, ReLU masks, pooling indices
+        and normalization derivatives of one primal pass kept (``ELPIPS.linearize_trunk``): each
+        J v is then a tangent-only pass (the transform op, bias-free convolutions with the dropped
+        positions zeroed, masks, pooling)."""
+        from ..ops.transform import batched_transform
+        from .linearize import linearize_normalize
 
         m = self.metric
-        keep = m.keep
         groups = self._groups(x)
         gen = self.draw.dropout_generator()
         d_in = 2 / m.scaling_layer.scale
         phis, programs = [], []
         for idx, tb in groups:
-            h = m.trunk_input(x, tb, len(idx))
-            weights = iter(m.layer_weights())
-            parts, steps = [], []
-
-            def feature(f):
+            layers, tangent = m.linearize_trunk(m.trunk_input(x, tb, len(idx)), gen)
+            parts, fns = [], []
+            for f, w in zip(layers, m.layer_weights()):
                 nrm, fn = linearize_normalize(f, EPS)
-                scale = _layer_scale(f, next(weights))
+                scale = _layer_scale(f, w)
                 parts.append((nrm * scale).flatten(1))
-                steps.append(("feature", (fn, scale)))
-
-            feature(h)
-            for layer in m.layers:
-                if isinstance(layer, nn.Conv2d) and keep is not None and keep < 1:
-                    pos = dropout_positions(h, h.shape[0], 1, 1 - keep, gen)
-                    ws = layer.weight * (1 / keep)
-                    h = F.conv2d(zero_at(h, pos, inplace=False), ws, layer.bias, layer.stride, layer.padding)
-                    steps.append(("map", lambda t, pos=pos, ws=ws, c=layer: F.conv2d(zero_at(t, pos, inplace=False), ws,
-                                                                                     None, c.stride, c.padding)))
-                else:
-                    h, fn = linearize_module(layer, h)
-                    steps.append(("map", fn))
-                if isinstance(layer, nn.ReLU):
-                    feature(h)
+                fns.append((fn, scale))
             phis.append(torch.cat(parts, 1))
-            programs.append((idx, tb, steps))
+            programs.append((idx, tb, tangent, fns))
 
         def jvp(v: torch.Tensor) -> torch.Tensor:
-            from ..ops.transform import batched_transform
-
             outs = []
-            for idx, tb, steps in programs:
+            for idx, tb, tangent, fns in programs:
                 t = batched_transform(v, tb, backend=m.backend) if tb is not None else v.repeat(len(idx), 1, 1, 1)
-                t = t * d_in
-                parts = []
-                for kind, payload in steps:
-                    if kind == "map":
-                        t = payload(t)
-                    else:
-                        fn, scale = payload
-                        parts.append((fn(t) * scale).flatten(1))
-                outs.append(torch.cat(parts, 1))
+                outs.append(torch.cat([(fn(dt) * scale).flatten(1) for dt, (fn, scale) in zip(tangent(t * d_in), fns)], 1))
             return self._assemble(v, groups, outs)
 
         return self._assemble(x, groups, phis), jvp

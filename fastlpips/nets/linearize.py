@@ -1,12 +1,14 @@
-"""Exact linearization of the LPIPS trunks, kept for many J v products at one point.
+"""Exact linearization of the LPIPS and E-LPIPS trunks, kept for many J v products at one point.
 
 One primal pass through the trunk records what each module's derivative needs (ReLU masks,
 max-pool argmax indices); afterwards every J v is a tangent-only pass: the convolutions without
 bias on the tangent, the masks, the gathers, and the analytic derivative of the channel
-normalization — about the cost of one forward pass, versus 3-5 for forward-mode AD through
-generic tensor wrappers. Supported modules: Conv2d, ReLU, MaxPool2d, AvgPool2d, Sequential and
-SqueezeNet's Fire; anything else raises ``NotImplementedError`` (callers fall back to
-``torch.func.jvp``). Checked against ``torch.func.jvp`` and dense Jacobians in the tests.
+normalization (``fastlpips.attacks.linearize``) — about the cost of one forward pass, versus 3-5 for
+forward-mode AD through generic tensor wrappers. Supported modules: Conv2d, ReLU, MaxPool2d,
+AvgPool2d, Sequential and SqueezeNet's Fire; anything else raises ``NotImplementedError`` (callers
+fall back to ``torch.func.jvp``). The E-LPIPS trunks (``fastlpips.elpips``) linearize through the
+same rules plus their dropout convolutions. Checked against ``torch.func.jvp`` and dense Jacobians
+in the tests.
 """
 from __future__ import annotations
 
@@ -16,9 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nets.trunks import Fire
-from ..ops.torch_kernels import dnormalize
-from ..reference import normalize_with_norm
+from .trunks import Fire
 
 Tangent = Callable[[torch.Tensor], torch.Tensor]
 
@@ -60,13 +60,3 @@ def linearize_module(m: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, Tange
             return torch.cat([fa(ts), fb(ts)], 1)
         return torch.cat([a, b], 1), fire
     raise NotImplementedError(f"no linearization rule for {type(m).__name__}")
-
-
-def linearize_normalize(f: torch.Tensor, eps: float) -> Tuple[torch.Tensor, Tangent]:
-    """n = f / (||f||_c + eps) and its derivative df / (r + eps) - n <n, df>_c / r (0 term at r = 0):
-    the package's one definition of each (reference.normalize_with_norm, ops.torch_kernels.dnormalize)."""
-    n, r = normalize_with_norm(f, eps)
-
-    def tangent(df):
-        return dnormalize(df, n, r, eps)
-    return n, tangent
