@@ -337,14 +337,38 @@ class LPIPS(nn.Module):
         if 0 in (in0.shape[0], in1.shape[0]):  # an empty batch against batch 1 broadcasts to empty
             in0, in1 = in0[:0], in1[:0]
         outs0, outs1 = self._trunk_pair(in0, in1, normalize)
+        return self._heads(outs0, outs1, in0.shape[2:], retPerLayer)
+
+    def _heads(self, outs0: Sequence[torch.Tensor], outs1: Sequence[torch.Tensor], out_hw, retPerLayer: bool):
         backend = resolve(outs0[0].device, self.backend)
         if self.compute_dtype is not None:
             warn_if_slow(self.compute_dtype, outs0[0].device)
         dropout = self._dropout()
         # one head path: the fused op (fastlpips.ops.head) for every layer, any backend
         return self._total([self._reduce_map(lpips_head_map(outs0[k], outs1[k], self._lin_weight(k), backend=backend,
-                                                            dropout=dropout), in0.shape[2:])
+                                                            dropout=dropout), out_hw)
                             for k in range(self.L)], retPerLayer)
+
+    def distances(self, reference: torch.Tensor, images: Sequence[torch.Tensor], *, normalize: bool = False,
+                  retPerLayer: bool = False) -> tuple:
+        """``(forward(reference, images[0]), forward(reference, images[1]), ...)`` with one trunk
+        pass over all of them: the reference's features are computed once (a 2AFC triplet: 3 trunk
+        batches instead of 4). Every image batch has the reference's shape. In train mode the
+        dropout masks are drawn in the same order as the separate ``forward`` calls."""
+        V.check_image(reference, "reference")
+        self._check(reference, "reference", normalize, basic=False)
+        for i, x in enumerate(images):
+            V.check_image(x, f"images[{i}]")
+            if x.shape != reference.shape:
+                raise ValueError(f"images[{i}] has shape {tuple(x.shape)}; the reference has {tuple(reference.shape)}")
+            self._check(x, f"images[{i}]", normalize, basic=False)
+        members = [reference] + list(images)
+        grad = any(self._needs_graph(x) for x in members)
+        outs = self._trunk(torch.cat([self._trunk_input(x, normalize) for x in members]), grad)
+        parts = [o.chunk(len(members)) for o in outs]
+        ref = [p[0] for p in parts]
+        return tuple(self._heads(ref, [p[i] for p in parts], reference.shape[2:], retPerLayer)
+                     for i in range(1, len(members)))
 
     def features(self, x: torch.Tensor, *, normalize: bool = False, name: str = "x") -> LPIPSFeatures:
         """Channel-normalized trunk features of ``x`` (N, 3, H, W), to compare many times."""
@@ -414,10 +438,10 @@ class LPIPS(nn.Module):
             j0 = i0 if sym else 0
             block = None
             for k in range(self.L):
+                # every (row, column) pair of the block as one batch of squared differences
                 d = (fx.maps[k][i0:i1].unsqueeze(1) - fy.maps[k][j0:].unsqueeze(0)).square()
-                if self.lpips:
-                    d = d * self.lins[k].weight.reshape(1, 1, -1, 1, 1)
-                v = d.sum(2).mean((-2, -1))
+                v = weighted_channel_sum(d.flatten(0, 1), self.lins[k].weight if self.lpips else None)
+                v = v.mean((1, 2, 3)).view(d.shape[:2])
                 block = v if block is None else block + v
             if sym:
                 block = torch.triu(block, diagonal=1)  # row r's diagonal entry sits in column r

@@ -10,10 +10,18 @@ import itertools
 import pytest
 import torch
 
-from helpers import distort, model_pair, rand_images, real_images
+from helpers import assert_close, distort, model_pair, rand_images, real_images, tolerance
 
 NETS = ["alex", "vgg", "squeeze"]
+# float32 parity with lpips (README "Parity guarantee"): max abs difference of distances, per-layer
+# terms and spatial maps <= 1e-5 (observed ~1e-7); float64 uses the table's rtol of the value scale
 ATOL32 = 1e-5
+# float32 input gradients vs lpips on random images (different summation orders through the
+# trunk's backward): elementwise rtol 1e-4 with atol 1e-7 near 0
+GRAD32 = dict(rtol=1e-4, atol=1e-7)
+# float32 input gradients of each CPU backend vs lpips, divided by the gradient's max |value| (spatial
+# maps sum to large totals): abs difference <= 1e-5 of that scale
+GRAD_SCALED32 = dict(rtol=0, atol=1e-5)
 
 
 def _inputs(net):
@@ -74,9 +82,9 @@ def test_parity_fp64(lpips_ref, net, version, lpips_, spatial):
     with torch.no_grad():
         a = ours64(x0, x1, retPerLayer=True)
         b = ref64(x0, x1, retPerLayer=True)
-    # float64 agrees to rounding: relative 1e-12 of the value scale.
+    # float64 agrees to rounding: the table's float64 rtol (1e-12) of the value scale.
     scale = b[0].abs().max().item()
-    _compare(a, b, 1e-12 * max(scale, 1.0), "float64")
+    _compare(a, b, tolerance(torch.float64)[0] * max(scale, 1.0), "float64")
 
 
 @pytest.mark.parametrize("net", NETS)
@@ -96,10 +104,10 @@ def test_gradient_parity(lpips_ref, net, dtype):
         ours, ref = copy.deepcopy(ours).double(), copy.deepcopy(ref).double()
         x0 = real_images(64, 2).double()
         x1 = distort(x0)
-        tol = dict(atol=1e-13, rtol=1e-10)
+        tol = {}  # the table's float64 entry
     else:
         x0, x1 = rand_images(2, 64, 64, seed=11), rand_images(2, 64, 64, seed=12)
-        tol = dict(atol=1e-7, rtol=1e-4)
+        tol = GRAD32
     for both in (False, True):
         grads = []
         for m in (ours, ref):
@@ -107,9 +115,9 @@ def test_gradient_parity(lpips_ref, net, dtype):
             b = x1.clone().requires_grad_(both)
             m(a, b).sum().backward()
             grads.append((a.grad, b.grad))
-        assert torch.allclose(grads[0][0], grads[1][0], **tol), (grads[0][0] - grads[1][0]).abs().max()
+        assert_close(grads[0][0], grads[1][0], **tol, what=f"{net} {dtype} d/dx0 (both={both})")
         if both:
-            assert torch.allclose(grads[0][1], grads[1][1], **tol), (grads[0][1] - grads[1][1]).abs().max()
+            assert_close(grads[0][1], grads[1][1], **tol, what=f"{net} {dtype} d/dx1")
 
 
 def test_shared_example_images(lpips_ref):
@@ -155,6 +163,6 @@ def test_parity_every_cpu_backend(lpips_ref, net, backend):
             ours(a, r1).sum().backward()
             ref(b, r1).sum().backward()
             scale = b.grad.abs().max()  # spatial maps sum to large totals: compare relative to the scale
-            torch.testing.assert_close(a.grad / scale, b.grad / scale, rtol=0, atol=1e-5)
+            assert_close(a.grad / scale, b.grad / scale, **GRAD_SCALED32, what=f"{backend} scaled input gradient")
         finally:
             ours.backend = None

@@ -76,7 +76,8 @@ def lpips_head_map(f0: torch.Tensor, f1: torch.Tensor, weight: Optional[torch.Te
         n = max(f0.shape[0], f1.shape[0])
         f0, f1 = f0.expand(n, *f0.shape[1:]), f1.expand(n, *f1.shape[1:])
     if dropout > 0:  # lpips' training-mode sequence: normalize, square, dropout, weight
-        d = (normalize_channels(f0, eps) - normalize_channels(f1, eps)).square()
+        # contiguous (NCHW) like lpips' difference tensor: nn.Dropout then draws lpips' masks
+        d = (normalize_channels(f0, eps) - normalize_channels(f1, eps)).square().contiguous()
         return weighted_channel_sum(torch.nn.functional.dropout(d, dropout, training=True), weight)
     name = table.resolve(f0.device, backend, "head")
     w = None if weight is None else weight.reshape(-1)
