@@ -10,6 +10,9 @@ from .functional import distance_matrix, get_model, lpips
 from .model import LPIPS, LPIPSFeatures, NetLinLayer, ScalingLayer
 from .nets.weights import WeightError
 from .precision import PrecisionWarning
+from .classic import DSSIM, L2
+from .scoring import score_2afc_dataset, score_jnd_dataset, voc_ap
+from .training import BCERankingLoss, Dist2LogitLayer, Trainer
 from .utils import im2tensor, l2, load_image, normalize_tensor, psnr, read_image, spatial_average, tensor2im, upsample
 
 __version__ = "0.1.0"
@@ -17,4 +20,6 @@ __version__ = "0.1.0"
 __all__ = [
     "lpips", "distance_matrix", "get_model", "backends", "BackendUnavailable", "ELPIPS", "ELPIPSDraw", "ELPIPSEstimate", "elpips_estimate", "LPIPS", "LPIPSFeatures", "NetLinLayer", "ScalingLayer", "WeightError", "RangeWarning", "PrecisionWarning",
     "im2tensor", "tensor2im", "load_image", "read_image", "normalize_tensor", "spatial_average", "upsample", "l2", "psnr",
+    "score_2afc_dataset", "score_jnd_dataset", "voc_ap", "L2", "DSSIM", "Trainer",
+    "BCERankingLoss", "Dist2LogitLayer",
 ]

@@ -110,6 +110,8 @@ def _decode(path, stacklevel: int) -> tuple[np.ndarray, bool]:
         im_file = Image.open(path)
     except UnidentifiedImageError as e:
         raise ValueError(f"{path}: not an image file PIL can read ({e})") from e
+    except OSError as e:  # e.g. a truncated header
+        raise ValueError(f"{path}: cannot read the image file ({e})") from e
     with im_file as im:
         try:
             if im.tell() != 0:  # multi-frame files (GIF, APNG, TIFF pages): the first frame

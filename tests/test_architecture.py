@@ -12,10 +12,12 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [
     ("kernels", ["fastlpips.kernels", "fastlpips._C"]),
     ("core", ["fastlpips.reference", "fastlpips.transforms", "fastlpips.validation", "fastlpips.precision",
-              "fastlpips.nets", "fastlpips.utils"]),
+              "fastlpips.nets", "fastlpips.utils", "fastlpips.bapps", "fastlpips.distributed",
+              "fastlpips.classic"]),
     ("ops", ["fastlpips.ops", "fastlpips._backend"]),
     ("metrics", ["fastlpips.model", "fastlpips.elpips", "fastlpips.estimator", "fastlpips.functional"]),
-    ("attacks/trainers/tools", ["fastlpips.attacks", "fastlpips.selfcheck"]),
+    ("attacks/trainers/tools", ["fastlpips.attacks", "fastlpips.selfcheck", "fastlpips.scoring",
+                                "fastlpips.training"]),
     ("cli", ["fastlpips.cli", "fastlpips.__main__"]),
 ]
 EXEMPT_UNDERSCORE = {"fastlpips._C"}  # the compiled extension (torch's naming), the kernels layer
@@ -153,7 +155,7 @@ def test_the_checks_can_fail(rule, monkeypatch):
         if rule == "cycle" and name == "fastlpips.transforms":
             extra = [("fastlpips.ops.torch_kernels", [], 1, True)]
         if rule == "underscore" and name == "fastlpips.attacks.distances":
-            extra = [("fastlpips.elpips", ["_drop"], 1, False)]
+            extra = [("fastlpips.elpips", ["_Dropout"], 1, False)]
         return real(name) + extra
 
     monkeypatch.setitem(globals(), "_imports", planted)
