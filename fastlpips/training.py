@@ -167,6 +167,13 @@ def _fresh_head(seed: int, device) -> BCERankingLoss:
     return head.to(device).requires_grad_(False)
 
 
+def ranking_accuracy(d0: torch.Tensor, d1: torch.Tensor, judge: torch.Tensor) -> np.ndarray:
+    """lpips' training accuracy per triplet: h where the metric picks p1 (d1 < d0), else 1 - h."""
+    d1_lt_d0 = (d1 < d0).cpu().numpy().flatten()
+    judge_per = judge.cpu().numpy().flatten()
+    return d1_lt_d0 * judge_per + (1 - d1_lt_d0) * (1 - judge_per)
+
+
 # -- lpips' Trainer API ------------------------------------------------------------------------------
 class Trainer:
     """lpips' ``Trainer`` (lpips/trainer.py) with the same methods and attributes. Differences:
@@ -246,9 +253,7 @@ class Trainer:
         torch.mean(self.loss_total).backward()
 
     def compute_accuracy(self, d0, d1, judge) -> np.ndarray:
-        d1_lt_d0 = (d1 < d0).cpu().numpy().flatten()
-        judge_per = judge.cpu().numpy().flatten()
-        return d1_lt_d0 * judge_per + (1 - d1_lt_d0) * (1 - judge_per)
+        return ranking_accuracy(d0, d1, judge)
 
     def get_current_errors(self) -> "OrderedDict[str, float]":
         return OrderedDict([("loss_total", float(np.mean(self.loss_total.detach().cpu().numpy()))),
@@ -333,7 +338,7 @@ class TrainConfig:
     adversarial: Optional[AdversarialConfig] = None
 
 
-def _init_distributed_model(cfg: TrainConfig, device: torch.device):
+def _init_model(cfg: TrainConfig, device: torch.device):
     torch.manual_seed(cfg.seed)
     net = LPIPS(pretrained=cfg.init is not None, net=cfg.net, version=cfg.version, pnet_rand=cfg.from_scratch,
                 pnet_tune=cfg.tune_trunk, use_dropout=True, model_path=cfg.init, eval_mode=False, verbose=False)
@@ -406,7 +411,7 @@ def train_lpips(train_roots, out_dir: PathLike, config: Optional[TrainConfig] = 
     if D.is_main():
         out.mkdir(parents=True, exist_ok=True)
     dataset = TwoAFCDataset(train_roots)
-    net, rank = _init_distributed_model(cfg, dev)
+    net, rank = _init_model(cfg, dev)
     params = [p for p in list(net.parameters()) + list(rank.parameters()) if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, 0.999))
     start = 1
@@ -454,9 +459,7 @@ def train_lpips(train_roots, out_dir: PathLike, config: Optional[TrainConfig] = 
             opt.step()
             clamp_lin_weights(net)
             losses.append(float(loss.detach()))
-            h = judge.reshape(-1)
-            accs.append(float(((d1.reshape(-1) < d0.reshape(-1)).to(h.dtype) * h +
-                               (d1.reshape(-1) >= d0.reshape(-1)).to(h.dtype) * (1 - h)).mean()))
+            accs.append(float(np.mean(ranking_accuracy(d0.detach(), d1.detach(), judge))))
         rngs = D.gather_objects(torch.get_rng_state())
         stats = D.gather_objects((losses, accs))
         if D.is_main():
