@@ -26,6 +26,24 @@ def models(net):
     return _CACHE[net]
 
 
+def perceptual_advex():
+    """perceptual-advex 0.2.6 (the attack and PAT benchmarks' peer): its removed
+    ``torchvision.models.utils`` is aliased to torch.hub before the import (nothing else changed);
+    skips when it is not installed (``make bench-deps``). Returns (perceptual_attacks, distances, models)."""
+    import sys
+    import types
+
+    sys.modules.setdefault("torchvision.models.utils",
+                           types.SimpleNamespace(load_state_dict_from_url=torch.hub.load_state_dict_from_url))
+    try:
+        import perceptual_advex.distances as distances
+        import perceptual_advex.models as models
+        import perceptual_advex.perceptual_attacks as pa
+    except ImportError as e:  # pragma: no cover - optional peer
+        pytest.skip(f"perceptual-advex 0.2.6 is not installed ({e}); run make bench-deps")
+    return pa, distances, models
+
+
 def images(n, size, seed):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, 3, size, size, generator=g) * 2 - 1

@@ -28,6 +28,7 @@ GOALS = [
     (r"^lpa ", "fastlpips", 1.2),
     (r"^fast-lpa ", "fastlpips", 1.2),
     (r"^head forward\+backward .*\[cpu\]", "cpp", 2.0),
+    (r"^pat epoch ", "fastlpips", 1.3),  # issue 11
     (r"^precision ", "auto", 0.95),  # issue 9: 'auto' never slower than fp32 (0.95: this VM's noise)
 ]
 
@@ -174,6 +175,13 @@ def main():
                  f"32x32): {b['stats']['median']:.1f} s per step, {1e3 * i['seconds_per_sample_per_step']:.0f} ms per sample; "
                  f"each product runs all samples batched in {i['trunk_passes_per_product']} trunk passes (one per scale "
                  f"level drawn); passes {i['jtj_passes']}.")
+    ev = [b["extra_info"] for b in data["benchmarks"] if b["extra_info"].get("provider") == "fastlpips-robust-eval"]
+    if ev:
+        i = ev[0]
+        cells = ", ".join(f"{k} {v:.1f}" for k, v in i["images_per_s"].items())
+        acc = ", ".join(f"{k} {100 * v:.0f}%" for k, v in i["accuracy"].items())
+        text += (f"\n\nRobust evaluation of the PAT-trained tiny ResNet on {i['images']} validation crops 32x32 "
+                 f"(images/s per attack, the model's forward included): {cells}. Accuracies: {acc}.")
     extra = elpips_table(data)
     if extra:
         text += "\n\nE-LPIPS time to a 95% interval of +-2.5% (and +-0.01), per pair set:\n\n" + extra

@@ -10,26 +10,19 @@ examples/attack_demo.py).
 """
 import sys
 import time
-import types
 
 import pytest
 import torch
+
+from conftest import perceptual_advex
 
 BOUND, BATCH = 0.5, 16
 _CACHE = {}
 
 
 def _padv():
-    torch.hub  # noqa: B018
-    sys.modules.setdefault("torchvision.models.utils",
-                           types.SimpleNamespace(load_state_dict_from_url=torch.hub.load_state_dict_from_url))
-    try:
-        import perceptual_advex.perceptual_attacks as pa
-        from perceptual_advex.distances import LPIPSDistance as TheirDistance
-        from perceptual_advex.models import AlexNetFeatureModel
-    except ImportError as e:  # pragma: no cover - optional peer
-        pytest.skip(f"perceptual-advex 0.2.6 is not installed ({e}); see benchmarks/README.md")
-    return pa, TheirDistance, AlexNetFeatureModel
+    pa, distances, models = perceptual_advex()
+    return pa, distances.LPIPSDistance, models.AlexNetFeatureModel
 
 
 def _example():

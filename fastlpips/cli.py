@@ -12,14 +12,12 @@ the traceback).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import io
 import json
 import math
 import os
 import sys
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +27,7 @@ import numpy as np
 import torch
 
 from .model import LPIPS
-from .utils import read_image
+from .utils import atomic_write, read_image
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
 
@@ -131,28 +129,6 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.3g}" if v and abs(v) < 1e-3 else f"{v:.6f}"
     return str(v)
-
-
-def atomic_write(path, write: Callable[[str], None]) -> None:
-    """Write ``path`` through ``write(tmp_name)`` on a temporary file in the same folder, renamed
-    over ``path`` only when ``write`` succeeded; the temporary file never survives a failure."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix or ".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        if path.exists():
-            mode = path.stat().st_mode & 0o7777
-        else:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.chmod(tmp, mode)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -480,6 +456,129 @@ def cmd_robust(args) -> Result:
     return res
 
 
+ARCHS = ("tiny", "resnet18")
+
+
+def _classifier(arch: str, num_classes: int, norm: str):
+    from .nets.classifiers import ResNet32, resnet18_32
+
+    if arch == "resnet18":
+        return resnet18_32(num_classes, norm=norm)
+    return ResNet32(num_classes, blocks=(1, 1, 1, 1), width=16, norm=norm)
+
+
+def _image_folder(path: str, size: Optional[int]):
+    from .imagefolder import ImageFolder
+
+    try:
+        return ImageFolder(path, size=size)
+    except (FileNotFoundError, ValueError) as e:
+        raise CLIError(str(e)) from None
+
+
+def cmd_pat_train(args) -> Result:
+    """Perceptual Adversarial Training of a classifier on a class-per-subfolder image folder."""
+    from . import distributed as D
+    from .pat import PATConfig, train_pat
+
+    data = _image_folder(args.data, args.size)
+    val = _image_folder(args.val, args.size) if args.val else None
+    out = Path(args.out_dir)
+    meta = {"arch": args.arch, "norm": args.norm, "classes": data.classes, "size": args.size,
+            "attacks": args.attack or ["fast-lpa:self=0.5"]}
+    meta_path = out / "model.json"
+    if args.resume and meta_path.is_file():
+        saved = json.loads(meta_path.read_text())
+        if saved != meta:
+            raise CLIError(f"{meta_path} describes another run ({saved}); this one is {meta}")
+    torch.manual_seed(args.seed)  # the initial weights (every process builds the same ones)
+    model = _classifier(args.arch, data.num_classes, args.norm)
+    cfg = PATConfig(attacks=tuple(meta["attacks"]), attack_iterations=args.attack_iterations, mix=args.mix,
+                    only_attack_correct=args.only_attack_correct, epochs=args.epochs, batch_size=args.batch_size,
+                    lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+                    lr_drops=tuple(args.lr_drops), clip_grad=args.clip_grad, augment=not args.no_augment,
+                    seed=args.seed, workers=args.workers, checkpoint_every=args.checkpoint_every)
+    if D.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
+    train_pat(model, data, out, cfg, val_dataset=val, val_attacks=args.val_attack or [], device=args.device,
+              init=args.init, resume=args.resume, stop_after_steps=args.stop_after_steps, progress=args.progress)
+    res = Result([])
+    log_path = out / "log.csv"
+    if D.is_main() and log_path.is_file():
+        lines = log_path.read_text().splitlines()
+        res.columns = lines[0].split(",")
+        res.rows = [dict(zip(res.columns, line.split(","))) for line in lines[1:]]
+    res.summary = {"checkpoint": str(out / "checkpoint.pt"), "weights": str(out / "model.pt")}
+    res.quiet = not D.is_main()
+    return res
+
+
+def _load_classifier(model_dir: str, device):
+    d = Path(model_dir)
+    meta_path, weights = d / "model.json", d / "model.pt"
+    for f in (meta_path, weights):
+        if not f.is_file():
+            raise CLIError(f"{f} does not exist (a folder written by fastlpips pat-train holds model.json and model.pt)")
+    meta = json.loads(meta_path.read_text())
+    model = _classifier(meta["arch"], len(meta["classes"]), meta["norm"])
+    try:
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except (RuntimeError, OSError, ValueError) as e:
+        raise CLIError(f"cannot load {weights}: {e}") from e
+    return model.to(device).eval(), meta
+
+
+def cmd_robust_eval(args) -> Result:
+    """Clean, per-attack, union and unseen-mean accuracy of classifiers (Laidlaw et al.'s evaluation)."""
+    from . import distributed as D
+    from .robust import PAPER_EVALUATION, evaluate_robustness, parse_attack_spec, plot_robustness
+
+    D.init_from_env(torch.device(args.device))
+    attacks = args.attack or list(PAPER_EVALUATION)
+    for a in attacks + (args.seen or []):
+        try:
+            parse_attack_spec(a)
+        except ValueError as e:
+            raise CLIError(str(e)) from None
+    results, res = {}, Result(["model", "attack", "spec", "accuracy", "violations", "seconds", "images_per_s"])
+    for model_dir in args.model_dir:
+        model, meta = _load_classifier(model_dir, args.device)
+        data = _image_folder(args.data, meta.get("size"))
+        if data.classes != meta["classes"]:
+            raise CLIError(f"{args.data} has classes {data.classes} but {model_dir} was trained on {meta['classes']}")
+        seen = args.seen if args.seen is not None else [parse_attack_spec(a).name for a in meta.get("attacks", [])]
+        r = evaluate_robustness(model, data, attacks, batch_size=args.batch_size, device=args.device,
+                                iterations=args.iterations, seen=seen, seed=args.seed, max_examples=args.max_examples,
+                                progress=args.progress)
+        name = Path(model_dir).name
+        results[name] = r
+        res.rows += [dict(model=name, **row) for row in r.rows()]
+        if args.per_example and D.is_main():
+            path = Path(args.per_example)
+            target = path if len(args.model_dir) == 1 else path.with_name(f"{path.stem}-{name}{path.suffix}")
+            r.save(target)
+            res.notes.append(f"per-example results written to {target}")
+    if args.plot and D.is_main():
+        res.pictures.append(lambda: plot_robustness(results, args.plot))
+        res.notes.append(f"plot written to {args.plot}")
+    res.quiet = not D.is_main()
+    return res
+
+
+def cmd_example_data(args) -> Result:
+    """The worked example's image folders: crops of scikit-image photos, one class per photo."""
+    from .imagefolder import make_example_folder
+
+    root = make_example_folder(args.dir, train_per_class=args.train_per_class, val_per_class=args.val_per_class,
+                               size=args.size, seed=args.seed)
+    res = Result(["split", "folder", "images"])
+    for split in ("train", "val"):
+        n = sum(1 for _ in (root / split).rglob("*.png"))
+        res.rows.append({"split": split, "folder": str(root / split), "images": n})
+    return res
+
+
 # -- parsing and running ----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastlpips", description="LPIPS perceptual distances (fast, exact drop-in for lpips)")
@@ -573,6 +672,56 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=50, help="PGD steps (50)")
     s.add_argument("--batch-size", type=int, default=50)
     s.set_defaults(func=cmd_robust)
+    s = sub.add_parser("example-data", parents=[common], help="write the worked example's image folders "
+                       "(32x32 crops of scikit-image photos, one class per photo) for pat-train / robust-eval")
+    s.add_argument("dir", help="DIR/train and DIR/val are written")
+    s.add_argument("--train-per-class", type=int, default=200)
+    s.add_argument("--val-per-class", type=int, default=50)
+    s.add_argument("--size", type=int, default=32)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_example_data, batch_size=1)
+    s = sub.add_parser("pat-train", parents=[common, progress], help="Perceptual Adversarial Training of a classifier "
+                       "on DATA/<class>/<images> (runs under torchrun too)")
+    s.add_argument("data", help="training image folder, one subfolder per class")
+    s.add_argument("--out-dir", required=True, help="checkpoint.pt, model.pt, model.json and log.csv go here")
+    s.add_argument("--val", help="validation image folder (accuracies after every epoch)")
+    s.add_argument("--val-attack", action="append", help="attack spec evaluated on --val after every epoch (repeat)")
+    s.add_argument("--arch", default="resnet18", choices=ARCHS, help="resnet18 (32x32 ResNet-18) or tiny")
+    s.add_argument("--norm", default="batch", choices=["batch", "group", "none"])
+    s.add_argument("--size", type=int, help="resize every image to SIZE x SIZE")
+    s.add_argument("--attack", action="append", help="training attack spec, e.g. fast-lpa:self=0.5 (default), "
+                   "fast-lpa:alexnet=1.0, linf=8/255 (repeat to mix); none: clean training")
+    s.add_argument("--attack-iterations", type=int, help="steps of each training attack (Fast-LPA: 10)")
+    s.add_argument("--init", help="start from these weights (e.g. another run's model.pt)")
+    s.add_argument("--mix", default="all", choices=["all", "random", "max"], help="how several attacks combine")
+    s.add_argument("--only-attack-correct", action="store_true", help="attack only correctly classified inputs")
+    s.add_argument("--epochs", type=int, default=100)
+    s.add_argument("--batch-size", type=int, default=128, help="global batch (split across torchrun processes)")
+    s.add_argument("--lr", type=float, default=0.1)
+    s.add_argument("--weight-decay", type=float, default=2e-4)
+    s.add_argument("--warmup-epochs", type=int, default=5)
+    s.add_argument("--lr-drops", type=int, nargs="*", default=[75, 90], help="epochs where the rate is x0.1")
+    s.add_argument("--clip-grad", type=float, default=1.0, help="gradient value clip (1.0)")
+    s.add_argument("--no-augment", action="store_true", help="no random crop / flip")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, default=0, help="data loader processes (0)")
+    s.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps (0: per epoch)")
+    s.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoint.pt")
+    s.add_argument("--stop-after-steps", type=int, help="stop after this many steps in total (resume later)")
+    s.set_defaults(func=cmd_pat_train)
+    s = sub.add_parser("robust-eval", parents=[common, progress], help="accuracy of pat-train models under L_inf, "
+                       "L_2, JPEG, StAdv, ReColorAdv, PPGD and LPA; union and unseen mean")
+    s.add_argument("data", help="evaluation image folder, one subfolder per class")
+    s.add_argument("--model-dir", action="append", required=True, help="a pat-train --out-dir (repeat to compare)")
+    s.add_argument("--attack", action="append", help="attack spec (repeat; default: the paper's seven)")
+    s.add_argument("--seen", nargs="*", help="threat models seen in training (default: from model.json)")
+    s.add_argument("--iterations", type=int, help="steps of every attack (default: each attack's own)")
+    s.add_argument("--max-examples", type=int, help="evaluate the first N examples only")
+    s.add_argument("--batch-size", type=int, default=100)
+    s.add_argument("--seed", type=int, default=0, help="seed of the random starts")
+    s.add_argument("--plot", metavar="OUT.png", help="save a bar chart of the accuracies")
+    s.add_argument("--per-example", metavar="FILE.json", help="also write every example's results (.json or .csv)")
+    s.set_defaults(func=cmd_robust_eval)
     s = sub.add_parser("check", parents=[common],
                        help="self-check: every available backend against the reference (run this first on a GPU)")
     s.add_argument("--quick", action="store_true", help="small shapes only")
@@ -617,6 +766,22 @@ def _validate(args) -> List[Path]:
             if not Path(d).is_dir():
                 raise CLIError(f"{d}: no such split folder")
         return [p for d in args.dirs for p in Path(d).rglob("*") if p.is_file()]
+    if cmd in ("pat-train", "robust-eval", "example-data"):
+        for opt in ("epochs", "iterations", "max_examples", "attack_iterations", "train_per_class", "val_per_class",
+                    "size", "stop_after_steps"):
+            v = getattr(args, opt, None)
+            if v is not None and v < 1:
+                raise CLIError(f"--{opt.replace('_', '-')} must be >= 1, got {v}")
+        for opt in ("workers", "checkpoint_every", "warmup_epochs"):
+            v = getattr(args, opt, None)
+            if v is not None and v < 0:
+                raise CLIError(f"--{opt.replace('_', '-')} must be >= 0, got {v}")
+        if cmd == "robust-eval":
+            if args.plot:
+                check_output_path(args.plot, "--plot", [])
+            if args.per_example and Path(args.per_example).suffix.lower() not in (".json", ".csv"):
+                raise CLIError(f"--per-example {args.per_example}: write .json or .csv")
+        return []
     if cmd in ("score-2afc", "score-jnd"):
         if args.draws < 1:
             raise CLIError(f"--draws must be >= 1, got {args.draws}")

@@ -24,9 +24,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-import warnings
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -37,6 +36,7 @@ from torch import nn
 from . import distributed as D
 from .bapps import TwoAFCDataset, bapps_loader
 from .model import LPIPS
+from .utils import atomic_save
 
 __all__ = ["Dist2LogitLayer", "BCERankingLoss", "Trainer", "TrainConfig", "AdversarialConfig", "train_lpips",
            "ranking_pgd", "clamp_lin_weights", "ATTACK_TARGETS", "robust_2afc_table"]
@@ -271,7 +271,7 @@ class Trainer:
         self.save_network(self.rankLoss.net, path, "rank", label)
 
     def save_network(self, network: nn.Module, path: PathLike, network_label: str, epoch_label: str) -> None:
-        _atomic_save(network.state_dict(), os.path.join(path, f"{epoch_label}_net_{network_label}.pth"))
+        atomic_save(network.state_dict(), os.path.join(path, f"{epoch_label}_net_{network_label}.pth"))
 
     def load_network(self, network: nn.Module, network_label: str, epoch_label: str) -> None:
         path = os.path.join(self.save_dir, f"{epoch_label}_net_{network_label}.pth")
@@ -291,19 +291,6 @@ class Trainer:
     def save_done(self, flag: bool = False) -> None:
         np.save(os.path.join(self.save_dir, "done_flag"), flag)
         np.savetxt(os.path.join(self.save_dir, "done_flag"), [flag], fmt="%i")
-
-
-def _atomic_save(obj, path: PathLike) -> None:
-    """torch.save to a temporary file in the same folder, then os.replace (a crash leaves the old file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 # -- the training run ----------------------------------------------------------------------------------
@@ -465,10 +452,10 @@ def train_lpips(train_roots, out_dir: PathLike, config: Optional[TrainConfig] = 
         if D.is_main():
             all_losses = [v for s in stats for v in s[0]]
             all_accs = [v for s in stats for v in s[1]]
-            _atomic_save({"net": net.state_dict(), "rank": rank.state_dict(), "optimizer": opt.state_dict(),
+            atomic_save({"net": net.state_dict(), "rank": rank.state_dict(), "optimizer": opt.state_dict(),
                           "epoch": epoch, "config": asdict(cfg), "rng": rngs}, ckpt_path)
-            _atomic_save(net.state_dict(), out / "latest_net_.pth")
-            _atomic_save(rank.net.state_dict(), out / "latest_net_rank.pth")
+            atomic_save(net.state_dict(), out / "latest_net_.pth")
+            atomic_save(rank.net.state_dict(), out / "latest_net_rank.pth")
             with open(out / "log.csv", "a") as f:
                 if epoch == 1:
                     f.write("epoch,lr,loss,acc\n")

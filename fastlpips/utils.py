@@ -1,8 +1,12 @@
 """Image helpers with the names and semantics of the ``lpips`` package (0.1.4)."""
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 import warnings
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -214,3 +218,33 @@ def l2(p0: np.ndarray, p1: np.ndarray, range: float = 255.0) -> float:
 
 def psnr(p0: np.ndarray, p1: np.ndarray, peak: float = 255.0) -> float:
     return 10 * np.log10(peak**2 / np.mean((1.0 * p0 - 1.0 * p1) ** 2))
+
+
+def atomic_write(path, write: Callable[[str], None]) -> None:
+    """Write ``path`` through ``write(tmp_name)`` on a temporary file in the same folder, renamed
+    over ``path`` only when ``write`` succeeded; the temporary file never survives a failure."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix or ".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        if path.exists():
+            mode = path.stat().st_mode & 0o7777
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_save(obj, path) -> None:
+    """``torch.save(obj, path)`` through ``atomic_write`` (the folder is created): a crash or an
+    error leaves the previous file, never a partial one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))

@@ -13,11 +13,11 @@ LAYERS = [
     ("kernels", ["fastlpips.kernels", "fastlpips._C"]),
     ("core", ["fastlpips.reference", "fastlpips.transforms", "fastlpips.validation", "fastlpips.precision",
               "fastlpips.nets", "fastlpips.utils", "fastlpips.bapps", "fastlpips.distributed",
-              "fastlpips.classic"]),
+              "fastlpips.classic", "fastlpips.imagefolder"]),
     ("ops", ["fastlpips.ops", "fastlpips._backend"]),
     ("metrics", ["fastlpips.model", "fastlpips.elpips", "fastlpips.estimator", "fastlpips.functional"]),
     ("attacks/trainers/tools", ["fastlpips.attacks", "fastlpips.selfcheck", "fastlpips.scoring",
-                                "fastlpips.training"]),
+                                "fastlpips.training", "fastlpips.pat", "fastlpips.robust"]),
     ("cli", ["fastlpips.cli", "fastlpips.__main__"]),
 ]
 EXEMPT_UNDERSCORE = {"fastlpips._C"}  # the compiled extension (torch's naming), the kernels layer

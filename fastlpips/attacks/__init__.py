@@ -1,7 +1,12 @@
 """Perceptual attacks on the fastlpips engine: distances, exact J^T J products, PPGD, LPA, Fast-LPA,
-and attacks on the metrics themselves (E-LPIPS A1/A2, R-LPIPS OPT, 2AFC PGD)."""
+attacks on the metrics themselves (E-LPIPS A1/A2, R-LPIPS OPT, 2AFC PGD), and the narrow threat
+models of robust evaluation (L_inf / L_2 PGD, JPEG, StAdv, ReColorAdv) on one protocol (``threat``)."""
 from .distances import ClassifierFeatureDistance, ELPIPSDistance, FeatureDistance, LPIPSDistance
 from .linalg import JTJ, CGResult, conjugate_gradient, jtj_matvec, lanczos_extremes, power_iteration
+from .narrow import JPEGLinf, L2PGD, LinfPGD
+from .recolor import ReColorAdv
+from .stadv import StAdv
+from .threat import NoAttack, ThreatAttack, draw_noise
 from .metric_attacks import MetricAttackResult, feature_mse_attack, pull_to_target, push_within_l2, twoafc_pgd
 from .perceptual import (FastLagrangePerceptualAttack, LagrangePerceptualAttack, PerceptualPGD, Projected,
                          margin_loss, project_bisection, project_newton)
@@ -10,4 +15,5 @@ __all__ = ["FeatureDistance", "LPIPSDistance", "ELPIPSDistance", "ClassifierFeat
            "conjugate_gradient", "jtj_matvec", "lanczos_extremes", "power_iteration", "PerceptualPGD",
            "LagrangePerceptualAttack", "FastLagrangePerceptualAttack", "Projected", "margin_loss",
            "project_bisection", "project_newton", "pull_to_target", "push_within_l2", "feature_mse_attack",
-           "twoafc_pgd", "MetricAttackResult"]
+           "twoafc_pgd", "MetricAttackResult", "ThreatAttack", "NoAttack", "draw_noise", "LinfPGD", "L2PGD", "JPEGLinf",
+           "StAdv", "ReColorAdv"]

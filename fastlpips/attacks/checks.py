@@ -13,7 +13,7 @@ import torch
 
 from .. import validation as V
 
-__all__ = ["check_unit_images", "check_bound", "check_labels", "check_logits", "check_same_shape",
+__all__ = ["check_unit_images", "check_bound", "check_nonnegative", "check_labels", "check_logits", "check_same_shape",
            "check_positive_int"]
 
 check_positive_int = V.check_positive_int
@@ -38,17 +38,30 @@ def check_same_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str)
                          "or device")
 
 
-def check_bound(value, name: str = "bound") -> float:
-    """A finite number > 0 (NaN, inf, 0, negatives and tensors of several values refused)."""
+def _one_number(value, name: str) -> float:
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise ValueError(f"{name} must be one number, got a tensor of shape {tuple(value.shape)}")
         value = float(value)
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def check_bound(value, name: str = "bound") -> float:
+    """A finite number > 0 (NaN, inf, 0, negatives and tensors of several values refused)."""
+    value = _one_number(value, name)
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite number > 0, got {value}")
-    return float(value)
+    return value
+
+
+def check_nonnegative(value, name: str) -> float:
+    """A finite number >= 0 (a weight that may be switched off)."""
+    value = _one_number(value, name)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return value
 
 
 def check_labels(labels, n: int, num_classes: Optional[int] = None, name: str = "labels") -> None:

@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from .checks import check_bound, check_labels, check_logits, check_positive_int, check_same_shape
-from .distances import FeatureDistance
+from .distances import ClassifierFeatureDistance, FeatureDistance
 from .linalg import JTJ, _bcast, _dot, conjugate_gradient
+from .threat import ThreatAttack
 
 __all__ = ["margin_loss", "Projected", "project_bisection", "project_newton", "PerceptualPGD",
            "LagrangePerceptualAttack", "FastLagrangePerceptualAttack"]
@@ -139,12 +140,25 @@ def _project(kind: str, distance, x, x_adv, bound, fx) -> Projected:
     raise ValueError(f"projection must be 'newton' or 'bisection', got {kind!r}")
 
 
-class PerceptualPGD(nn.Module):
+def _logits_and_features(model: nn.Module, distance: FeatureDistance, a: torch.Tensor, linearize: bool):
+    """(logits, phi(a), jvp or None): a self-bounded distance on ``model``'s own layers gets its
+    features and the logits from one classifier pass."""
+    if isinstance(distance, ClassifierFeatureDistance) and distance.model is model and not linearize:
+        fa, logits = distance.features_and_logits(a)
+        return logits, fa, None
+    fa, jvp = distance.linearize(a) if linearize else (distance.features(a), None)
+    return model(a), fa, jvp
+
+
+class PerceptualPGD(ThreatAttack):
     """PPGD: each step solves (J^T J) d = grad(margin loss) by ``cg_iterations`` CG iterations with
     exact products at the current image, moves to x + (step / ||J d||) d (clamped to [0, 1]) and
     projects onto d(x0, .) <= bound. ``step`` defaults to 2 bound / num_iterations (root scale).
     ``forward`` returns the adversarial images; ``last`` keeps the CG residuals, pass counts and
-    projection results of the final step."""
+    projection results of the final step and ``size``, the final distances (``ThreatAttack``)."""
+
+    name = "ppgd"
+    noise_kind = "normal"
 
     def __init__(self, model: nn.Module, distance: FeatureDistance, bound: float, *, num_iterations: int = 5,
                  cg_iterations: int = 5, step: Optional[float] = None, kappa: float = 1.0,
@@ -160,7 +174,6 @@ class PerceptualPGD(nn.Module):
         self.num_iterations, self.cg_iterations = num_iterations, cg_iterations
         self.step = step if step is not None else 2 * distance.root(bound) / num_iterations
         self.kappa, self.targeted, self.projection, self.init_std = kappa, targeted, projection, init_std
-        self.last: dict = {}
 
     def step_once(self, x0: torch.Tensor, adv: torch.Tensor, labels: torch.Tensor, fx0: torch.Tensor) -> torch.Tensor:
         a = adv.detach().requires_grad_(True)
@@ -174,16 +187,18 @@ class PerceptualPGD(nn.Module):
         lam = torch.where(live, self.step / length.clamp_min(1e-30), torch.zeros_like(length))
         moved = (adv + _bcast(lam, adv) * cg.x).clamp(0, 1)
         proj = _project(self.projection, self.distance, x0, moved, self.bound, fx0)
-        self.last = {"cg": cg, "passes": dict(op.passes), "projection": proj}
+        self.last = {"cg": cg, "passes": dict(op.passes), "projection": proj, "size": proj.distance}
         return proj.images
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor, *, generator: Optional[torch.Generator] = None):
-        """``x`` (N, 3, H, W) in [0, 1], ``labels`` (N,) class indices -> adversarial images in [0, 1]."""
+    def forward(self, x: torch.Tensor, labels: torch.Tensor, *, noise: Optional[torch.Tensor] = None,
+                generator: Optional[torch.Generator] = None):
+        """``x`` (N, 3, H, W) in [0, 1], ``labels`` (N,) class indices -> adversarial images in [0, 1].
+        The start is x + init_std * noise (``noise``: N(0, 1) draws of x's shape; drawn with
+        ``generator`` when None)."""
         check_attack_inputs(self.distance, x, labels)
         x = x.detach()
         fx0 = self.distance.features(x).detach()
-        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) * self.init_std
-        adv = (x + noise).clamp(0, 1)
+        adv = (x + self._noise(x, noise, generator) * self.init_std).clamp(0, 1)
         for _ in range(self.num_iterations):
             if self.distance.stochastic:
                 self.distance.resample()
@@ -192,15 +207,24 @@ class PerceptualPGD(nn.Module):
         return adv.detach()
 
 
-class LagrangePerceptualAttack(nn.Module):
+class LagrangePerceptualAttack(ThreatAttack):
     """LPA: minimize -margin + lambda relu(d - bound) with normalized gradient steps of perceptual
     length eta (decaying bound -> bound/10; length from an exact J v), lambda from 0.01 growing x10
     for samples still outside after each of ``binary_steps`` rounds; samples that succeed inside
-    the bound stop being recomputed. Ends with a projection (guaranteed inside or reported)."""
+    the bound stop being recomputed. Ends with a projection (guaranteed inside or reported).
+    ``last['size']``: the final distances (one more distance pass; ``measure=False`` skips it,
+    as PAT's training attack does); ``last['projection']`` the projection's result."""
+
+    noise_kind = "normal"
+
+    @property
+    def name(self) -> str:
+        return "fast-lpa" if self.fast else "lpa"
 
     def __init__(self, model: nn.Module, distance: FeatureDistance, bound: float, *, num_iterations: int = 20,
                  binary_steps: int = 5, step: Optional[float] = None, kappa: float = 1.0, targeted: bool = False,
-                 projection: str = "newton", lam: float = 0.01, fast: bool = False, init_std: float = 0.01) -> None:
+                 projection: str = "newton", lam: float = 0.01, fast: bool = False, init_std: float = 0.01,
+                 measure: bool = True) -> None:
         super().__init__()
         bound = check_bound(bound)
         check_positive_int(num_iterations, "num_iterations")
@@ -213,15 +237,19 @@ class LagrangePerceptualAttack(nn.Module):
         self.num_iterations, self.binary_steps = num_iterations, (1 if fast else binary_steps)
         self.step = step if step is not None else distance.root(bound)
         self.kappa, self.targeted, self.projection = kappa, targeted, projection
-        self.lam0, self.fast, self.init_std = lam, fast, init_std
+        self.lam0, self.fast, self.init_std, self.measure = lam, fast, init_std, measure
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor, *, generator: Optional[torch.Generator] = None):
-        """``x`` (N, 3, H, W) in [0, 1], ``labels`` (N,) class indices -> adversarial images in [0, 1]."""
+    def forward(self, x: torch.Tensor, labels: torch.Tensor, *, noise: Optional[torch.Tensor] = None,
+                generator: Optional[torch.Generator] = None):
+        """``x`` (N, 3, H, W) in [0, 1], ``labels`` (N,) class indices -> adversarial images in [0, 1].
+        The start is x + init_std * noise (``noise``: N(0, 1) draws of x's shape; drawn with
+        ``generator`` when None)."""
         check_attack_inputs(self.distance, x, labels)
         x = x.detach()
         n = x.shape[0]
         fx0 = self.distance.features(x).detach()
-        adv = (x + torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) * self.init_std).clamp(0, 1)
+        adv = (x + self._noise(x, noise, generator) * self.init_std).clamp(0, 1)
+        self.last = {}
         lam = torch.full((n,), self.lam0, dtype=x.dtype, device=x.device)
         live = torch.ones(n, dtype=torch.bool, device=x.device)
         for _ in range(self.binary_steps):
@@ -235,9 +263,7 @@ class LagrangePerceptualAttack(nn.Module):
                 idx = live.nonzero().flatten() if gather else slice(None)
                 rows = live[idx]
                 a = adv[idx].detach().clone().requires_grad_(True)
-                fa, jvp = self.distance.linearize(a) if self.distance.has_linearization else \
-                    (self.distance.features(a), None)
-                logits = self.model(a)
+                logits, fa, jvp = _logits_and_features(self.model, self.distance, a, self.distance.has_linearization)
                 d = self.distance.from_features(fa, fx0[idx])
                 loss = -margin_loss(logits, labels[idx], self.kappa, self.targeted) + \
                     lam_t[idx] * torch.relu(d - self.bound)
@@ -261,11 +287,23 @@ class LagrangePerceptualAttack(nn.Module):
             if not bool(live.any()):
                 break
         if self.fast:
-            return adv.detach()
-        return _project(self.projection, self.distance, x, adv, self.bound, fx0).images.detach()
+            adv = adv.detach()
+            if self.measure:
+                self.last["size"] = _dist(self.distance, adv, fx0)
+            return adv
+        proj = _project(self.projection, self.distance, x, adv, self.bound, fx0)
+        self.last = {"projection": proj, "size": proj.distance}
+        return proj.images.detach()
 
 
 def FastLagrangePerceptualAttack(model: nn.Module, distance: FeatureDistance, bound: float, *,
-                                 num_iterations: int = 10, lam: float = 10.0, **kw) -> LagrangePerceptualAttack:
-    """Fast-LPA (for training): one round, lambda growing to ``lam`` within it, no final projection."""
-    return LagrangePerceptualAttack(model, distance, bound, num_iterations=num_iterations, lam=lam, fast=True, **kw)
+                                 num_iterations: int = 10, lam: float = 10.0, kappa: float = math.inf,
+                                 **kw) -> LagrangePerceptualAttack:
+    """Fast-LPA as PAT trains with it (Laidlaw et al. section 5, perceptual-advex's defaults): one
+    round of ``num_iterations`` steps, lambda = lam 0.1^(1 - t/T) (growing to ``lam``), step
+    length bound 0.1^(t/T), the UNclamped margin (``kappa`` = inf; pass a number to clamp it), no
+    projection: the bound is soft, so outputs may lie outside it (``last['size']`` says by how
+    much). ``distance``: ``ClassifierFeatureDistance(model, layers)`` (self-bounded; features and
+    logits from one pass) or ``LPIPSDistance(..., calibrated=False)`` (AlexNet-bounded)."""
+    return LagrangePerceptualAttack(model, distance, bound, num_iterations=num_iterations, lam=lam, kappa=kappa,
+                                    fast=True, **kw)

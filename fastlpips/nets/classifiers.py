@@ -1,0 +1,93 @@
+"""Classifiers for Perceptual Adversarial Training without torchvision: the pre-activation-free
+ResNet for 32x32 inputs that perceptual-advex (through the ``robustness`` library) trains on
+CIFAR-10 (3x3 stem, no max-pool, BasicBlocks in four stages of 64/128/256/512 channels, 4x4
+average pool, linear head), with the input normalization inside the model so it takes images in
+[0, 1] like every attack here.
+
+``resnet18_32(num_classes)`` is the paper's ResNet-50's smaller sibling at CIFAR scale;
+``ResNet32(blocks=(1, 1, 1, 1), width=8)`` is the tiny one the tests and the worked example train
+in seconds. The stage outputs ``layer1`` ... ``layer4`` are the self-bounded distance's layers
+(``SELF_BOUND_LAYERS``, as perceptual-advex's CifarResNetFeatureModel).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["ResNet32", "resnet18_32", "SELF_BOUND_LAYERS", "CIFAR_MEAN", "CIFAR_STD"]
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+SELF_BOUND_LAYERS = ("layer1", "layer2", "layer3", "layer4")
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(min(8, channels), channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"norm must be 'batch', 'group' or 'none', got {kind!r}")
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, norm: str) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = _norm(norm, cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = _norm(norm, cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _norm(norm, cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet32(nn.Module):
+    """ResNet for 32x32 images in [0, 1] -> logits (N, num_classes). ``blocks`` per stage,
+    ``width`` channels in the first stage (doubling per stage), ``norm`` 'batch' (the paper's),
+    'group' or 'none' (per-sample models: their training under torchrun does not depend on how
+    the batch is split across processes). Other input sizes work (global average pooling)."""
+
+    def __init__(self, num_classes: int = 10, *, blocks: Sequence[int] = (2, 2, 2, 2), width: int = 64,
+                 norm: str = "batch", mean: Sequence[float] = CIFAR_MEAN, std: Sequence[float] = CIFAR_STD) -> None:
+        super().__init__()
+        if not (isinstance(num_classes, int) and num_classes >= 2):
+            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+        if len(blocks) != 4 or any(not isinstance(b, int) or b < 1 for b in blocks):
+            raise ValueError(f"blocks must be four ints >= 1, got {tuple(blocks)!r}")
+        if not (isinstance(width, int) and width >= 1):
+            raise ValueError(f"width must be a positive int, got {width!r}")
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+        self.bn1 = _norm(norm, width)
+        stages, cin = [], width
+        for i, n in enumerate(blocks):
+            cout = width * 2**i
+            layers = [BasicBlock(cin, cout, 1 if i == 0 else 2, norm)]
+            layers += [BasicBlock(cout, cout, 1, norm) for _ in range(n - 1)]
+            stages.append(nn.Sequential(*layers))
+            cin = cout
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.linear = nn.Linear(cin, num_classes)
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        h = F.relu(self.bn1(self.conv1(h)))
+        h = self.layer4(self.layer3(self.layer2(self.layer1(h))))
+        return self.linear(F.adaptive_avg_pool2d(h, 1).flatten(1))
+
+
+def resnet18_32(num_classes: int = 10, **kw) -> ResNet32:
+    """ResNet-18 for 32x32 inputs (11.2 M parameters at 10 classes)."""
+    return ResNet32(num_classes, blocks=(2, 2, 2, 2), width=64, **kw)

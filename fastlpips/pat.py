@@ -1,0 +1,332 @@
+"""Perceptual Adversarial Training (Laidlaw et al. section 5; REFERENCE.md section 6), with
+perceptual-advex's ``adv_train.py`` recipe:
+
+per batch: model.eval(); adversarial examples from each training attack (Fast-LPA self- or
+AlexNet-bounded, optionally mixed with narrow attacks), only for the inputs classified correctly
+when ``only_attack_correct``; model.train(); cross-entropy on the adversarial batch (the attacks'
+examples concatenated, or one random attack per batch, or the per-example maximum loss), gradient
+values clipped, SGD step. SGD momentum 0.9, weight decay, the learning rate ramped linearly over
+the first ``warmup_epochs`` (per step, as there) then multiplied by 0.1 at each epoch of
+``lr_drops``.
+
+``train_pat(model, train_dataset, out_dir, config)``:
+
+* runs in one process, or under ``torchrun`` with DistributedDataParallel (gloo on CPU, nccl on
+  GPU) unchanged: ``batch_size`` is the GLOBAL batch, split across processes; every random draw
+  (data order, augmentation, attack starts, the attack choice) is made for the global batch from
+  the step's seed and each process takes its rows, so 1 and N processes compute the same
+  gradients for per-example models (BatchNorm sees each process's share of the batch: DDP's
+  semantics; ``sync_batchnorm=True`` converts it on CUDA, where torch supports it);
+* writes ``checkpoint.pt`` (atomic) at the end of every epoch and every ``checkpoint_every``
+  steps: weights, optimizer, position (epoch and step), configuration and every process's RNG
+  state; ``resume=True`` continues from it bit-identically (mid-epoch included: the epoch's batch
+  order is a function of the seed and the epoch), ``model.pt`` (the weights) and ``log.csv``
+  (per epoch: learning rate, loss, clean and adversarial training accuracy per attack, and the
+  validation accuracies when a validation set is given);
+* shows a tqdm progress bar per epoch on rank 0 and logs through ``logging``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from . import distributed as D
+from .attacks.checks import check_labels, check_logits, check_unit_images
+from .attacks.threat import draw_noise
+from .robust import make_attack, parse_attack_spec
+from .utils import atomic_save
+
+__all__ = ["PATConfig", "train_pat", "learning_rate", "step_seed"]
+
+log = logging.getLogger(__name__)
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass
+class PATConfig:
+    """The CIFAR-10 recipe of the paper by default (100 epochs, lr 0.1 with a 5-epoch warm-up,
+    x0.1 at 75 and 90, weight decay 2e-4, gradient values clipped at 1, self-bounded Fast-LPA
+    with bound 0.5 and 10 iterations)."""
+
+    attacks: Tuple[str, ...] = ("fast-lpa:self=0.5",)
+    attack_iterations: Optional[int] = None  # None: each attack's default (Fast-LPA 10)
+    mix: str = "all"  # 'all' (concatenate every attack's examples), 'random' (one per batch), 'max' (per-example max loss)
+    only_attack_correct: bool = False
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    warmup_epochs: int = 5
+    lr_drops: Tuple[int, ...] = (75, 90)
+    clip_grad: Optional[float] = 1.0
+    augment: bool = True  # random crop (4-pixel zero padding) and horizontal flip
+    feature_layers: Optional[Tuple[str, ...]] = None  # self-bounded distance layers (default layer1..layer4)
+    seed: int = 0
+    workers: int = 0
+    checkpoint_every: int = 0  # steps; 0: at the end of every epoch only
+    sync_batchnorm: bool = False
+
+
+def _check_config(cfg: PATConfig) -> None:
+    for name in ("epochs", "batch_size"):
+        v = getattr(cfg, name)
+        if not (isinstance(v, int) and v >= 1):
+            raise ValueError(f"PATConfig.{name} must be a positive int, got {v!r}")
+    for name in ("warmup_epochs", "checkpoint_every", "workers"):
+        v = getattr(cfg, name)
+        if not (isinstance(v, int) and v >= 0):
+            raise ValueError(f"PATConfig.{name} must be an int >= 0, got {v!r}")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise ValueError(f"PATConfig.lr must be a finite number > 0, got {cfg.lr!r}")
+    if cfg.clip_grad is not None and not (math.isfinite(cfg.clip_grad) and cfg.clip_grad > 0):
+        raise ValueError(f"PATConfig.clip_grad must be > 0 or None, got {cfg.clip_grad!r}")
+    if cfg.mix not in ("all", "random", "max"):
+        raise ValueError(f"PATConfig.mix must be 'all', 'random' or 'max', got {cfg.mix!r}")
+    if isinstance(cfg.attacks, str):
+        raise ValueError("PATConfig.attacks must be a sequence of attack specs, e.g. ('fast-lpa:self=0.5',)")
+    for a in cfg.attacks:
+        parse_attack_spec(a)  # raises naming the bad spec
+    if cfg.batch_size % D.world_size():
+        raise ValueError(f"PATConfig.batch_size {cfg.batch_size} (the global batch) must be divisible by the "
+                         f"{D.world_size()} processes")
+
+
+def learning_rate(cfg: PATConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
+    """perceptual-advex's schedule (0-based epoch and global step): ``lr`` x 0.1 per passed drop;
+    during the first ``warmup_epochs`` (when lr >= 0.1, as there) (step + 1) / (warmup steps) lr."""
+    if epoch < cfg.warmup_epochs and cfg.lr >= 0.1:
+        return (step + 1) / (cfg.warmup_epochs * steps_per_epoch) * cfg.lr
+    return cfg.lr * 0.1 ** sum(epoch >= d for d in cfg.lr_drops)
+
+
+def step_seed(seed: int, step: int, stream: int = 0) -> int:
+    """The seed of the random draws of global step ``step`` (independent of the process count);
+    ``stream`` 1 is the data order of epoch ``step``."""
+    return int(np.random.SeedSequence([seed, stream, step]).generate_state(1)[0])
+
+
+class _Batches(torch.utils.data.Sampler):
+    """This process's rows of each global batch of an epoch (a permutation seeded by the seed and
+    the epoch, full global batches only), from batch ``skip`` on."""
+
+    def __init__(self, n: int, global_batch: int, seed: int, epoch: int, skip: int = 0) -> None:
+        self.n, self.global_batch, self.seed, self.epoch, self.skip = n, global_batch, seed, epoch, skip
+
+    def __len__(self) -> int:
+        return self.n // self.global_batch - self.skip
+
+    def __iter__(self):
+        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(step_seed(self.seed, self.epoch, stream=1)))
+        r, w = D.rank(), D.world_size()
+        for b in range(self.skip, self.n // self.global_batch):
+            yield perm[b * self.global_batch + r:(b + 1) * self.global_batch:w].tolist()
+
+
+def _augment_batch(x: torch.Tensor, draws: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], pad: int = 4) -> torch.Tensor:
+    flip, dy, dx = draws
+    h, w = x.shape[2:]
+    padded = F.pad(x, (pad, pad, pad, pad))
+    out = torch.empty_like(x)
+    for i in range(x.shape[0]):
+        out[i] = padded[i, :, int(dy[i]):int(dy[i]) + h, int(dx[i]):int(dx[i]) + w]
+    return torch.where(flip.view(-1, 1, 1, 1).to(x.device), out.flip(3), out)
+
+
+def train_pat(model: nn.Module, train_dataset, out_dir: PathLike, config: Optional[PATConfig] = None, *,
+              val_dataset=None, val_attacks: Sequence[str] = (), val_examples: int = 500,
+              init: Optional[PathLike] = None,
+              device: Union[str, torch.device, None] = None, resume: bool = False,
+              stop_after_steps: Optional[int] = None, progress: Optional[bool] = True) -> nn.Module:
+    """Train ``model`` (images in [0, 1] -> logits (N, classes)) with PAT on ``train_dataset``
+    ((image, label) pairs, e.g. ``ImageFolder``) and return it (in eval mode). ``val_dataset``:
+    clean accuracy and accuracy under ``val_attacks`` (specs) on its first ``val_examples``
+    examples after every epoch. ``stop_after_steps``: return after that many global steps in total
+    (a checkpoint is written there; ``resume=True`` continues). ``init``: start from these weights
+    (a state dict file, e.g. another run's ``model.pt``; loaded strictly)."""
+    from tqdm import tqdm
+
+    cfg = config or PATConfig()
+    cfg.attacks, cfg.lr_drops = tuple(cfg.attacks), tuple(cfg.lr_drops)
+    if cfg.feature_layers is not None:
+        cfg.feature_layers = tuple(cfg.feature_layers)
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    D.init_from_env(dev)
+    _check_config(cfg)
+    out = Path(out_dir)
+    ckpt_path = out / "checkpoint.pt"
+    if resume and not ckpt_path.is_file():
+        raise FileNotFoundError(f"resume=True but {ckpt_path} does not exist")
+    n = len(train_dataset)
+    if n < cfg.batch_size:
+        raise ValueError(f"the training set has {n} examples, fewer than one batch of {cfg.batch_size}")
+    num_classes = getattr(train_dataset, "num_classes", None)
+    steps_per_epoch = n // cfg.batch_size
+    world, rank = D.world_size(), D.rank()
+    local = cfg.batch_size // world
+
+    torch.manual_seed(cfg.seed)
+    net = model.to(dev)
+    if init is not None:
+        try:
+            net.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
+        except (OSError, RuntimeError, ValueError) as e:
+            raise ValueError(f"cannot load the initial weights {init}: {e}") from e
+    if cfg.sync_batchnorm and D.is_distributed():
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    epoch, step_in_epoch = 0, 0
+    resumed_stats = None
+    if resume:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        mine = {k: v for k, v in asdict(cfg).items() if k not in ("workers", "checkpoint_every")}
+        saved = {k: v for k, v in state["config"].items() if k not in ("workers", "checkpoint_every")}
+        if {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()} != mine:
+            raise ValueError(f"{ckpt_path} was written with another configuration ({saved}); this run has {mine}")
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        epoch, step_in_epoch = state["epoch"], state["step_in_epoch"]
+        resumed_stats = state["stats"][rank] if step_in_epoch else None
+        if len(state["rng"]) != world:
+            raise ValueError(f"{ckpt_path} holds {len(state['rng'])} process(es)' RNG states; this run has {world}")
+        torch.set_rng_state(state["rng"][rank])
+    elif D.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+    trained = net
+    if D.is_distributed():
+        trained = nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
+    distances: dict = {}
+    attacks = [make_attack(a, net, iterations=cfg.attack_iterations, layers=cfg.feature_layers, distances=distances)
+               for a in cfg.attacks]
+    for d in distances.values():
+        d.to(dev)
+    for a in attacks:
+        if hasattr(a, "measure"):
+            a.measure = False  # training needs no final distance pass
+    names = [a.name for a in attacks]
+
+    def save(epoch_: int, step_: int, stats_: Optional[dict] = None) -> None:
+        rngs = D.gather_objects(torch.get_rng_state())
+        partial = D.gather_objects(stats_)  # the epoch's statistics so far (mid-epoch checkpoints)
+        if D.is_main():
+            atomic_save({"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch_,
+                         "step_in_epoch": step_, "config": asdict(cfg), "rng": rngs, "stats": partial}, ckpt_path)
+            atomic_save(net.state_dict(), out / "model.pt")
+        D.barrier()
+
+    global_step = epoch * steps_per_epoch + step_in_epoch
+    disable = True if (progress is False or not D.is_main()) else (None if progress is None else False)
+    while epoch < cfg.epochs:
+        sampler = _Batches(n, cfg.batch_size, cfg.seed, epoch, skip=step_in_epoch)
+        loader = torch.utils.data.DataLoader(train_dataset, batch_sampler=sampler, num_workers=cfg.workers,
+                                             pin_memory=dev.type == "cuda")
+        stats: Dict[str, List[float]] = resumed_stats or {"loss": [], "clean": [], **{k: [] for k in names}}
+        resumed_stats = None
+        lr = learning_rate(cfg, epoch, max(global_step - 1, 0), steps_per_epoch)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=disable, leave=False,
+                   initial=step_in_epoch, total=steps_per_epoch)
+        for x, y in bar:
+            x, y = x.to(dev, non_blocking=True), torch.as_tensor(y).to(dev)
+            check_unit_images(x, "training images")
+            check_labels(y, x.shape[0], num_classes, "training labels")
+            g = torch.Generator().manual_seed(step_seed(cfg.seed, global_step))
+            rows = slice(rank, cfg.batch_size, world)
+            if cfg.augment:
+                draws = (torch.rand(cfg.batch_size, generator=g) < 0.5, torch.randint(0, 9, (cfg.batch_size,), generator=g),
+                         torch.randint(0, 9, (cfg.batch_size,), generator=g))
+                x = _augment_batch(x, tuple(d[rows] for d in draws))
+            noises = [draw_noise(a.noise_kind, (cfg.batch_size,) + tuple(x.shape[1:]), generator=g, dtype=x.dtype)
+                      for a in attacks]
+            pick = int(torch.randint(len(attacks), (1,), generator=g)) if attacks else 0
+            lr = learning_rate(cfg, epoch, global_step, steps_per_epoch)
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+            net.eval()
+            with torch.no_grad():
+                logits = net(x)
+            check_logits(logits, x.shape[0], "model(images)")
+            if int(y.max()) >= logits.shape[1]:
+                raise ValueError(f"training labels lie in [{int(y.min())}, {int(y.max())}] but model(images) has "
+                                 f"{logits.shape[1]} outputs (classes); the dataset has "
+                                 f"{num_classes if num_classes is not None else 'more'} classes")
+            clean_ok = logits.argmax(1) == y
+            to_attack = clean_ok if cfg.only_attack_correct else torch.ones_like(clean_ok)
+            chosen = [pick] if cfg.mix == "random" else range(len(attacks))
+            advs = []
+            for k in chosen:
+                adv = x.clone()
+                if bool(to_attack.any()):
+                    z = noises[k][rows].to(dev) if noises[k] is not None else None
+                    adv[to_attack] = attacks[k](x[to_attack], y[to_attack],
+                                                noise=z[to_attack] if z is not None else None)
+                advs.append(adv)
+            if not advs:
+                advs = [x]
+            net.train()
+            out_logits = trained(torch.cat(advs))
+            ys = y.repeat(len(advs))
+            per = F.cross_entropy(out_logits, ys, reduction="none")
+            loss = per.view(len(advs), -1).amax(0).mean() if cfg.mix == "max" else per.mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip_grad is not None:
+                nn.utils.clip_grad_value_(net.parameters(), cfg.clip_grad)
+            opt.step()
+
+            with torch.no_grad():
+                stats["loss"].append(float(loss))
+                stats["clean"].append(float(clean_ok.float().mean()))
+                right = (out_logits.argmax(1) == ys).view(len(advs), -1).float().mean(1)
+                for j, k in enumerate(chosen):
+                    stats[names[k]].append(float(right[j]))
+            bar.set_postfix(loss=f"{np.mean(stats['loss']):.3f}", clean=f"{np.mean(stats['clean']):.3f}")
+            global_step += 1
+            step_in_epoch += 1
+            if stop_after_steps is not None and global_step >= stop_after_steps:
+                save(epoch, step_in_epoch, stats)
+                return net.eval()
+            if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0 and step_in_epoch < steps_per_epoch:
+                save(epoch, step_in_epoch, stats)
+        epoch, step_in_epoch = epoch + 1, 0
+        row = _epoch_row(epoch, lr, stats, names)
+        if val_dataset is not None:
+            from .robust import evaluate_robustness
+
+            res = evaluate_robustness(net, val_dataset, list(val_attacks), batch_size=local * world, device=dev,
+                                      max_examples=val_examples, progress=False, seed=cfg.seed)
+            row.update({f"val_{k}": v for k, v in res.accuracy().items()})
+            net.train()
+        save(epoch, 0)
+        if D.is_main():
+            _append_log(out / "log.csv", row)
+            log.info("epoch %d/%d: %s", epoch, cfg.epochs, ", ".join(f"{k} {v:.4g}" for k, v in row.items()
+                                                                   if k != "epoch"))
+    return net.eval()
+
+
+def _epoch_row(epoch: int, lr: float, stats: Dict[str, List[float]], names: Sequence[str]) -> dict:
+    """The epoch's means over every process's batches (equal batch counts per process)."""
+    gathered = D.gather_objects(stats)
+    mean = {k: float(np.mean([v for s in gathered for v in s[k]])) if any(s[k] for s in gathered) else math.nan
+            for k in stats}
+    row = {"epoch": epoch, "lr": lr, "loss": mean["loss"], "train_clean": mean["clean"]}
+    row.update({f"train_{k}": mean[k] for k in names})
+    return row
+
+
+def _append_log(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a") as f:
+        if new:
+            f.write(",".join(row) + "\n")
+        f.write(",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row.values()) + "\n")

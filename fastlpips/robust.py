@@ -1,0 +1,356 @@
+"""Robustness evaluation against many threat models, as Laidlaw et al. report it (REFERENCE.md
+section 6; perceptual-advex's evaluate_trained_model.py):
+
+* accuracy under each attack = the fraction of ALL inputs still classified correctly after the
+  attack (inputs already misclassified count as errors, as there);
+* union accuracy = the fraction classified correctly under every narrow attack at once
+  (``NARROW``: L_inf, L_2, JPEG, StAdv, ReColorAdv), per example;
+* unseen mean = the sum of the accuracies under the narrow attacks NOT seen in training, divided by
+  the number of narrow threat models (5), the paper's arithmetic (its Table 3 L_inf row:
+  (3.7 + 10.8 + 4.6 + 37.5) / 5 = 11.3).
+
+Attacks are named by specs ``name[:distance][=bound]`` (``make_attack``): 'linf=8/255', 'l2',
+'jpeg', 'stadv', 'recolor', 'ppgd', 'lpa' (AlexNet-bounded, 40 iterations, bound 0.5 on
+perceptual-advex's scale by default), 'fast-lpa:self=0.5' / 'fast-lpa:alexnet=1.0' (training),
+'none' (clean examples: an undefended model's training).
+Every attack output is checked against its bound (``ThreatAttack.within_bound``); an output
+outside is not a valid adversarial example: the clean image is scored in its place and the count
+is reported (``violations``) with a warning. Under torchrun each process evaluates its share and
+rank 0 gets every example's result.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import distributed as D
+from .attacks.checks import check_logits
+from .attacks.threat import ThreatAttack
+
+__all__ = ["NARROW", "PERCEPTUAL", "DEFAULT_BOUNDS", "PAPER_EVALUATION", "parse_attack_spec", "make_attack",
+           "make_distance", "union_accuracy", "unseen_mean", "RobustResult", "evaluate_robustness",
+           "plot_robustness"]
+
+log = logging.getLogger(__name__)
+PathLike = Union[str, os.PathLike]
+
+NARROW = ("linf", "l2", "jpeg", "stadv", "recolor")
+PERCEPTUAL = ("ppgd", "lpa")
+# CIFAR-10 bounds of the paper / perceptual-advex (images in [0, 1]; perceptual bounds on
+# perceptual-advex's uncalibrated AlexNet scale; 'fast-lpa' self-bounded 0.5, AlexNet-bounded 1.0)
+DEFAULT_BOUNDS = {"linf": 8 / 255, "l2": 1.0, "jpeg": 0.25, "stadv": 0.05, "recolor": 0.06, "ppgd": 0.5,
+                  "lpa": 0.5, "fast-lpa:self": 0.5, "fast-lpa:alexnet": 1.0}
+PAPER_EVALUATION = NARROW + PERCEPTUAL
+ATTACK_NAMES = NARROW + PERCEPTUAL + ("fast-lpa", "none")
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    name: str
+    distance: Optional[str]
+    bound: float
+
+    def __str__(self) -> str:
+        return self.name + (f":{self.distance}" if self.distance else "") + f"={self.bound:.6g}"
+
+
+def _number(text: str, spec: str) -> float:
+    try:
+        v = float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"attack {spec!r}: bound {text!r} is not a number (e.g. 0.5 or 8/255)") from None
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"attack {spec!r}: bound must be > 0, got {v}")
+    return v
+
+
+def parse_attack_spec(spec: str) -> AttackSpec:
+    """'name[:distance][=bound]' -> AttackSpec (bounds may be fractions: 'linf=8/255'); the
+    distance ('self' or 'alexnet') applies to the perceptual attacks (default 'alexnet'; Fast-LPA
+    'self')."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"an attack spec must be a non-empty string, got {spec!r}")
+    head, _, bound = spec.strip().partition("=")
+    name, _, distance = head.partition(":")
+    name = name.strip().lower()
+    if name not in ATTACK_NAMES:
+        raise ValueError(f"unknown attack {name!r} in {spec!r}; choose among {', '.join(ATTACK_NAMES)}")
+    perceptual = name in PERCEPTUAL or name == "fast-lpa"
+    distance = distance.strip().lower() or None
+    if distance is not None and not perceptual:
+        raise ValueError(f"attack {spec!r}: only the perceptual attacks take a distance (':self' / ':alexnet')")
+    if perceptual:
+        distance = distance or ("self" if name == "fast-lpa" else "alexnet")
+        if distance not in ("self", "alexnet"):
+            raise ValueError(f"attack {spec!r}: distance must be 'self' or 'alexnet', got {distance!r}")
+    if name == "none":
+        if bound:
+            raise ValueError(f"attack {spec!r}: 'none' (clean examples) takes no bound")
+        return AttackSpec(name, None, 0.0)
+    key = f"{name}:{distance}" if name == "fast-lpa" else name
+    value = _number(bound, spec) if bound else DEFAULT_BOUNDS[key]
+    return AttackSpec(name, distance, value)
+
+
+def make_distance(kind: str, model: nn.Module, layers: Optional[Sequence[str]] = None):
+    """The perceptual attacks' distance: 'alexnet' (perceptual-advex's scale: the AlexNet trunk,
+    unit weights, sqrt of uncalibrated LPIPS) or 'self' (``model``'s own ``layers``, default the
+    ResNet stages layer1..layer4)."""
+    from .attacks.distances import ClassifierFeatureDistance, LPIPSDistance
+
+    if kind == "alexnet":
+        from .model import LPIPS
+
+        return LPIPSDistance(LPIPS(net="alex", lpips=False, verbose=False), calibrated=False)
+    if kind == "self":
+        from .nets.classifiers import SELF_BOUND_LAYERS
+
+        return ClassifierFeatureDistance(model, list(layers) if layers else list(SELF_BOUND_LAYERS))
+    raise ValueError(f"distance must be 'self' or 'alexnet', got {kind!r}")
+
+
+def make_attack(spec: Union[str, AttackSpec], model: nn.Module, *, iterations: Optional[int] = None,
+                layers: Optional[Sequence[str]] = None, distances: Optional[dict] = None) -> ThreatAttack:
+    """The attack a spec names, on ``model``. ``iterations``: the attack's step count (defaults:
+    perceptual-advex's 20 for the narrow attacks, the paper's 40 for PPGD/LPA evaluation, 10 for
+    Fast-LPA). ``distances``: a dict shared between calls so one AlexNet is built once."""
+    s = parse_attack_spec(spec) if isinstance(spec, str) else spec
+    kw = {} if iterations is None else {"num_iterations": iterations}
+    if s.name == "none":
+        from .attacks.threat import NoAttack
+        return NoAttack(model)
+    if s.name == "linf":
+        from .attacks.narrow import LinfPGD
+        return LinfPGD(model, s.bound, **kw)
+    if s.name == "l2":
+        from .attacks.narrow import L2PGD
+        return L2PGD(model, s.bound, **kw)
+    if s.name == "jpeg":
+        from .attacks.narrow import JPEGLinf
+        return JPEGLinf(model, s.bound, **kw)
+    if s.name == "stadv":
+        from .attacks.stadv import StAdv
+        return StAdv(model, s.bound, **kw)
+    if s.name == "recolor":
+        from .attacks.recolor import ReColorAdv
+        return ReColorAdv(model, s.bound, **kw)
+    from .attacks.perceptual import FastLagrangePerceptualAttack, LagrangePerceptualAttack, PerceptualPGD
+
+    cache = distances if distances is not None else {}
+    key = (s.distance, id(model) if s.distance == "self" else None)
+    if key not in cache:
+        cache[key] = make_distance(s.distance, model, layers)
+    dist = cache[key]
+    if s.name == "ppgd":
+        return PerceptualPGD(model, dist, s.bound, num_iterations=iterations or 40)
+    if s.name == "lpa":
+        return LagrangePerceptualAttack(model, dist, s.bound, num_iterations=iterations or 40)
+    return FastLagrangePerceptualAttack(model, dist, s.bound, num_iterations=iterations or 10)
+
+
+def union_accuracy(correct: Dict[str, Sequence[bool]], attacks: Sequence[str] = NARROW) -> float:
+    """The fraction of examples classified correctly under every attack in ``attacks`` (per
+    example: ``correct[name][i]``)."""
+    missing = [a for a in attacks if a not in correct]
+    if missing:
+        raise ValueError(f"union over {list(attacks)} needs per-example results of {missing}")
+    rows = np.stack([np.asarray(correct[a], dtype=bool) for a in attacks])
+    return float(rows.all(0).mean()) if rows.shape[1] else math.nan
+
+
+def unseen_mean(accuracy: Dict[str, float], seen: Sequence[str] = (), narrow: Sequence[str] = NARROW) -> float:
+    """Sum of the accuracies under the narrow attacks not in ``seen``, divided by the number of
+    narrow threat models (the paper's definition: a seen attack adds nothing, the divisor stays)."""
+    unknown = [s for s in seen if s not in narrow]
+    if unknown:
+        raise ValueError(f"seen threat models {unknown} are not among the narrow ones {list(narrow)}")
+    missing = [a for a in narrow if a not in seen and a not in accuracy]
+    if missing:
+        raise ValueError(f"unseen mean needs the accuracy under {missing}")
+    return sum(accuracy[a] for a in narrow if a not in seen) / len(narrow)
+
+
+@dataclass
+class RobustResult:
+    """Per-example correctness under each attack ('clean' first), with the bound violations
+    (outputs replaced by the clean image) and the seconds each attack took."""
+
+    attacks: List[str]
+    specs: Dict[str, str]
+    correct: Dict[str, np.ndarray]
+    violations: Dict[str, int]
+    seconds: Dict[str, float]
+    seen: Sequence[str] = ()
+    summary: Dict[str, float] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.correct["clean"])
+
+    def accuracy(self) -> Dict[str, float]:
+        return {k: float(v.mean()) if len(v) else math.nan for k, v in self.correct.items()}
+
+    def finish(self) -> "RobustResult":
+        acc = self.accuracy()
+        self.summary = dict(acc)
+        if all(a in self.correct for a in NARROW):
+            self.summary["union"] = union_accuracy(self.correct)
+            self.summary["unseen_mean"] = unseen_mean(acc, [s for s in self.seen if s in NARROW])
+        return self
+
+    def rows(self) -> List[dict]:
+        """One row per attack: attack, spec, accuracy, violations, seconds, images/s; then union
+        and unseen mean when every narrow attack ran."""
+        out = []
+        for a in ["clean"] + self.attacks:
+            sec = self.seconds.get(a, math.nan)
+            out.append({"attack": a, "spec": self.specs.get(a, "-"), "accuracy": self.summary[a],
+                        "violations": self.violations.get(a, 0), "seconds": sec,
+                        "images_per_s": self.n / sec if sec and sec > 0 else math.nan})
+        for k in ("union", "unseen_mean"):
+            if k in self.summary:
+                out.append({"attack": k, "spec": "narrow: " + ",".join(NARROW), "accuracy": self.summary[k],
+                            "violations": 0, "seconds": math.nan, "images_per_s": math.nan})
+        return out
+
+    def save(self, path: PathLike) -> Path:
+        """``.csv`` (the rows) or ``.json`` (rows, summary, per-example correctness), atomically."""
+        from .utils import atomic_write
+
+        path = Path(path)
+        if path.suffix.lower() == ".csv":
+            def write(tmp):
+                with open(tmp, "w", newline="") as f:
+                    w = csv.DictWriter(f, fieldnames=list(self.rows()[0]))
+                    w.writeheader()
+                    w.writerows(self.rows())
+        elif path.suffix.lower() == ".json":
+            doc = {"n": self.n, "rows": self.rows(), "summary": self.summary, "seen": list(self.seen),
+                   "per_example": {k: v.astype(int).tolist() for k, v in self.correct.items()}}
+
+            def write(tmp):
+                Path(tmp).write_text(json.dumps(doc, indent=1))
+        else:
+            raise ValueError(f"{path}: results are written as .csv or .json")
+        atomic_write(path, write)
+        return path
+
+
+def _batch_generator(seed: int, index: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, index]).generate_state(1)[0]))
+
+
+def evaluate_robustness(model: nn.Module, dataset, attacks: Sequence[Union[str, AttackSpec]] = PAPER_EVALUATION, *,
+                        batch_size: int = 100, device=None, iterations: Optional[int] = None,
+                        layers: Optional[Sequence[str]] = None, seen: Sequence[str] = (), seed: int = 0,
+                        max_examples: Optional[int] = None, workers: int = 0,
+                        progress: Optional[bool] = True) -> RobustResult:
+    """Clean accuracy and accuracy under each attack of ``attacks`` (specs, see ``make_attack``) on
+    ``dataset`` ((image in [0, 1], label) pairs, e.g. ``ImageFolder``); ``seen``: the threat
+    models the model was trained against (for the unseen mean). The model is put in eval mode.
+    Random starts are seeded per batch (``seed``), so results do not depend on the process count."""
+    from torch.utils.data import DataLoader, Subset
+    from tqdm import tqdm
+
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    specs = [parse_attack_spec(a) if isinstance(a, str) else a for a in attacks]
+    names = [s.name if s.name not in [t.name for t in specs if t is not s] else str(s) for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"attacks {[str(s) for s in specs]} repeat a threat model")
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    model = model.to(dev).eval()
+    cache: dict = {}
+    built = [make_attack(s, model, iterations=iterations, layers=layers, distances=cache) for s in specs]
+    for m in cache.values():
+        m.to(dev)
+    n = len(dataset) if max_examples is None else min(len(dataset), max_examples)
+    mine = list(range(D.rank(), n, D.world_size()))
+    # batches of the global order: batch b holds examples b*batch_size ... (this rank's share)
+    loader = DataLoader(Subset(dataset, mine), batch_size=max(1, batch_size // D.world_size()), shuffle=False,
+                        num_workers=workers, pin_memory=dev.type == "cuda")
+    correct = {k: [] for k in ["clean"] + names}
+    index = {k: [] for k in ["clean"]}
+    violations = {k: 0 for k in names}
+    seconds = {k: 0.0 for k in ["clean"] + names}
+    disable = True if (progress is False or not D.is_main()) else (None if progress is None else False)
+    for b, (x, y) in enumerate(tqdm(loader, desc="robust-eval", unit="batch", disable=disable)):
+        x, y = x.to(dev, non_blocking=True), torch.as_tensor(y).to(dev)
+        start = b * max(1, batch_size // D.world_size())
+        index["clean"].extend(mine[start:start + len(y)])
+        t = time.perf_counter()
+        with torch.no_grad():
+            logits = model(x)
+        check_logits(logits, len(y))
+        if int(y.min()) < 0 or int(y.max()) >= logits.shape[1]:
+            raise ValueError(f"labels lie in [{int(y.min())}, {int(y.max())}] but the model has {logits.shape[1]} "
+                             "classes")
+        correct["clean"].append((logits.argmax(1) == y).cpu())
+        seconds["clean"] += time.perf_counter() - t
+        for name, attack in zip(names, built):
+            t = time.perf_counter()
+            adv = attack(x, y, generator=_batch_generator(seed, mine[start]))
+            ok = attack.within_bound().to(adv.device) if "size" in attack.last else torch.ones_like(y, dtype=torch.bool)
+            if not bool(ok.all()):
+                violations[name] += int((~ok).sum())
+                adv = torch.where(ok.view(-1, 1, 1, 1), adv, x)
+            with torch.no_grad():
+                correct[name].append((model(adv).argmax(1) == y).cpu())
+            seconds[name] += time.perf_counter() - t
+    local = {k: torch.cat(v).numpy() if v else np.zeros(0, bool) for k, v in correct.items()}
+    gathered = D.gather_objects((index["clean"], local, violations, seconds))
+    order = np.argsort(np.concatenate([np.asarray(g[0], dtype=np.int64) for g in gathered]), kind="stable")
+    merged = {k: np.concatenate([g[1][k] for g in gathered])[order] for k in local}
+    viol = {k: sum(g[2][k] for g in gathered) for k in violations}
+    secs = {k: max(g[3][k] for g in gathered) for k in seconds}
+    for k, v in viol.items():
+        if v:
+            warnings.warn(f"robust evaluation: {v} output(s) of attack {k!r} exceeded its bound; the clean images "
+                          "were scored in their place", RuntimeWarning, stacklevel=2)
+    return RobustResult(names, {k: str(s) for k, s in zip(names, specs)}, merged, viol, secs, tuple(seen)).finish()
+
+
+def plot_robustness(results: Dict[str, RobustResult], path: PathLike) -> Path:
+    """Grouped bars: accuracy per attack (and union / unseen mean) for each model of ``results``
+    ({model name: result}), saved atomically to ``path`` (any matplotlib format by suffix)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .utils import atomic_write
+
+    cols: List[str] = []
+    for r in results.values():
+        for row in r.rows():
+            if row["attack"] not in cols:
+                cols.append(row["attack"])
+    fig, ax = plt.subplots(figsize=(min(14, max(6, 0.35 * len(cols) * (1 + len(results)))), 3.6))
+    width = 0.8 / max(1, len(results))
+    for k, (label, r) in enumerate(results.items()):
+        acc = {row["attack"]: row["accuracy"] for row in r.rows()}
+        xs = np.arange(len(cols)) + (k - (len(results) - 1) / 2) * width
+        ax.bar(xs, [100 * acc.get(c, math.nan) for c in cols], width, label=label)
+    ax.set_xticks(np.arange(len(cols)), cols, rotation=30, ha="right")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png"))
+    plt.close(fig)
+    return path

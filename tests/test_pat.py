@@ -1,0 +1,286 @@
+"""Perceptual Adversarial Training and union evaluation (issue 11): the paper's arithmetic, the
+schedule, the trainer's resume and torchrun equivalence, PAT's effect on a tiny model, bad input."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from fastlpips import pat, robust
+from fastlpips.imagefolder import ImageFolder, make_example_folder
+from fastlpips.nets.classifiers import ResNet32
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pat-example")
+    make_example_folder(root, train_per_class=24, val_per_class=8, seed=0)
+    return root
+
+
+def _tiny(classes=5, norm="group", seed=0):
+    torch.manual_seed(seed)
+    return ResNet32(classes, blocks=(1, 1, 1, 1), width=8, norm=norm)
+
+
+def test_unseen_mean_and_union_are_the_papers_arithmetic():
+    """Table 3's L_inf-trained row: (3.7 + 10.8 + 4.6 + 37.5) / 5 = 11.3 (the seen L_inf adds
+    nothing, the divisor stays the number of narrow threat models)."""
+    acc = {"linf": 0.0, "l2": 3.7, "jpeg": 10.8, "stadv": 4.6, "recolor": 37.5}
+    assert round(robust.unseen_mean(acc, seen=["linf"]), 1) == 11.3
+    assert robust.unseen_mean(acc) == pytest.approx((3.7 + 10.8 + 4.6 + 37.5) / 5)
+    correct = {"linf": [1, 1, 0, 1], "l2": [1, 0, 0, 1], "jpeg": [1, 1, 1, 1], "stadv": [1, 1, 1, 0],
+               "recolor": [1, 1, 1, 1]}
+    assert robust.union_accuracy(correct) == 0.25  # only example 0 survives all five
+    with pytest.raises(ValueError, match="needs per-example results of"):
+        robust.union_accuracy({"linf": [1]})
+    with pytest.raises(ValueError, match="not among the narrow ones"):
+        robust.unseen_mean(acc, seen=["ppgd"])
+    with pytest.raises(ValueError, match="needs the accuracy under"):
+        robust.unseen_mean({"linf": 1.0}, seen=["linf"])
+
+
+def test_attack_specs():
+    s = robust.parse_attack_spec("linf=8/255")
+    assert s.name == "linf" and s.bound == pytest.approx(8 / 255) and s.distance is None
+    assert robust.parse_attack_spec("fast-lpa").distance == "self" and robust.parse_attack_spec("fast-lpa").bound == 0.5
+    assert robust.parse_attack_spec("fast-lpa:alexnet").bound == 1.0
+    assert robust.parse_attack_spec("lpa").distance == "alexnet"
+    for bad, msg in (("nope", "unknown attack 'nope'"), ("linf=x", "bound 'x' is not a number"),
+                     ("linf:self", "only the perceptual attacks take a distance"), ("lpa:vgg", "distance must be"),
+                     ("l2=-1", "bound must be > 0"), ("", "non-empty string")):
+        with pytest.raises(ValueError, match=msg):
+            robust.parse_attack_spec(bad)
+
+
+def test_learning_rate_is_perceptual_advex_schedule():
+    """adv_train.py: lr x0.1 per passed drop epoch; during the first 5 epochs (SGD, lr >= 0.1)
+    (iteration + 1) / (5 len(loader)) lr, iteration counting from 0 over all epochs."""
+    cfg = pat.PATConfig(lr=0.1, warmup_epochs=5, lr_drops=(75, 90))
+    assert pat.learning_rate(cfg, 0, 0, 10) == pytest.approx(0.1 / 50)
+    assert pat.learning_rate(cfg, 4, 49, 10) == pytest.approx(0.1)
+    assert pat.learning_rate(cfg, 5, 50, 10) == pytest.approx(0.1)
+    assert pat.learning_rate(cfg, 75, 750, 10) == pytest.approx(0.01)
+    assert pat.learning_rate(cfg, 95, 950, 10) == pytest.approx(0.001)
+    small = pat.PATConfig(lr=0.01)
+    assert pat.learning_rate(small, 0, 0, 10) == 0.01  # no warm-up below 0.1, as there
+
+
+def test_fast_lpa_defaults_to_the_unclamped_margin():
+    from fastlpips.attacks import FastLagrangePerceptualAttack, LagrangePerceptualAttack
+
+    model = _tiny()
+    d = robust.make_distance("self", model)
+    fast = FastLagrangePerceptualAttack(model, d, 0.5)
+    assert math.isinf(fast.kappa) and fast.num_iterations == 10 and fast.lam0 == 10 and fast.name == "fast-lpa"
+    assert FastLagrangePerceptualAttack(model, d, 0.5, kappa=1.0).kappa == 1.0
+    assert LagrangePerceptualAttack(model, d, 0.5).kappa == 1.0  # perceptual-advex's LPA default
+
+
+def test_self_bounded_fast_lpa_uses_one_classifier_pass_per_step():
+    """Features and logits of the self-bounded distance come from the same forward pass."""
+    from fastlpips.attacks import FastLagrangePerceptualAttack
+
+    model = _tiny().eval()
+    calls = [0]
+    model.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 3])
+    attack = FastLagrangePerceptualAttack(model, robust.make_distance("self", model), 0.5, num_iterations=3,
+                                          measure=False)
+    calls[0] = 0
+    attack(x, y)
+    # 1 clean feature pass + 3 x (one joint primal pass + one tangent pass of torch.func.jvp)
+    assert calls[0] == 1 + 3 * 2
+
+
+def _cfg(**kw):
+    base = dict(attacks=("fast-lpa:self=0.5",), attack_iterations=2, epochs=2, batch_size=20, lr=0.05,
+                warmup_epochs=1, lr_drops=(1,), seed=3)
+    base.update(kw)
+    return pat.PATConfig(**base)
+
+
+def test_resume_mid_epoch_is_bit_identical(example, tmp_path):
+    data = ImageFolder(example / "train")
+    full = pat.train_pat(_tiny(norm="batch"), data, tmp_path / "full", _cfg(), progress=False)
+    part = pat.train_pat(_tiny(norm="batch"), data, tmp_path / "split", _cfg(), progress=False, stop_after_steps=5)
+    ckpt = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)
+    assert (ckpt["epoch"], ckpt["step_in_epoch"]) == (0, 5)
+    assert any(not torch.equal(a, b) for a, b in zip(part.state_dict().values(), full.state_dict().values()))
+    resumed = pat.train_pat(_tiny(norm="batch", seed=99), data, tmp_path / "split", _cfg(), progress=False, resume=True)
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    log_full = (tmp_path / "full" / "log.csv").read_text().splitlines()
+    log_split = (tmp_path / "split" / "log.csv").read_text().splitlines()
+    assert log_full == log_split and len(log_full) == 3  # the interrupted epoch's statistics were kept
+    with pytest.raises(ValueError, match="another configuration"):
+        pat.train_pat(_tiny(), data, tmp_path / "split", _cfg(lr=0.5), progress=False, resume=True)
+
+
+def _cli(*args, torchrun=0, timeout=900):
+    head = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(torchrun), "-m",
+            "fastlpips"] if torchrun else [sys.executable, "-m", "fastlpips"]
+    return head + [str(a) for a in args]
+
+
+_ENV = {**os.environ, "FASTLPIPS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def test_torchrun_two_processes_train_the_weights_of_one(example, tmp_path):
+    """Same global batch (20), same seed: 2 gloo processes (10 examples each, DDP) end with the
+    weights of 1 process. Fast-LPA mixed with L_inf PGD exercises both kinds of random start; a
+    per-example model (GroupNorm). Tolerance 5e-5 after 6 steps (measured 5.6e-6): the two runs
+    differ only by float32 reduction order, which the margin's argmax, the sign steps and the ReLU
+    kinks amplify; hence a start from briefly trained weights (logits without near-ties) and a
+    small learning rate (at lr 0.05 from random weights the same 1e-7 grows to 1e-3 within 6 steps,
+    also without any attack)."""
+    common = ["--arch", "tiny", "--norm", "group", "--batch-size", "20", "--warmup-epochs", "0", "--no-progress"]
+    proc = subprocess.run(_cli("pat-train", example / "train", *common, "--epochs", "4", "--attack", "none", "--lr",
+                               "0.05", "--out-dir", tmp_path / "clean"), capture_output=True, text=True, env=_ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    args = ["pat-train", example / "train", *common, "--epochs", "1", "--attack", "fast-lpa:self=0.5", "--attack",
+            "linf=8/255", "--attack-iterations", "2", "--lr", "0.005", "--init", tmp_path / "clean" / "model.pt"]
+    for n, out in ((0, tmp_path / "one"), (2, tmp_path / "two")):
+        proc = subprocess.run(_cli(*args, "--out-dir", out, torchrun=n), capture_output=True, text=True, timeout=900,
+                              env=_ENV)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    a = torch.load(tmp_path / "one" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "two" / "model.pt", weights_only=True)
+    start = torch.load(tmp_path / "clean" / "model.pt", weights_only=True)
+    assert max(float((a[k] - start[k]).abs().max()) for k in a) > 1e-3  # PAT changed the weights
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=5e-5, msg=k)
+    assert len(torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=False)["rng"]) == 2
+    one, two = ((tmp_path / d / "log.csv").read_text().splitlines() for d in ("one", "two"))
+    assert one[0] == two[0] == "epoch,lr,loss,train_clean,train_fast-lpa,train_linf"
+
+
+def test_resume_after_a_kill(example, tmp_path):
+    """SIGKILL a CLI run once its first mid-epoch checkpoint exists; --resume ends with the weights
+    of an uninterrupted run, exactly."""
+    args = ["pat-train", example / "train", "--arch", "tiny", "--epochs", "2", "--batch-size", "20", "--attack-iterations",
+            "2", "--lr", "0.05", "--checkpoint-every", "2", "--no-progress"]
+    proc = subprocess.run(_cli(*args, "--out-dir", tmp_path / "full"), capture_output=True, text=True, env=_ENV,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    killed = subprocess.Popen(_cli(*args, "--out-dir", tmp_path / "killed"), env=_ENV, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "killed" / "checkpoint.pt"
+    deadline = time.time() + 600
+    while not ckpt.exists() and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    state = torch.load(ckpt, weights_only=False)
+    assert (state["epoch"], state["step_in_epoch"]) != (2, 0)  # killed before the end
+    proc = subprocess.run(_cli(*args, "--out-dir", tmp_path / "killed", "--resume"), capture_output=True, text=True,
+                          env=_ENV, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = torch.load(tmp_path / "full" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "killed" / "model.pt", weights_only=True)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_bad_inputs(example, tmp_path):
+    data = ImageFolder(example / "train")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="has no class subfolders"):
+        ImageFolder(tmp_path / "empty")
+    (tmp_path / "noimg" / "cat").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"class folder .*cat has no images"):
+        ImageFolder(tmp_path / "noimg")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ImageFolder(tmp_path / "missing")
+    # labels out of range: a model with fewer outputs than the folder's classes
+    with pytest.raises(ValueError, match=r"training labels lie in \[0, 4\] but model\(images\) has 3 outputs"):
+        pat.train_pat(_tiny(classes=3), data, tmp_path / "a", _cfg(epochs=1), progress=False)
+    # a model whose output is not (N, classes)
+    flat = nn.Sequential(_tiny(), nn.Flatten(0))
+    with pytest.raises(ValueError, match=r"model\(images\) must return logits of shape \(20, num_classes >= 2\)"):
+        pat.train_pat(flat, data, tmp_path / "b", _cfg(epochs=1, feature_layers=("0.layer1",)), progress=False)
+    with pytest.raises(ValueError, match=r"unknown feature layers \['layer1', 'layer2', 'layer3', 'layer4'\]"):
+        pat.train_pat(flat, data, tmp_path / "b", _cfg(epochs=1), progress=False)
+
+    class Scaled(torch.utils.data.Dataset):  # images in [0, 255]
+        def __len__(self):
+            return len(data)
+
+        def __getitem__(self, i):
+            x, y = data[i]
+            return x * 255, y
+    with pytest.raises(ValueError, match=r"training images has values in \[.*\]; attacks take images in \[0, 1\].*divide by 255"):
+        pat.train_pat(_tiny(), Scaled(), tmp_path / "c", _cfg(epochs=1), progress=False)
+    with pytest.raises(ValueError, match="must be divisible|batch_size must be a positive int"):
+        pat.train_pat(_tiny(), data, tmp_path / "d", _cfg(batch_size=0), progress=False)
+    with pytest.raises(ValueError, match="unknown attack"):
+        pat.train_pat(_tiny(), data, tmp_path / "e", _cfg(attacks=("fgsm",)), progress=False)
+    with pytest.raises(ValueError, match="mix must be"):
+        pat.train_pat(_tiny(), data, tmp_path / "f", _cfg(mix="sum"), progress=False)
+    with pytest.raises(FileNotFoundError, match="resume=True but"):
+        pat.train_pat(_tiny(), data, tmp_path / "g", _cfg(), progress=False, resume=True)
+    with pytest.raises(ValueError, match="labels lie in"):
+        robust.evaluate_robustness(_tiny(classes=3), data, ["linf"], progress=False, batch_size=120)
+
+
+def test_cli_example_train_eval(tmp_path):
+    """example-data -> pat-train (clean, 1 epoch) -> robust-eval with two attacks, CSV/JSON/plot out."""
+    data = tmp_path / "data"
+    proc = subprocess.run(_cli("example-data", data, "--train-per-class", "8", "--val-per-class", "4"),
+                          capture_output=True, text=True, env=_ENV)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (data / "train").iterdir()) == sorted(
+        ["astronaut", "chelsea", "coffee", "immunohistochemistry", "rocket"])
+    proc = subprocess.run(_cli("pat-train", data / "train", "--arch", "tiny", "--epochs", "1", "--batch-size", "20",
+                               "--attack", "none", "--out-dir", tmp_path / "m", "--no-progress"),
+                          capture_output=True, text=True, env=_ENV)
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["arch"] == "tiny" and len(meta["classes"]) == 5 and meta["attacks"] == ["none"]
+    proc = subprocess.run(_cli("robust-eval", data / "val", "--model-dir", tmp_path / "m", "--attack", "linf=8/255",
+                               "--attack", "l2", "--iterations", "3", "--format", "csv", "-o", tmp_path / "r.csv",
+                               "--plot", tmp_path / "r.png", "--per-example", tmp_path / "r.json", "--no-progress"),
+                          capture_output=True, text=True, env=_ENV)
+    assert proc.returncode == 0, proc.stderr
+    rows = (tmp_path / "r.csv").read_text().splitlines()
+    assert rows[0] == "model,attack,spec,accuracy,violations,seconds,images_per_s"
+    assert [r.split(",")[1] for r in rows[1:]] == ["clean", "linf", "l2"]
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["n"] == 20 and set(doc["per_example"]) == {"clean", "linf", "l2"}
+    acc = {r["attack"]: r["accuracy"] for r in doc["rows"]}
+    assert acc["linf"] <= acc["clean"] and acc["l2"] <= acc["clean"]
+    assert (tmp_path / "r.png").stat().st_size > 1000
+    bad = subprocess.run(_cli("robust-eval", data / "val", "--model-dir", tmp_path / "nope"), capture_output=True,
+                         text=True, env=_ENV)
+    assert bad.returncode == 1 and "model.json does not exist" in bad.stderr
+    bad = subprocess.run(_cli("robust-eval", data / "val", "--model-dir", tmp_path / "m", "--attack", "fgsm"),
+                         capture_output=True, text=True, env=_ENV)
+    assert bad.returncode == 1 and "unknown attack 'fgsm'" in bad.stderr
+    (tmp_path / "flat").mkdir()
+    bad = subprocess.run(_cli("pat-train", tmp_path / "flat", "--out-dir", tmp_path / "x"), capture_output=True,
+                         text=True, env=_ENV)
+    assert bad.returncode == 1 and "has no class subfolders" in bad.stderr
+
+
+def test_pat_raises_lpa_accuracy_over_an_undefended_model(example):
+    """Same model, data, seed and steps (12 epochs x 6 steps of 20): PAT with self-bounded Fast-LPA
+    (3 iterations) vs clean training; AlexNet-bounded LPA (bound 0.5, 10 iterations) on the 40
+    validation crops (measured here: 0.275 vs 0.125; clean 0.70 vs 0.60). The full-size run
+    (examples/pat_demo.py) is reported in the README."""
+    train, val = ImageFolder(example / "train"), ImageFolder(example / "val")
+    acc = {}
+    for name, attacks in (("undefended", ("none",)), ("pat", ("fast-lpa:self=0.5",))):
+        cfg = pat.PATConfig(attacks=attacks, attack_iterations=3, epochs=12, batch_size=20, lr=0.1, warmup_epochs=1,
+                            lr_drops=(9,), seed=0)
+        net = pat.train_pat(_tiny(norm="batch"), train, example / f"run-{name}", cfg, progress=False)
+        r = robust.evaluate_robustness(net, val, ["lpa"], iterations=10, batch_size=40, progress=False)
+        acc[name] = r.accuracy()
+        assert r.violations["lpa"] == 0
+    assert acc["pat"]["lpa"] >= acc["undefended"]["lpa"] + 0.075, acc  # at least 3 more of the 40 crops
