@@ -26,10 +26,15 @@ __all__ = ["EPS", "safe_norm", "normalize_with_norm", "normalize_channels", "lpi
 def safe_norm(f: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """``sqrt(sum_c f^2)`` (keepdim) whose gradient is 0 instead of NaN where the norm is 0.
 
-    ``torch.linalg.vector_norm`` is one fused reduction (no squared temporary) and its backward
-    masks the zero-norm case, which is exactly the behaviour wanted here.
-    """
-    return torch.linalg.vector_norm(f, ord=2, dim=dim, keepdim=True)
+    float32/float64: the sum of squares, then a square root guarded where the sum is 0 (its
+    gradient there is 0); ``torch.linalg.vector_norm`` over a non-innermost axis of an NCHW
+    tensor is ~20x slower on CPU (7 ms vs 0.3 ms for 50x16x32x32 here). Half types keep
+    ``vector_norm``, which accumulates in float32 (a float16 sum of squares overflows)."""
+    if f.dtype in (torch.float16, torch.bfloat16):
+        return torch.linalg.vector_norm(f, ord=2, dim=dim, keepdim=True)
+    s = (f * f).sum(dim, keepdim=True)
+    pos = s > 0
+    return torch.where(pos, torch.where(pos, s, torch.ones_like(s)).sqrt(), torch.zeros_like(s))
 
 
 def normalize_with_norm(f: torch.Tensor, eps: float = EPS):

@@ -84,20 +84,58 @@ def test_fast_lpa_defaults_to_the_unclamped_margin():
 
 
 def test_self_bounded_fast_lpa_uses_one_classifier_pass_per_step():
-    """Features and logits of the self-bounded distance come from the same forward pass."""
+    """Features and logits of the self-bounded distance come from the same primal pass (through
+    the classifier's traced graph), and J g is a tangent-only pass (no primal convolution)."""
     from fastlpips.attacks import FastLagrangePerceptualAttack
 
-    model = _tiny().eval()
+    model = _tiny(norm="batch").eval()
     calls = [0]
-    model.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    model.conv1.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     y = torch.tensor([0, 1, 2, 3])
-    attack = FastLagrangePerceptualAttack(model, robust.make_distance("self", model), 0.5, num_iterations=3,
-                                          measure=False)
+    d = robust.make_distance("self", model)
+    attack = FastLagrangePerceptualAttack(model, d, 0.5, num_iterations=3, measure=False)
     calls[0] = 0
     attack(x, y)
-    # 1 clean feature pass + 3 x (one joint primal pass + one tangent pass of torch.func.jvp)
-    assert calls[0] == 1 + 3 * 2
+    assert calls[0] == 1 + 3  # the clean features, then one joint primal pass per step
+    assert d._traceable is True
+
+
+def test_traced_linearization_is_the_jvp():
+    """nets.linearize.linearize_traced on the ResNet (BatchNorm in eval mode, residual sums, the
+    input normalization) equals torch.func.jvp in float64, logits and kept layers; a classifier
+    outside its vocabulary (GroupNorm) falls back to torch.func.jvp with the reason kept."""
+    from fastlpips.nets.linearize import linearize_traced
+
+    model = _tiny(norm="batch").double()
+    model.train()
+    model(torch.rand(16, 3, 32, 32, dtype=torch.float64))  # non-trivial running statistics
+    model.eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(3, 3, 32, 32, dtype=torch.float64, generator=g)
+    v = torch.randn(x.shape, dtype=torch.float64, generator=g)
+    keep = ("layer1", "layer3")
+    out, kept, tangent = linearize_traced(model, x, keep)
+    torch.testing.assert_close(out, model(x), rtol=0, atol=1e-12)
+    t_out, t_kept = tangent(v)
+    d = robust.make_distance("self", model, layers=keep)
+
+    def layers(a):
+        with d.capture() as c:
+            logits = model(a)
+        return (logits,) + tuple(c[k] for k in keep)
+    _, want = torch.func.jvp(layers, (x,), (v,))
+    torch.testing.assert_close(t_out, want[0], rtol=1e-10, atol=1e-12)
+    for k, w in zip(keep, want[1:]):
+        torch.testing.assert_close(t_kept[k], w, rtol=1e-10, atol=1e-12)
+    phi, jvp = d.linearize(x)
+    torch.testing.assert_close(phi, d.features(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(jvp(v), torch.func.jvp(d.features, (x,), (v,))[1], rtol=1e-10, atol=1e-12)
+    gn = robust.make_distance("self", _tiny(norm="group").double().eval())
+    phi, logits, j = gn.linearize_and_logits(x)
+    assert j is None and gn._traceable is False and "group_norm" in gn.fallback_reason
+    phi2, jvp2 = gn.linearize(x)  # the protocol still holds through torch.func.jvp
+    torch.testing.assert_close(jvp2(v), torch.func.jvp(gn.features, (x,), (v,))[1])
 
 
 def _cfg(**kw):

@@ -295,3 +295,53 @@ class ClassifierFeatureDistance(FeatureDistance):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features_and_logits(x)[0]
+
+    _traceable: Optional[bool] = None  # None: not tried yet; False: a rule is missing (torch.func.jvp instead)
+
+    @property
+    def has_linearization(self) -> bool:
+        return self._traceable is not False
+
+    def linearize_and_logits(self, x: torch.Tensor):
+        """(phi(x), model(x), v -> J v) from one primal pass through the classifier's torch.fx
+        graph (``nets.linearize.linearize_traced``: every J v is then a tangent-only pass, ~1
+        forward, versus ~4 for ``torch.func.jvp`` here). A classifier outside the supported
+        vocabulary (e.g. GroupNorm, BatchNorm in training mode, data-dependent control flow) falls
+        back to one captured pass and returns None for the jvp (the attacks then use
+        ``torch.func.jvp``); the outcome is remembered."""
+        from ..nets.linearize import linearize_traced
+        from .linearize import linearize_normalize
+
+        if self._traceable is not False:
+            try:
+                logits, kept, tangent = linearize_traced(self.model, x, self.layers)
+            except NotImplementedError as e:
+                self._traceable = False
+                self.fallback_reason = str(e)
+            else:
+                self._traceable = True
+                parts, fns = [], []
+                for name in self.layers:
+                    f = kept[name] if kept[name].dim() == 4 else kept[name][:, :, None, None]
+                    n, fn = linearize_normalize(f, EPS)
+                    scale = _layer_scale(f, None)
+                    parts.append((n * scale).flatten(1))
+                    fns.append((name, fn, scale))
+
+                def jvp(v: torch.Tensor) -> torch.Tensor:
+                    _, kt = tangent(v)
+                    out = []
+                    for name, fn, scale in fns:
+                        t = kt[name] if kt[name].dim() == 4 else kt[name][:, :, None, None]
+                        out.append((fn(t) * scale).flatten(1))
+                    return torch.cat(out, 1)
+                return torch.cat(parts, 1), logits, jvp
+        phi, logits = self.features_and_logits(x)
+        return phi, logits, None
+
+    def linearize(self, x: torch.Tensor):
+        phi, _, jvp = self.linearize_and_logits(x)
+        if jvp is None:
+            xd = x.detach()
+            return phi, lambda v: torch.func.jvp(self.features, (xd,), (v,))[1]
+        return phi, jvp

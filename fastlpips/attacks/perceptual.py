@@ -143,7 +143,10 @@ def _project(kind: str, distance, x, x_adv, bound, fx) -> Projected:
 def _logits_and_features(model: nn.Module, distance: FeatureDistance, a: torch.Tensor, linearize: bool):
     """(logits, phi(a), jvp or None): a self-bounded distance on ``model``'s own layers gets its
     features and the logits from one classifier pass."""
-    if isinstance(distance, ClassifierFeatureDistance) and distance.model is model and not linearize:
+    if isinstance(distance, ClassifierFeatureDistance) and distance.model is model:
+        if linearize:
+            fa, logits, jvp = distance.linearize_and_logits(a)
+            return logits, fa, jvp
         fa, logits = distance.features_and_logits(a)
         return logits, fa, None
     fa, jvp = distance.linearize(a) if linearize else (distance.features(a), None)
