@@ -85,12 +85,12 @@ def test_fast_lpa_defaults_to_the_unclamped_margin():
 
 def test_self_bounded_fast_lpa_uses_one_classifier_pass_per_step():
     """Features and logits of the self-bounded distance come from the same primal pass (through
-    the classifier's traced graph), and J g is a tangent-only pass (no primal convolution)."""
+    the classifier's traced graph), and J g is a tangent-only pass (no primal layer call)."""
     from fastlpips.attacks import FastLagrangePerceptualAttack
 
     model = _tiny(norm="batch").eval()
     calls = [0]
-    model.conv1.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    model.linear.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     y = torch.tensor([0, 1, 2, 3])
     d = robust.make_distance("self", model)
@@ -307,18 +307,21 @@ def test_cli_example_train_eval(tmp_path):
     assert bad.returncode == 1 and "has no class subfolders" in bad.stderr
 
 
-def test_pat_raises_lpa_accuracy_over_an_undefended_model(example):
-    """Same model, data, seed and steps (12 epochs x 6 steps of 20): PAT with self-bounded Fast-LPA
-    (3 iterations) vs clean training; AlexNet-bounded LPA (bound 0.5, 10 iterations) on the 40
-    validation crops (measured here: 0.275 vs 0.125; clean 0.70 vs 0.60). The full-size run
+def test_pat_raises_lpa_accuracy_over_an_undefended_model(tmp_path):
+    """Same model, data, seed and steps (10 epochs x 10 steps of 20 on 200 crops): PAT with
+    self-bounded Fast-LPA (3 iterations) vs clean training; AlexNet-bounded LPA (bound 0.5, 10
+    iterations) on 80 validation crops (measured here: 0.26 vs 0.00; clean 0.70 vs 0.66). The
+    attack's float32 round-off changes a tiny run's trajectory (a setup of 120 crops flipped
+    between runs), hence this size and a margin of 8 crops. The full-size run
     (examples/pat_demo.py) is reported in the README."""
-    train, val = ImageFolder(example / "train"), ImageFolder(example / "val")
+    make_example_folder(tmp_path, train_per_class=40, val_per_class=16, seed=0)
+    train, val = ImageFolder(tmp_path / "train"), ImageFolder(tmp_path / "val")
     acc = {}
     for name, attacks in (("undefended", ("none",)), ("pat", ("fast-lpa:self=0.5",))):
-        cfg = pat.PATConfig(attacks=attacks, attack_iterations=3, epochs=12, batch_size=20, lr=0.1, warmup_epochs=1,
-                            lr_drops=(9,), seed=0)
-        net = pat.train_pat(_tiny(norm="batch"), train, example / f"run-{name}", cfg, progress=False)
+        cfg = pat.PATConfig(attacks=attacks, attack_iterations=3, epochs=10, batch_size=20, lr=0.1, warmup_epochs=1,
+                            lr_drops=(7,), seed=0)
+        net = pat.train_pat(_tiny(norm="batch"), train, tmp_path / f"run-{name}", cfg, progress=False)
         r = robust.evaluate_robustness(net, val, ["lpa"], iterations=10, batch_size=40, progress=False)
         acc[name] = r.accuracy()
         assert r.violations["lpa"] == 0
-    assert acc["pat"]["lpa"] >= acc["undefended"]["lpa"] + 0.075, acc  # at least 3 more of the 40 crops
+    assert acc["pat"]["lpa"] >= acc["undefended"]["lpa"] + 0.1, acc  # at least 8 more of the 80 crops

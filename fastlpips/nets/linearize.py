@@ -128,6 +128,35 @@ def _basic_rule(m: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, Tangent]:
     raise NotImplementedError(f"no linearization rule for {type(m).__name__}")
 
 
+def _foldable_batchnorm(module: nn.Module, node, keep):
+    """The eval-mode BatchNorm2d node that is the only user of Conv2d ``node`` (neither kept), or None."""
+    if node.target in keep or not isinstance(module.get_submodule(node.target), nn.Conv2d) or len(node.users) != 1:
+        return None
+    user = next(iter(node.users))
+    if user.op != "call_module" or user.target in keep:
+        return None
+    bn = module.get_submodule(user.target)
+    if not isinstance(bn, nn.BatchNorm2d) or bn.training or bn.running_var is None or user.args[0] is not node:
+        return None
+    return user
+
+
+def _conv_bn_rule(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> Tuple[torch.Tensor, Tangent]:
+    """bn(conv(x)) in eval mode as one convolution with scaled weights (parameters are constants
+    of the linearization: derivatives are taken w.r.t. the input only)."""
+    with torch.no_grad():
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight
+        shift = -bn.running_mean * scale + (bn.bias if bn.bias is not None else 0)
+        if conv.bias is not None:
+            shift = shift + conv.bias * scale
+        w = (conv.weight * scale.reshape(-1, 1, 1, 1)).to(x.dtype)
+        b = shift.to(x.dtype)
+    y = F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return y, lambda t: F.conv2d(t, w, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
 def _is_tensor(v) -> bool:
     return isinstance(v, torch.Tensor)
 
@@ -140,6 +169,7 @@ def linearize_traced(module: nn.Module, x: torch.Tensor, keep: Sequence[str] = (
     keep = tuple(keep)
     graph = _graph(module, keep)
     env, kept, program, live = {}, {}, [], set()  # live: the nodes whose value depends on x
+    folded = set()
 
     def val(a):
         return torch.fx.node.map_arg(a, lambda n: env[n])
@@ -165,7 +195,18 @@ def linearize_traced(module: nn.Module, x: torch.Tensor, keep: Sequence[str] = (
             live.add(node)
         if node.op == "call_module":
             sub = module.get_submodule(node.target)
-            if node.target in keep or not isinstance(sub, _BASIC):
+            if node in folded:  # an eval BatchNorm folded into the convolution before it
+                env[node] = env[node.args[0]]
+                if node.target in keep:
+                    kept[node.target] = env[node]
+                if tangent_args:
+                    program.append((node, "unary", (node.args[0], lambda t: t)))
+                continue
+            bn = _foldable_batchnorm(module, node, keep)
+            if bn is not None:
+                y, fn1 = _conv_bn_rule(sub, module.get_submodule(bn.target), args[0])
+                folded.add(bn)
+            elif node.target in keep or not isinstance(sub, _BASIC):
                 y, _, fn = linearize_traced(sub, args[0])
                 fn1 = (lambda f: (lambda t: f(t)[0]))(fn)
             else:
