@@ -579,6 +579,70 @@ def cmd_example_data(args) -> Result:
     return res
 
 
+def _save_png(x: torch.Tensor, path) -> None:
+    """(3, H, W) or (N, 3, H, W) side by side, in [0, 1] -> an 8-bit PNG, atomically."""
+    from PIL import Image
+
+    if x.dim() == 4:
+        x = torch.cat(list(x), dim=2)
+    arr = (x.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    atomic_write(Path(path), lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))
+
+
+def _save_gif(frames: torch.Tensor, path, duration_ms: int = 120) -> None:
+    """An animated GIF of (N, 3, H, W) frames, forth and back, atomically."""
+    from PIL import Image
+
+    ims = [Image.fromarray((f.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy())
+           for f in frames]
+    seq = ims + ims[-2:0:-1]
+    atomic_write(Path(path), lambda tmp: seq[0].save(tmp, format="GIF", save_all=True, append_images=seq[1:],
+                                                      duration=duration_ms, loop=0))
+
+
+def _same_size_images(paths) -> torch.Tensor:
+    xs = [_load01(Path(p)) for p in paths]
+    for p, x in zip(paths[1:], xs[1:]):
+        if x.shape != xs[0].shape:
+            raise CLIError(f"the images must have one size: {paths[0]} is {xs[0].shape[3]}x{xs[0].shape[2]} but {p} "
+                           f"is {x.shape[3]}x{x.shape[2]}")
+    return torch.cat(xs)
+
+
+def cmd_barycenter(args) -> Result:
+    """argmin_x sum_i d(x, n_i)^2 of the input images (E-LPIPS paper section 3.3)."""
+    from .geometry import barycenter
+
+    images = _same_size_images(args.images).to(args.device)
+    r = barycenter(images, args.distance, steps=args.steps, lr=args.lr, inputs_per_step=args.inputs_per_step,
+                   seed=args.seed, draws=args.draws, progress=args.progress)
+    _save_png(r.images[0], args.save)
+    res = Result(["inputs", "distance", "steps", "first_loss", "final_loss", "saved"])
+    res.rows.append({"inputs": len(args.images), "distance": args.distance, "steps": args.steps,
+                     "first_loss": r.losses[0], "final_loss": r.losses[-1], "saved": args.save})
+    if args.grid:
+        res.pictures.append(lambda: _save_png(torch.cat([images.cpu(), r.images.cpu()]), args.grid))
+        res.notes.append(f"inputs and barycenter written to {args.grid}")
+    return res
+
+
+def cmd_geodesic(args) -> Result:
+    """The discrete geodesic between two images (E-LPIPS paper section 3.3)."""
+    from .geometry import geodesic
+
+    ab = _same_size_images([args.a, args.b]).to(args.device)
+    r = geodesic(ab[0], ab[1], args.distance, frames=args.frames, steps=args.steps, lr=args.lr, init=args.init,
+                 seed=args.seed, draws=args.draws, progress=args.progress)
+    _save_png(r.images.cpu(), args.save)
+    res = Result(["frames", "distance", "steps", "first_loss", "final_loss", "saved"])
+    res.rows.append({"frames": args.frames, "distance": args.distance, "steps": args.steps,
+                     "first_loss": r.losses[0], "final_loss": r.losses[-1], "saved": args.save})
+    if args.gif:
+        res.pictures.append(lambda: _save_gif(r.images.cpu(), args.gif))
+        res.notes.append(f"animation written to {args.gif}")
+    return res
+
+
 # -- parsing and running ----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastlpips", description="LPIPS perceptual distances (fast, exact drop-in for lpips)")
@@ -672,6 +736,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=50, help="PGD steps (50)")
     s.add_argument("--batch-size", type=int, default=50)
     s.set_defaults(func=cmd_robust)
+    for name in ("barycenter", "geodesic"):
+        s = sub.add_parser(name, parents=[common, progress], help=(
+            "the image minimizing the sum of squared distances to the inputs" if name == "barycenter" else
+            "the frames between two images minimizing the sum of squared distances along the chain")
+            + " (E-LPIPS paper section 3.3; Adam with the release's schedule)")
+        if name == "barycenter":
+            s.add_argument("images", nargs="+", help="two or more images of one size")
+            s.add_argument("--inputs-per-step", type=int, help="random inputs per step (default all; the release: 1)")
+            s.add_argument("--grid", metavar="GRID.png", help="also save the inputs and the barycenter side by side")
+        else:
+            s.add_argument("a")
+            s.add_argument("b")
+            s.add_argument("--frames", type=int, default=8, help="free frames between the ends (8)")
+            s.add_argument("--init", default="noise", choices=["noise", "linear"], help="start (noise: the release's)")
+            s.add_argument("--gif", metavar="OUT.gif", help="also save the chain as an animated GIF")
+        s.add_argument("--save", required=True, metavar="OUT.png",
+                       help="the barycenter" if name == "barycenter" else "the chain, ends included, side by side")
+        s.add_argument("--distance", default="elpips", choices=["elpips", "lpips", "lpips-vgg", "l2"])
+        s.add_argument("--steps", type=int, default=1000)
+        s.add_argument("--lr", type=float, default=0.03)
+        s.add_argument("--draws", type=int, default=1, help="E-LPIPS draws per distance per step (1, as the release)")
+        s.add_argument("--seed", type=int, default=0)
+        s.set_defaults(func=cmd_barycenter if name == "barycenter" else cmd_geodesic, batch_size=1)
     s = sub.add_parser("example-data", parents=[common], help="write the worked example's image folders "
                        "(32x32 crops of scikit-image photos, one class per photo) for pat-train / robust-eval")
     s.add_argument("dir", help="DIR/train and DIR/val are written")
@@ -766,6 +853,19 @@ def _validate(args) -> List[Path]:
             if not Path(d).is_dir():
                 raise CLIError(f"{d}: no such split folder")
         return [p for d in args.dirs for p in Path(d).rglob("*") if p.is_file()]
+    if cmd in ("barycenter", "geodesic"):
+        for opt in ("steps", "draws", "frames", "inputs_per_step"):
+            v = getattr(args, opt, None)
+            if v is not None and v < 1:
+                raise CLIError(f"--{opt.replace('_', '-')} must be >= 1, got {v}")
+        inputs = [Path(p) for p in (args.images if cmd == "barycenter" else [args.a, args.b])]
+        if cmd == "barycenter" and len(inputs) < 2:
+            raise CLIError(f"a barycenter needs at least 2 images, got {len(inputs)}")
+        for opt, path in (("--save", args.save), ("--grid", getattr(args, "grid", None)),
+                          ("--gif", getattr(args, "gif", None))):
+            if path:
+                check_output_path(path, opt, inputs)
+        return inputs
     if cmd in ("pat-train", "robust-eval", "example-data"):
         for opt in ("epochs", "iterations", "max_examples", "attack_iterations", "train_per_class", "val_per_class",
                     "size", "stop_after_steps"):

@@ -17,7 +17,8 @@ LAYERS = [
     ("ops", ["fastlpips.ops", "fastlpips._backend"]),
     ("metrics", ["fastlpips.model", "fastlpips.elpips", "fastlpips.estimator", "fastlpips.functional"]),
     ("attacks/trainers/tools", ["fastlpips.attacks", "fastlpips.selfcheck", "fastlpips.scoring",
-                                "fastlpips.training", "fastlpips.pat", "fastlpips.robust"]),
+                                "fastlpips.training", "fastlpips.pat", "fastlpips.robust",
+                                "fastlpips.geometry"]),
     ("cli", ["fastlpips.cli", "fastlpips.__main__"]),
 ]
 EXEMPT_UNDERSCORE = {"fastlpips._C"}  # the compiled extension (torch's naming), the kernels layer
