@@ -1,10 +1,10 @@
-"""Classifiers for Perceptual Adversarial Training without torchvision: the pre-activation-free
+"""Classifiers for Perceptual Adversarial Training without torchvision: the (post-activation)
 ResNet for 32x32 inputs that perceptual-advex (through the ``robustness`` library) trains on
-CIFAR-10 (3x3 stem, no max-pool, BasicBlocks in four stages of 64/128/256/512 channels, 4x4
+CIFAR-10 (3x3 stem, no max-pool, BasicBlocks in four stages of 64/128/256/512 channels, global
 average pool, linear head), with the input normalization inside the model so it takes images in
 [0, 1] like every attack here.
 
-``resnet18_32(num_classes)`` is the paper's ResNet-50's smaller sibling at CIFAR scale;
+``resnet18_32(num_classes)`` is the ResNet-18 of that family (the paper trains ResNet-50s);
 ``ResNet32(blocks=(1, 1, 1, 1), width=8)`` is the tiny one the tests and the worked example train
 in seconds. The stage outputs ``layer1`` ... ``layer4`` are the self-bounded distance's layers
 (``SELF_BOUND_LAYERS``, as perceptual-advex's CifarResNetFeatureModel).
