@@ -12,6 +12,8 @@ product handles the whole batch (and, for E-LPIPS, every sample in it).
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -174,3 +176,26 @@ def lanczos_extremes(matvec, v0: torch.Tensor, iterations: int = 30, k: int = 1)
             t[:, i, i + 1] = t[:, i + 1, i] = betas[i]
     ev = torch.linalg.eigvalsh(t)
     return ev[:, :k], ev[:, -k:]
+
+
+def hutchinson_moments(matvec, shape, *, order: int = 4, probes: int = 16,
+                       generator: Optional[torch.Generator] = None, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Spectral moments m_j = tr(A^j) / n, j = 1..``order``, of a symmetric operator on tensors of
+    ``shape`` = (batch, ...) (one operator per batch row, block-diagonal as ``JTJ``), estimated
+    with ``probes`` Rademacher vectors z per row: tr(A^2k) = E ||A^k z||^2 and
+    tr(A^(2k+1)) = E <A^k z, A^(k+1) z>, so ``order`` moments cost ceil(order / 2) products per
+    probe. Returns (batch, order); ``moments[:, j-1] / moments[:, 0] ** j`` is the j-th moment
+    normalized by the mean eigenvalue."""
+    if not (isinstance(order, int) and order >= 1) or not (isinstance(probes, int) and probes >= 1):
+        raise ValueError(f"order and probes must be positive ints, got {order!r} and {probes!r}")
+    batch, n = shape[0], math.prod(shape[1:])
+    total = torch.zeros(batch, order, dtype=dtype, device=device)
+    for _ in range(probes):
+        z = (torch.randint(0, 2, tuple(shape), generator=generator) * 2 - 1).to(dtype=dtype, device=device)
+        powers = [z]  # A^k z for k = 0 .. ceil(order / 2)
+        for _ in range((order + 1) // 2):
+            powers.append(matvec(powers[-1]))
+        for j in range(1, order + 1):
+            k = j // 2
+            total[:, j - 1] += _dot(powers[k], powers[j - k])
+    return total / (probes * n)
