@@ -981,6 +981,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not isinstance(e, CLIError):
             sys.stderr.write("(run with --debug for the traceback)\n")
         return 1
+    finally:
+        from . import distributed as D
+
+        D.shutdown()  # leave a torchrun process group before exiting
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["init_from_env", "is_distributed", "rank", "world_size", "is_main", "gather_objects", "barrier",
-           "broadcast_object"]
+           "broadcast_object", "shutdown"]
 
 
 def is_distributed() -> bool:
@@ -65,3 +65,11 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def shutdown() -> None:
+    """Leave the process group (if one is initialized): a clean teardown of the gloo / nccl
+    threads before the interpreter exits (without it a process can abort at exit with
+    "terminate called without an active exception", seen once in ~10 torchrun runs here)."""
+    if is_distributed():
+        dist.destroy_process_group()
