@@ -13,7 +13,7 @@ import torch
 
 from .. import validation as V
 
-__all__ = ["check_unit_images", "check_bound", "check_nonnegative", "check_labels", "check_logits", "check_same_shape",
+__all__ = ["check_unit_images", "check_images_and_labels", "check_bound", "check_nonnegative", "check_labels", "check_logits", "check_same_shape",
            "check_positive_int"]
 
 check_positive_int = V.check_positive_int
@@ -28,6 +28,16 @@ def check_unit_images(x, name: str = "x") -> None:
     if mn < 0 or mx > 1:
         raise ValueError(f"{name} has values in [{mn:.4g}, {mx:.4g}]; attacks take images in [0, 1] and return "
                          f"images in [0, 1]{V.unit_range_hint(mn, mx)}")
+
+
+def check_images_and_labels(x, labels, name: str = "x", check_images=None) -> None:
+    """What every classifier attack checks first: ``x`` a batch in [0, 1] (``check_unit_images``,
+    or ``check_images(x, name)``, e.g. a distance's own check that adds its size limits), one
+    integer label per image on x's device (the class count is checked against the logits)."""
+    (check_images or check_unit_images)(x, name)
+    check_labels(labels, x.shape[0])
+    if labels.device != x.device:
+        raise ValueError(f"labels are on {labels.device} but {name} on {x.device}")
 
 
 def check_same_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:

@@ -68,7 +68,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .checks import check_bound, check_labels, check_logits, check_positive_int, check_unit_images
+from .checks import check_bound, check_images_and_labels, check_labels, check_logits, check_positive_int
 from .threat import ThreatAttack
 
 __all__ = ["LinfPGD", "L2PGD", "JPEGLinf", "rgb_to_ycbcr", "ycbcr_to_rgb", "block_dct", "block_idct",
@@ -77,13 +77,6 @@ __all__ = ["LinfPGD", "L2PGD", "JPEGLinf", "rgb_to_ycbcr", "ycbcr_to_rgb", "bloc
 # --------------------------------------------------------------------------------------------------
 # Shared pieces
 # --------------------------------------------------------------------------------------------------
-
-
-def _check_inputs(x, labels) -> None:
-    check_unit_images(x, "x")
-    check_labels(labels, x.shape[0])
-    if labels.device != x.device:
-        raise ValueError(f"labels are on {labels.device} but x on {x.device}")
 
 
 def _per_sample_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, check: bool) -> torch.Tensor:
@@ -135,7 +128,7 @@ class _PixelPGD(ThreatAttack):
         """``x`` (N, 3, H, W) in [0, 1], ``labels`` (N,) class indices -> adversarial images in
         [0, 1]. The random start comes from ``noise`` (the standard draws of ``noise_kind``, x's
         shape), drawn with ``generator`` when None; ``random_start=False`` starts at x."""
-        _check_inputs(x, labels)
+        check_images_and_labels(x, labels)
         x = x.detach()
         z = self._noise(x, noise, generator) if (self.random_start or noise is not None) else None
         delta = self._start(z) if self.random_start else torch.zeros_like(x)
@@ -364,7 +357,7 @@ class JPEGLinf(ThreatAttack):
         """``x`` (N, 3, H, W) in [0, 1] (H, W multiples of 16), ``labels`` (N,) -> adversarial images
         in [0, 1]. The start is ``bound * noise`` (U(-1, 1) draws of x's shape: channel 0 for Y, the
         top-left quarter of channels 1, 2 for Cb, Cr), drawn with ``generator`` when None."""
-        _check_inputs(x, labels)
+        check_images_and_labels(x, labels)
         h, w = x.shape[-2:]
         _check_jpeg_side(h, w)
         x = x.detach()

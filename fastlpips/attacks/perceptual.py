@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .checks import check_bound, check_labels, check_logits, check_positive_int, check_same_shape
+from .checks import check_bound, check_images_and_labels, check_labels, check_logits, check_positive_int, check_same_shape
 from .distances import ClassifierFeatureDistance, FeatureDistance
 from .linalg import JTJ, _bcast, _dot, conjugate_gradient
 from .threat import ThreatAttack
@@ -126,10 +126,7 @@ def _check_projection(kind: str) -> None:
 def check_attack_inputs(distance: FeatureDistance, x: torch.Tensor, labels: torch.Tensor) -> None:
     """Images in [0, 1] large enough for the distance, one integer label per image (the class
     count is checked against the logits by ``margin_loss``)."""
-    distance.check_images(x, "x")
-    check_labels(labels, x.shape[0])
-    if labels.device != x.device:
-        raise ValueError(f"labels are on {labels.device} but x on {x.device}")
+    check_images_and_labels(x, labels, check_images=distance.check_images)
 
 
 def _project(kind: str, distance, x, x_adv, bound, fx) -> Projected:

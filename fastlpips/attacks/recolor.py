@@ -60,7 +60,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .checks import check_bound, check_positive_int
+from .checks import check_bound, check_images_and_labels, check_positive_int
 from .stadv import _MisterEdPGD, _param_dtype
 
 __all__ = ["ReColorAdv", "rgb_to_cieluv", "cieluv_to_rgb", "identity_color_grid", "interpolate_color_grid",
@@ -233,7 +233,7 @@ class ReColorAdv(_MisterEdPGD):
                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """``x`` (N, 3, H, W) in [0, 1], ``labels`` (N,) class indices -> adversarial images in [0, 1].
         No random start (``noise`` / ``generator`` are accepted and unused, as ``noise_kind`` is None)."""
-        self._check_inputs(x, labels)
+        check_images_and_labels(x, labels)
         x = x.detach()
         pd = _param_dtype(x.dtype)
         luv = rgb_to_cieluv(x.to(pd))

@@ -56,7 +56,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import check_bound, check_labels, check_logits, check_nonnegative, check_positive_int, check_unit_images
+from .checks import (check_bound, check_images_and_labels, check_labels, check_logits, check_nonnegative,
+                     check_positive_int)
 from .threat import ThreatAttack
 from .perceptual import margin_loss
 
@@ -149,12 +150,6 @@ class _MisterEdPGD(ThreatAttack):
         self.smoothness = check_nonnegative(smoothness, "smoothness")
         self.kappa = _check_kappa(kappa)
 
-    def _check_inputs(self, x, labels):
-        check_unit_images(x)
-        check_labels(labels, x.shape[0])
-        if labels.device != x.device:
-            raise ValueError(f"labels are on {labels.device} but x is on {x.device}")
-
     def _optimize(self, x: torch.Tensor, labels: torch.Tensor, start: torch.Tensor,
                   project: Callable[[torch.Tensor], torch.Tensor], transform: Callable[[torch.Tensor], torch.Tensor],
                   smooth: Callable[[torch.Tensor], torch.Tensor]):
@@ -203,7 +198,7 @@ class StAdv(_MisterEdPGD):
                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """``x`` (N, 3, H, W) in [0, 1], ``labels`` (N,) class indices -> adversarial images in [0, 1].
         No random start (``noise`` / ``generator`` are accepted and unused, as ``noise_kind`` is None)."""
-        self._check_inputs(x, labels)
+        check_images_and_labels(x, labels)
         x = x.detach()
         n, _, h, w = x.shape
         pd = _param_dtype(x.dtype)
