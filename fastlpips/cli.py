@@ -333,7 +333,7 @@ def cmd_elpips(args) -> Result:
             _same_size(p0, x, p1, y)
             levels = args.scales or scale_levels_for_size(x.shape[2], x.shape[3])
             if levels not in metrics:
-                metrics[levels] = ELPIPS(net=args.net, max_scale=levels).to(args.device)
+                metrics[levels] = ELPIPS(net=args.net, max_scale=levels, families=args.families).to(args.device)
             done = [0]
 
             def tick(n, est, done=done):
@@ -609,12 +609,25 @@ def _same_size_images(paths) -> torch.Tensor:
     return torch.cat(xs)
 
 
+def _geometry_distance(args):
+    """--distance, or with --families an E-LPIPS of those families (shared draws per step)."""
+    if args.families is None:
+        return args.distance
+    if args.distance != "elpips":
+        raise CLIError(f"--families applies to --distance elpips, not {args.distance}")
+    from .attacks.distances import ELPIPSDistance
+    from .elpips import ELPIPS
+
+    metric = ELPIPS(families=args.families, device=args.device).requires_grad_(False)
+    return ELPIPSDistance(metric, samples=args.draws, seed=args.seed, shared=True)
+
+
 def cmd_barycenter(args) -> Result:
     """argmin_x sum_i d(x, n_i)^2 of the input images (E-LPIPS paper section 3.3)."""
     from .geometry import barycenter
 
     images = _same_size_images(args.images).to(args.device)
-    r = barycenter(images, args.distance, steps=args.steps, lr=args.lr, inputs_per_step=args.inputs_per_step,
+    r = barycenter(images, _geometry_distance(args), steps=args.steps, lr=args.lr, inputs_per_step=args.inputs_per_step,
                    seed=args.seed, draws=args.draws, progress=args.progress)
     _save_png(r.images[0], args.save)
     res = Result(["inputs", "distance", "steps", "first_loss", "final_loss", "saved"])
@@ -631,7 +644,7 @@ def cmd_geodesic(args) -> Result:
     from .geometry import geodesic
 
     ab = _same_size_images([args.a, args.b]).to(args.device)
-    r = geodesic(ab[0], ab[1], args.distance, frames=args.frames, steps=args.steps, lr=args.lr, init=args.init,
+    r = geodesic(ab[0], ab[1], _geometry_distance(args), frames=args.frames, steps=args.steps, lr=args.lr, init=args.init,
                  seed=args.seed, draws=args.draws, progress=args.progress)
     _save_png(r.images.cpu(), args.save)
     res = Result(["frames", "distance", "steps", "first_loss", "final_loss", "saved"])
@@ -644,6 +657,23 @@ def cmd_geodesic(args) -> Result:
 
 
 # -- parsing and running ----------------------------------------------------------------------------
+def _families_argument(s) -> None:
+    from .transforms import FAMILIES
+
+    s.add_argument("--families", type=_families, default=None, metavar="F1,F2,...",
+                   help="E-LPIPS ablation: the random families kept, comma-separated, from " + ",".join(FAMILIES)
+                   + " (default all; an empty string keeps none)")
+
+
+def _families(text: str):
+    from .transforms import check_families
+
+    try:
+        return sorted(check_families(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastlpips", description="LPIPS perceptual distances (fast, exact drop-in for lpips)")
     common = argparse.ArgumentParser(add_help=False)
@@ -684,6 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scales", type=int, default=None, help="scale levels 1..8 (default: the release's rule, min(H, W) // 64)")
     s.add_argument("--iid", action="store_true", help="i.i.d. sampling instead of stratified scale levels")
     s.add_argument("--seed", type=int, default=None, help="random seed (reproducible results)")
+    _families_argument(s)
     s.set_defaults(func=cmd_elpips)
     from .scoring import METRICS
 
@@ -758,6 +789,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--lr", type=float, default=0.03)
         s.add_argument("--draws", type=int, default=1, help="E-LPIPS draws per distance per step (1, as the release)")
         s.add_argument("--seed", type=int, default=0)
+        _families_argument(s)
         s.set_defaults(func=cmd_barycenter if name == "barycenter" else cmd_geodesic, batch_size=1)
     s = sub.add_parser("example-data", parents=[common], help="write the worked example's image folders "
                        "(32x32 crops of scikit-image photos, one class per photo) for pat-train / robust-eval")

@@ -17,6 +17,7 @@ pass (chunked to ``memory_budget``); ``mode='official'`` is the release's one-sa
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from dataclasses import dataclass
@@ -34,7 +35,8 @@ from .nets.weights import load_lin_weights, load_trunk_state
 from .ops.head import lpips_head_map
 from .ops.transform import batched_transform
 from .precision import resolve_dtype, warn_if_slow
-from .transforms import MAX_SCALE, TransformSet, apply_transform, min_size_for_scale, sample_batched, sample_official
+from .transforms import (MAX_SCALE, TRANSFORM_FAMILIES, TransformBatch, TransformSet, apply_transform, check_families,
+                         min_size_for_scale, sample_batched, sample_official)
 
 __all__ = ["ELPIPS", "ELPIPSDraw", "scale_levels_for_size", "dropout_positions", "zero_at", "dropout_conv"]
 
@@ -83,9 +85,10 @@ class _Dropout:
     """The dropout of one trunk pass: keep probability ``keep`` (None: off), masks drawn from
     ``generator`` for batches of ``n`` draws, the same in each of ``groups`` stacked batches."""
 
-    def __init__(self, keep: Optional[float], generator: Optional[torch.Generator], n: int, groups: int) -> None:
+    def __init__(self, keep: Optional[float], generator: Optional[torch.Generator], n: int, groups: int,
+                 inplace: bool = True) -> None:
         self.keep = keep if keep is not None and keep < 1 else None
-        self.generator, self.n, self.groups = generator, n, groups
+        self.generator, self.n, self.groups, self.inplace = generator, n, groups, inplace
 
 
 def dropout_conv(conv: nn.Conv2d, h: torch.Tensor, drop: _Dropout, *, shared: bool = False,
@@ -102,7 +105,7 @@ def dropout_conv(conv: nn.Conv2d, h: torch.Tensor, drop: _Dropout, *, shared: bo
     else:
         pos = dropout_positions(h, drop.n, drop.groups, 1 - drop.keep, drop.generator)
         # in place only when nothing else holds h: not shared, no graph, not kept for a linearization
-        inplace = not (shared or linear or (torch.is_grad_enabled() and h.requires_grad))
+        inplace = drop.inplace and not (shared or linear or (torch.is_grad_enabled() and h.requires_grad))
         weight = conv.weight * (1 / drop.keep)
         y = F.conv2d(zero_at(h, pos, inplace), weight, conv.bias, conv.stride, conv.padding)
     if not linear:
@@ -263,6 +266,11 @@ class ELPIPS(nn.Module):
             expectation (tests check their agreement).
         transforms / dropout: switch the random transformations / the dropout off (for tests and
             ablations; the metric is E-LPIPS only with both on).
+        families: the random families in force, for ablations such as the paper's Fig. 3 (default
+            all seven, ``fastlpips.transforms.FAMILIES``: 'scale', 'translation', 'flip', 'swap',
+            'permutation', 'color', 'dropout'); the others take their identity values (see
+            ``FAMILIES``; without 'scale', ``max_scale`` is 1). ``transforms=False`` /
+            ``dropout=False`` remove the six transformation families / dropout from this set.
         keep_prob: dropout keep probability (0.99).
         max_scale: largest scale level (1..8; the release's default is 8; see
             ``scale_levels_for_size`` for small images).
@@ -289,7 +297,7 @@ class ELPIPS(nn.Module):
                  dtype: Union[torch.dtype, str, None] = None, memory_budget: int = 1 << 30,
                  trunk_path: Optional[Union[str, os.PathLike]] = None, pnet_rand: bool = False,
                  backend: Optional[str] = None, device: Union[str, torch.device, None] = None,
-                 check_inputs: bool = True) -> None:
+                 check_inputs: bool = True, families: Optional[Sequence[str]] = None) -> None:
         super().__init__()
         if net not in ("vgg", "squeeze"):
             raise ValueError(f"net must be 'vgg' (E-LPIPS-VGG) or 'squeeze' (the experimental E-LPIPS-SqueezeNet), "
@@ -304,8 +312,15 @@ class ELPIPS(nn.Module):
         dtype = resolve_dtype(dtype, device)
         if memory_budget < 1:
             raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
+        fam = check_families(families)
+        if not transforms:
+            fam = fam - set(TRANSFORM_FAMILIES)
+        if not dropout:
+            fam = fam - {"dropout"}
+        self.families = fam
+        transforms, dropout = bool(fam & set(TRANSFORM_FAMILIES)), "dropout" in fam
         self.n_samples, self.mode, self.transforms, self.dropout = n_samples, mode, transforms, dropout
-        self.keep_prob, self.max_scale, self.backend = keep_prob, max_scale, backend
+        self.keep_prob, self.max_scale, self.backend = keep_prob, max_scale if "scale" in fam else 1, backend
         self.compute_dtype, self.memory_budget = dtype, memory_budget
         self.net_name = net
         self.scaling_layer = ScalingLayer()
@@ -333,6 +348,12 @@ class ELPIPS(nn.Module):
         return list(torch.split(self.weights, self.channels))
 
     @property
+    def sampled_families(self) -> Optional[frozenset]:
+        """The families to pass to the samplers: None when every transformation family is on
+        (the release's draws, bit for bit), else ``families``."""
+        return None if set(TRANSFORM_FAMILIES) <= self.families else self.families
+
+    @property
     def keep(self) -> Optional[float]:
         """The dropout keep probability in force (None: dropout off)."""
         return self.keep_prob if self.dropout else None
@@ -349,11 +370,36 @@ class ELPIPS(nn.Module):
         return self.scaling_layer(xt * 2 - 1)
 
     def run_trunk(self, x: torch.Tensor, generator: Optional[torch.Generator],
-                  consume: Callable[[torch.Tensor], None], groups: int = 1) -> None:
+                  consume: Callable[[torch.Tensor], None], groups: int = 1, *, inplace: bool = True) -> None:
         """The trunk on a trunk input; ``consume`` receives each compared layer (layer 0: the input)
         as it is computed. Dropout masks are drawn from ``generator``; ``x`` may hold ``groups``
-        stacked batches that share every mask. Give ``x`` in channels_last for speed."""
-        self.net(x, _Dropout(self.keep, generator, x.shape[0] // groups, groups), consume)
+        stacked batches that share every mask. Give ``x`` in channels_last for speed. Without a
+        graph, dropout zeroes a consumed layer in place afterwards unless ``inplace=False`` (for
+        consumers that keep the layers)."""
+        self.net(x, _Dropout(self.keep, generator, x.shape[0] // groups, groups, inplace), consume)
+
+    def shared_pass(self, x: torch.Tensor, draw: "ELPIPSDraw", consume: Callable[[int, int, torch.Tensor], None],
+                    *, inplace: bool = True) -> None:
+        """Every image of ``x`` (B, 3, H, W) under the transformations and dropout masks of ``draw``,
+        a draw for ONE image (``new_draw(samples, 1)``), shared by all B images: images compared
+        with each other (barycenters, geodesics) then see the same transformations and masks, as
+        a pair does in ``forward``. Per scale group, the transformed batch is image-major (image
+        b's ``s`` samples are rows b*s .. b*s + s-1) and ``consume(group, layer, f)`` receives the
+        group's ordinal, the layer number (0: the input) and the layer (B*s, C, h, w). The masks'
+        generator restarts on every call, so separate calls (any B) draw the same masks."""
+        if draw.n != 1:
+            raise ValueError(f"shared_pass needs a draw for one image (new_draw(samples, 1)), got one for {draw.n}")
+        b, _, h, w = x.shape
+        gen = draw.dropout_generator()
+        for g, (idx, tb) in enumerate(draw.groups(h, w)):
+            s = len(idx)
+            if tb is not None:  # the one image's parameters for each of the b images (sample-major rows)
+                tb = TransformBatch(tb.scale, tb.params.repeat_interleave(b, 0), tb.colors.repeat_interleave(b, 0), b)
+            xt = self.trunk_input(x, tb, s)
+            xt = xt.view(s, b, *xt.shape[1:]).transpose(0, 1).reshape(b * s, *xt.shape[1:])
+            layer = itertools.count()
+            self.run_trunk(xt.contiguous(memory_format=torch.channels_last), gen,
+                           lambda f, g=g: consume(g, next(layer), f), groups=b, inplace=inplace)
 
     def linearize_trunk(self, x: torch.Tensor, generator: Optional[torch.Generator]
                         ) -> Tuple[List[torch.Tensor], Callable[[torch.Tensor], List[torch.Tensor]]]:
@@ -378,7 +424,8 @@ class ELPIPS(nn.Module):
             generator = generator if generator is not None else torch.Generator().manual_seed(
                 int(torch.randint(2**62, (1,))))
             dropout_seed = None
-        tset = sample_batched(samples, n, generator=generator, max_scale=self.max_scale) if self.transforms else None
+        tset = sample_batched(samples, n, generator=generator, max_scale=self.max_scale,
+                              families=self.sampled_families) if self.transforms else None
         if dropout_seed is None:
             dropout_seed = int(torch.randint(2**62, (1,), generator=generator))
         return ELPIPSDraw(samples, n, tset, dropout_seed)
@@ -410,7 +457,8 @@ class ELPIPS(nn.Module):
         if self.compute_dtype is not None:
             warn_if_slow(self.compute_dtype, reference.device)
         if self.transforms:
-            p = sample_official(n, generator=generator, max_scale=self.max_scale, scale=scale)
+            p = sample_official(n, generator=generator, max_scale=self.max_scale, scale=scale,
+                                families=self.sampled_families)
             batch = [apply_transform(b, p) for b in batch]
         return self._distances(batch, n, generator)
 
@@ -438,7 +486,8 @@ class ELPIPS(nn.Module):
             warn_if_slow(self.compute_dtype, reference.device)
         if self.transforms:
             if transforms is None:
-                transforms = sample_batched(samples, n, generator=generator, max_scale=self.max_scale)
+                transforms = sample_batched(samples, n, generator=generator, max_scale=self.max_scale,
+                                            families=self.sampled_families)
             if transforms.samples != samples or transforms.n != n:
                 raise ValueError(f"transforms hold {transforms.samples} samples for {transforms.n} images; "
                                  f"expected {samples} for {n}")

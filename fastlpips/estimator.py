@@ -109,10 +109,12 @@ def _draw(metric: ELPIPS, x, y, chunk: List[int], stratified: bool, g: torch.Gen
         return [(s, d[k]) for k, s in enumerate(chunk)]
     if stratified:
         levels = sorted(set(chunk))
-        sets = [sample_batched(chunk.count(s), n, generator=g, max_scale=metric.max_scale, scale=s + 1) for s in levels]
+        sets = [sample_batched(chunk.count(s), n, generator=g, max_scale=metric.max_scale, scale=s + 1,
+                               families=metric.sampled_families) for s in levels]
         tset, strata = TransformSet.cat(sets), [s for s in levels for _ in range(chunk.count(s))]
     else:
-        tset, strata = sample_batched(len(chunk), n, generator=g, max_scale=metric.max_scale), chunk
+        tset, strata = sample_batched(len(chunk), n, generator=g, max_scale=metric.max_scale,
+                                      families=metric.sampled_families), chunk
     d = metric.sample_distances((x,), y, len(chunk), generator=g, transforms=tset)[0]
     return [(s, d[k]) for k, s in enumerate(strata)]
 

@@ -35,11 +35,52 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["TransformParams", "TransformSet", "TransformBatch", "sample_official", "sample_batched",
-           "scale_probabilities", "apply_transform", "PERMUTATIONS", "MAX_SCALE", "MAX_OFFSET"]
+           "scale_probabilities", "apply_transform", "check_families", "PERMUTATIONS", "MAX_SCALE", "MAX_OFFSET",
+           "FAMILIES", "TRANSFORM_FAMILIES"]
 
 PERMUTATIONS = torch.tensor(list(itertools.permutations(range(3))))  # (6, 3)
 MAX_SCALE = 8
 MAX_OFFSET = 7
+# The E-LPIPS ensemble's seven random families (for ablations such as the paper's Fig. 3). A family
+# switched off takes its identity value: scale level 1; offsets dy = dx = 0 (the op's fixed 7-px
+# reflect pad at the top/left, no random shift); no flip; no swap; the identity channel order;
+# colour factors 1; no dropout.
+TRANSFORM_FAMILIES = ("scale", "translation", "flip", "swap", "permutation", "color")
+FAMILIES = TRANSFORM_FAMILIES + ("dropout",)
+
+
+def check_families(families) -> frozenset:
+    """``families`` (None: all seven; else an iterable of names from ``FAMILIES``) -> a frozenset;
+    unknown names raise, naming them and the valid ones."""
+    if families is None:
+        return frozenset(FAMILIES)
+    if isinstance(families, str):
+        families = [f for f in families.split(",") if f]
+    out = frozenset(families)
+    unknown = sorted(str(f) for f in out - set(FAMILIES))
+    if unknown:
+        raise ValueError(f"unknown E-LPIPS transform families {unknown}; valid: {', '.join(FAMILIES)}")
+    return out
+
+
+def _neutralize(families: Optional[frozenset], scales, scale_offsets, offsets, flips, swap, perms, colors):
+    """The disabled families of a draw set to their identity values (tensors changed in place; the
+    random stream is drawn in full first, so enabled families are distributed as always)."""
+    if families is None:
+        return
+    if "scale" not in families:
+        scales.fill_(1)
+        scale_offsets.zero_()
+    if "translation" not in families:
+        offsets.zero_()
+    if "flip" not in families:
+        flips.fill_(3)
+    if "swap" not in families:
+        swap.fill_(False)
+    if "permutation" not in families:
+        perms.copy_(PERMUTATIONS[0].expand_as(perms))
+    if "color" not in families:
+        colors.fill_(1.0)
 
 
 @dataclass
@@ -74,10 +115,12 @@ def scale_probabilities(max_scale: int = MAX_SCALE) -> torch.Tensor:
 
 
 def sample_official(n: int, *, generator: Optional[torch.Generator] = None, max_scale: int = MAX_SCALE,
-                    brightness: bool = False, scale: Optional[int] = None) -> TransformParams:
+                    brightness: bool = False, scale: Optional[int] = None,
+                    families: Optional[Sequence[str]] = None) -> TransformParams:
     """Draw one transformation for ``n`` images as the official release does (scale level and swap
     shared by the batch). ``max_scale`` limits the scale levels (see ``scale_levels_for_size``);
-    ``scale`` fixes the level (a draw conditioned on it, for stratified sampling)."""
+    ``scale`` fixes the level (a draw conditioned on it, for stratified sampling); ``families``
+    (default all) leaves the others at their identity values (``FAMILIES``)."""
     if n < 1:
         raise ValueError(f"need at least one image, got n={n}")
     if not 1 <= max_scale <= MAX_SCALE:
@@ -95,6 +138,11 @@ def sample_official(n: int, *, generator: Optional[torch.Generator] = None, max_
     u = (torch.rand(n, ch, generator=g, dtype=torch.float64) + torch.arange(n, dtype=torch.float64)[:, None]) / n
     u = torch.stack([u[torch.randperm(n, generator=g), c] for c in range(ch)], 1)
     colors = (0.2 + 0.8 * u).float().expand(n, 3).contiguous()
+    if families is not None:
+        fam = check_families(families)
+        sc, so, sw = torch.tensor([s]), torch.tensor([oy, ox]), torch.tensor([swap])
+        _neutralize(fam, sc, so, offsets, flips, sw, perms, colors)
+        s, (oy, ox), swap = int(sc), (int(so[0]), int(so[1])), bool(sw)
     return TransformParams(s, (oy, ox), offsets, flips, swap, perms, colors)
 
 
@@ -158,9 +206,11 @@ class TransformSet:
 
 
 def sample_batched(samples: int, n: int, *, generator: Optional[torch.Generator] = None,
-                   max_scale: int = MAX_SCALE, scale: Optional[int] = None, brightness: bool = False) -> TransformSet:
+                   max_scale: int = MAX_SCALE, scale: Optional[int] = None, brightness: bool = False,
+                   families: Optional[Sequence[str]] = None) -> TransformSet:
     """Draw ``samples`` independent transformations for ``n`` images at once (vectorized); each is
-    distributed as one ``sample_official(n)`` draw. ``scale`` fixes every sample's level."""
+    distributed as one ``sample_official(n)`` draw. ``scale`` fixes every sample's level;
+    ``families`` (default all) leaves the others at their identity values (``FAMILIES``)."""
     if samples < 1 or n < 1:
         raise ValueError(f"need samples >= 1 and n >= 1, got samples={samples}, n={n}")
     if not 1 <= max_scale <= MAX_SCALE:
@@ -181,6 +231,8 @@ def sample_batched(samples: int, n: int, *, generator: Optional[torch.Generator]
     u = (torch.rand(samples, ch, n, generator=g, dtype=torch.float64) + torch.arange(n, dtype=torch.float64)) / n
     u = u.gather(2, torch.rand(samples, ch, n, generator=g).argsort(2)).transpose(1, 2)
     colors = (0.2 + 0.8 * u).float().expand(samples, n, 3).contiguous()
+    if families is not None:
+        _neutralize(check_families(families), scales, scale_offsets, offsets, flips, swap, perms, colors)
     return TransformSet(scales, scale_offsets, offsets, flips, swap, perms, colors)
 
 

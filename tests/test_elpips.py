@@ -470,3 +470,32 @@ def test_elpips_distance_is_the_metric_on_its_draw(rand_metric):
     assert (value - other).abs().max() > 1e-6  # another draw is another value: the check can fail
     dist.resample()
     assert dist.draw is None and dist.seed == 12
+
+
+def test_families_switch_the_ensemble_per_family():
+    from fastlpips import ELPIPS
+    from fastlpips.transforms import FAMILIES
+
+    x, y = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)).split(1)
+    # no family: deterministic (the fixed pad) and equal to the plain metric only up to that pad
+    none = ELPIPS(families=[], pnet_rand=True)
+    assert not none.transforms and not none.dropout and none.keep is None
+    assert torch.equal(none(x, y, n_samples=3), none(x, y, n_samples=3))
+    # only translation: the 7-px pad and random offsets, nothing else; scale off -> max_scale 1
+    only = ELPIPS(families=["translation"], pnet_rand=True)
+    assert only.transforms and only.max_scale == 1 and only.keep is None
+    d = only.new_draw(16, 2, seed=0)
+    t = d.transforms
+    assert bool((t.scales == 1).all() and (t.flips == 3).all() and (t.colors == 1).all()) and not bool(t.swap.any())
+    assert len(torch.unique(t.offsets)) > 1
+    # transforms=False / dropout=False remove families from the set
+    assert ELPIPS(transforms=False, pnet_rand=True).families == {"dropout"}
+    assert ELPIPS(dropout=False, families=["flip", "dropout"], pnet_rand=True).families == {"flip"}
+    assert ELPIPS(pnet_rand=True).families == set(FAMILIES) and ELPIPS(pnet_rand=True).sampled_families is None
+    with pytest.raises(ValueError, match="unknown E-LPIPS transform families"):
+        ELPIPS(families=["blur"], pnet_rand=True)
+    # the estimator honours the families (one scale stratum without 'scale')
+    from fastlpips import elpips_estimate
+
+    est = elpips_estimate(x, y, metric=ELPIPS(families=["color"], pnet_rand=True), max_samples=8, min_samples=4, seed=0)
+    assert torch.isfinite(est.mean).all() and est.samples >= 4

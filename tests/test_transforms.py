@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastlpips.transforms import (MAX_OFFSET, PERMUTATIONS, TransformParams, apply_transform, sample_batched,
-                                  sample_official)
+from fastlpips.transforms import (FAMILIES, MAX_OFFSET, PERMUTATIONS, TRANSFORM_FAMILIES, TransformParams, TransformSet,
+                                  apply_transform, check_families, sample_batched, sample_official)
 from helpers import assert_close
 
 # apply_transform vs the numpy implementation on float64 images in [0, 1): the gathers are exact and
@@ -141,3 +141,52 @@ def test_conditioned_scale_level():
         sample_batched(2, 3, max_scale=4, scale=5)
     with pytest.raises(ValueError, match="samples >= 1"):
         sample_batched(0, 3)
+
+
+# -- per-family ablation switches (issue 12) -------------------------------------------------------
+_FIELDS = {"scale": ("scales", "scale_offsets"), "translation": ("offsets",), "flip": ("flips",), "swap": ("swap",),
+           "permutation": ("perms",), "color": ("colors",)}
+
+
+@pytest.mark.parametrize("off", TRANSFORM_FAMILIES)
+def test_a_family_switched_off_takes_its_identity_and_leaves_the_others_drawn(off):
+    full = sample_batched(64, 5, generator=torch.Generator().manual_seed(3))
+    part = sample_batched(64, 5, generator=torch.Generator().manual_seed(3), families=set(FAMILIES) - {off})
+    for fam, fields in _FIELDS.items():
+        for f in fields:
+            a, b = getattr(full, f), getattr(part, f)
+            if fam != off:
+                assert torch.equal(a, b), (off, f)  # the same stream: enabled families as always
+            else:
+                assert not torch.equal(a, b), (off, f)
+    identity = {"scale": lambda t: bool((t.scales == 1).all() and (t.scale_offsets == 0).all()),
+                "translation": lambda t: bool((t.offsets == 0).all()),
+                "flip": lambda t: bool((t.flips == 3).all()),
+                "swap": lambda t: not bool(t.swap.any()),
+                "permutation": lambda t: bool((t.perms == torch.tensor([0, 1, 2])).all()),
+                "color": lambda t: bool((t.colors == 1).all())}
+    assert identity[off](part) and not identity[off](full)
+    # the official sampler: the same identity values
+    p = sample_official(6, generator=torch.Generator().manual_seed(1), families=[f for f in FAMILIES if f != off])
+    one = TransformSet(torch.tensor([p.scale]), torch.tensor([p.scale_offset]), p.offsets[None], p.flips[None],
+                       torch.tensor([p.swap]), p.perms[None], p.colors[None])
+    assert identity[off](one)
+
+
+def test_no_transform_family_is_the_identity_up_to_the_fixed_pad():
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    t = sample_batched(4, 2, generator=torch.Generator().manual_seed(0), families=["dropout"])
+    for k in range(4):
+        y = apply_transform(x, t.sample(k))
+        assert y.shape == (2, 3, 16 + MAX_OFFSET, 16 + MAX_OFFSET)
+        assert torch.equal(y[..., MAX_OFFSET:, MAX_OFFSET:], x)  # dy = dx = 0: 7 px reflected at top/left
+
+
+def test_check_families():
+    assert check_families(None) == frozenset(FAMILIES)
+    assert check_families("flip,swap") == {"flip", "swap"}
+    assert check_families([]) == frozenset()
+    with pytest.raises(ValueError, match=r"unknown E-LPIPS transform families \['colour'\]"):
+        check_families(["colour", "flip"])
+    with pytest.raises(ValueError, match="unknown"):
+        sample_batched(2, 2, families=["rotate"])
