@@ -3,12 +3,18 @@ geodesics of images under a distance (L2, LPIPS, E-LPIPS with fresh draws every 
 
 * ``barycenter(images, distance)``: argmin_x sum_i d(x, n_i)^2 over x in [0, 1];
 * ``geodesic(a, b, distance, frames)``: the ``frames`` free images x_1..x_k between fixed ends
-  minimizing sum_i d(x_i, x_{i+1})^2.
+  minimizing sum_i d(x_i, x_{i+1})^2;
+* ``hessian_study(distance, x)``: the spectrum of the distance's Hessian at an image (extremal
+  eigenvalues by Lanczos, moments by Hutchinson traces, normalized by the mean eigenvalue, a
+  density by stochastic Lanczos quadrature), and ``plot_spectrum``.
 
 The release's optimizer is the default: Adam with lr_t = lr / (1 + 0.02 t'^0.75),
 t' = sqrt(100^2 + t^2) - 100 (``release_lr``), a start at 0.5 + 0.2 N(0, 1), images clipped to
-[1e-5, 1 - 1e-5] after every step. Every step evaluates all the pairs it needs in one batched
-distance call (the release takes one random input per barycenter step: ``inputs_per_step=1``).
+[1e-5, 1 - 1e-5] after every step. Every step evaluates all the pairs it needs at once (the
+release takes one random input per barycenter step: ``inputs_per_step=1``): for LPIPS and E-LPIPS
+each image's features are computed once per step, however many pairs it is in, the fixed images
+(inputs, geodesic ends) without a graph (and only once for deterministic LPIPS); E-LPIPS takes
+``draws`` fresh draws per step, shared by all images of the step (``ELPIPSDistance(shared=True)``).
 Under L2 the barycenter is the pixel mean and the geodesic the linear cross-fade (tested).
 """
 from __future__ import annotations
@@ -20,8 +26,10 @@ from typing import Callable, List, Optional, Union
 import torch
 
 from . import validation as V
+from .ops.head import lpips_head_map
 
-__all__ = ["make_distance", "release_lr", "barycenter", "geodesic", "GeometryResult"]
+__all__ = ["make_distance", "release_lr", "barycenter", "geodesic", "GeometryResult", "HessianStudy", "hessian_study",
+           "plot_spectrum"]
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 CLIP = (1e-5, 1 - 1e-5)
@@ -41,11 +49,10 @@ def make_distance(name: Union[str, Distance], *, draws: int = 1, device=None) ->
         return name
     if name == "l2":
         return lambda x, y: (x - y).flatten(1).norm(dim=1)
-    if name in ("lpips", "lpips-alex", "lpips-vgg", "lpips-squeeze"):
+    if name in LPIPS_NAMES:
         from .model import LPIPS
 
-        net = "alex" if name == "lpips" else name.split("-", 1)[1]
-        model = LPIPS(net=net, verbose=False).eval().requires_grad_(False)
+        model = LPIPS(net=_lpips_net(name), verbose=False).eval().requires_grad_(False)
         if device is not None:
             model = model.to(device)
         return lambda x, y: model(x, y, normalize=True).flatten()
@@ -57,6 +64,128 @@ def make_distance(name: Union[str, Distance], *, draws: int = 1, device=None) ->
         return lambda x, y: metric(x, y, n_samples=draws)
     raise ValueError(f"distance must be 'l2', 'lpips', 'lpips-vgg', 'lpips-squeeze', 'elpips' or a callable, "
                      f"got {name!r}")
+
+
+LPIPS_NAMES = ("lpips", "lpips-alex", "lpips-vgg", "lpips-squeeze")
+
+
+def _lpips_net(name: str) -> str:
+    return "alex" if name == "lpips" else name.split("-", 1)[1]
+
+
+def _feature_distance(name, draws: int, seed: int, device):
+    """The named perceptual distances as feature maps (``fastlpips.attacks`` distances): every
+    image's trunk runs once per step however many pairs it is in, and fixed images run without a
+    graph; E-LPIPS with ``draws`` draws per step shared by all images (``shared=True``). A
+    FeatureDistance is used as given (e.g. ``ELPIPSDistance(ELPIPS(families=...), shared=True)``
+    for ablations). None for 'l2' and callables (evaluated pair by pair)."""
+    from .attacks.distances import ELPIPSDistance, FeatureDistance, LPIPSDistance
+
+    if isinstance(name, FeatureDistance):
+        if isinstance(name, ELPIPSDistance) and not name.shared:
+            raise ValueError("an ELPIPSDistance for barycenters/geodesics must have shared=True (one draw for "
+                             "every image of a step, so all images are comparable with each other)")
+        return name
+    if not isinstance(name, str) or name == "l2":
+        return None
+
+    if name in LPIPS_NAMES:
+        from .model import LPIPS
+
+        model = LPIPS(net=_lpips_net(name), verbose=False).eval().requires_grad_(False)
+        return LPIPSDistance(model.to(device) if device is not None else model)
+    if name == "elpips":
+        from .elpips import ELPIPS
+
+        metric = ELPIPS(device=device).requires_grad_(False)
+        return ELPIPSDistance(metric, samples=V.check_positive_int(draws, "draws"), seed=seed, shared=True)
+    make_distance(name)  # raises the error naming the valid choices
+    return None
+
+
+class _Pairs:
+    """sum over pairs of d(., .)^2 for a step, each image's trunk run once per step: ``fixed``
+    images (no gradient; LPIPS features cached once) and the optimized ones. E-LPIPS runs its
+    fused heads on the trunk layers directly (``ELPIPS.shared_pass``), under ``draws`` draws per
+    step shared by every image; other named distances through their features; 'l2' and callables
+    pair by pair."""
+
+    def __init__(self, distance, draws: int, seed: int, device) -> None:
+        from .attacks.distances import ELPIPSDistance
+
+        self.fd = _feature_distance(distance, draws, seed, device)
+        self.d = make_distance(distance, draws=draws, device=device) if self.fd is None else None
+        self.elpips = self.fd if isinstance(self.fd, ELPIPSDistance) else None
+        self._cache, self._step = None, 0
+
+    def _draw(self, t: int, h: int, w: int):
+        if t != self._step:
+            self.elpips.resample()  # fresh draws every step: an expectation over transformations
+            self._step = t
+        return self.elpips.shared_draw(h, w)
+
+    def one_to_many(self, x: torch.Tensor, images: torch.Tensor, idx: Optional[torch.Tensor], t: int) -> torch.Tensor:
+        """d(x, images_i) for the one free image ``x`` (1, 3, H, W) and the fixed images of index
+        ``idx`` (None: all) -> (K,)."""
+        if self.fd is not None and self.elpips is None:
+            if self._cache is None:  # deterministic features of all the fixed images: once
+                with torch.no_grad():
+                    self._cache = self.fd.features(images)
+            fn = self._cache if idx is None else self._cache[idx]
+            fx = self.fd.features(x)
+            return self.fd.from_features(fx.expand(fn.shape[0], *fx.shape[1:]), fn)
+        fixed = images if idx is None else images[idx]
+        if self.elpips is not None:
+            return self._elpips_one_to_many(x, fixed, t)
+        return self.d(x.expand_as(fixed), fixed)
+
+    def chain(self, ends: torch.Tensor, frames: torch.Tensor, t: int) -> torch.Tensor:
+        """d(c_i, c_i+1) along the chain ends[0], frames..., ends[1] -> (frames + 1,)."""
+        if self.elpips is not None:
+            return self._elpips_chain(ends, frames, t)
+        if self.fd is None:
+            c = torch.cat([ends[:1], frames, ends[1:]])
+            return self.d(c[:-1], c[1:])
+        if self._cache is None:
+            with torch.no_grad():
+                self._cache = self.fd.features(ends)
+        c = torch.cat([self._cache[:1], self.fd.features(frames), self._cache[1:]])
+        return self.fd.from_features(c[:-1], c[1:])
+
+    def _head(self, f0: torch.Tensor, f1: torch.Tensor, layer: int) -> torch.Tensor:
+        m = self.elpips.metric
+        return lpips_head_map(f0, f1, m.layer_weights()[layer], backend=m.backend).mean((1, 2, 3))
+
+    def _elpips_one_to_many(self, x, fixed, t):
+        m, k = self.elpips.metric, fixed.shape[0]
+        draw = self._draw(t, x.shape[2], x.shape[3])
+        fx = {}
+        m.shared_pass(x, draw, lambda g, layer, f: fx.__setitem__((g, layer), f))
+        total = []
+
+        def consume(g, layer, f):  # f: (k * s, C, h, w) of the fixed images, no graph
+            a = fx[(g, layer)]
+            with torch.enable_grad():
+                total.append(self._head(f, a.repeat(k, 1, 1, 1), layer).view(k, -1).sum(1))
+        with torch.no_grad():
+            m.shared_pass(fixed, draw, consume, inplace=False)  # the heads keep the layers for backward
+        return torch.stack(total).sum(0) / draw.samples
+
+    def _elpips_chain(self, ends, frames, t):
+        m = self.elpips.metric
+        draw = self._draw(t, ends.shape[2], ends.shape[3])
+        fe = {}
+        with torch.no_grad():
+            m.shared_pass(ends, draw, lambda g, layer, f: fe.__setitem__((g, layer), f), inplace=False)
+        total = []
+
+        def consume(g, layer, f):  # f: (frames * s, C, h, w), with a graph
+            e = fe[(g, layer)]
+            s = e.shape[0] // 2
+            c = torch.cat([e[:s], f, e[s:]])
+            total.append(self._head(c[:-s], c[s:], layer).view(frames.shape[0] + 1, s).sum(1))
+        m.shared_pass(frames, draw, consume)
+        return torch.stack(total).sum(0) / draw.samples
 
 
 @dataclass
@@ -113,7 +242,9 @@ def barycenter(images: torch.Tensor, distance: Union[str, Distance] = "l2", *, s
                draws: int = 1, progress: Optional[bool] = False) -> GeometryResult:
     """argmin_x sum_i d(x, n_i)^2 for ``images`` (K, 3, H, W) in [0, 1], K >= 2. Each step takes
     ``inputs_per_step`` random inputs (None: all K, in one batched call; the release: 1) and one
-    Adam step. ``init``: 'noise' (the release's), 'mean' (the pixel mean) or a start image."""
+    Adam step. ``init``: 'noise' (the release's), 'mean' (the pixel mean) or a start image.
+    ``distance``: a name of ``make_distance`` ('elpips' with ``draws`` fresh draws per step), a
+    callable d(x, y) -> (N,), or a ``fastlpips.attacks`` FeatureDistance (E-LPIPS: ``shared=True``)."""
     _check_unit(images, "images")
     k = images.shape[0]
     if k < 2:
@@ -121,7 +252,7 @@ def barycenter(images: torch.Tensor, distance: Union[str, Distance] = "l2", *, s
     steps = V.check_positive_int(steps, "steps")
     if inputs_per_step is not None and not (isinstance(inputs_per_step, int) and 1 <= inputs_per_step <= k):
         raise ValueError(f"inputs_per_step must be None or an int in [1, {k}], got {inputs_per_step!r}")
-    d = make_distance(distance, draws=draws, device=images.device)
+    pairs = _Pairs(distance, draws, seed, images.device)
     g = torch.Generator().manual_seed(seed)
     images = images.detach()
     shape = (1,) + tuple(images.shape[1:])
@@ -133,9 +264,8 @@ def barycenter(images: torch.Tensor, distance: Union[str, Distance] = "l2", *, s
         x = _start(shape, init, g, images, images.mean(0, keepdim=True))
 
     def loss(t):
-        idx = torch.arange(k) if inputs_per_step is None else torch.randperm(k, generator=g)[:inputs_per_step]
-        n = images[idx.to(images.device)]
-        return d(x.expand_as(n), n).square().sum()
+        idx = None if inputs_per_step is None else torch.randperm(k, generator=g)[:inputs_per_step].to(images.device)
+        return pairs.one_to_many(x, images, idx, t).square().sum()
     losses = _optimize(x, loss, steps, lr, progress, "barycenter")
     return GeometryResult(x.detach(), losses)
 
@@ -156,7 +286,7 @@ def geodesic(a: torch.Tensor, b: torch.Tensor, distance: Union[str, Distance] = 
     if not (isinstance(frames, int) and not isinstance(frames, bool) and frames >= 1):
         raise ValueError(f"frames must be an int >= 1, got {frames!r}")
     steps = V.check_positive_int(steps, "steps")
-    d = make_distance(distance, draws=draws, device=a.device)
+    pairs = _Pairs(distance, draws, seed, a.device)
     g = torch.Generator().manual_seed(seed)
     a, b = a.detach(), b.detach()
     shape = (frames,) + tuple(a.shape[1:])
@@ -165,9 +295,107 @@ def geodesic(a: torch.Tensor, b: torch.Tensor, distance: Union[str, Distance] = 
         x = ((1 - w) * a + w * b).clamp(*CLIP)
     else:
         x = _start(shape, init, g, a)
+    ends = torch.cat([a, b])
 
     def loss(t):
-        chain = torch.cat([a, x, b])
-        return d(chain[:-1], chain[1:]).square().sum()
+        return pairs.chain(ends, x, t).square().sum()
     losses = _optimize(x, loss, steps, lr, progress, "geodesic")
     return GeometryResult(torch.cat([a, x.detach(), b]), losses)
+
+
+# -- the Hessian study (E-LPIPS paper: LPIPS vs E-LPIPS conditioning) ------------------------------
+@dataclass
+class HessianStudy:
+    """The spectrum of A = J^T J per image (N rows), J the Jacobian of the distance's features at
+    the image: for d(x, y) = ||phi(x) - phi(y)||^2 (LPIPS, E-LPIPS) the Hessian in y at y = x is
+    2 A, so ratios and normalized values are those of the Hessian. For E-LPIPS, A is the mean of
+    J^T J over the distance's fixed draws (``ELPIPSDistance(samples=K)``).
+
+    ``mean``: tr(A) / n (the mean eigenvalue, Hutchinson); ``moments[:, j-1]``: tr(A^j)/n over
+    mean^j (Hutchinson); ``lambda_max`` / ``lambda_min``: the extreme Ritz values of the Lanczos
+    runs (lambda_min is an upper bound on the smallest eigenvalue, so ``condition`` is a lower
+    bound); ``nodes`` / ``weights``: the spectral density by stochastic Lanczos quadrature (the
+    weights of each row sum to 1)."""
+
+    mean: torch.Tensor
+    lambda_max: torch.Tensor
+    lambda_min: torch.Tensor
+    moments: torch.Tensor
+    nodes: torch.Tensor
+    weights: torch.Tensor
+    iterations: int
+    probes: int
+
+    @property
+    def condition(self) -> torch.Tensor:
+        return self.lambda_max / self.lambda_min.clamp_min(torch.finfo(self.lambda_min.dtype).tiny)
+
+    def summary(self) -> dict:
+        """Per-image values as lists: lambda_max and lambda_min over the mean eigenvalue, the
+        condition number, the mean eigenvalue and the normalized moments."""
+        return {"mean_eigenvalue": self.mean.tolist(), "lambda_max_over_mean": (self.lambda_max / self.mean).tolist(),
+                "lambda_min_over_mean": (self.lambda_min / self.mean).tolist(), "condition": self.condition.tolist(),
+                "normalized_moments": self.moments.tolist(), "lanczos_iterations": self.iterations,
+                "probes": self.probes}
+
+
+def hessian_study(distance, x: torch.Tensor, *, iterations: int = 30, probes: int = 4, order: int = 4,
+                  seed: int = 0, progress: Optional[bool] = False) -> HessianStudy:
+    """The Hessian spectrum of ``distance`` (a ``fastlpips.attacks`` FeatureDistance: LPIPSDistance,
+    ELPIPSDistance with its fixed draws, ...) at each image of ``x`` ((N, 3, H, W) in [0, 1]):
+    ``probes`` Lanczos runs of ``iterations`` products from Rademacher starts (extremes and the
+    quadrature density) and ``probes`` Hutchinson probes for the ``order`` moments; every product
+    is exact (``JTJ``: the distance's kept linearization where it has one) and batched over N."""
+    from tqdm import tqdm
+
+    from .attacks.linalg import JTJ, hutchinson_moments, lanczos_spectrum
+
+    distance.check_images(x, "x")
+    iterations = V.check_positive_int(iterations, "iterations", 2)
+    probes = V.check_positive_int(probes, "probes")
+    order = V.check_positive_int(order, "order")
+    op = JTJ(distance, x.detach())
+    g = torch.Generator().manual_seed(seed)
+    nodes, weights = [], []
+    bar = tqdm(range(probes), desc="lanczos", unit="probe", leave=False,
+               disable=True if progress is False else (None if progress is None else False))
+    for _ in bar:
+        v0 = (torch.randint(0, 2, tuple(x.shape), generator=g) * 2 - 1).to(x)
+        ev, w = lanczos_spectrum(op, v0, iterations)
+        nodes.append(ev)
+        weights.append(w)
+    nodes, weights = torch.cat(nodes, 1).detach(), torch.cat(weights, 1).detach() / probes
+    moments = hutchinson_moments(op, tuple(x.shape), order=order, probes=probes, generator=g, dtype=x.dtype,
+                                 device=x.device).detach()
+    mean = moments[:, 0]
+    powers = torch.arange(1, order + 1, dtype=x.dtype, device=x.device)
+    return HessianStudy(mean, nodes.amax(1), nodes.amin(1), moments / mean[:, None] ** powers, nodes, weights,
+                        iterations, probes)
+
+
+def plot_spectrum(studies, path, *, title: str = "Hessian spectrum (J^T J) at the images") -> None:
+    """Plot the quadrature densities of ``studies`` ({label: HessianStudy}) over eigenvalue / mean
+    eigenvalue on a log axis (one curve per label, pooled over its images), with the extreme Ritz
+    values marked; writes ``path`` (PNG/PDF/SVG by its suffix)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, st in studies.items():
+        rel = (st.nodes / st.mean[:, None]).clamp_min(1e-12).log10().flatten()
+        w = (st.weights / st.weights.shape[0]).flatten()
+        grid = torch.linspace(float(rel.min()) - 0.5, float(rel.max()) + 0.5, 400, dtype=rel.dtype)
+        dens = (w[None, :] * torch.exp(-0.5 * ((grid[:, None] - rel[None, :]) / 0.15) ** 2)).sum(1)
+        dens = dens / (0.15 * math.sqrt(2 * math.pi))
+        line, = ax.plot(grid.tolist(), dens.tolist(), label=label)
+        for v in (st.lambda_max / st.mean).tolist():
+            ax.axvline(math.log10(v), color=line.get_color(), lw=0.6, ls="--")
+    ax.set_xlabel("log10(eigenvalue / mean eigenvalue)")
+    ax.set_ylabel("density (stochastic Lanczos quadrature)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

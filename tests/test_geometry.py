@@ -48,7 +48,7 @@ def test_elpips_barycenter_beats_the_pixel_mean():
     g = torch.Generator().manual_seed(0)
     noisy = (photo[None] + 0.07 * torch.randn(4, 3, 64, 64, generator=g)).clamp(0, 1)
     metric = ELPIPS().requires_grad_(False)
-    r = geometry.barycenter(noisy, lambda x, y: metric(x, y, n_samples=1), steps=20, lr=0.01, init="mean")
+    r = geometry.barycenter(noisy, "elpips", steps=20, lr=0.01, init="mean", draws=1)  # the fused-head path
 
     def objective(x):
         with torch.no_grad():
@@ -112,6 +112,10 @@ def test_cli_barycenter_and_geodesic(tmp_path):
                       (("geodesic", paths[0], paths[1], "--save", paths[0]), "input")):
         p = cli(*args)
         assert p.returncode == 1 and msg in p.stderr, (args, p.stderr)
+    p = cli("geodesic", paths[0], paths[1], "--families", "flip", "--distance", "l2", "--save", tmp_path / "x.png")
+    assert p.returncode == 1 and "--families applies to --distance elpips" in p.stderr, p.stderr
+    p = cli("elpips", paths[0], paths[1], "--families", "flip,colour")
+    assert p.returncode == 2 and "unknown E-LPIPS transform families ['colour']" in p.stderr, p.stderr
 
 
 def test_hutchinson_moments_match_the_dense_spectrum():
@@ -138,3 +142,79 @@ def test_hutchinson_moments_match_the_dense_spectrum():
         assert abs(float(est[j - 1]) - true) <= 5 * se, (j, float(est[j - 1]), true, se)
     with pytest.raises(ValueError, match="positive ints"):
         hutchinson_moments(op, (rows, 3, 17, 17), order=0)
+
+
+def test_hessian_study_matches_the_dense_spectrum(tmp_path):
+    """hessian_study on a tiny problem (LPIPS features, squeeze random trunk, 17x17, float64):
+    the largest Ritz value equals the dense lambda_max, the smallest Ritz value bounds lambda_min
+    from above, the mean eigenvalue is within 5 standard errors, the quadrature weights sum to 1
+    and their first moments agree with the dense ones; the plot is written."""
+    import fastlpips
+    from fastlpips.attacks import LPIPSDistance
+    from fastlpips.geometry import hessian_study, plot_spectrum
+
+    torch.manual_seed(0)
+    d = LPIPSDistance(fastlpips.LPIPS(net="squeeze", pnet_rand=True, verbose=False).double())
+    x = torch.rand(2, 3, 17, 17, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    st = hessian_study(d, x, iterations=40, probes=6, order=3, seed=3)
+    n = x[0].numel()
+    for i in range(2):
+        jac = torch.func.jacfwd(d.features)(x[i:i + 1]).reshape(-1, n).detach()
+        eig = torch.linalg.eigvalsh(jac.T @ jac).clamp_min(0)
+        assert float(st.lambda_max[i]) == pytest.approx(float(eig.max()), rel=1e-6)
+        assert float(st.lambda_min[i]) >= float(eig.min()) - 1e-9 * float(eig.max())
+        mean = float(eig.mean())
+        se = math.sqrt(2 * float((eig ** 2).sum()) / st.probes) / n
+        assert abs(float(st.mean[i]) - mean) <= 5 * se
+        assert float(st.weights[i].sum()) == pytest.approx(1.0, abs=1e-9)
+        slq_mean = float((st.weights[i] * st.nodes[i]).sum())  # quadrature: tr(A)/n from the Lanczos starts
+        assert abs(slq_mean - mean) <= 5 * se
+        m2 = float((eig ** 2).mean()) / mean ** 2
+        assert float(st.moments[i, 1]) == pytest.approx(m2, rel=0.5)
+    assert (st.condition >= 1).all()
+    summary = st.summary()
+    assert len(summary["lambda_max_over_mean"]) == 2 and summary["lanczos_iterations"] == 40
+    plot_spectrum({"squeeze (random)": st}, tmp_path / "spectrum.png")
+    assert (tmp_path / "spectrum.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="iterations must be >= 2"):
+        hessian_study(d, x, iterations=1)
+
+
+def test_elpips_pairs_equal_the_metric_on_the_shared_draw():
+    """The barycenter/geodesic E-LPIPS path (fused heads on ELPIPS.shared_pass layers, fixed images
+    without a graph) gives, for every pair, the mean of ELPIPS' own sample distances under the
+    step's draw, and the gradient of the shared-draw features path (float64)."""
+    import copy
+
+    from fastlpips import ELPIPS
+    from fastlpips.attacks import ELPIPSDistance
+
+    metric = copy.deepcopy(ELPIPS(max_scale=2)).double().requires_grad_(False)
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.rand(3, 3, 32, 32, generator=g, dtype=torch.float64)
+    x = torch.rand(1, 3, 32, 32, generator=g, dtype=torch.float64).requires_grad_(True)
+    frames = torch.rand(2, 3, 32, 32, generator=g, dtype=torch.float64).requires_grad_(True)
+    d = ELPIPSDistance(metric, samples=3, seed=2, shared=True)
+    pairs = geometry._Pairs(d, 3, 0, None)
+    v = pairs.one_to_many(x, imgs, None, 0)
+    draw = d.draw
+    for i in range(3):
+        want = metric.sample_distances((x.detach(),), imgs[i:i + 1], 3, draw=draw)[0].mean()
+        assert float(v[i]) == pytest.approx(float(want), rel=1e-9)
+    (gx,) = torch.autograd.grad(v.square().sum(), x)
+    fx, fn = d.features(x), d.features(imgs)
+    (want_gx,) = torch.autograd.grad(d.from_features(fx.expand(3, -1), fn).square().sum(), x)
+    torch.testing.assert_close(gx, want_gx, rtol=1e-8, atol=1e-12)
+    c = pairs.chain(imgs[:2], frames, 0)  # imgs[0], frames[0], frames[1], imgs[1]
+    chain = [imgs[:1], frames[:1].detach(), frames[1:].detach(), imgs[1:2]]
+    for i in range(3):
+        want = metric.sample_distances((chain[i],), chain[i + 1], 3, draw=draw)[0].mean()
+        assert float(c[i]) == pytest.approx(float(want), rel=1e-9)
+    (gf,) = torch.autograd.grad(c.square().sum(), frames)
+    fc = d.features(torch.cat([imgs[:1], frames, imgs[1:2]]))
+    (want_gf,) = torch.autograd.grad(d.from_features(fc[:-1], fc[1:]).square().sum(), frames)
+    torch.testing.assert_close(gf, want_gf, rtol=1e-8, atol=1e-12)
+    pairs.one_to_many(x, imgs, None, 1)  # the next step: fresh draws
+    assert d.seed == 3
+    with pytest.raises(ValueError, match="shared=True"):
+        geometry.barycenter(imgs.float(), ELPIPSDistance(metric))

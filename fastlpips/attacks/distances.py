@@ -166,13 +166,19 @@ class LPIPSDistance(FeatureDistance):
 
 class ELPIPSDistance(FeatureDistance):
     """E-LPIPS over ``samples`` fixed draws (transformations and dropout), squared scale
-    (||phi(x) - phi(y)||^2 = the mean over the samples of the E-LPIPS sample distance)."""
+    (||phi(x) - phi(y)||^2 = the mean over the samples of the E-LPIPS sample distance).
+
+    Default: a draw for a batch of N images (flips, permutations, colours stratified over the
+    batch, as E-LPIPS draws them); image i of ``features(x)`` and of ``features(y)`` get the same
+    draw, so ``d(x, y)`` compares x_i with y_i. ``shared=True``: every image of any batch gets the
+    same transformations and dropout masks (a draw for one image), so the features of all images
+    are comparable with each other (barycenters, geodesics: each image's trunk runs once per
+    draw, whatever the number of pairs it is in); no kept linearization in this mode."""
 
     squared = True
-    batch_independent = False  # flips, permutations and colours are stratified over the batch
     stochastic = True
 
-    def __init__(self, metric=None, samples: int = 8, *, seed: int = 0) -> None:
+    def __init__(self, metric=None, samples: int = 8, *, seed: int = 0, shared: bool = False) -> None:
         super().__init__()
         if metric is None:
             from ..elpips import ELPIPS
@@ -181,15 +187,23 @@ class ELPIPSDistance(FeatureDistance):
         from .checks import check_positive_int
 
         self.metric, self.samples, self.seed = metric, check_positive_int(samples, "samples"), seed
+        self.shared = bool(shared)
         self.draw = None  # the ELPIPSDraw in use (made for the first batch shape seen)
         self._shape = None
+
+    @property
+    def has_linearization(self) -> bool:  # both trunks (VGG, SqueezeNet): ELPIPS.linearize_trunk
+        return not self.shared
+
+    @property
+    def batch_independent(self) -> bool:
+        """Shared draws: every image gets the same transformations and masks, whatever the batch."""
+        return self.shared
 
     def resample(self, seed: Optional[int] = None) -> None:
         """Draw new transformations and dropout masks (the next attack step's common random numbers)."""
         self.seed = seed if seed is not None else self.seed + 1
         self.draw = None
-
-    has_linearization = True  # both trunks (VGG, SqueezeNet): ELPIPS.linearize_trunk
 
     def _check_size(self, x: torch.Tensor, name: str) -> None:
         self.metric.check_size(x.shape[2], x.shape[3])
@@ -210,6 +224,8 @@ class ELPIPSDistance(FeatureDistance):
         return torch.cat(per_sample, 1) / self.samples**0.5
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shared:
+            return self._shared_features(x)
         m = self.metric
         groups = self._groups(x)
         gen = self.draw.dropout_generator()
@@ -223,11 +239,36 @@ class ELPIPSDistance(FeatureDistance):
             phis.append(torch.cat(parts, 1))
         return self._assemble(x, groups, phis)
 
+    def shared_draw(self, h: int, w: int):
+        """The ELPIPSDraw in use in ``shared`` mode (a draw for one image, made at first use)."""
+        if self.draw is None or self._shape != (1, h, w):
+            self.draw = self.metric.new_draw(self.samples, 1, seed=self.seed)
+            self._shape = (1, h, w)
+        return self.draw
+
+    def _shared_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Features under one draw for a single image applied to every image of ``x``
+        (``ELPIPS.shared_pass``: the same transformations and masks for all, any batch size)."""
+        m = self.metric
+        b = x.shape[0]
+        draw = self.shared_draw(x.shape[2], x.shape[3])
+        weights = m.layer_weights()
+        per_sample: List[Optional[torch.Tensor]] = [None] * self.samples
+        parts: Dict[int, List[torch.Tensor]] = {}
+        m.shared_pass(x, draw, lambda g, k, f: parts.setdefault(g, []).append(normalize_layer(f, weights[k])))
+        for g, (idx, _) in enumerate(draw.groups(x.shape[2], x.shape[3])):
+            phi = torch.cat(parts[g], 1).view(b, len(idx), -1)
+            for k, si in enumerate(idx.tolist()):
+                per_sample[si] = phi[:, k]
+        return torch.cat(per_sample, 1) / self.samples**0.5
+
     def linearize(self, x: torch.Tensor):
         """(phi(x), v -> J v) with the transforms, dropout positions, ReLU masks, pooling indices
         and normalization derivatives of one primal pass kept (``ELPIPS.linearize_trunk``): each
         J v is then a tangent-only pass (the transform op, bias-free convolutions with the dropped
         positions zeroed, masks, pooling)."""
+        if self.shared:
+            raise NotImplementedError("ELPIPSDistance(shared=True) has no kept linearization (has_linearization=False)")
         from ..ops.transform import batched_transform
         from .linearize import linearize_normalize
 

@@ -19,7 +19,8 @@ from typing import Callable, Optional
 
 import torch
 
-__all__ = ["JTJ", "jtj_matvec", "conjugate_gradient", "CGResult", "lanczos_extremes", "power_iteration"]
+__all__ = ["JTJ", "jtj_matvec", "conjugate_gradient", "CGResult", "lanczos_extremes", "lanczos_spectrum", "power_iteration",
+           "hutchinson_moments"]
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -147,10 +148,9 @@ def power_iteration(matvec, v0: torch.Tensor, iterations: int = 50) -> torch.Ten
     return lam
 
 
-def lanczos_extremes(matvec, v0: torch.Tensor, iterations: int = 30, k: int = 1):
-    """Lanczos with full reorthogonalization, per sample: (smallest k, largest k) Ritz values.
-
-    Extremal eigenvalues converge first; ``iterations`` bounds the Krylov dimension."""
+def _lanczos_tridiagonal(matvec, v0: torch.Tensor, iterations: int) -> torch.Tensor:
+    """Lanczos with full reorthogonalization, per sample: the (batch, m, m) tridiagonal T_m of the
+    Krylov space of ``v0`` (m <= ``iterations``; stops early once the space is invariant)."""
     n = v0.shape[0]
     q = v0 / _bcast(_dot(v0, v0).sqrt(), v0)
     basis = [q]
@@ -174,8 +174,25 @@ def lanczos_extremes(matvec, v0: torch.Tensor, iterations: int = 30, k: int = 1)
         t[:, i, i] = alphas[i]
         if i + 1 < m:
             t[:, i, i + 1] = t[:, i + 1, i] = betas[i]
-    ev = torch.linalg.eigvalsh(t)
+    return t
+
+
+def lanczos_extremes(matvec, v0: torch.Tensor, iterations: int = 30, k: int = 1):
+    """Lanczos with full reorthogonalization, per sample: (smallest k, largest k) Ritz values.
+
+    Extremal eigenvalues converge first; ``iterations`` bounds the Krylov dimension. The smallest
+    Ritz value is an upper bound on the smallest eigenvalue (tight only when it has converged)."""
+    ev = torch.linalg.eigvalsh(_lanczos_tridiagonal(matvec, v0, iterations))
     return ev[:, :k], ev[:, -k:]
+
+
+def lanczos_spectrum(matvec, v0: torch.Tensor, iterations: int = 30):
+    """Stochastic Lanczos quadrature: (nodes, weights), each (batch, m), the Ritz values of the
+    Krylov space of each row of ``v0`` and the squared first components of their eigenvectors.
+    For a random start (Rademacher or Gaussian rows), sum_i w_i f(node_i) estimates
+    tr(f(A)) / n: the weights describe the spectral density (average them over several starts)."""
+    ev, vec = torch.linalg.eigh(_lanczos_tridiagonal(matvec, v0, iterations))
+    return ev, vec[:, 0, :].square()
 
 
 def hutchinson_moments(matvec, shape, *, order: int = 4, probes: int = 16,
