@@ -14,6 +14,8 @@ an unreadable image (``read_image``'s error, naming the file), a size that diffe
 ``make_example_folder(root)`` writes ``root/train`` and ``root/val``: 32x32 crops of five
 scikit-image photos, one class per photo (the worked example's data: telling crops of different
 photos apart is learnable in seconds, and attacks on it behave as on natural images).
+``example_photos()`` returns the five photos themselves (uint8 arrays), for examples that crop
+their own data (examples/loss_demo.py).
 """
 from __future__ import annotations
 
@@ -29,10 +31,16 @@ from torch.utils.data import Dataset
 from .bapps import IMAGE_EXTENSIONS, _PHOTOS, _photos
 from .utils import read_image
 
-__all__ = ["ImageFolder", "make_example_folder", "EXAMPLE_CLASSES"]
+__all__ = ["ImageFolder", "make_example_folder", "example_photos", "EXAMPLE_CLASSES"]
 
 PathLike = Union[str, os.PathLike]
 EXAMPLE_CLASSES = _PHOTOS
+
+
+def example_photos() -> List[np.ndarray]:
+    """The five scikit-image photos of the worked examples (``EXAMPLE_CLASSES``, in that order), as
+    (H, W, 3) uint8 arrays; loaded once and cached, so treat them as read-only. Needs scikit-image."""
+    return list(_photos())
 
 
 class ImageFolder(Dataset):
@@ -87,7 +95,7 @@ class ImageFolder(Dataset):
 def make_example_folder(root: PathLike, *, train_per_class: int = 200, val_per_class: int = 50, size: int = 32,
                         seed: int = 0) -> Path:
     """Write ``root/train/<photo>/*.png`` and ``root/val/<photo>/*.png``: random ``size`` x ``size``
-    crops of scikit-image's photos (``EXAMPLE_CLASSES``; train crops from the left 70% of each
+    crops of ``example_photos()`` (``EXAMPLE_CLASSES``; train crops from the left 70% of each
     photo, validation crops from the right 30%, so no validation pixel was seen in training).
     Returns ``root``. Needs scikit-image."""
     from PIL import Image
