@@ -165,8 +165,9 @@ class _Pairs:
 
         def consume(g, layer, f):  # f: (k * s, C, h, w) of the fixed images, no graph
             a = fx[(g, layer)]
-            with torch.enable_grad():
-                total.append(self._head(f, a.repeat(k, 1, 1, 1), layer).view(k, -1).sum(1))
+            s = a.shape[0]
+            with torch.enable_grad():  # per fixed image against x's s samples: no copy of x's layer
+                total.append(torch.stack([self._head(f[i * s:(i + 1) * s], a, layer).sum() for i in range(k)]))
         with torch.no_grad():
             m.shared_pass(fixed, draw, consume, inplace=False)  # the heads keep the layers for backward
         return torch.stack(total).sum(0) / draw.samples
@@ -182,8 +183,11 @@ class _Pairs:
         def consume(g, layer, f):  # f: (frames * s, C, h, w), with a graph
             e = fe[(g, layer)]
             s = e.shape[0] // 2
-            c = torch.cat([e[:s], f, e[s:]])
-            total.append(self._head(c[:-s], c[s:], layer).view(frames.shape[0] + 1, s).sum(1))
+            parts = [self._head(e[:s], f[:s], layer)]  # the pairs by batch slices (views), no copy of the chain
+            if f.shape[0] > s:
+                parts.append(self._head(f[:-s], f[s:], layer))
+            parts.append(self._head(f[-s:], e[s:], layer))
+            total.append(torch.cat(parts).view(frames.shape[0] + 1, s).sum(1))
         m.shared_pass(frames, draw, consume)
         return torch.stack(total).sum(0) / draw.samples
 
