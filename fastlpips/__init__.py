@@ -13,6 +13,8 @@ from .precision import PrecisionWarning
 from .classic import DSSIM, L2
 from .scoring import score_2afc_dataset, score_jnd_dataset, voc_ap
 from .training import BCERankingLoss, Dist2LogitLayer, Trainer
+from .losses import CombinedLoss, ELPIPSLoss, LPIPSLoss, PerceptualLoss, PixelLoss, TextureLoss
+from .evaluation import EvaluationResult, evaluate
 from .utils import im2tensor, l2, load_image, normalize_tensor, psnr, read_image, spatial_average, tensor2im, upsample
 
 __version__ = "0.1.0"
@@ -22,4 +24,7 @@ __all__ = [
     "im2tensor", "tensor2im", "load_image", "read_image", "normalize_tensor", "spatial_average", "upsample", "l2", "psnr",
     "score_2afc_dataset", "score_jnd_dataset", "voc_ap", "L2", "DSSIM", "Trainer",
     "BCERankingLoss", "Dist2LogitLayer",
+    # issue 13: losses for reconstruction, dataset evaluation (PSNR/SSIM/MS-SSIM/GMSD: fastlpips.iqa)
+    "PerceptualLoss", "TextureLoss", "PixelLoss", "LPIPSLoss", "ELPIPSLoss", "CombinedLoss", "evaluate",
+    "EvaluationResult",
 ]

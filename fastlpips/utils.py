@@ -16,6 +16,8 @@ from .reference import normalize_channels, spatial_average, upsample
 __all__ = ["im2tensor", "tensor2im", "load_image", "read_image", "normalize_tensor", "spatial_average", "upsample",
            "l2", "psnr"]
 
+IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"})  # what folder commands read
+
 
 def normalize_tensor(in_feat: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
     """Channel-normalize features: ``f / (sqrt(sum_c f^2) + eps)`` (finite gradient at f = 0)."""

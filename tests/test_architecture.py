@@ -19,7 +19,7 @@ LAYERS = [
                  "fastlpips.losses"]),
     ("attacks/trainers/tools", ["fastlpips.attacks", "fastlpips.selfcheck", "fastlpips.scoring",
                                 "fastlpips.training", "fastlpips.pat", "fastlpips.robust",
-                                "fastlpips.geometry"]),
+                                "fastlpips.geometry", "fastlpips.evaluation", "fastlpips.evaluation_report"]),
     ("cli", ["fastlpips.cli", "fastlpips.__main__"]),
 ]
 EXEMPT_UNDERSCORE = {"fastlpips._C"}  # the compiled extension (torch's naming), the kernels layer

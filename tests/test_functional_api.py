@@ -88,6 +88,9 @@ def test_public_api_surface():
         # lpips' trainer / scoring names (issue 10)
         "score_2afc_dataset", "score_jnd_dataset", "voc_ap", "L2", "DSSIM", "Trainer", "BCERankingLoss",
         "Dist2LogitLayer",
+        # losses and dataset evaluation (issue 13)
+        "PerceptualLoss", "TextureLoss", "PixelLoss", "LPIPSLoss", "ELPIPSLoss", "CombinedLoss", "evaluate",
+        "EvaluationResult",
     ])
     lpips = pytest.importorskip("lpips")
     for name in ("Trainer", "BCERankingLoss", "Dist2LogitLayer", "score_2afc_dataset", "score_jnd_dataset",

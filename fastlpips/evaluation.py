@@ -1,0 +1,542 @@
+"""Dataset-scale evaluation: full-reference metrics of folders of outputs against a reference folder.
+
+``evaluate(ref_dir, out_dirs, metrics, results_dir)`` compares every image of each output folder
+(a "method": a super-resolution model, a codec setting, ...) with the reference image of the same
+relative path (another image extension is accepted when the name is otherwise unique: ``a.png``
+vs ``a.jpg``), with any of ``METRICS``:
+
+* ``psnr``, ``ssim``, ``ms-ssim``, ``gmsd``: ``fastlpips.iqa`` (the conventions of scikit-image,
+  piq and torchmetrics, checked against them in tests/test_iqa.py), on [0, 1] images.
+* ``lpips`` (= ``lpips-alex``), ``lpips-vgg``, ``lpips-squeeze``: LPIPS v0.1; ``lpips-alex=CKPT``
+  loads a checkpoint (``LPIPS(model_path=CKPT)``).
+* ``rlpips=CKPT``: R-LPIPS, an AlexNet LPIPS checkpoint (the R-LPIPS release's format).
+* ``elpips``: E-LPIPS-VGG to a confidence interval (``elpips_estimate``: stratified samples until
+  the 95% half-width is below 2.5% of the mean and below 0.01, at most ``elpips_samples``); the
+  columns ``elpips`` and ``elpips_ci`` (the half-width). Scale levels by the release's rule for the
+  image size.
+
+Work plan and determinism: the (method, file) items are sorted by the reference's image size,
+then file, then method, and cut into chunks of ``batch_size`` outputs of one size. A chunk is the
+unit of work: its reference images are read once and their LPIPS features computed once for all
+methods. The chunks, and so every batch's composition, depend only on the inputs, never on what
+was done before or on the number of processes, so a resumed or a sharded run computes the same
+numbers as one uninterrupted run.
+
+Resume: results are appended per image to ``results_dir/records/rank-<r>.jsonl`` (one JSON line
+per (method, file), flushed after each chunk). A rerun reads them and skips every chunk whose
+items already have every requested column; a chunk with anything missing is recomputed as a
+whole (same composition, same numbers) and only the missing values are appended. A torn last
+line (a killed run) is ignored. Errors are not results: they are retried by every run.
+
+Scale: under ``torchrun`` (``WORLD_SIZE`` > 1) process r takes chunks r, r + W, ...; rank 0 merges
+the records of all processes into ``results.csv``, ``results.json`` and ``report.html``.
+
+Bad input never stops the run: a missing counterpart (either way), an unreadable image, a size
+mismatch, an image too small for a metric or an unknown metric becomes an error entry naming the
+file (and metric); the rest is computed and ``EvaluationResult.errors`` lists them (the CLI exits
+non-zero).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from . import distributed as D
+from . import iqa
+from .utils import IMAGE_EXTS, atomic_write, read_image
+
+__all__ = ["METRICS", "MetricSpec", "parse_metric", "EvaluationResult", "evaluate", "match_files", "Item"]
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+
+# name -> (kind, net, needs a checkpoint, higher is better)
+METRICS: Dict[str, Tuple[str, Optional[str], Optional[bool], bool]] = {
+    "psnr": ("psnr", None, None, True),
+    "ssim": ("ssim", None, None, True),
+    "ms-ssim": ("ms-ssim", None, None, True),
+    "gmsd": ("gmsd", None, None, False),
+    "lpips": ("lpips", "alex", False, False),
+    "lpips-alex": ("lpips", "alex", False, False),
+    "lpips-vgg": ("lpips", "vgg", False, False),
+    "lpips-squeeze": ("lpips", "squeeze", False, False),
+    "rlpips": ("lpips", "alex", True, False),
+    "elpips": ("elpips", "vgg", None, False),
+}
+CONFIG_FILE = "evaluation.json"
+RECORDS_DIR = "records"
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A metric of the evaluation: ``key`` is its column (``elpips`` adds ``elpips_ci``)."""
+
+    key: str
+    kind: str
+    net: Optional[str] = None
+    path: Optional[str] = None
+    higher_is_better: bool = False
+
+    @property
+    def columns(self) -> List[str]:
+        return [self.key, self.key + "_ci"] if self.kind == "elpips" else [self.key]
+
+    @property
+    def spatial(self) -> bool:
+        """Whether the metric has a distance map (the report's heat maps)."""
+        return self.kind == "lpips"
+
+
+def parse_metric(text: str) -> MetricSpec:
+    """``'psnr'``, ``'lpips-vgg'``, ``'lpips-alex=ckpt.pth'``, ``'rlpips=ckpt.pth'``, ... -> MetricSpec.
+    ValueError names the problem (unknown name, missing or unexpected checkpoint, missing file)."""
+    name, eq, arg = str(text).strip().partition("=")
+    name = name.strip().lower()
+    if name not in METRICS:
+        raise ValueError(f"unknown metric {text!r}; known: {', '.join(METRICS)} (rlpips and lpips-NET take =CHECKPOINT)")
+    kind, net, ckpt, higher = METRICS[name]
+    arg = arg.strip()
+    if ckpt is None and eq:
+        raise ValueError(f"metric {name} takes no argument, got {text!r}")
+    if ckpt and not arg:
+        raise ValueError(f"metric {name} needs a checkpoint: {name}=PATH (an LPIPS state dict, e.g. R-LPIPS' release)")
+    if arg and not Path(arg).is_file():
+        raise ValueError(f"metric {name}: checkpoint {arg} does not exist")
+    key = "lpips-alex" if name == "lpips" else name
+    return MetricSpec(key, kind, net, arg or None, higher)
+
+
+# -- files -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Item:
+    method: str
+    file: str  # the reference's path relative to the reference folder (posix)
+    ref: Optional[Path] = None
+    out: Optional[Path] = None
+
+
+def _images(folder: Path) -> Dict[str, Path]:
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is not a directory")
+    return {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*"))
+            if p.suffix.lower() in IMAGE_EXTS and p.is_file()}
+
+
+def match_files(ref_dir: PathLike, out_dir: PathLike, method: str) -> Tuple[List[Item], List[Tuple[Item, str]]]:
+    """The (reference, output) pairs of one method and the unmatched files as (item, message).
+
+    An output matches the reference of the same relative path, or of the same path up to the
+    image extension when exactly one output has that stem."""
+    refs, outs = _images(Path(ref_dir)), _images(Path(out_dir))
+    by_stem: Dict[str, List[str]] = defaultdict(list)
+    for rel in outs:
+        by_stem[rel.rsplit(".", 1)[0]].append(rel)
+    items, errors, used = [], [], set()
+    for rel, ref in refs.items():
+        if rel in outs:
+            match = rel
+        else:
+            cands = by_stem.get(rel.rsplit(".", 1)[0], [])
+            if len(cands) > 1:
+                errors.append((Item(method, rel, ref), f"{len(cands)} outputs could be its counterpart in {out_dir}: "
+                               f"{', '.join(cands)}"))
+                used.update(cands)
+                continue
+            match = cands[0] if cands else None
+        if match is None:
+            errors.append((Item(method, rel, ref), f"no counterpart in {out_dir}"))
+            continue
+        used.add(match)
+        items.append(Item(method, rel, ref, outs[match]))
+    for rel in sorted(set(outs) - used):
+        errors.append((Item(method, rel, None, outs[rel]), f"{outs[rel]} has no reference in {ref_dir}"))
+    return items, errors
+
+
+def _header_size(path: Path) -> Tuple[int, int]:
+    """(H, W) from the file's header (EXIF rotation applied); (0, 0) when unreadable (the load reports it)."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            w, h = im.size
+            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+                w, h = h, w
+            return h, w
+    except Exception:  # the real read reports the error for this file
+        return 0, 0
+
+
+def _plan(items: Sequence[Item], batch_size: int) -> List[List[Item]]:
+    sizes = {it.file: _header_size(it.ref) for it in items}
+    order = {m: k for k, m in enumerate(dict.fromkeys(it.method for it in items))}
+    items = sorted(items, key=lambda it: (sizes[it.file], it.file, order[it.method]))
+    chunks: List[List[Item]] = []
+    for it in items:
+        if chunks and len(chunks[-1]) < batch_size and sizes[chunks[-1][0].file] == sizes[it.file]:
+            chunks[-1].append(it)
+        else:
+            chunks.append([it])
+    return chunks
+
+
+def _chunk_seed(seed: int, chunk: Sequence[Item]) -> int:
+    h = hashlib.sha256(f"{seed}|" .encode() + "|".join(f"{it.method}/{it.file}" for it in chunk).encode())
+    return int.from_bytes(h.digest()[:7], "little")
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+class _Metrics:
+    """The metric modules, built once, and one chunk's computation."""
+
+    def __init__(self, specs: Sequence[MetricSpec], device: torch.device, elpips_samples: int, seed: int) -> None:
+        self.specs, self.device, self.elpips_samples, self.seed = list(specs), device, elpips_samples, seed
+        self._models: Dict[object, torch.nn.Module] = {}
+
+    def lpips(self, spec: MetricSpec, spatial: bool = False):
+        key = (spec.key, spatial)
+        if key not in self._models:
+            from .model import LPIPS
+
+            try:
+                m = LPIPS(net=spec.net, model_path=spec.path, spatial=spatial, verbose=False)
+                self._models[key] = m.requires_grad_(False).to(self.device)
+            except Exception as e:  # a bad checkpoint: the same error for every batch, without rereading it
+                self._models[key] = e
+        if isinstance(self._models[key], Exception):
+            raise self._models[key]
+        return self._models[key]
+
+    def elpips(self, levels: int):
+        key = ("elpips", levels)
+        if key not in self._models:
+            from .elpips import ELPIPS
+
+            self._models[key] = ELPIPS(max_scale=levels, device=self.device)
+        return self._models[key]
+
+    def compute(self, spec: MetricSpec, refs: torch.Tensor, outs: torch.Tensor, idx: torch.Tensor,
+                seed: int) -> Dict[str, torch.Tensor]:
+        """Columns of ``spec`` for outputs ``outs`` (N, 3, H, W) vs ``refs[idx]``, images in [0, 1]."""
+        if spec.kind == "lpips":
+            return {spec.key: self.lpips(spec).distances_to(refs, outs, idx, normalize=True).reshape(-1)}
+        if spec.kind == "elpips":
+            from .elpips import scale_levels_for_size
+            from .estimator import elpips_estimate
+
+            levels = scale_levels_for_size(*outs.shape[2:])
+            est = elpips_estimate(outs, refs[idx], metric=self.elpips(levels), seed=seed,
+                                  max_samples=self.elpips_samples, min_samples=min(10, self.elpips_samples))
+            return {spec.key: est.mean, spec.key + "_ci": est.half_width}
+        fn = {"psnr": iqa.psnr, "ssim": iqa.ssim, "ms-ssim": iqa.ms_ssim, "gmsd": iqa.gmsd}[spec.kind]
+        return {spec.key: fn(outs, refs[idx])}
+
+    def heatmap(self, spec: Optional[MetricSpec], ref: torch.Tensor, out: torch.Tensor) -> np.ndarray:
+        """An (H, W) map of where ``out`` differs from ``ref``: the LPIPS distance map of ``spec``
+        (an LPIPS metric), else the mean absolute difference over channels."""
+        with torch.no_grad():
+            if spec is not None and spec.spatial:
+                m = self.lpips(spec, spatial=True)
+                return m(ref.to(self.device), out.to(self.device), normalize=True)[0, 0].float().cpu().numpy()
+            return (ref - out).abs().mean(1)[0].float().cpu().numpy()
+
+
+def _load(path: Path) -> torch.Tensor:
+    arr = read_image(path)
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+class _ChunkImages(torch.utils.data.Dataset):
+    """Chunk k -> (chunk index, refs, outs, ref index per output, kept items, {item: load error})."""
+
+    def __init__(self, chunks: Sequence[Sequence[Item]], todo: Sequence[int]) -> None:
+        self.chunks, self.todo = chunks, list(todo)
+
+    def __len__(self) -> int:
+        return len(self.todo)
+
+    def __getitem__(self, k: int):
+        ci = self.todo[k]
+        refs: Dict[str, Optional[torch.Tensor]] = {}
+        ref_err: Dict[str, str] = {}
+        kept, outs, idx, errors = [], [], [], {}
+        for it in self.chunks[ci]:
+            if it.file not in refs and it.file not in ref_err:
+                try:
+                    refs[it.file] = _load(it.ref)
+                except Exception as e:
+                    ref_err[it.file] = f"cannot read reference {it.ref}: {e}"
+            if it.file in ref_err:
+                errors[it] = ref_err[it.file]
+                continue
+            try:
+                out = _load(it.out)
+            except Exception as e:
+                errors[it] = f"cannot read {it.out}: {e}"
+                continue
+            r = refs[it.file]
+            if out.shape != r.shape:
+                errors[it] = (f"{it.out} is {out.shape[2]}x{out.shape[1]} but its reference {it.ref} is "
+                              f"{r.shape[2]}x{r.shape[1]}")
+                continue
+            kept.append(it)
+            outs.append(out)
+            idx.append(it.file)
+        names = list(dict.fromkeys(idx))
+        ref_t = torch.stack([refs[n] for n in names]) if names else None
+        out_t = torch.stack(outs) if outs else None
+        pos = {n: i for i, n in enumerate(names)}
+        return ci, ref_t, out_t, torch.tensor([pos[n] for n in idx], dtype=torch.long), kept, errors
+
+
+# -- records ---------------------------------------------------------------------------------------
+def _read_records(folder: Path) -> Dict[Tuple[str, str], Dict[str, float]]:
+    """{(method, file): {column: value}} from every records file (later lines win; torn lines skipped)."""
+    done: Dict[Tuple[str, str], Dict[str, float]] = defaultdict(dict)
+    for path in sorted(folder.glob("rank-*.jsonl")):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if not line.endswith("\n"):
+                    continue  # the torn last line of a killed run
+                try:
+                    rec = json.loads(line)
+                    done[(rec["method"], rec["file"])].update(
+                        {k: float(v) for k, v in rec["values"].items()})
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    log.warning("%s: skipped a malformed line", path)
+    return done
+
+
+def _check_config(results: Path, ref_dir: Path, methods: Dict[str, Path], restart: bool) -> None:
+    """Refuse to mix runs of another reference folder, or a method name used for another folder."""
+    cfg_path = results / CONFIG_FILE
+    cfg = {"reference": str(ref_dir.resolve()), "methods": {}}
+    if cfg_path.exists() and not restart:
+        try:
+            old = json.loads(cfg_path.read_text())
+            old_ref, old_methods = old["reference"], dict(old["methods"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{cfg_path} is not an evaluation record ({e}); remove it or use another results folder")
+        if old_ref != cfg["reference"]:
+            raise ValueError(f"{results} holds an evaluation against {old_ref}, not {cfg['reference']}: "
+                             "use another results folder or restart")
+        for m, d in methods.items():
+            if m in old_methods and old_methods[m] != str(d.resolve()):
+                raise ValueError(f"{results}: method {m!r} was {old_methods[m]}, now {d.resolve()}: "
+                                 "use another results folder or restart")
+        cfg["methods"] = old_methods
+    if restart and (results / RECORDS_DIR).is_dir():
+        for p in (results / RECORDS_DIR).glob("rank-*.jsonl"):
+            p.unlink()
+    cfg["methods"].update({m: str(d.resolve()) for m, d in methods.items()})
+    results.mkdir(parents=True, exist_ok=True)
+    atomic_write(cfg_path, lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=2) + "\n"))
+
+
+def method_names(out_dirs: Sequence[PathLike]) -> Dict[str, Path]:
+    """{method name: folder}: the folder's name, or the path as given where two names collide."""
+    dirs = [Path(d) for d in out_dirs]
+    base = [d.resolve().name or str(d) for d in dirs]
+    names = [b if base.count(b) == 1 else str(d) for b, d in zip(base, dirs)]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"output folders given twice: {', '.join(dup)}")
+    return dict(zip(names, dirs))
+
+
+# -- the run ---------------------------------------------------------------------------------------
+@dataclass
+class EvaluationResult:
+    """What ``evaluate`` produced (complete on rank 0; other ranks hold their share)."""
+
+    metrics: List[MetricSpec]
+    methods: List[str]
+    rows: List[Dict[str, object]]  # one per (method, file): method, file, the metric columns, error
+    errors: List[Dict[str, str]]  # method, file, metric ('' = the whole file), message
+    computed: int = 0  # chunks computed by this process in this run
+    skipped: int = 0  # chunks already done by an earlier run
+    files: Dict[str, Path] = field(default_factory=dict)  # 'csv', 'json', 'html' when written
+
+    @property
+    def columns(self) -> List[str]:
+        return ["method", "file"] + [c for s in self.metrics for c in s.columns] + ["error"]
+
+    def summary(self) -> Dict[str, Dict[str, Dict[str, float]]]:
+        """{method: {column: {'mean', 'std', 'n', 'nonfinite'}}} over the images with a value."""
+        out: Dict[str, Dict[str, Dict[str, float]]] = {}
+        for m in self.methods:
+            rows = [r for r in self.rows if r["method"] == m]
+            out[m] = {}
+            for s in self.metrics:
+                for c in s.columns:
+                    v = np.array([r[c] for r in rows if r.get(c) is not None], dtype=np.float64)
+                    fin = v[np.isfinite(v)]
+                    out[m][c] = {"mean": float(v.mean()) if len(v) else math.nan,
+                                 "std": float(fin.std()) if len(fin) else math.nan,
+                                 "n": int(len(v)), "nonfinite": int(len(v) - len(fin))}
+        return out
+
+
+def evaluate(ref_dir: PathLike, out_dirs: Sequence[PathLike], metrics: Iterable[str], results_dir: PathLike, *,
+             batch_size: int = 16, device: Union[str, torch.device] = "cpu", workers: int = 0,
+             elpips_samples: int = 200, seed: int = 0, restart: bool = False, report: bool = True,
+             worst: int = 6, progress: Optional[Callable[[int], None]] = None,
+             total: Optional[Callable[[int], None]] = None) -> EvaluationResult:
+    """Evaluate ``out_dirs`` against ``ref_dir`` with ``metrics`` (names of ``METRICS``, see
+    ``parse_metric``), writing ``results_dir/results.csv``, ``results.json`` and (``report``)
+    ``report.html`` with the ``worst`` images per method. ``progress(n)`` is called after each
+    chunk with its number of items; ``total(n)`` once with the number of items to compute here.
+    Under torchrun, call it in every process (``distributed.init_from_env`` first)."""
+    ref_dir = Path(ref_dir)
+    if not ref_dir.is_dir():
+        raise NotADirectoryError(f"reference folder {ref_dir} is not a directory")
+    if not out_dirs:
+        raise ValueError("no output folders to evaluate")
+    methods = method_names(out_dirs)
+    for m, d in methods.items():
+        if not d.is_dir():
+            raise NotADirectoryError(f"output folder {d} is not a directory")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if not isinstance(elpips_samples, int) or elpips_samples < 16:
+        raise ValueError(f"elpips_samples must be an integer >= 16 (2 per scale level), got {elpips_samples!r}")
+    device = torch.device(device)
+    errors: List[Dict[str, str]] = []
+    specs: List[MetricSpec] = []
+    for text in metrics:
+        try:
+            spec = parse_metric(text)
+        except ValueError as e:
+            errors.append({"method": "", "file": "", "metric": str(text), "message": str(e)})
+            continue
+        if spec.key in {s.key for s in specs}:
+            errors.append({"method": "", "file": "", "metric": str(text), "message": f"metric {spec.key} given twice"})
+            continue
+        specs.append(spec)
+    if not specs:
+        raise ValueError("no usable metric: " + "; ".join(e["message"] for e in errors) if errors else "no metrics given")
+    results = Path(results_dir)
+    if D.is_main():
+        _check_config(results, ref_dir, methods, restart)
+    D.barrier()
+    records = results / RECORDS_DIR
+    records.mkdir(parents=True, exist_ok=True)
+
+    items: List[Item] = []
+    for m, d in methods.items():
+        found, unmatched = match_files(ref_dir, d, m)
+        items += found
+        errors += [{"method": it.method, "file": it.file, "metric": "", "message": msg} for it, msg in unmatched]
+    chunks = _plan(items, batch_size)
+    done = _read_records(records)
+    D.barrier()  # every process has read the records before any appends
+    columns = [c for s in specs for c in s.columns]
+
+    def missing(chunk) -> List[MetricSpec]:
+        return [s for s in specs if any(c not in done.get((it.method, it.file), {}) for it in chunk for c in s.columns)]
+
+    mine = [ci for ci in range(D.rank(), len(chunks), D.world_size())]
+    todo = [ci for ci in mine if missing(chunks[ci])]
+    res = EvaluationResult(specs, list(methods), [], [], computed=len(todo), skipped=len(mine) - len(todo))
+    if total is not None:
+        total(sum(len(chunks[ci]) for ci in todo))
+    computer = _Metrics(specs, device, elpips_samples, seed)
+    my_errors: List[Dict[str, str]] = []
+    loader = torch.utils.data.DataLoader(_ChunkImages(chunks, todo), batch_size=None, num_workers=workers,
+                                         collate_fn=lambda x: x)
+    part = records / f"rank-{D.rank()}.jsonl"
+    with open(part, "a", encoding="utf-8") as log_file, torch.no_grad():
+        if part.stat().st_size and not part.read_bytes().endswith(b"\n"):
+            log_file.write("\n")  # end a killed run's torn line: it stays unreadable, the new lines don't
+        for ci, refs, outs, idx, kept, load_errors in loader:
+            my_errors += [{"method": it.method, "file": it.file, "metric": "", "message": msg}
+                          for it, msg in load_errors.items()]
+            new: Dict[Item, Dict[str, float]] = defaultdict(dict)
+            if kept:
+                refs, outs = refs.to(device), outs.to(device)
+                for spec in missing(kept):
+                    try:
+                        vals = computer.compute(spec, refs, outs, idx.to(device), _chunk_seed(seed, chunks[ci]))
+                    except Exception as e:  # e.g. an image too small for the metric: per file, the run goes on
+                        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                        my_errors += [{"method": it.method, "file": it.file, "metric": spec.key, "message": msg}
+                                      for it in kept]
+                        continue
+                    for c, v in vals.items():
+                        for it, x in zip(kept, v.double().cpu().tolist()):
+                            if c not in done.get((it.method, it.file), {}):
+                                new[it][c] = x
+            for it, vals in new.items():
+                log_file.write(json.dumps({"method": it.method, "file": it.file,
+                                           "values": {c: _json_float(v) for c, v in vals.items()}}) + "\n")
+            log_file.flush()
+            os.fsync(log_file.fileno())
+            if progress is not None:
+                progress(len(chunks[ci]))
+    D.barrier()
+    errors = errors + [e for part in D.gather_objects(my_errors) for e in part]  # every process: the exit code
+    res.errors = errors
+    if not D.is_main():
+        return res
+    done = _read_records(records)
+    err_by_item: Dict[Tuple[str, str], List[str]] = defaultdict(list)
+    for e in errors:
+        if e["file"]:
+            err_by_item[(e["method"], e["file"])].append(f"{e['metric']}: {e['message']}" if e["metric"] else e["message"])
+    keys = {(it.method, it.file) for it in items} | set(err_by_item)
+    order = {m: k for k, m in enumerate(methods)}
+    for key in sorted(keys, key=lambda k: (order.get(k[0], len(order)), k[1])):
+        vals = done.get(key, {})
+        row: Dict[str, object] = {"method": key[0], "file": key[1]}
+        row.update({c: vals.get(c) for c in columns})
+        row["error"] = "; ".join(err_by_item.get(key, []))
+        res.rows.append(row)
+    _write_outputs(res, results, ref_dir, methods, computer, report, worst)
+    return res
+
+
+def _json_float(v: float):
+    return v if math.isfinite(v) else repr(v)  # 'inf' / 'nan' as strings: JSON has no such numbers
+
+
+def _write_outputs(res: EvaluationResult, results: Path, ref_dir: Path, methods: Dict[str, Path],
+                   computer: _Metrics, report: bool, worst: int) -> None:
+    import csv
+
+    def write_csv(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=res.columns, lineterminator="\n")
+            w.writeheader()
+            for r in res.rows:
+                w.writerow({k: ("" if v is None else repr(v) if isinstance(v, float) else v) for k, v in r.items()})
+
+    def finite(v):
+        return None if v is None or not math.isfinite(v) else v
+
+    doc = {"reference": str(ref_dir), "methods": {m: str(d) for m, d in methods.items()},
+           "metrics": [{"key": s.key, "columns": s.columns, "higher_is_better": s.higher_is_better,
+                        "checkpoint": s.path} for s in res.metrics],
+           "summary": {m: {c: {k: finite(v) if isinstance(v, float) else v for k, v in st.items()}
+                           for c, st in cols.items()} for m, cols in res.summary().items()},
+           "results": [{k: (_json_float(v) if isinstance(v, float) else v) for k, v in r.items()} for r in res.rows],
+           "errors": res.errors}
+    atomic_write(results / "results.csv", write_csv)
+    atomic_write(results / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1) + "\n"))
+    res.files.update(csv=results / "results.csv", json=results / "results.json")
+    if report:
+        from .evaluation_report import render_report
+
+        html = render_report(res, ref_dir, methods, computer.heatmap, worst=worst)
+        atomic_write(results / "report.html", lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
+        res.files["html"] = results / "report.html"
