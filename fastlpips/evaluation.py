@@ -454,7 +454,7 @@ def evaluate(ref_dir: PathLike, out_dirs: Sequence[PathLike], metrics: Iterable[
     computer = _Metrics(specs, device, elpips_samples, seed)
     my_errors: List[Dict[str, str]] = []
     loader = torch.utils.data.DataLoader(_ChunkImages(chunks, todo), batch_size=None, num_workers=workers,
-                                         collate_fn=lambda x: x)
+                                         collate_fn=_identity)
     part = records / f"rank-{D.rank()}.jsonl"
     with open(part, "a", encoding="utf-8") as log_file, torch.no_grad():
         if part.stat().st_size and not part.read_bytes().endswith(b"\n"):
@@ -504,6 +504,10 @@ def evaluate(ref_dir: PathLike, out_dirs: Sequence[PathLike], metrics: Iterable[
         res.rows.append(row)
     _write_outputs(res, results, ref_dir, methods, computer, report, worst)
     return res
+
+
+def _identity(x):
+    return x  # the DataLoader's collate_fn: a chunk arrives as the dataset made it (picklable for spawn)
 
 
 def _json_float(v: float):

@@ -70,7 +70,7 @@ def test_values_equal_direct_computations(data, tmp_path):
     reference features and the file matching change nothing): PSNR/SSIM/GMSD from fastlpips.iqa
     (itself checked against scikit-image/piq in test_iqa.py) and LPIPS from the lpips package."""
     r = evaluate(data / "ref", [data / "noisy", data / "blur"], ["psnr", "ssim", "gmsd", "lpips"], tmp_path,
-                 batch_size=4, report=False)
+                 batch_size=4, report=False, workers=2)  # images read in 2 worker processes
     assert not r.errors and r.methods == ["noisy", "blur"]
     rows = _rows(tmp_path / "results.csv")
     assert [(x["method"], x["file"]) for x in rows][:3] == [("noisy", "img0.png"), ("noisy", "img1.png"),
