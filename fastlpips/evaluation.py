@@ -165,13 +165,16 @@ def match_files(ref_dir: PathLike, out_dir: PathLike, method: str) -> Tuple[List
 
 
 def _header_size(path: Path) -> Tuple[int, int]:
-    """(H, W) from the file's header (EXIF rotation applied); (0, 0) when unreadable (the load reports it)."""
+    """(H, W) from the file's header (EXIF rotation applied where the header holds it); (0, 0) when
+    unreadable (the load reports it)."""
     try:
         from PIL import Image
 
         with Image.open(path) as im:
             w, h = im.size
-            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+            # formats whose EXIF sits in the header (a PNG's can follow the pixels: reading it decodes
+            # the file; a rotated PNG lands in its own group when loaded)
+            if im.format in ("JPEG", "MPO", "TIFF", "WEBP") and im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
                 w, h = h, w
             return h, w
     except Exception:  # the real read reports the error for this file
@@ -210,7 +213,8 @@ class _Metrics:
             from .model import LPIPS
 
             try:
-                m = LPIPS(net=spec.net, model_path=spec.path, spatial=spatial, verbose=False)
+                # check_inputs=False: images decoded from files are finite and in [0, 1] by construction
+                m = LPIPS(net=spec.net, model_path=spec.path, spatial=spatial, verbose=False, check_inputs=False)
                 self._models[key] = m.requires_grad_(False).to(self.device)
             except Exception as e:  # a bad checkpoint: the same error for every batch, without rereading it
                 self._models[key] = e
@@ -258,7 +262,7 @@ def _load(path: Path) -> torch.Tensor:
 
 
 class _ChunkImages(torch.utils.data.Dataset):
-    """Chunk k -> (chunk index, refs, outs, ref index per output, kept items, {item: load error})."""
+    """Chunk k -> (chunk index, [(refs, outs, ref index per output, items)] per image size, {item: load error})."""
 
     def __init__(self, chunks: Sequence[Sequence[Item]], todo: Sequence[int]) -> None:
         self.chunks, self.todo = chunks, list(todo)
@@ -293,11 +297,16 @@ class _ChunkImages(torch.utils.data.Dataset):
             kept.append(it)
             outs.append(out)
             idx.append(it.file)
-        names = list(dict.fromkeys(idx))
-        ref_t = torch.stack([refs[n] for n in names]) if names else None
-        out_t = torch.stack(outs) if outs else None
-        pos = {n: i for i, n in enumerate(names)}
-        return ci, ref_t, out_t, torch.tensor([pos[n] for n in idx], dtype=torch.long), kept, errors
+        # one group per image size: the plan's sizes come from file headers, which can disagree
+        # with the decoded image (an EXIF rotation the header check skips)
+        groups = []
+        for shape in dict.fromkeys(refs[n].shape for n in idx):
+            sel = [k for k, n in enumerate(idx) if refs[n].shape == shape]
+            names = list(dict.fromkeys(idx[k] for k in sel))
+            pos = {n: i for i, n in enumerate(names)}
+            groups.append((torch.stack([refs[n] for n in names]), torch.stack([outs[k] for k in sel]),
+                           torch.tensor([pos[idx[k]] for k in sel], dtype=torch.long), [kept[k] for k in sel]))
+        return ci, groups, errors
 
 
 # -- records ---------------------------------------------------------------------------------------
@@ -453,17 +462,21 @@ def evaluate(ref_dir: PathLike, out_dirs: Sequence[PathLike], metrics: Iterable[
         total(sum(len(chunks[ci]) for ci in todo))
     computer = _Metrics(specs, device, elpips_samples, seed)
     my_errors: List[Dict[str, str]] = []
-    loader = torch.utils.data.DataLoader(_ChunkImages(chunks, todo), batch_size=None, num_workers=workers,
-                                         collate_fn=_identity)
+    dataset = _ChunkImages(chunks, todo)
+    if workers > 0:
+        loader: Iterable = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers,
+                                                       collate_fn=_identity)
+    else:  # in this process (a reading thread beside the metrics' threads measured slower on 2 cores)
+        loader = (dataset[k] for k in range(len(dataset)))
     part = records / f"rank-{D.rank()}.jsonl"
     with open(part, "a", encoding="utf-8") as log_file, torch.no_grad():
         if part.stat().st_size and not part.read_bytes().endswith(b"\n"):
             log_file.write("\n")  # end a killed run's torn line: it stays unreadable, the new lines don't
-        for ci, refs, outs, idx, kept, load_errors in loader:
+        for ci, groups, load_errors in loader:
             my_errors += [{"method": it.method, "file": it.file, "metric": "", "message": msg}
                           for it, msg in load_errors.items()]
             new: Dict[Item, Dict[str, float]] = defaultdict(dict)
-            if kept:
+            for refs, outs, idx, kept in groups:
                 refs, outs = refs.to(device), outs.to(device)
                 for spec in missing(kept):
                     try:

@@ -173,9 +173,28 @@ def _filter_valid(maps: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return along(along(maps, 3), 2)
 
 
+_SSIM_CHUNK_BYTES = 1 << 20  # images per SSIM pass: ~1 MiB of input (the pass's maps then stay in cache)
+
+
 def _ssim_cs(x: torch.Tensor, y: torch.Tensor, g: torch.Tensor, c1: float, c2: float
              ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per image and channel, ``(N, C)``: the mean SSIM map and the mean contrast-structure map."""
+    """Per image and channel, ``(N, C)``: the mean SSIM map and the mean contrast-structure map.
+
+    Computed over chunks of images of about ``_SSIM_CHUNK_BYTES`` of input: the 5 filtered maps of
+    a whole batch do not fit in a cache, and the ~25 passes over them are memory-bound (one
+    256x256 RGB image per pass: 5.1x faster than the whole batch of 48 at once on this 2-core
+    AVX2 machine, the same values)."""
+    n = max(x.shape[0], y.shape[0])
+    per = max(1, _SSIM_CHUNK_BYTES // max(1, x[:1].numel() * x.element_size()))
+    if n <= per:
+        return _ssim_cs_chunk(x, y, g, c1, c2)
+    x, y = x.expand(n, *x.shape[1:]), y.expand(n, *y.shape[1:])
+    parts = [_ssim_cs_chunk(x[i:i + per], y[i:i + per], g, c1, c2) for i in range(0, n, per)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def _ssim_cs_chunk(x: torch.Tensor, y: torch.Tensor, g: torch.Tensor, c1: float, c2: float
+                   ) -> Tuple[torch.Tensor, torch.Tensor]:
     c = x.shape[1]
     # shift both images by one per-image, per-channel constant: (co)variances do not change and
     # E[x^2] - E[x]^2 loses far fewer digits in float32 (the means are shifted back below). The

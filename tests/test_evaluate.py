@@ -5,6 +5,7 @@ external requests; screenshot in the test artifacts)."""
 import csv
 import importlib.util
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -306,3 +307,25 @@ def test_distances_to_equals_forward_on_the_indexed_references(net):
             model.distances_to(refs, images, bad)
     with pytest.raises(ValueError, match="one size"):
         model.distances_to(refs[..., :40], images, index)
+
+
+def test_a_rotated_png_batched_with_unrotated_ones(tmp_path):
+    """A PNG whose EXIF rotation changes its size (its header says 48x32, it decodes 32x48, as
+    read_image applies the orientation) planned into one batch with a plain 48x32 PNG: the batch is
+    split by decoded size and both are computed against outputs of their decoded sizes."""
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)  # stored 48 wide, 32 high; rotated on reading
+    b = rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "out").mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(a).save(tmp_path / "ref" / "a.png", exif=exif)
+    Image.fromarray(b).save(tmp_path / "ref" / "b.png")
+    decoded = fastlpips.read_image(tmp_path / "ref" / "a.png")
+    assert decoded.shape == (48, 32, 3)
+    Image.fromarray(np.round(decoded * 255).astype(np.uint8)).save(tmp_path / "out" / "a.png")
+    Image.fromarray(b).save(tmp_path / "out" / "b.png")
+    r = evaluate(tmp_path / "ref", [tmp_path / "out"], ["psnr", "ssim"], tmp_path / "res", report=False)
+    assert r.computed == 1 and not r.errors, r.errors  # one planned batch
+    assert [row["psnr"] for row in r.rows] == [math.inf, math.inf] and [row["ssim"] for row in r.rows] == [1.0, 1.0]

@@ -280,8 +280,12 @@ METRICS = {
 }
 
 
+@pytest.mark.parametrize("chunk", [None, 1], ids=["one-pass", "per-image-passes"])
 @pytest.mark.parametrize("name", list(METRICS))
-def test_batch_equals_single_images_and_broadcasts(name):
+def test_batch_equals_single_images_and_broadcasts(name, chunk, monkeypatch):
+    """Also with the SSIM passes cut into one image each (``_SSIM_CHUNK_BYTES``, the path of large images)."""
+    if chunk is not None:
+        monkeypatch.setattr(iqa, "_SSIM_CHUNK_BYTES", chunk)
     fn, kw = METRICS[name]
     x, y, _, _ = pairs(40, 44)
     batch = fn(x, y, **kw)
