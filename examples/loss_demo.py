@@ -616,7 +616,7 @@ def main(argv=None):
             except WeightError as e:
                 logger.warning("no VGG-19 weights (%s); the perceptual and texture losses use ImageNet VGG-16 "
                                "instead (relu3_3 / relu5_3 for relu3_4 / relu5_4; --feature-net vgg19 insists on "
-                               "VGG-19)", str(e).splitlines()[0])
+                               "VGG-19)", str(e).splitlines()[0].split(" Ways to provide them")[0].rstrip(". "))
                 args.feature_net = "vgg16"
     for name in args.losses:
         try:

@@ -159,8 +159,9 @@ def render_report(res: "EvaluationResult", ref_dir: Path, methods: Dict[str, Pat
                 cell += f" <small>({st['nonfinite']} non-finite)</small>"
             out.append(f"<td{' class=best' if best[s.key] == m else ''}>{cell}</td>")
         out.append(f"<td{' class=bad' if n_err[m] else ''}>{n_err[m]}</td></tr>")
-    out.append("</table><p class=meta>mean ± standard deviation over the images (finite values); "
-               "best method per metric in green. E-LPIPS: mean 95% interval half-width in brackets.</p>")
+    out.append("</table><p class=meta>mean ± standard deviation over the images (finite values); best method per "
+               "metric in green." + (" E-LPIPS: mean 95% interval half-width in brackets." if any(
+                   s.kind == "elpips" for s in res.metrics) else "") + "</p>")
     # distributions
     out.append("<h2>Distributions</h2>")
     dist = _distributions(res) if res.rows else None
