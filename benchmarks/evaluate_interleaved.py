@@ -10,11 +10,11 @@ import json
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import test_bench_evaluate as B  # noqa: E402
+from interleave import alternate, summary  # noqa: E402
 
 
 def main():
@@ -31,21 +31,11 @@ def main():
         runs = {"reference": B.reference_run, "fastlpips": B.fastlpips_run}
         for f in runs.values():  # warm-up (model construction of the baseline, caches)
             f(root, m)
-        times = {p: [] for p in runs}
-        for r in range(args.rounds):
-            order = list(runs) if r % 2 == 0 else list(runs)[::-1]
-            for p in order:
-                t = time.perf_counter()
-                runs[p](root, m)
-                times[p].append(time.perf_counter() - t)
-        ratios = [a / b for a, b in zip(times["reference"], times["fastlpips"])]
+        times = alternate({p: (lambda f=f: f(root, m)) for p, f in runs.items()}, args.rounds)
         pairs = m * B.N
-        out = {"case": f"psnr+ssim+lpips-alex {B.SIZE}x{B.SIZE}, {m} methods x {B.N} images", "rounds": args.rounds,
-               "cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
-               "seconds": times, "median_seconds": {p: statistics.median(v) for p, v in times.items()},
-               "pairs_per_second": {p: pairs / statistics.median(v) for p, v in times.items()},
-               "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
-        print(json.dumps({k: v for k, v in out.items() if k != "seconds"}, indent=1), flush=True)
+        out = summary(f"psnr+ssim+lpips-alex {B.SIZE}x{B.SIZE}, {m} methods x {B.N} images", times,
+                      cpu=platform.processor() or platform.machine(), torch_threads=torch.get_num_threads(),
+                      pairs_per_second={p: pairs / statistics.median(v) for p, v in times.items()})
         report.append(out)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")

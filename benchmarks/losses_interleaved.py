@@ -6,13 +6,12 @@ shared machine hit both alike. Reports s/step (median over rounds) and the per-r
 """
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import test_bench_losses as B  # noqa: E402
+from interleave import alternate, summary  # noqa: E402
 
 
 def main():
@@ -31,17 +30,8 @@ def main():
 
         for loss in losses.values():
             step(loss)  # warm-up
-        times = {p: [] for p in losses}
-        for r in range(args.rounds):
-            for p in (list(losses) if r % 2 == 0 else list(losses)[::-1]):
-                t = time.perf_counter()
-                step(losses[p])
-                times[p].append(time.perf_counter() - t)
-        ratios = [a / b for a, b in zip(times["reference"], times["fastlpips"])]
-        out = {"case": f"perceptual+texture fwd+bwd vgg19 {size}x{size} B={n} patch {patch}", "rounds": args.rounds,
-               "seconds": times, "median_seconds": {p: statistics.median(v) for p, v in times.items()},
-               "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
-        print(json.dumps({k: v for k, v in out.items() if k != "seconds"}, indent=1), flush=True)
+        times = alternate({p: (lambda loss=loss: step(loss)) for p, loss in losses.items()}, args.rounds)
+        out = summary(f"perceptual+texture fwd+bwd vgg19 {size}x{size} B={n} patch {patch}", times)
         report.append(out)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
