@@ -101,10 +101,22 @@ def test_cli_barycenter_and_geodesic(tmp_path):
     assert np.abs(got - np.mean(arrays, axis=0)).max() <= 1.0
     assert Image.open(tmp_path / "grid.png").size == (48, 12)
     p = cli("geodesic", paths[0], paths[1], "--distance", "l2", "--frames", "3", "--steps", "800",
-            "--save", tmp_path / "g.png", "--gif", tmp_path / "g.gif")
+            "--save", tmp_path / "g.png", "--gif", tmp_path / "g.gif", "--mp4", tmp_path / "g.mp4")
     assert p.returncode == 0, p.stderr
     assert Image.open(tmp_path / "g.png").size == (60, 12)
     assert Image.open(tmp_path / "g.gif").n_frames == 8  # 5 frames forth, 3 back
+    # the video: the same 8 frames, enlarged 22x (12 px -> 264 >= 256), decoded back by ffmpeg
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(tmp_path / "g.mp4"))
+    meta = next(reader)
+    frames = [np.frombuffer(f, np.uint8).reshape(264, 264, 3) for f in reader]
+    assert meta["size"] == (264, 264) and meta["codec"] == "h264" and len(frames) == 8
+    gif = Image.open(tmp_path / "g.gif")
+    for k in (0, 2, 4):
+        gif.seek(k)
+        want = np.asarray(gif.convert("RGB")).astype(float).repeat(22, 0).repeat(22, 1)
+        assert np.abs(frames[k].astype(float) - want).mean() < 6  # lossy H.264 of the same frame
     for args, msg in ((("barycenter", paths[0], "--save", tmp_path / "x.png"), "at least 2 images"),
                       (("barycenter", paths[0], tmp_path / "small.png", "--save", tmp_path / "x.png"), "must have one size"),
                       (("geodesic", paths[0], paths[1], "--frames", "0", "--save", tmp_path / "x.png"),
