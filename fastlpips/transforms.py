@@ -36,7 +36,8 @@ import torch.nn.functional as F
 
 __all__ = ["TransformParams", "TransformSet", "TransformBatch", "sample_official", "sample_batched",
            "scale_probabilities", "apply_transform", "check_families", "PERMUTATIONS", "MAX_SCALE", "MAX_OFFSET",
-           "FAMILIES", "TRANSFORM_FAMILIES"]
+           "FAMILIES", "TRANSFORM_FAMILIES", "transforms_from_uniform", "SobolTransformSampler", "SAMPLE_DIMS",
+           "IMAGE_DIMS"]
 
 PERMUTATIONS = torch.tensor(list(itertools.permutations(range(3))))  # (6, 3)
 MAX_SCALE = 8
@@ -234,6 +235,92 @@ def sample_batched(samples: int, n: int, *, generator: Optional[torch.Generator]
     if families is not None:
         _neutralize(check_families(families), scales, scale_offsets, offsets, flips, swap, perms, colors)
     return TransformSet(scales, scale_offsets, offsets, flips, swap, perms, colors)
+
+
+# The random choices of one transformation as uniforms on [0, 1) (for quasi-Monte Carlo sampling):
+# per sample (shared by the images of a draw, as the release shares them) the scale offsets oy, ox
+# and the swap coin; per image the offsets dy, dx, the flip, the channel permutation and the three
+# channel scales.
+SAMPLE_DIMS = 3
+IMAGE_DIMS = 7
+
+
+def _index(u: torch.Tensor, k) -> torch.Tensor:
+    """floor(k u) for u in [0, 1), kept in 0..k-1 (k a number or a broadcastable tensor)."""
+    return torch.minimum((u * k).floor().long(), torch.as_tensor(k, dtype=torch.long) - 1).clamp_min(0)
+
+
+def transforms_from_uniform(scales: torch.Tensor, u_sample: torch.Tensor, u_image: torch.Tensor, *,
+                            families: Optional[Sequence[str]] = None) -> TransformSet:
+    """The transformations whose random choices are the given uniforms: ``scales`` (S,) levels,
+    ``u_sample`` (S, SAMPLE_DIMS) and ``u_image`` (S, n, IMAGE_DIMS) in [0, 1).
+
+    oy, ox = floor(s u), swap = u < 1/2; dy, dx = floor(8 u), flip = floor(4 u), permutation
+    floor(6 u) (of ``PERMUTATIONS``), colour scale 0.2 + 0.8 u per channel. With independent U[0, 1)
+    inputs every (sample, image) transformation has exactly the distribution of one
+    ``sample_batched`` draw at its level (the release's balancing of flips, permutations and colours
+    across the images of a draw is not applied: with low-discrepancy inputs the point set gives the
+    balance, across samples). ``families`` as for ``sample_batched``."""
+    scales = torch.as_tensor(scales, dtype=torch.long)
+    u_sample, u_image = torch.as_tensor(u_sample, dtype=torch.float64), torch.as_tensor(u_image, dtype=torch.float64)
+    s_count = scales.shape[0]
+    if u_sample.shape != (s_count, SAMPLE_DIMS) or u_image.dim() != 3 or u_image.shape[0] != s_count \
+            or u_image.shape[2] != IMAGE_DIMS:
+        raise ValueError(f"expected u_sample ({s_count}, {SAMPLE_DIMS}) and u_image ({s_count}, n, {IMAGE_DIMS}), got "
+                         f"{tuple(u_sample.shape)} and {tuple(u_image.shape)}")
+    for name, u in (("u_sample", u_sample), ("u_image", u_image)):
+        if u.numel() and not bool(((u >= 0) & (u < 1)).all()):
+            raise ValueError(f"{name} must lie in [0, 1)")
+    if s_count and not bool(((scales >= 1) & (scales <= MAX_SCALE)).all()):
+        raise ValueError(f"scales must be in 1..{MAX_SCALE}")
+    scale_offsets = _index(u_sample[:, :2], scales[:, None])
+    swap = u_sample[:, 2] < 0.5
+    offsets = _index(u_image[..., :2], MAX_OFFSET + 1)
+    flips = _index(u_image[..., 2], 4)
+    perms = PERMUTATIONS[_index(u_image[..., 3], len(PERMUTATIONS))]
+    colors = (0.2 + 0.8 * u_image[..., 4:]).float().contiguous()
+    scales = scales.clone()
+    if families is not None:
+        _neutralize(check_families(families), scales, scale_offsets, offsets, flips, swap, perms, colors)
+    return TransformSet(scales, scale_offsets, offsets, flips, swap, perms, colors)
+
+
+class SobolTransformSampler:
+    """A randomized quasi-Monte Carlo stream of transformations at one scale level for ``n`` images.
+
+    The points of one scrambled Sobol sequence (``torch.quasirandom.SobolEngine``, seeded from
+    ``generator``) over the SAMPLE_DIMS + IMAGE_DIMS uniforms of ``transforms_from_uniform``; each
+    image's IMAGE_DIMS coordinates are shifted by its own uniform vector modulo 1 (a
+    Cranley-Patterson rotation), so the images get different point sets, each still of low
+    discrepancy. Successive ``draw`` calls continue the sequence (its first 2^k points are balanced:
+    over 64 draws every flip appears 16 times up to one for every image). Each single transformation
+    is distributed exactly as a ``sample_batched`` draw at this level, so a mean over the draws is
+    unbiased; the draws of one stream are not independent, so errors are estimated from
+    independent streams (replicates)."""
+
+    def __init__(self, n: int, *, scale: int = 1, generator: Optional[torch.Generator] = None,
+                 families: Optional[Sequence[str]] = None) -> None:
+        if n < 1:
+            raise ValueError(f"need at least one image, got n={n}")
+        if not 1 <= scale <= MAX_SCALE:
+            raise ValueError(f"scale must be in 1..{MAX_SCALE}, got {scale}")
+        g = _generator(generator)
+        seed = int(torch.randint(2**62, (1,), generator=g))
+        self.n, self.scale, self.families = n, scale, families
+        self.engine = torch.quasirandom.SobolEngine(SAMPLE_DIMS + IMAGE_DIMS, scramble=True, seed=seed)
+        self.shift = torch.rand(n, IMAGE_DIMS, generator=g, dtype=torch.float64)
+        self.drawn = 0
+
+    def draw(self, samples: int) -> TransformSet:
+        """The next ``samples`` points of the stream as a TransformSet (S = samples)."""
+        if samples < 1:
+            raise ValueError(f"need samples >= 1, got {samples}")
+        pts = self.engine.draw(samples, dtype=torch.float64)
+        self.drawn += samples
+        u_image = torch.remainder(pts[:, None, SAMPLE_DIMS:] + self.shift, 1.0)
+        u_image = torch.where(u_image >= 1.0, 0.0, u_image)  # remainder can round up to 1.0
+        return transforms_from_uniform(torch.full((samples,), self.scale, dtype=torch.long), pts[:, :SAMPLE_DIMS],
+                                       u_image, families=self.families)
 
 
 def downscaled_size(side: int, s: int) -> int:

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from fastlpips.transforms import (FAMILIES, MAX_OFFSET, PERMUTATIONS, TRANSFORM_FAMILIES, TransformParams, TransformSet,
-                                  apply_transform, check_families, sample_batched, sample_official)
+from fastlpips.transforms import (FAMILIES, IMAGE_DIMS, MAX_OFFSET, PERMUTATIONS, SAMPLE_DIMS, TRANSFORM_FAMILIES,
+                                  SobolTransformSampler, TransformParams, TransformSet, apply_transform, check_families,
+                                  sample_batched, sample_official, transforms_from_uniform)
 from helpers import assert_close
 
 # apply_transform vs the numpy implementation on float64 images in [0, 1): the gathers are exact and
@@ -190,3 +191,92 @@ def test_check_families():
         check_families(["colour", "flip"])
     with pytest.raises(ValueError, match="unknown"):
         sample_batched(2, 2, families=["rotate"])
+
+
+# -- quasi-Monte Carlo sampling (issue 16, part 1) ----------------------------------------------------
+def _marginals(t: TransformSet):
+    """Frequencies of every discrete choice and the colour moments over all (sample, image) pairs."""
+    perm_idx = (t.perms[..., 0] * 3 + t.perms[..., 1]).flatten()
+    return {"dy": torch.bincount(t.offsets[..., 0].flatten(), minlength=8).double() / t.offsets[..., 0].numel(),
+            "dx": torch.bincount(t.offsets[..., 1].flatten(), minlength=8).double() / t.offsets[..., 1].numel(),
+            "flip": torch.bincount(t.flips.flatten(), minlength=4).double() / t.flips.numel(),
+            "perm": torch.bincount(perm_idx, minlength=9)[[1, 2, 3, 5, 6, 7]].double() / perm_idx.numel(),
+            "swap": t.swap.double().mean().view(1),
+            "oy": torch.bincount(t.scale_offsets[:, 0], minlength=3).double() / t.samples,
+            "color_mean": t.colors.double().mean().view(1), "color_var": t.colors.double().var().view(1)}
+
+
+def test_transforms_from_uniform_has_the_distribution_of_sample_batched():
+    """Independent uniforms through ``transforms_from_uniform`` and ``sample_batched`` at level 3:
+    every marginal agrees with the other and with its exact value (4000 samples x 8 images; the
+    tolerances are ~4 standard deviations)."""
+    g = torch.Generator().manual_seed(0)
+    s, n = 4000, 8
+    ours = transforms_from_uniform(torch.full((s,), 3), torch.rand(s, SAMPLE_DIMS, generator=g, dtype=torch.float64),
+                                   torch.rand(s, n, IMAGE_DIMS, generator=g, dtype=torch.float64))
+    theirs = sample_batched(s, n, generator=g, scale=3)
+    exact = {"dy": torch.full((8,), 1 / 8), "dx": torch.full((8,), 1 / 8), "flip": torch.full((4,), 1 / 4),
+             "perm": torch.full((6,), 1 / 6), "swap": torch.tensor([0.5]), "oy": torch.full((3,), 1 / 3),
+             "color_mean": torch.tensor([0.6]), "color_var": torch.tensor([0.8**2 / 12])}
+    tol = {"swap": 0.032, "oy": 0.03, "color_mean": 0.004, "color_var": 0.002}
+    mo, mt = _marginals(ours), _marginals(theirs)
+    for k, v in exact.items():
+        atol = tol.get(k, 0.01)
+        assert torch.allclose(mo[k], v.double(), atol=atol), (k, mo[k])
+        assert torch.allclose(mt[k], v.double(), atol=atol), (k, mt[k])
+    # the mapping itself at the ends of [0, 1)
+    edge = transforms_from_uniform(torch.tensor([4, 4]), torch.tensor([[0.0, 0.0, 0.0], [1 - 1e-12] * 3], dtype=torch.float64),
+                                   torch.tensor([[[0.0] * 7], [[1 - 1e-12] * 7]], dtype=torch.float64))
+    assert edge.scale_offsets.tolist() == [[0, 0], [3, 3]] and edge.swap.tolist() == [True, False]
+    assert edge.offsets[:, 0].tolist() == [[0, 0], [7, 7]] and edge.flips.flatten().tolist() == [0, 3]
+    assert edge.perms[0, 0].tolist() == PERMUTATIONS[0].tolist() and edge.perms[1, 0].tolist() == PERMUTATIONS[5].tolist()
+    assert torch.allclose(edge.colors[:, 0], torch.tensor([[0.2] * 3, [1.0] * 3]))
+    for bad in (torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[-0.1, 0.0, 0.0]])):
+        with pytest.raises(ValueError, match="u_sample must lie in"):
+            transforms_from_uniform(torch.tensor([1]), bad, torch.zeros(1, 1, IMAGE_DIMS, dtype=torch.float64))
+    with pytest.raises(ValueError, match="expected u_sample"):
+        transforms_from_uniform(torch.tensor([1]), torch.zeros(1, 2), torch.zeros(1, 1, IMAGE_DIMS))
+
+
+def test_sobol_sampler_balances_each_image_across_draws_and_keeps_the_marginals():
+    """Per image, 64 points of one stream hold every flip 16 times (up to one: the per-image shift
+    moves the strata), every permutation 64/6 times up to one, and one colour factor per 1/64 of
+    [0.2, 1) (up to one stratum); i.i.d. draws are far less even. Over 200 independent streams the
+    marginals are the exact ones (each draw is distributed as sample_batched's). The stream
+    continues across draw calls and is reproducible from its generator."""
+    g = torch.Generator().manual_seed(1)
+    smp = SobolTransformSampler(5, scale=2, generator=g)
+    t = TransformSet.cat([smp.draw(32), smp.draw(32)])
+    assert smp.drawn == 64 and torch.equal(t.scales, torch.full((64,), 2))
+    for i in range(5):
+        flips = torch.bincount(t.flips[:, i], minlength=4)
+        assert int(flips.max() - flips.min()) <= 2 and abs(int(flips.sum()) - 64) == 0, flips
+        perm_idx = t.perms[:, i, 0] * 3 + t.perms[:, i, 1]
+        pc = torch.bincount(perm_idx, minlength=9)[[1, 2, 3, 5, 6, 7]]
+        assert int(pc.max() - pc.min()) <= 2, pc
+        strata = torch.bincount((((t.colors[:, i, 0].double() - 0.2) / 0.8) * 64).floor().long().clamp(0, 63),
+                                minlength=64)
+        assert int(strata.max()) <= 2
+    iid = sample_batched(64, 5, generator=g, scale=2)
+    spread = [int(torch.bincount(iid.perms[:, i, 0] * 3 + iid.perms[:, i, 1], minlength=9)[[1, 2, 3, 5, 6, 7]]
+                  .max() - torch.bincount(iid.perms[:, i, 0] * 3 + iid.perms[:, i, 1], minlength=9)[[1, 2, 3, 5, 6, 7]]
+                  .min()) for i in range(5)]
+    assert max(spread) > 2  # the i.i.d. draws of the same size are not that even
+    again = SobolTransformSampler(5, scale=2, generator=torch.Generator().manual_seed(1))
+    t2 = TransformSet.cat([again.draw(64)])
+    assert all(torch.equal(getattr(t, f), getattr(t2, f)) for f in ("scale_offsets", "offsets", "flips", "swap",
+                                                                      "perms", "colors"))
+    streams = TransformSet.cat([SobolTransformSampler(4, scale=3, generator=g).draw(16) for _ in range(200)])
+    m = _marginals(streams)
+    assert torch.allclose(m["flip"], torch.full((4,), 0.25, dtype=torch.float64), atol=0.01)
+    assert torch.allclose(m["perm"], torch.full((6,), 1 / 6, dtype=torch.float64), atol=0.01)
+    assert torch.allclose(m["dy"], torch.full((8,), 1 / 8, dtype=torch.float64), atol=0.01)
+    assert torch.allclose(m["oy"], torch.full((3,), 1 / 3, dtype=torch.float64), atol=0.01)
+    assert abs(float(m["color_mean"]) - 0.6) < 0.004 and abs(float(m["swap"]) - 0.5) < 0.01
+    off = SobolTransformSampler(3, generator=g, families=["color", "dropout"]).draw(8)
+    assert (off.flips == 3).all() and (off.offsets == 0).all() and not off.swap.any()
+    assert off.colors.std() > 0
+    with pytest.raises(ValueError, match="scale must be"):
+        SobolTransformSampler(2, scale=9)
+    with pytest.raises(ValueError, match="samples >= 1"):
+        SobolTransformSampler(2).draw(0)
