@@ -285,42 +285,66 @@ def transforms_from_uniform(scales: torch.Tensor, u_sample: torch.Tensor, u_imag
     return TransformSet(scales, scale_offsets, offsets, flips, swap, perms, colors)
 
 
+_SOBOL_BITS = 52  # the points as integers of this many bits (exact in float64)
+_SOBOL_POINTS: dict = {}  # dims -> the first points of the unscrambled Sobol sequence, as integers
+
+
+def _sobol_integers(dims: int, start: int, count: int) -> torch.Tensor:
+    """Points start .. start + count - 1 of the unscrambled Sobol sequence in ``dims`` dimensions as
+    (count, dims) int64 multiples of 2**-_SOBOL_BITS (torch's points are multiples of 2**-30:
+    exact); computed once per process and extended by doubling."""
+    pts = _SOBOL_POINTS.get(dims)
+    if pts is None or pts.shape[0] < start + count:
+        m = max(start + count, 64, 0 if pts is None else 2 * pts.shape[0])
+        f = torch.quasirandom.SobolEngine(dims, scramble=False).draw(m, dtype=torch.float64)
+        pts = (f * 2.0**_SOBOL_BITS).long()
+        _SOBOL_POINTS[dims] = pts
+    return pts[start:start + count]
+
+
 class SobolTransformSampler:
-    """A randomized quasi-Monte Carlo stream of transformations at one scale level for ``n`` images.
+    """Randomized quasi-Monte Carlo streams of transformations at one scale level for ``n`` images.
 
-    The points of one scrambled Sobol sequence (``torch.quasirandom.SobolEngine``, seeded from
-    ``generator``) over the SAMPLE_DIMS + IMAGE_DIMS uniforms of ``transforms_from_uniform``; each
-    image's IMAGE_DIMS coordinates are shifted by its own uniform vector modulo 1 (a
-    Cranley-Patterson rotation), so the images get different point sets, each still of low
-    discrepancy. Successive ``draw`` calls continue the sequence (its first 2^k points are balanced:
-    over 64 draws every flip appears 16 times up to one for every image). Each single transformation
-    is distributed exactly as a ``sample_batched`` draw at this level, so a mean over the draws is
-    unbiased; the draws of one stream are not independent, so errors are estimated from
-    independent streams (replicates)."""
+    ``replicates`` independent streams over the SAMPLE_DIMS + IMAGE_DIMS uniforms of
+    ``transforms_from_uniform``: the points of the Sobol sequence, each stream under its own random
+    digital shift (the bits XORed with independent uniform random bits), and each image's
+    IMAGE_DIMS coordinates under a further shift of its own, so the images get different point sets.
+    A digital shift keeps the sequence's balance exactly (per image, the first 2^k points of a
+    stream put the same number of points in every dyadic interval of every coordinate: over 64 draws
+    each flip 16 times) and makes every point uniform on [0, 1)^d, so each single transformation is
+    distributed exactly as a ``sample_batched`` draw at this level and means are unbiased. The
+    streams are independent given the shared points; errors come from the spread of their means.
+    Successive ``draw`` calls continue the streams."""
 
-    def __init__(self, n: int, *, scale: int = 1, generator: Optional[torch.Generator] = None,
+    def __init__(self, n: int, *, scale: int = 1, replicates: int = 1, generator: Optional[torch.Generator] = None,
                  families: Optional[Sequence[str]] = None) -> None:
         if n < 1:
             raise ValueError(f"need at least one image, got n={n}")
         if not 1 <= scale <= MAX_SCALE:
             raise ValueError(f"scale must be in 1..{MAX_SCALE}, got {scale}")
+        if replicates < 1:
+            raise ValueError(f"need replicates >= 1, got {replicates}")
         g = _generator(generator)
-        seed = int(torch.randint(2**62, (1,), generator=g))
-        self.n, self.scale, self.families = n, scale, families
-        self.engine = torch.quasirandom.SobolEngine(SAMPLE_DIMS + IMAGE_DIMS, scramble=True, seed=seed)
-        self.shift = torch.rand(n, IMAGE_DIMS, generator=g, dtype=torch.float64)
+        self.n, self.scale, self.replicates, self.families = n, scale, replicates, families
+        top = 2**_SOBOL_BITS
+        self.sample_shift = torch.randint(top, (replicates, 1, SAMPLE_DIMS), generator=g)
+        self.image_shift = torch.randint(top, (replicates, 1, n, IMAGE_DIMS), generator=g)
         self.drawn = 0
 
     def draw(self, samples: int) -> TransformSet:
-        """The next ``samples`` points of the stream as a TransformSet (S = samples)."""
+        """The next ``samples`` points of every stream: a TransformSet of replicates x samples
+        transformations, stream by stream (stream r's points at r * samples ... (r + 1) * samples - 1)."""
         if samples < 1:
             raise ValueError(f"need samples >= 1, got {samples}")
-        pts = self.engine.draw(samples, dtype=torch.float64)
+        pts = _sobol_integers(SAMPLE_DIMS + IMAGE_DIMS, self.drawn, samples)  # (S, d)
         self.drawn += samples
-        u_image = torch.remainder(pts[:, None, SAMPLE_DIMS:] + self.shift, 1.0)
-        u_image = torch.where(u_image >= 1.0, 0.0, u_image)  # remainder can round up to 1.0
-        return transforms_from_uniform(torch.full((samples,), self.scale, dtype=torch.long), pts[:, :SAMPLE_DIMS],
-                                       u_image, families=self.families)
+        scale = 2.0**-_SOBOL_BITS
+        u_sample = (pts[None, :, :SAMPLE_DIMS] ^ self.sample_shift).double() * scale  # (R, S, SAMPLE_DIMS)
+        u_image = (pts[None, :, None, SAMPLE_DIMS:] ^ self.image_shift).double() * scale  # (R, S, n, IMAGE_DIMS)
+        total = self.replicates * samples
+        return transforms_from_uniform(torch.full((total,), self.scale, dtype=torch.long),
+                                       u_sample.reshape(total, SAMPLE_DIMS), u_image.reshape(total, self.n, IMAGE_DIMS),
+                                       families=self.families)
 
 
 def downscaled_size(side: int, s: int) -> int:
