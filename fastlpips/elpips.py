@@ -36,7 +36,7 @@ from .ops.head import lpips_head_map
 from .ops.transform import batched_transform
 from .precision import resolve_dtype, warn_if_slow
 from .transforms import (MAX_SCALE, TRANSFORM_FAMILIES, TransformBatch, TransformSet, apply_transform, check_families,
-                         min_size_for_scale, sample_batched, sample_official)
+                         downscaled_size, min_size_for_scale, sample_batched, sample_official)
 
 __all__ = ["ELPIPS", "ELPIPSDraw", "scale_levels_for_size", "dropout_positions", "zero_at", "dropout_conv"]
 
@@ -571,10 +571,20 @@ class ELPIPS(nn.Module):
                              f"downscaled image must be >= 8 px); use ELPIPS(max_scale={max(1, min(h, w) // 8)}) "
                              f"or the release's rule scale_levels_for_size(h, w) = {scale_levels_for_size(h, w)}")
         # the trunk's poolings need >= 16 px (VGG: four 2x2) or >= 31 px (SqueezeNet: a stride-2 conv and
-        # three 3x3/2 pools): the (downscaled + 7 px padded) image at level 1
+        # three 3x3/2 pools): the downscaled + 7 px padded image at the largest level (the smallest one)
         need = 16 if self.net_name == "vgg" else 31
-        trunk_min = need - 7 if self.transforms else need
-        if min(h, w) < trunk_min:
+        if not self.transforms:
+            if min(h, w) < need:
+                raise ValueError(f"images of {h}x{w} are too small for the {self.net_name} trunk: sides must be >= "
+                                 f"{need} px through its poolings")
+            return
+        side = min(h, w)
+        if downscaled_size(side, self.max_scale) + 7 >= need:
+            return
+        if side + 7 < need:  # not even at level 1
             raise ValueError(f"images of {h}x{w} are too small for the {self.net_name} trunk: sides must be >= "
-                             f"{trunk_min} ({'+ 7 px of offset padding ' if self.transforms else ''}>= {need} px "
-                             f"through its poolings)")
+                             f"{need - 7} (+ 7 px of offset padding >= {need} px through its poolings)")
+        fits = max(s for s in range(1, self.max_scale) if downscaled_size(side, s) + 7 >= need)
+        raise ValueError(f"images of {h}x{w} are too small for the {self.net_name} trunk at scale level {self.max_scale}: "
+                         f"the downscaled image ({downscaled_size(side, self.max_scale)} px + 7 px of offset padding) "
+                         f"must be >= {need} px through its poolings; use ELPIPS(max_scale={fits})")

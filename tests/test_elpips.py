@@ -350,6 +350,17 @@ def test_squeeze_variant_equals_direct_computation():
     assert float(dz.abs().max()) == 0.0
     with pytest.raises(ValueError, match="too small for the squeeze trunk: sides must be >= 24"):
         m(torch.rand(1, 3, 20, 20), torch.rand(1, 3, 20, 20))
+    # at level 2 a 32 px image is 17 px (+ 7 padding): too small for SqueezeNet's poolings, said before
+    # running (it used to fail inside max_pool2d); 64 px (33 + 7) runs at level 2
+    m2 = ELPIPS(net="squeeze", max_scale=2, pnet_rand=True)
+    with pytest.raises(ValueError, match=r"squeeze trunk at scale level 2: the downscaled image \(17 px .*"
+                                         r"ELPIPS\(max_scale=1\)"):
+        m2(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32))
+    from fastlpips.transforms import sample_batched
+
+    big = torch.rand(1, 3, 64, 64)
+    t = sample_batched(2, 1, generator=torch.Generator().manual_seed(0), scale=2, max_scale=2)
+    assert torch.isfinite(m2.sample_distances((big,), big.flip(3), 2, transforms=t)[0]).all()
     with pytest.raises(ValueError, match="net must be"):
         ELPIPS(net="alex")
 
