@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .model import LPIPS
-from .utils import IMAGE_EXTS, atomic_write, read_image
+from .utils import IMAGE_EXTS, atomic_write, read_image_tensor
 
 
 class CLIError(Exception):
@@ -64,12 +64,11 @@ def _list_images(folder: Path) -> List[Path]:
 def _load01(path: Path) -> torch.Tensor:
     """An image file as a (1, 3, H, W) float32 tensor in [0, 1] (16-bit and float files at full precision)."""
     try:
-        arr = read_image(path)
+        return read_image_tensor(path)[None]
     except FileNotFoundError:
         raise CLIError(f"image {path} does not exist") from None
     except Exception as e:  # PIL's errors, unsupported modes, out-of-range float images
         raise CLIError(f"cannot read image {path}: {e}") from e
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]
 
 
 def _load(path: Path) -> torch.Tensor:

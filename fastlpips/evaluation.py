@@ -53,7 +53,7 @@ import torch
 
 from . import distributed as D
 from . import iqa
-from .utils import IMAGE_EXTS, atomic_write, read_image
+from .utils import IMAGE_EXTS, atomic_write, read_image_tensor
 
 __all__ = ["METRICS", "MetricSpec", "parse_metric", "EvaluationResult", "evaluate", "match_files", "Item"]
 
@@ -256,11 +256,6 @@ class _Metrics:
             return (ref - out).abs().mean(1)[0].float().cpu().numpy()
 
 
-def _load(path: Path) -> torch.Tensor:
-    arr = read_image(path)
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
-
-
 class _ChunkImages(torch.utils.data.Dataset):
     """Chunk k -> (chunk index, [(refs, outs, ref index per output, items)] per image size, {item: load error})."""
 
@@ -278,14 +273,14 @@ class _ChunkImages(torch.utils.data.Dataset):
         for it in self.chunks[ci]:
             if it.file not in refs and it.file not in ref_err:
                 try:
-                    refs[it.file] = _load(it.ref)
+                    refs[it.file] = read_image_tensor(it.ref)
                 except Exception as e:
                     ref_err[it.file] = f"cannot read reference {it.ref}: {e}"
             if it.file in ref_err:
                 errors[it] = ref_err[it.file]
                 continue
             try:
-                out = _load(it.out)
+                out = read_image_tensor(it.out)
             except Exception as e:
                 errors[it] = f"cannot read {it.out}: {e}"
                 continue
@@ -376,6 +371,7 @@ class EvaluationResult:
     computed: int = 0  # chunks computed by this process in this run
     skipped: int = 0  # chunks already done by an earlier run
     files: Dict[str, Path] = field(default_factory=dict)  # 'csv', 'json', 'html' when written
+    paths: Dict[Tuple[str, str], Tuple[Path, Path]] = field(default_factory=dict)  # (method, file) -> (ref, out)
 
     @property
     def columns(self) -> List[str]:
@@ -457,7 +453,8 @@ def evaluate(ref_dir: PathLike, out_dirs: Sequence[PathLike], metrics: Iterable[
 
     mine = [ci for ci in range(D.rank(), len(chunks), D.world_size())]
     todo = [ci for ci in mine if missing(chunks[ci])]
-    res = EvaluationResult(specs, list(methods), [], [], computed=len(todo), skipped=len(mine) - len(todo))
+    res = EvaluationResult(specs, list(methods), [], [], computed=len(todo), skipped=len(mine) - len(todo),
+                           paths={(it.method, it.file): (it.ref, it.out) for it in items})
     if total is not None:
         total(sum(len(chunks[ci]) for ci in todo))
     computer = _Metrics(specs, device, elpips_samples, seed)

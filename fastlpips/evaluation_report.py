@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from .utils import read_image
+from .utils import read_image_tensor
 
 if TYPE_CHECKING:  # pragma: no cover
     from .evaluation import EvaluationResult, MetricSpec
@@ -177,7 +177,7 @@ def render_report(res: "EvaluationResult", ref_dir: Path, methods: Dict[str, Pat
             rows.sort(key=lambda r: r[rank.key], reverse=not rank.higher_is_better)
             out.append(f"<h3>{e(m)}</h3><div class=worst>")
             for r in rows[:worst]:
-                out.append(_worst_figure(r, res, ref_dir, methods[m], rank, heatmap))
+                out.append(_worst_figure(r, res, rank, heatmap))
             if not rows:
                 out.append("<p class=meta>(no values)</p>")
             out.append("</div>")
@@ -196,25 +196,13 @@ def render_report(res: "EvaluationResult", ref_dir: Path, methods: Dict[str, Pat
     return "\n".join(out) + "\n"
 
 
-def _find_output(out_dir: Path, rel: str) -> Optional[Path]:
-    p = out_dir / rel
-    if p.is_file():
-        return p
-    stem = Path(rel).with_suffix("")
-    cands = [q for q in p.parent.glob(stem.name + ".*") if q.with_suffix("") == out_dir / stem] if p.parent.is_dir() else []
-    return cands[0] if len(cands) == 1 else None
-
-
-def _worst_figure(row, res, ref_dir: Path, out_dir: Path, rank, heatmap) -> str:
+def _worst_figure(row, res, rank, heatmap) -> str:
     e = html.escape
     vals = " · ".join(f"{e(c)} {_fmt(row.get(c))}" for s in res.metrics for c in s.columns)
-    out_path = _find_output(out_dir, row["file"])
     try:
-        ref = read_image(ref_dir / row["file"])
-        out = read_image(out_path) if out_path is not None else None
-        if out is None:
-            raise FileNotFoundError(f"no output for {row['file']} in {out_dir}")
-        t = [torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))[None] for a in (ref, out)]
+        ref_path, out_path = res.paths[(row["method"], row["file"])]  # the files the values came from
+        t = [read_image_tensor(p)[None] for p in (ref_path, out_path)]
+        ref, out = (x[0].permute(1, 2, 0).numpy() for x in t)
         hm = heatmap(rank, t[0], t[1])
         pics = [("reference", _png(ref)), ("output", _png(out)),
                 (f"{'LPIPS map' if rank.spatial else '|difference|'} (max {_fmt(float(np.max(hm)))})",

@@ -13,7 +13,7 @@ import torch
 
 from .reference import normalize_channels, spatial_average, upsample
 
-__all__ = ["im2tensor", "tensor2im", "load_image", "read_image", "normalize_tensor", "spatial_average", "upsample",
+__all__ = ["im2tensor", "tensor2im", "load_image", "read_image", "read_image_tensor", "normalize_tensor", "spatial_average", "upsample",
            "l2", "psnr"]
 
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"})  # what folder commands read
@@ -198,6 +198,11 @@ def read_image(path) -> np.ndarray:
     if exact8:
         return arr.astype(np.float32) / np.float32(255)
     return arr
+
+
+def read_image_tensor(path) -> torch.Tensor:
+    """``read_image(path)`` as a (3, H, W) float32 tensor in [0, 1] (contiguous)."""
+    return torch.from_numpy(np.ascontiguousarray(read_image(path).transpose(2, 0, 1)))
 
 
 def load_image(path) -> np.ndarray:
