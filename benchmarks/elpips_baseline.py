@@ -44,3 +44,32 @@ class FaithfulLoop(nn.Module):
     def forward(self, x, y, samples, g):
         with torch.no_grad():
             return torch.stack([self.sample(x, y, g) for _ in range(samples)])
+
+
+def stratified_pilot(metric, x, y, per_level, seed=2024):
+    """``per_level`` samples on every scale level: distances (levels, per_level, pairs) in float64."""
+    from fastlpips.transforms import TransformSet, sample_batched
+
+    g = torch.Generator().manual_seed(seed)
+    t = TransformSet.cat([sample_batched(per_level, x.shape[0], generator=g, scale=s)
+                          for s in range(1, metric.max_scale + 1)])
+    with torch.no_grad():
+        d = metric.sample_distances((x,), y, t.samples, generator=g, transforms=t)[0].double()
+    return d.view(metric.max_scale, per_level, -1)
+
+
+def samples_needed(d, rtol, atol, z):
+    """From a stratified pilot ``d`` (levels, samples, pairs): the i.i.d. variance per pair (law of
+    total variance) and the stratified one with proportional allocation (sum_s P(s) var_s), and the
+    samples each needs for z * sd / sqrt(n) < min(rtol * mean, atol) on every pair (the maximum over
+    the pairs). Returns dict(iid=..., stratified=..., variance_ratio=[...], mean=[...])."""
+    from fastlpips.transforms import scale_probabilities
+
+    pw = scale_probabilities(d.shape[0])[:, None]
+    mean_s, var_s = d.mean(1), d.var(1)
+    mean = (pw * mean_s).sum(0)
+    var_strat = (pw * var_s).sum(0)
+    var_iid = var_strat + (pw * (mean_s - mean) ** 2).sum(0)
+    width = torch.minimum(rtol * mean, torch.full_like(mean, atol))
+    return dict(iid=(z**2 * var_iid / width**2).max().item(), stratified=(z**2 * var_strat / width**2).max().item(),
+                variance_ratio=(var_strat / var_iid).tolist(), mean=mean.tolist())

@@ -13,6 +13,7 @@ from pathlib import Path
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 BASELINES = ("lpips", "reference", "faithful-loop", "perceptual-advex", "fp32", "per-draw-loop")
 P_START, P_END = "<!-- precision:start -->", "<!-- precision:end -->"
+E_START, E_END = "<!-- estimator:start -->", "<!-- estimator:end -->"
 
 # (group regex, provider) -> minimum speed-up vs the baseline (issues 2 and 3)
 GOALS = [
@@ -153,6 +154,59 @@ def elpips_table(data):
     return "\n".join(lines)
 
 
+ESTIMATOR_GOALS = {"samples": 0.4, "time": {64: 8.0, 256: 25.0}}  # issue 16: 'auto' vs 'stratified' / faithful loop
+
+
+def estimator_table(data):
+    """Samples and seconds to the interval per method (median over runs), vs 'stratified' and the faithful loop."""
+    import statistics
+
+    runs, per_sample, iid = {}, {}, {}
+    for b in data["benchmarks"]:
+        info = b["extra_info"]
+        if info.get("provider") == "estimator":
+            runs.setdefault((info["size"], info["method"]), []).append(info)
+        elif info.get("provider") == "faithful-loop" and b["group"].startswith("estimator "):
+            per_sample[info["size"]] = b["stats"]["median"] / info["samples_per_run"]
+        elif info.get("provider") == "iid-projection":
+            iid[info["size"]] = info["samples_needed_iid"]
+    if not runs:
+        return ""
+    lines = ["| size | method | runs | converged | samples (median; runs) | vs stratified | seconds (median) | vs "
+             "stratified | time vs faithful loop | goal | met |", "|" + "---|" * 11]
+    for size in sorted({k[0] for k in runs}):
+        ref = runs.get((size, "stratified"))
+        ref_n = statistics.median(r["samples"] for r in ref) if ref else None
+        ref_s = statistics.median(r["seconds"] for r in ref) if ref else None
+        faithful = iid[size] * per_sample[size] if size in iid and size in per_sample else None
+        if faithful is not None:
+            lines.append(f"| {size}x{size} | faithful loop (i.i.d., projected) | | | {iid[size]:.0f} | "
+                         f"{'' if ref_n is None else f'{iid[size] / ref_n:.2f}x'} | {faithful:.0f} | | 1.00x | | |")
+        for method in ("stratified", "qmc", "cv", "auto"):
+            rs = runs.get((size, method))
+            if not rs:
+                continue
+            n = statistics.median(r["samples"] for r in rs)
+            sec = statistics.median(r["seconds"] for r in rs)
+            conv = sum(r["converged"] for r in rs)
+            name = method if rs[0]["resolved"] == method else f"{method} (= {rs[0]['resolved']})"
+            goal, met = "", ""
+            if method == "auto":
+                t_goal = ESTIMATOR_GOALS["time"].get(size)
+                goal = f"samples <= {ESTIMATOR_GOALS['samples']:g}x stratified" + (
+                    f"; time >= {t_goal:g}x faithful" if t_goal else "")
+                ok = ref_n is not None and n / ref_n <= ESTIMATOR_GOALS["samples"]
+                if t_goal:
+                    ok = ok and faithful is not None and faithful / sec >= t_goal
+                met = "yes" if ok and conv == len(rs) else "**no**"
+            lines.append(f"| {size}x{size} | {name} | {len(rs)} | {conv}/{len(rs)} | {n:.0f} "
+                         f"({', '.join(str(r['samples']) for r in rs)}) | "
+                         f"{'' if ref_n is None else f'{n / ref_n:.2f}x'} | {sec:.0f} | "
+                         f"{'' if ref_s is None else f'{ref_s / sec:.2f}x faster'} | "
+                         f"{'' if faithful is None else f'{faithful / sec:.1f}x'} | {goal} | {met} |")
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("json", nargs="+", help="one or more pytest-benchmark JSON files (their benchmarks are merged)")
@@ -190,7 +244,11 @@ def main():
         text += "\n\nE-LPIPS time to a 95% interval of +-2.5% (and +-0.01), per pair set:\n\n" + extra
     readme = Path(args.readme)
     body = readme.read_text() if readme.exists() else ""
-    if any(not b["group"].startswith("precision ") for b in data["benchmarks"] if b["group"]):
+    est = estimator_table(data)
+    if est:
+        body = _replace(body, E_START, E_END, f"{_header(data)}\n\n{est}")
+        print(est)
+    if any(not b["group"].startswith(("precision ", "estimator ")) for b in data["benchmarks"] if b["group"]):
         body = _replace(body, START, END, text)
         print(text)
     if any(b["group"].startswith("precision ") for b in data["benchmarks"] if b["group"]):

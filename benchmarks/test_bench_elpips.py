@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from conftest import real_pairs
-from elpips_baseline import FaithfulLoop
+from elpips_baseline import FaithfulLoop, samples_needed, stratified_pilot
 
 SIZES = {64: dict(pairs=4, samples=32, rounds=3, pilot_per_level=48),
          256: dict(pairs=3, samples=4, rounds=3, pilot_per_level=12)}
@@ -75,33 +75,15 @@ def test_elpips_samples_per_second(benchmark, provider, size):
 @pytest.mark.parametrize("size", list(SIZES))
 def test_elpips_samples_needed(benchmark, size):
     """Stratified pilot -> samples needed for i.i.d. and for stratified sampling (see module doc)."""
-    from fastlpips.transforms import TransformSet, sample_batched, scale_probabilities
-
     cfg = SIZES[size]
     x, y = _pairs(size)
     m = _engine()
-    per = cfg["pilot_per_level"]
-    p = scale_probabilities(m.max_scale)
-
-    def pilot():
-        g = torch.Generator().manual_seed(2024)
-        t = TransformSet.cat([sample_batched(per, x.shape[0], generator=g, scale=s) for s in range(1, m.max_scale + 1)])
-        with torch.no_grad():
-            return m.sample_distances((x,), y, t.samples, generator=g, transforms=t)[0].double()
-
     benchmark.group = f"elpips samples needed {size}x{size} ({cfg['pairs']} pairs)"
-    d = benchmark.pedantic(pilot, rounds=1, iterations=1).view(m.max_scale, per, -1)  # (level, sample, pair)
-    mean_s, var_s = d.mean(1), d.var(1)
-    pw = p[:, None]
-    mean = (pw * mean_s).sum(0)
-    var_iid = (pw * var_s).sum(0) + (pw * (mean_s - mean) ** 2).sum(0)
-    var_strat = (pw * var_s).sum(0)
-    width = torch.minimum(RTOL * mean, torch.full_like(mean, ATOL))
-    n_iid = (Z**2 * var_iid / width**2).max().item()
-    n_strat = (Z**2 * var_strat / width**2).max().item()
+    d = benchmark.pedantic(lambda: stratified_pilot(m, x, y, cfg["pilot_per_level"]), rounds=1, iterations=1)
+    need = samples_needed(d, RTOL, ATOL, Z)
     benchmark.extra_info.update(provider="pilot", size=size, pilot_samples=int(d.shape[0] * d.shape[1]),
-                                samples_needed_iid=n_iid, samples_needed_stratified=n_strat,
-                                variance_ratio_per_pair=(var_strat / var_iid).tolist(), mean_per_pair=mean.tolist())
+                                samples_needed_iid=need["iid"], samples_needed_stratified=need["stratified"],
+                                variance_ratio_per_pair=need["variance_ratio"], mean_per_pair=need["mean"])
 
 
 def test_elpips_estimate_reaches_target_64(benchmark):
@@ -114,7 +96,7 @@ def test_elpips_estimate_reaches_target_64(benchmark):
     def run():
         t = time.perf_counter()
         holder["est"] = elpips_estimate(x, y, rtol=RTOL, atol=ATOL, max_samples=4000, batch_size=64, seed=5,
-                                        metric=_engine())
+                                        metric=_engine(), method="stratified")
         holder["s"] = time.perf_counter() - t
 
     benchmark.group = "elpips estimate to +-2.5% 64x64 (4 pairs)"

@@ -10,8 +10,10 @@ vs ``a.jpg``), with any of ``METRICS``:
 * ``lpips`` (= ``lpips-alex``), ``lpips-vgg``, ``lpips-squeeze``: LPIPS v0.1; ``lpips-alex=CKPT``
   loads a checkpoint (``LPIPS(model_path=CKPT)``).
 * ``rlpips=CKPT``: R-LPIPS, an AlexNet LPIPS checkpoint (the R-LPIPS release's format).
-* ``elpips``: E-LPIPS-VGG to a confidence interval (``elpips_estimate``: stratified samples until
-  the 95% half-width is below 2.5% of the mean and below 0.01, at most ``elpips_samples``); the
+* ``elpips``: E-LPIPS-VGG to a confidence interval (``elpips_estimate``'s default 'auto' design:
+  stratified scale levels, control variates, cost-aware allocation with the deterministic area cost
+  model as the chunk's seed asks; samples until the 95% half-width is below 2.5% of the mean and
+  below 0.01, at most ``elpips_samples``); the
   columns ``elpips`` and ``elpips_ci`` (the half-width). Scale levels by the release's rule for the
   image size.
 

@@ -124,17 +124,25 @@ METRICS = ("alex", "vgg", "squeeze", "elpips", "elpips-squeeze", "l2", "dssim")
 def make_distance(metric: str = "alex", *, version: str = "0.1", lpips: bool = True,
                   model_path: Optional[Union[str, os.PathLike]] = None, draws: int = 50,
                   colorspace: str = "Lab", device: Union[str, torch.device, None] = None,
-                  backend: Optional[str] = None, seed: int = 0, model: Optional[torch.nn.Module] = None
-                  ) -> TripletDistance:
+                  backend: Optional[str] = None, seed: int = 0, model: Optional[torch.nn.Module] = None,
+                  sampling: str = "iid") -> TripletDistance:
     """A ``TripletDistance`` for ``metric``: 'alex' / 'vgg' / 'squeeze' (LPIPS; ``lpips=False``: the
     uncalibrated baseline; ``model_path``: a checkpoint such as R-LPIPS'), 'elpips' / 'elpips-squeeze'
     (E-LPIPS, the mean of ``draws`` samples per triplet, p0 and p1 under the same transformations and
     dropout; draws from ``seed`` and the batch), 'l2' / 'dssim' (``colorspace`` 'Lab' or 'RGB', as
-    lpips' L2/DSSIM). ``model``: score this LPIPS or ELPIPS module instead of building one."""
+    lpips' L2/DSSIM). ``model``: score this LPIPS or ELPIPS module instead of building one.
+    ``sampling`` (E-LPIPS): 'iid' (the release's: ``draws`` i.i.d. samples) or 'stratified' (the
+    scale level stratified, ``estimator.stratified_mean``: the same expectation, without the
+    between-level variance, so fewer draws give the i.i.d. precision; >= one draw per level)."""
+    if sampling not in ("iid", "stratified"):
+        raise ValueError(f"sampling must be 'iid' or 'stratified', got {sampling!r}")
+    from .elpips import ELPIPS
+
+    if sampling != "iid" and (metric not in ("elpips", "elpips-squeeze") if model is None
+                              else not isinstance(model, ELPIPS)):
+        raise ValueError(f"sampling={sampling!r} applies to E-LPIPS draws, not to metric {metric!r}")
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if model is not None:
-        from .elpips import ELPIPS
-
         kind = "elpips" if isinstance(model, ELPIPS) else "lpips"
     elif metric in ("alex", "vgg", "squeeze"):
         from .model import LPIPS
@@ -143,8 +151,6 @@ def make_distance(metric: str = "alex", *, version: str = "0.1", lpips: bool = T
         model = LPIPS(net=metric, version=version, lpips=lpips, model_path=model_path, backend=backend,
                       verbose=False)
     elif metric in ("elpips", "elpips-squeeze"):
-        from .elpips import ELPIPS
-
         kind = "elpips"
         model = ELPIPS(net="vgg" if metric == "elpips" else "squeeze", n_samples=draws, backend=backend)
     elif metric in ("l2", "dssim"):
@@ -157,6 +163,8 @@ def make_distance(metric: str = "alex", *, version: str = "0.1", lpips: bool = T
     else:
         raise ValueError(f"unknown metric {metric!r}; one of {', '.join(METRICS)}")
     model = model.to(dev).eval()
+    if sampling == "stratified" and model.transforms and draws < model.max_scale:
+        raise ValueError(f"sampling='stratified' needs one draw per scale level: draws={draws} < {model.max_scale}")
     if kind == "lpips":
         return lambda ref, images: [d.reshape(-1) for d in model.distances(ref, images)]
     calls = [0]
@@ -164,7 +172,12 @@ def make_distance(metric: str = "alex", *, version: str = "0.1", lpips: bool = T
     def elpips(ref: torch.Tensor, images: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         calls[0] += 1
         g = torch.Generator().manual_seed(seed * 1_000_003 + calls[0])
-        out = model(tuple((x + 1) / 2 for x in images), (ref + 1) / 2, n_samples=draws, generator=g)
+        if sampling == "stratified":
+            from .estimator import stratified_mean
+
+            out = stratified_mean(model, tuple((x + 1) / 2 for x in images), (ref + 1) / 2, draws, generator=g)
+        else:
+            out = model(tuple((x + 1) / 2 for x in images), (ref + 1) / 2, n_samples=draws, generator=g)
         return [d.reshape(-1) for d in out]
     return elpips
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 __all__ = ["TransformParams", "TransformSet", "TransformBatch", "sample_official", "sample_batched",
            "scale_probabilities", "apply_transform", "check_families", "PERMUTATIONS", "MAX_SCALE", "MAX_OFFSET",
            "FAMILIES", "TRANSFORM_FAMILIES", "transforms_from_uniform", "SobolTransformSampler", "SAMPLE_DIMS",
-           "IMAGE_DIMS"]
+           "IMAGE_DIMS", "control_features"]
 
 PERMUTATIONS = torch.tensor(list(itertools.permutations(range(3))))  # (6, 3)
 MAX_SCALE = 8
@@ -345,6 +345,50 @@ class SobolTransformSampler:
         return transforms_from_uniform(torch.full((total,), self.scale, dtype=torch.long),
                                        u_sample.reshape(total, SAMPLE_DIMS), u_image.reshape(total, self.n, IMAGE_DIMS),
                                        families=self.families)
+
+
+def control_features(t: TransformSet, families: Optional[Sequence[str]] = None) -> torch.Tensor:
+    """Control variates of a set of transformations: (S, n, k) float64 functions of each (sample,
+    image) transformation whose expectation under the sampling distribution is exactly 0 (each is a
+    function of the choices minus its known mean), for ``elpips_estimate(method='cv')``.
+
+    With v_j = (c - 0.2) / 0.8 the uniform behind the colour factor that lands on input channel j
+    (the factor of output channel k applies to input channel perm[k]): the permutation one-hot
+    times (v_j - 1/2) (18; it spans v itself), the squares and products v_j^2 - 1/3, v_j v_l - 1/4
+    (6), the permutation (5), flip (3) one-hots minus 1/6, 1/4, and the swap coin minus 1/2 (1):
+    33 with every family on. Measured on real 64x64 photo pairs at scale level 1 (cross-fitted
+    regression, 8 folds), they leave 0.19-0.28 of the variance at 1024 samples and 0.19-0.39 at 128;
+    the translation offsets and their interactions removed < 0.01 more. The uniforms v_j are
+    independent of the permutation and of each other for every image (``sample_batched`` and
+    ``SobolTransformSampler`` alike), so the means hold whatever the stratification across images.
+    A family that is off (``families``, as for ``sample_batched``) contributes no feature; the
+    colour factors are float32, so the means hold to ~1e-7 relative."""
+    fam = check_families(families)
+    s_count, n = t.offsets.shape[:2]
+    feats = []
+    perm_on, color_on = "permutation" in fam, "color" in fam
+    if color_on:
+        u = (t.colors.double() - 0.2) / 0.8  # (S, n, 3) per output channel
+        v = u.gather(-1, torch.argsort(t.perms, -1)) if perm_on else u  # per input channel
+    if perm_on:
+        codes = (t.perms[..., 0] * 3 + t.perms[..., 1])  # a permutation is fixed by its first two entries
+        table = PERMUTATIONS[:, 0] * 3 + PERMUTATIONS[:, 1]
+        onehot = (codes[..., None] == table).double()  # (S, n, 6)
+        feats.append(onehot[..., :-1] - 1.0 / len(PERMUTATIONS))
+        if color_on:
+            feats.append((onehot[..., :, None] * (v[..., None, :] - 0.5)).reshape(s_count, n, 18))
+    elif color_on:
+        feats.append(v - 0.5)
+    if color_on:
+        feats += [v**2 - 1.0 / 3, torch.stack([v[..., 0] * v[..., 1], v[..., 0] * v[..., 2], v[..., 1] * v[..., 2]], -1)
+                  - 0.25]
+    if "flip" in fam:
+        feats.append(torch.nn.functional.one_hot(t.flips, 4).double()[..., :-1] - 0.25)
+    if "swap" in fam:
+        feats.append((t.swap.double() - 0.5).view(s_count, 1, 1).expand(s_count, n, 1))
+    if not feats:
+        return torch.zeros(s_count, n, 0, dtype=torch.float64)
+    return torch.cat(feats, -1)
 
 
 def downscaled_size(side: int, s: int) -> int:

@@ -238,7 +238,7 @@ def test_elpips_command(folders, capsys):
     res = _run(["elpips", str(d0 / "im0.png"), str(d1 / "im0.png"), "--rtol", "0.2", "--atol", "0.05",
                 "--seed", "1", "--format", "json", "--no-progress"], capsys)
     row = json.loads(res.out)["results"][0]
-    assert row["converged"] and row["samples"] >= 10 and row["scale_levels"] == 1
+    assert row["converged"] and row["samples"] >= 10 and row["scale_levels"] == 1 and row["method"] == "cv"
     assert 0 < row["elpips"] < 1 and row["half_width"] < 0.2 * row["elpips"]
     again = _run(["elpips", str(d0 / "im0.png"), str(d1 / "im0.png"), "--rtol", "0.2", "--atol", "0.05",
                   "--seed", "1", "--format", "json", "--no-progress"], capsys)
@@ -246,6 +246,11 @@ def test_elpips_command(folders, capsys):
     res = _run(["elpips", str(d0), str(d1), "--rtol", "0.5", "--atol", "0.5", "--seed", "0", "--format", "csv",
                 "--no-progress"], capsys)
     assert len(list(csv.DictReader(io.StringIO(res.out)))) == 4
+    res = _run(["elpips", str(d0 / "im0.png"), str(d1 / "im0.png"), "--rtol", "0.5", "--atol", "0.5", "--seed", "0",
+                "--method", "stratified", "--format", "json", "--no-progress"], capsys)
+    assert json.loads(res.out)["results"][0]["method"] == "stratified"
+    _fails(["elpips", str(d0 / "im0.png"), str(d1 / "im0.png"), "--iid", "--method", "cv", "--no-progress"], capsys,
+           "--iid and --method cv disagree")
     # --net is honoured (the SqueezeNet variant needs its trunk weights: none offline here)
     _fails(["elpips", str(d0 / "im0.png"), str(d1 / "im0.png"), "--net", "squeeze", "--no-progress"], capsys,
            "squeeze")

@@ -173,6 +173,28 @@ def test_elpips_and_classic_distances_score(synth):
         scoring.make_distance("nope")
 
 
+def test_elpips_stratified_sampling_scores(synth):
+    """sampling='stratified' (issue 10 via 16): scores with one draw per scale level and the rest
+    at level 1, reproducibly from the seed; refused for LPIPS and below one draw per level."""
+    roots = synth["2afc/val"][:1]
+    from fastlpips import ELPIPS
+
+    torch.manual_seed(0)
+    metric = ELPIPS(net="squeeze", pnet_rand=True, max_scale=2)
+    d = scoring.make_distance(model=metric, draws=3, seed=5, sampling="stratified")
+    first = scoring.score_2afc(d, roots, batch_size=16, progress=False)
+    again = scoring.score_2afc(scoring.make_distance(model=metric, draws=3, seed=5, sampling="stratified"), roots,
+                               batch_size=16, progress=False)
+    np.testing.assert_array_equal(first.distances["d0"], again.distances["d0"])
+    assert np.isfinite(first.distances["d0"]).all() and (first.distances["d0"] > 0).all()
+    with pytest.raises(ValueError, match="needs one draw per scale level: draws=1 < 2"):
+        scoring.make_distance(model=metric, draws=1, sampling="stratified")
+    with pytest.raises(ValueError, match="applies to E-LPIPS draws, not to metric 'alex'"):
+        scoring.make_distance("alex", sampling="stratified")
+    with pytest.raises(ValueError, match="sampling must be"):
+        scoring.make_distance(model=metric, sampling="qmc")
+
+
 # -- bad input -----------------------------------------------------------------------------------------
 def _split(tmp_path, n=3):
     from PIL import Image
@@ -282,6 +304,8 @@ def test_score_command_matches_api(synth, tmp_path):
         assert row["2afc"] == pytest.approx(scoring.score_2afc(dist, root, progress=False).score, abs=1e-12)
     bad = _cli(["score-jnd", str(tmp_path / "nope")])
     assert bad.returncode == 1 and "no such split folder" in bad.stderr
+    wrong = _cli(["score-2afc", synth["2afc/val"][0], "--sampling", "stratified", "--no-progress"])
+    assert wrong.returncode == 1 and "sampling='stratified' applies to E-LPIPS draws" in wrong.stderr, wrong.stderr
 
 
 def test_torchrun_two_processes_give_the_one_process_score(synth, tmp_path):
