@@ -148,10 +148,7 @@ def elpips_estimate(x: torch.Tensor, y: torch.Tensor, *, rtol: float = 0.025, at
             done += len(chunk)
             if done >= min_samples and all(len(v) >= 2 for v in strata):
                 est = _combine(strata, p, z, done, confidence, stratified)
-                est.converged = _converged(est, rtol, atol)
-                if callback is not None:
-                    callback(done, est)
-                if bool(est.converged.all()):
+                if _checked(est, rtol, atol, callback):
                     break
     if est is None:  # pragma: no cover - excluded by the checks above
         raise RuntimeError("no estimate: max_samples too small to estimate a variance in every stratum")
@@ -184,11 +181,18 @@ def stratified_mean(metric: ELPIPS, images, reference: torch.Tensor, samples: in
         p = scale_probabilities(levels)
         order = _allocation(p, samples, minimum=1)
         counts = [order.count(s) for s in range(levels)]
-        tset = TransformSet.cat([sample_batched(c, reference.shape[0], generator=g, max_scale=levels, scale=s + 1,
-                                                families=metric.sampled_families) for s, c in enumerate(counts)])
+        tset = TransformSet.cat([_level_set(metric, s, c, reference.shape[0], g) for s, c in enumerate(counts)])
         weights = torch.cat([torch.full((c,), float(p[s]) / c, dtype=torch.float64) for s, c in enumerate(counts)])
         out = metric.sample_distances(images, reference, samples, generator=g, transforms=tset)
         return [(weights.to(d.device)[:, None] * d.double()).sum(0).to(d.dtype) for d in out]
+
+
+def _checked(est: ELPIPSEstimate, rtol: float, atol: float, callback) -> bool:
+    """Sets ``est.converged`` by the stopping rule, reports to ``callback``; True when every image has converged."""
+    est.converged = _converged(est, rtol, atol)
+    if callback is not None:
+        callback(est.samples, est)
+    return bool(est.converged.all())
 
 
 def _converged(est: ELPIPSEstimate, rtol: float, atol: float) -> torch.Tensor:
@@ -260,10 +264,7 @@ def _estimate_qmc(metric: ELPIPS, x, y, g: torch.Generator, *, rtol, atol, confi
             done = sum(counts) * replicates
             if done >= min_samples:
                 est = _combine_qmc(sums, counts, p, q, confidence, done)
-                est.converged = _converged(est, rtol, atol)
-                if callback is not None:
-                    callback(done, est)
-                if bool(est.converged.all()):
+                if _checked(est, rtol, atol, callback):
                     break
     if est is None:
         est = _combine_qmc(sums, counts, p, q, confidence, done)
@@ -316,20 +317,18 @@ def _estimate_cv(metric: ELPIPS, x, y, g: torch.Generator, *, rtol, atol, z, con
                 if not add[s]:
                     continue
                 t0 = time.perf_counter()
-                tset = sample_batched(add[s], n, generator=g, max_scale=levels, scale=s + 1,
-                                      families=metric.sampled_families)
+                tset = _level_set(metric, s, add[s], n, g)
                 d = metric.sample_distances((x,), y, add[s], generator=g, transforms=tset)[0].double().cpu()
                 seconds[s] += time.perf_counter() - t0
                 values[s].append(d)
                 feats[s].append(control_features(tset, metric.families))
                 counts[s] += add[s]
             done = sum(counts)
-            est, spread = _combine_cv(values, feats, p, z, confidence, done, rtol, atol)
-            if done >= min_samples or done >= max_samples:
-                if callback is not None:
-                    callback(done, est)
-                if bool(est.converged.all()):
-                    break
+            est, level_sd = _combine_cv(values, feats, p, z, confidence, done)
+            est.converged = _converged(est, rtol, atol)
+            spread = _spread(est, level_sd, rtol, atol)
+            if (done >= min_samples or done >= max_samples) and _checked(est, rtol, atol, callback):
+                break
     est.samples_per_level = list(counts)
     return est
 
@@ -357,8 +356,8 @@ def _cv_level(d: torch.Tensor, h: torch.Tensor):
     return adjusted.mean(0), adjusted.var(0, unbiased=True), True
 
 
-def _combine_cv(values, feats, p, z, confidence, done, rtol, atol):
-    """The estimate from every level's (adjusted) mean and variance, and each level's spread for the allocation."""
+def _combine_cv(values, feats, p, z, confidence, done):
+    """The estimate from every level's (adjusted) mean and variance, and each level's per-image spread."""
     means, variances, used, level_sd = [], [], [], []
     for vs, hs in zip(values, feats):
         d, h = torch.cat(vs), torch.cat(hs)
@@ -367,17 +366,17 @@ def _combine_cv(values, feats, p, z, confidence, done, rtol, atol):
         variances.append(v / d.shape[0])
         level_sd.append(v.clamp_min(0).sqrt())
         used.append(u)
-    mean = sum(float(p[s]) * means[s] for s in range(len(p)))
-    se = sum(float(p[s]) ** 2 * variances[s] for s in range(len(p))).sqrt()
-    est = ELPIPSEstimate(mean.float(), se.float(), (z * se).float(), done, torch.zeros_like(mean, dtype=torch.bool),
-                         confidence, True, method="cv", cv_levels=used)
-    est.converged = _converged(est, rtol, atol)
-    # each level's spread relative to the tolerance of the images still running (all when none is)
-    tol = torch.minimum(rtol * mean.abs(), torch.full_like(mean, atol))
+    est = _weighted(means, variances, p, z, done, confidence, True)
+    est.method, est.cv_levels = "cv", used
+    return est, level_sd
+
+
+def _spread(est: ELPIPSEstimate, level_sd: List[torch.Tensor], rtol: float, atol: float) -> List[float]:
+    """Each level's spread relative to the tolerance of the images still running (all when none is)."""
+    tol = torch.minimum(rtol * est.mean.double().abs(), torch.full_like(est.mean, atol, dtype=torch.float64))
     active = ~est.converged if not bool(est.converged.all()) else torch.ones_like(est.converged)
     ok = active & torch.isfinite(tol) & (tol > 0)
-    spread = [float(((sd[ok] / tol[ok]) ** 2).mean().sqrt()) if bool(ok.any()) else 0.0 for sd in level_sd]
-    return est, spread
+    return [float(((sd[ok] / tol[ok]) ** 2).mean().sqrt()) if bool(ok.any()) else 0.0 for sd in level_sd]
 
 
 def _cost_aware(counts: List[int], add: int, p: torch.Tensor, spread: List[float], cost: List[float]) -> List[int]:
@@ -389,13 +388,8 @@ def _cost_aware(counts: List[int], add: int, p: torch.Tensor, spread: List[float
     share = [max(share[s], _CV_FLOOR * float(p[s])) for s in range(len(p))]
     norm = sum(share)
     share = [v / norm for v in share]
-    counts, out = list(counts), [0] * len(p)
-    for _ in range(add):
-        total = sum(counts) + 1
-        s = max(range(len(p)), key=lambda k: share[k] * total - counts[k])
-        counts[s] += 1
-        out[s] += 1
-    return out
+    order = _greedy(counts, add, share)
+    return [order.count(s) for s in range(len(p))]
 
 
 def _combine_qmc(sums, counts, p, q, confidence, done) -> ELPIPSEstimate:
@@ -426,8 +420,7 @@ def _draw(metric: ELPIPS, x, y, chunk: List[int], stratified: bool, g: torch.Gen
         return [(s, d[k]) for k, s in enumerate(chunk)]
     if stratified:
         levels = sorted(set(chunk))
-        sets = [sample_batched(chunk.count(s), n, generator=g, max_scale=metric.max_scale, scale=s + 1,
-                               families=metric.sampled_families) for s in levels]
+        sets = [_level_set(metric, s, chunk.count(s), n, g) for s in levels]
         tset, strata = TransformSet.cat(sets), [s for s in levels for _ in range(chunk.count(s))]
     else:
         tset, strata = sample_batched(len(chunk), n, generator=g, max_scale=metric.max_scale,
@@ -436,17 +429,29 @@ def _draw(metric: ELPIPS, x, y, chunk: List[int], stratified: bool, g: torch.Gen
     return [(s, d[k]) for k, s in enumerate(strata)]
 
 
+def _level_set(metric: ELPIPS, level: int, count: int, n: int, g: torch.Generator) -> TransformSet:
+    """``count`` draws for ``n`` images conditioned on scale level ``level + 1`` (0-based ``level``)."""
+    return sample_batched(count, n, generator=g, max_scale=metric.max_scale, scale=level + 1,
+                          families=metric.sampled_families)
+
+
 def _allocation(p: torch.Tensor, total: int, minimum: int = 2) -> List[int]:
     """Stratum of every successive sample: ``minimum`` per stratum first, then proportional to p
     (largest deficit)."""
     order = [s for s in range(len(p)) for _ in range(minimum)]
-    counts = [minimum] * len(p)
-    while len(order) < total:
-        n = len(order) + 1
-        s = max(range(len(p)), key=lambda k: float(p[k]) * n - counts[k])
+    order += _greedy([minimum] * len(p), total - len(order), [float(v) for v in p])
+    return order[:total]
+
+
+def _greedy(counts: List[int], add: int, share: List[float]) -> List[int]:
+    """The strata of ``add`` more samples, each to the stratum furthest below its share of the new total."""
+    counts, order = list(counts), []
+    for _ in range(add):
+        total = sum(counts) + 1
+        s = max(range(len(share)), key=lambda k: share[k] * total - counts[k])
         counts[s] += 1
         order.append(s)
-    return order[:total]
+    return order
 
 
 def _combine(strata, p, z, n, confidence, stratified) -> ELPIPSEstimate:
@@ -455,6 +460,11 @@ def _combine(strata, p, z, n, confidence, stratified) -> ELPIPSEstimate:
         t = torch.stack(v)
         means.append(t.mean(0))
         variances.append(t.var(0, unbiased=True) / len(v))
+    return _weighted(means, variances, p, z, n, confidence, stratified)
+
+
+def _weighted(means, variances, p, z, n, confidence, stratified) -> ELPIPSEstimate:
+    """sum_s P(s) mean_s, its variance sum_s P(s)^2 var(mean_s), and the normal-quantile interval."""
     mean = sum(float(p[k]) * means[k] for k in range(len(p)))
     var = sum(float(p[k]) ** 2 * variances[k] for k in range(len(p)))
     se = var.sqrt()
