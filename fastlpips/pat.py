@@ -41,9 +41,11 @@ from torch.nn import functional as F
 
 from . import distributed as D
 from .attacks.checks import check_labels, check_logits, check_unit_images
+from .attacks.distances import ClassifierFeatureDistance
+from .attacks.perceptual import LagrangePerceptualAttack
 from .attacks.threat import draw_noise
 from .robust import make_attack, parse_attack_spec
-from .utils import atomic_save
+from .utils import atomic_save, channels_last
 
 __all__ = ["PATConfig", "train_pat", "learning_rate", "step_seed"]
 
@@ -213,6 +215,10 @@ def train_pat(model: nn.Module, train_dataset, out_dir: PathLike, config: Option
         if hasattr(a, "measure"):
             a.measure = False  # training needs no final distance pass
     names = [a.name for a in attacks]
+    # a self-bounded LPA's reference features come from the clean pass the trainer makes anyway
+    reuse = [isinstance(a, LagrangePerceptualAttack) and isinstance(a.distance, ClassifierFeatureDistance)
+             and a.distance.model is net for a in attacks]
+    own = next((a.distance for a, r in zip(attacks, reuse) if r), None)
 
     def save(epoch_: int, step_: int, stats_: Optional[dict] = None) -> None:
         rngs = D.gather_objects(torch.get_rng_state())
@@ -244,6 +250,7 @@ def train_pat(model: nn.Module, train_dataset, out_dir: PathLike, config: Option
                 draws = (torch.rand(cfg.batch_size, generator=g) < 0.5, torch.randint(0, 9, (cfg.batch_size,), generator=g),
                          torch.randint(0, 9, (cfg.batch_size,), generator=g))
                 x = _augment_batch(x, tuple(d[rows] for d in draws))
+            x = channels_last(x)  # the convolutions' fast layout (attacks and update alike); values unchanged
             noises = [draw_noise(a.noise_kind, (cfg.batch_size,) + tuple(x.shape[1:]), generator=g, dtype=x.dtype)
                       for a in attacks]
             pick = int(torch.randint(len(attacks), (1,), generator=g)) if attacks else 0
@@ -253,7 +260,7 @@ def train_pat(model: nn.Module, train_dataset, out_dir: PathLike, config: Option
 
             net.eval()
             with torch.no_grad():
-                logits = net(x)
+                fx, logits = own.features_and_logits(x) if own is not None else (None, net(x))
             check_logits(logits, x.shape[0], "model(images)")
             if int(y.max()) >= logits.shape[1]:
                 raise ValueError(f"training labels lie in [{int(y.min())}, {int(y.max())}] but model(images) has "
@@ -267,8 +274,9 @@ def train_pat(model: nn.Module, train_dataset, out_dir: PathLike, config: Option
                 adv = x.clone()
                 if bool(to_attack.any()):
                     z = noises[k][rows].to(dev) if noises[k] is not None else None
+                    kw = {"reference": fx[to_attack]} if reuse[k] else {}
                     adv[to_attack] = attacks[k](x[to_attack], y[to_attack],
-                                                noise=z[to_attack] if z is not None else None)
+                                                noise=z[to_attack] if z is not None else None, **kw)
                 advs.append(adv)
             if not advs:
                 advs = [x]

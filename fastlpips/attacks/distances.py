@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..reference import EPS, normalize_channels
+from ..utils import channels_last
 
 
 __all__ = ["FeatureDistance", "LPIPSDistance", "ELPIPSDistance", "ClassifierFeatureDistance", "normalize_layer"]
@@ -35,20 +36,21 @@ def _layer_scale(f: torch.Tensor, weight: Optional[torch.Tensor]):
     return (weight.reshape(1, -1, 1, 1).to(f.dtype) * scale).sqrt()
 
 
+def _flat(f: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N, H*W*C), in channels_last order: a view of the channels_last features the
+    trunks and traced classifiers produce, so their gradients stay channels_last too (mixed layouts
+    make the backward's elementwise kernels several times slower on CPU). Every feature vector of
+    this module is flattened here, so phi(x) and J v of one distance always share the order."""
+    return f.permute(0, 2, 3, 1).flatten(1)
+
+
 def normalize_layer(f: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """(N, C, H, W) -> (N, C*H*W): f / (||f||_c + eps) * sqrt(w_c / (H W)) (w = 1 when None)."""
+    """(N, C, H, W) -> (N, C*H*W): f / (||f||_c + eps) * sqrt(w_c / (H W)) (w = 1 when None),
+    flattened by ``_flat``."""
     if f.dim() == 2:
         f = f[:, :, None, None]
     n = normalize_channels(f)
-    return (n * _layer_scale(f, weight)).flatten(1)
-
-
-def _channels_last(t: torch.Tensor) -> torch.Tensor:
-    """channels_last for the trunk's speed; as-is inside vmap (torch.func.jacfwd), which cannot."""
-    try:
-        return t.contiguous(memory_format=torch.channels_last)
-    except RuntimeError:
-        return t
+    return _flat(n * _layer_scale(f, weight))
 
 
 class FeatureDistance(nn.Module):
@@ -135,7 +137,7 @@ class LPIPSDistance(FeatureDistance):
         return [lin.weight for lin in self.model.lins] if self.calibrated else [None] * count
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        feats = list(self.model.net(_channels_last(self._input(x))))
+        feats = list(self.model.net(channels_last(self._input(x))))
         return torch.cat([normalize_layer(f, w) for f, w in zip(feats, self._weights(len(feats)))], 1)
 
     def linearize(self, x: torch.Tensor):
@@ -151,7 +153,7 @@ class LPIPSDistance(FeatureDistance):
             h, fs = linearize_module(s, h)
             n, fn = linearize_normalize(h, EPS)
             scale = _layer_scale(h, w)
-            parts.append((n * scale).flatten(1))
+            parts.append(_flat(n * scale))
             fns.append((fs, fn, scale))
 
         def jvp(v: torch.Tensor) -> torch.Tensor:
@@ -159,7 +161,7 @@ class LPIPSDistance(FeatureDistance):
             out = []
             for fs, fn, scale in fns:
                 t = fs(t)
-                out.append((fn(t) * scale).flatten(1))
+                out.append(_flat(fn(t) * scale))
             return torch.cat(out, 1)
         return torch.cat(parts, 1), jvp
 
@@ -234,7 +236,7 @@ class ELPIPSDistance(FeatureDistance):
         for idx, tb in groups:
             parts: List[torch.Tensor] = []
             it = iter(weights)
-            m.run_trunk(_channels_last(m.trunk_input(x, tb, len(idx))), gen,
+            m.run_trunk(channels_last(m.trunk_input(x, tb, len(idx))), gen,
                         lambda f: parts.append(normalize_layer(f, next(it))))
             phis.append(torch.cat(parts, 1))
         return self._assemble(x, groups, phis)
@@ -283,7 +285,7 @@ class ELPIPSDistance(FeatureDistance):
             for f, w in zip(layers, m.layer_weights()):
                 nrm, fn = linearize_normalize(f, EPS)
                 scale = _layer_scale(f, w)
-                parts.append((nrm * scale).flatten(1))
+                parts.append(_flat(nrm * scale))
                 fns.append((fn, scale))
             phis.append(torch.cat(parts, 1))
             programs.append((idx, tb, tangent, fns))
@@ -292,7 +294,7 @@ class ELPIPSDistance(FeatureDistance):
             outs = []
             for idx, tb, tangent, fns in programs:
                 t = batched_transform(v, tb, backend=m.backend) if tb is not None else v.repeat(len(idx), 1, 1, 1)
-                outs.append(torch.cat([(fn(dt) * scale).flatten(1) for dt, (fn, scale) in zip(tangent(t * d_in), fns)], 1))
+                outs.append(torch.cat([_flat(fn(dt) * scale) for dt, (fn, scale) in zip(tangent(t * d_in), fns)], 1))
             return self._assemble(v, groups, outs)
 
         return self._assemble(x, groups, phis), jvp
@@ -366,7 +368,7 @@ class ClassifierFeatureDistance(FeatureDistance):
                     f = kept[name] if kept[name].dim() == 4 else kept[name][:, :, None, None]
                     n, fn = linearize_normalize(f, EPS)
                     scale = _layer_scale(f, None)
-                    parts.append((n * scale).flatten(1))
+                    parts.append(_flat(n * scale))
                     fns.append((name, fn, scale))
 
                 def jvp(v: torch.Tensor) -> torch.Tensor:
@@ -374,7 +376,7 @@ class ClassifierFeatureDistance(FeatureDistance):
                     out = []
                     for name, fn, scale in fns:
                         t = kt[name] if kt[name].dim() == 4 else kt[name][:, :, None, None]
-                        out.append((fn(t) * scale).flatten(1))
+                        out.append(_flat(fn(t) * scale))
                     return torch.cat(out, 1)
                 return torch.cat(parts, 1), logits, jvp
         phi, logits = self.features_and_logits(x)

@@ -240,14 +240,22 @@ class LagrangePerceptualAttack(ThreatAttack):
         self.lam0, self.fast, self.init_std, self.measure = lam, fast, init_std, measure
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor, *, noise: Optional[torch.Tensor] = None,
-                generator: Optional[torch.Generator] = None):
+                generator: Optional[torch.Generator] = None, reference: Optional[torch.Tensor] = None):
         """``x`` (N, 3, H, W) in [0, 1], ``labels`` (N,) class indices -> adversarial images in [0, 1].
         The start is x + init_std * noise (``noise``: N(0, 1) draws of x's shape; drawn with
-        ``generator`` when None)."""
+        ``generator`` when None). ``reference``: phi(x) under the (deterministic) distance when the
+        caller already has it (PAT's clean pass of a self-bounded distance), saving that pass."""
         check_attack_inputs(self.distance, x, labels)
         x = x.detach()
         n = x.shape[0]
-        fx0 = self.distance.features(x).detach()
+        if reference is not None:
+            if self.distance.stochastic:
+                raise ValueError("reference features cannot be given for a stochastic distance (E-LPIPS)")
+            if reference.shape[0] != n:
+                raise ValueError(f"reference holds {reference.shape[0]} feature rows for {n} images")
+            fx0 = reference.detach()
+        else:
+            fx0 = self.distance.features(x).detach()
         adv = (x + self._noise(x, noise, generator) * self.init_std).clamp(0, 1)
         self.last = {}
         lam = torch.full((n,), self.lam0, dtype=x.dtype, device=x.device)

@@ -13,7 +13,8 @@ in the tests.
 ``linearize_traced`` does the same for classifiers (self-bounded distances) through their torch.fx
 graph: ResNets and other CNNs built from convolutions, linear layers, BatchNorm in eval mode, ReLU,
 pooling, residual sums and reshapes; the tangent pass costs about one forward (``torch.func.jvp``:
-~4 forwards on CPU for the 32x32 ResNet).
+~4 forwards on CPU for the 32x32 ResNet). Both passes run in channels_last (``utils.channels_last``):
+the small convolutions of 32x32 classifiers are 1.5-3x faster so on CPU.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..utils import channels_last
 from .trunks import Fire
 
 Tangent = Callable[[torch.Tensor], torch.Tensor]
@@ -100,11 +102,17 @@ def _graph(module: nn.Module, leaves: Tuple[str, ...]):
     return per[leaves]
 
 
+def _relu_tangent(y: torch.Tensor) -> Tangent:
+    """t -> t where relu's output y > 0, else 0: one fused kernel (aten's threshold_backward, which
+    has derivatives) per tangent, no mask kept; ~3x faster on CPU than where(y > 0, t, 0)."""
+    yd = y.detach()
+    return lambda t: torch.ops.aten.threshold_backward(t, yd, 0)
+
+
 def _basic_rule(m: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, Tangent]:
     if isinstance(m, nn.ReLU):
         y = m(x)
-        yd = y.detach()
-        return y, lambda t: torch.where(yd > 0, t, 0.0)
+        return y, _relu_tangent(y)
     if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
         return linearize_module(m, x)
     if isinstance(m, nn.Linear):
@@ -151,7 +159,7 @@ def _conv_bn_rule(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> Tuple
         shift = -bn.running_mean * scale + (bn.bias if bn.bias is not None else 0)
         if conv.bias is not None:
             shift = shift + conv.bias * scale
-        w = (conv.weight * scale.reshape(-1, 1, 1, 1)).to(x.dtype)
+        w = channels_last((conv.weight * scale.reshape(-1, 1, 1, 1)).to(x.dtype))
         b = shift.to(x.dtype)
     y = F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
     return y, lambda t: F.conv2d(t, w, None, conv.stride, conv.padding, conv.dilation, conv.groups)
@@ -176,7 +184,7 @@ def linearize_traced(module: nn.Module, x: torch.Tensor, keep: Sequence[str] = (
 
     for node in graph.nodes:
         if node.op == "placeholder":
-            env[node] = x
+            env[node] = x = channels_last(x)
             program.append((node, "input", None))
             live.add(node)
             continue
@@ -227,7 +235,7 @@ def linearize_traced(module: nn.Module, x: torch.Tensor, keep: Sequence[str] = (
         y = env[node]
         if target in (F.relu, torch.relu) or name == "relu":
             # the mask is formed in the tangent pass (one per primal pass in Fast-LPA / LPA steps)
-            program.append((node, "unary", (node.args[0], (lambda y: lambda t: torch.where(y > 0, t, 0.0))(y.detach()))))
+            program.append((node, "unary", (node.args[0], _relu_tangent(y))))
         elif target in (operator.add, torch.add, operator.sub, torch.sub):
             sign = -1.0 if target in (operator.sub, torch.sub) else 1.0
             program.append((node, "sum", (node.args[0], node.args[1], sign)))
@@ -257,7 +265,7 @@ def linearize_traced(module: nn.Module, x: torch.Tensor, keep: Sequence[str] = (
         tenv = {}
         for node, kind, spec in program:
             if kind == "input":
-                tenv[node] = t
+                tenv[node] = channels_last(t)
             elif kind == "unary":
                 src, fn = spec
                 tenv[node] = fn(tenv[src]) if src in tenv else None
