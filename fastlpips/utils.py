@@ -141,7 +141,7 @@ def _decode(path, stacklevel: int) -> tuple[np.ndarray, bool]:
             scale = _integer_scale(im, path) if mode in _SIXTEEN_BIT_MODES + ("I",) else None
             im.load()
             # EXIF orientation, as OpenCV's imread (used by the lpips package) applies it by default.
-            im = ImageOps.exif_transpose(im)
+            ImageOps.exif_transpose(im, in_place=True)  # no copy when there is nothing to turn
         except OSError as e:  # truncated or corrupt data
             raise ValueError(f"{path}: cannot decode the image data ({e})") from e
 
@@ -156,7 +156,7 @@ def _decode(path, stacklevel: int) -> tuple[np.ndarray, bool]:
                               "values are used as they are, not composited onto a background)",
                               UserWarning, stacklevel=stacklevel)
             try:
-                rgb = im.convert("RGB")
+                rgb = im if im.mode == "RGB" else im.convert("RGB")
             except (ValueError, OSError) as e:  # e.g. a colour space PIL cannot convert
                 raise ValueError(f"{path}: cannot convert PIL image mode {mode!r} to RGB ({e})") from e
             return np.array(rgb, dtype=np.uint8), True
@@ -213,8 +213,15 @@ def read_image(path) -> np.ndarray:
 
 
 def read_image_tensor(path) -> torch.Tensor:
-    """``read_image(path)`` as a (3, H, W) float32 tensor in [0, 1] (contiguous)."""
-    return torch.from_numpy(np.ascontiguousarray(read_image(path).transpose(2, 0, 1)))
+    """``read_image(path)`` as a (3, H, W) float32 tensor in [0, 1] (contiguous). 8-bit files go
+    from their bytes to the (3, H, W) floats in one conversion (the same values: v / 255 in
+    float32); no intermediate float copy."""
+    arr, exact8 = _decode(path, stacklevel=3)
+    if exact8:
+        out = torch.empty((3,) + arr.shape[:2], dtype=torch.float32)
+        out.copy_(torch.from_numpy(arr).permute(2, 0, 1))
+        return out.div_(255)
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
 def load_image(path) -> np.ndarray:

@@ -120,6 +120,30 @@ def test_gradient_parity(lpips_ref, net, dtype):
             assert_close(grads[0][1], grads[1][1], **tol, what=f"{net} {dtype} d/dx1")
 
 
+@pytest.mark.parametrize("spatial", [False, True], ids=["mean", "spatial"])
+def test_parity_alexnet_transform_domain_conv2(lpips_ref, spatial, monkeypatch):
+    """200x200 real crops in batches of 4: AlexNet's conv2 (24x24 maps) runs NNPACK's FFT
+    convolution where torch has it (``nets.trunks.TransformConv2d``); still within the float32
+    parity bound of the lpips package, distances and maps, and equal to the direct convolution
+    to 1e-6. Where the build lacks NNPACK the direct path is checked alone."""
+    from fastlpips.nets import trunks
+
+    ours, ref = model_pair("alex", spatial=spatial)
+    x0 = real_images(200, 4)  # conv2 on 24x24 maps: the smallest the transform-domain path takes
+    x1 = distort(x0, seed=7)
+    calls = []
+    original = torch._nnpack_spatial_convolution
+    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", lambda *a: calls.append(1) or original(*a))
+    with torch.no_grad():
+        a, b = ours(x0, x1), ref(x0, x1)
+        monkeypatch.setattr(trunks, "_NNPACK", False)
+        direct = ours(x0, x1)
+    assert bool(calls) == bool(torch._nnpack_available())
+    _compare(a, b, ATOL32, "transform-domain conv2")
+    _compare(direct, b, ATOL32, "direct conv2")
+    assert (a - direct).abs().max().item() <= 1e-6
+
+
 def test_shared_example_images(lpips_ref):
     """The LPIPS authors' example patches (shared/images): same distances, same ranking."""
     from helpers import shared_path
