@@ -33,11 +33,12 @@ def main():
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 256])
     ap.add_argument("--steps", type=int, nargs="+", default=[4, 2], help="steps per run, per size")
+    ap.add_argument("--kinds", nargs="+", default=["barycenter", "geodesic"], choices=["barycenter", "geodesic"])
     ap.add_argument("--json")
     args = ap.parse_args()
     out = {}
     for size, steps in zip(args.sizes, args.steps):
-        for kind in ("barycenter", "geodesic"):
+        for kind in args.kinds:
             fns = runs(kind, size, steps)
             times = {k: [] for k in fns}
             for r in range(args.rounds):

@@ -91,6 +91,30 @@ class _Dropout:
         self.generator, self.n, self.groups, self.inplace = generator, n, groups, inplace
 
 
+_SCALED_WEIGHTS = None  # WeakKeyDictionary: conv -> ((weight identity, version, keep), weight / keep)
+
+
+def _dropout_weight(conv: nn.Conv2d, keep: float) -> torch.Tensor:
+    """``conv.weight * (1 / keep)``, computed once per weight (a VGG trunk's weights are 59 MB:
+    scaling them on every pass cost ~5% of a geodesic step) and recomputed when the weight
+    changes (another tensor, an in-place update, a dtype or device move). A weight that records
+    a graph is scaled on every call."""
+    import weakref
+
+    global _SCALED_WEIGHTS
+    w = conv.weight
+    if torch.is_grad_enabled() and w.requires_grad:
+        return w * (1 / keep)
+    if _SCALED_WEIGHTS is None:
+        _SCALED_WEIGHTS = weakref.WeakKeyDictionary()
+    key = (id(w), w.data_ptr(), w._version, w.dtype, w.device, keep)
+    hit = _SCALED_WEIGHTS.get(conv)
+    if hit is None or hit[0] != key:
+        hit = (key, w.detach() * (1 / keep))
+        _SCALED_WEIGHTS[conv] = hit
+    return hit[1]
+
+
 def dropout_conv(conv: nn.Conv2d, h: torch.Tensor, drop: _Dropout, *, shared: bool = False,
                  linear: bool = False) -> Tuple[torch.Tensor, Optional[Tangent]]:
     """``conv`` applied after E-LPIPS dropout: each input element zeroed with probability 1 - keep,
@@ -106,7 +130,7 @@ def dropout_conv(conv: nn.Conv2d, h: torch.Tensor, drop: _Dropout, *, shared: bo
         pos = dropout_positions(h, drop.n, drop.groups, 1 - drop.keep, drop.generator)
         # in place only when nothing else holds h: not shared, no graph, not kept for a linearization
         inplace = drop.inplace and not (shared or linear or (torch.is_grad_enabled() and h.requires_grad))
-        weight = conv.weight * (1 / drop.keep)
+        weight = _dropout_weight(conv, drop.keep)
         y = F.conv2d(zero_at(h, pos, inplace), weight, conv.bias, conv.stride, conv.padding)
     if not linear:
         return y, None
