@@ -331,3 +331,50 @@ def test_pat_raises_lpa_accuracy_over_an_undefended_model(tmp_path):
         gains.append(acc["pat"]["lpa"] - acc["undefended"]["lpa"])
         assert gains[-1] > 0, (seed, acc)
     assert sum(gains) / len(gains) >= 0.06, gains
+
+
+def test_only_attack_correct_attacks_the_correct_inputs_and_trains_the_rest_clean(tmp_path, monkeypatch):
+    """perceptual-advex's semantics: a clean eval-mode pass decides; the attack sees only the
+    inputs the model classifies correctly, the others enter the update unattacked (without the
+    option every input is attacked)."""
+    from fastlpips.attacks.threat import ThreatAttack
+
+    class Spy(ThreatAttack):
+        name, noise_kind, bound = "spy", None, 1.0
+
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def forward(self, x, labels, *, noise=None, generator=None):
+            self.seen.append(x.clone())
+            return torch.zeros_like(x)  # marks the attacked rows
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 3, 8, 8, generator=g) * 0.9 + 0.05
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 2))
+    with torch.no_grad():
+        net.eval()
+        pred = net(x).argmax(1)
+    y = pred.clone()
+    y[::2] = 1 - pred[::2]  # rows 0, 2, 4, 6 misclassified
+    data = torch.utils.data.TensorDataset(x, y)
+    for only in (True, False):
+        spy = Spy()
+        monkeypatch.setattr(pat, "make_attack", lambda *a, **k: spy)
+        trained_on = []
+        hook = net.register_forward_hook(lambda m, i, o: trained_on.append(i[0].clone()) if m.training else None)
+        cfg = pat.PATConfig(attacks=("linf=0.01",), epochs=1, batch_size=8, lr=1e-9, warmup_epochs=0, lr_drops=(),
+                            augment=False, only_attack_correct=only)
+        pat.train_pat(net, data, tmp_path / f"run-{only}", cfg, progress=False)
+        hook.remove()
+        (batch,) = trained_on
+        order = [int(torch.nonzero((x == row).flatten(1).all(1))[0]) if not (row == 0).all() else -1
+                 for row in batch]  # the dataset row of each clean input in the update (-1: attacked)
+        attacked = torch.tensor([o == -1 for o in order])
+        assert spy.seen and spy.seen[0].shape[0] == int(attacked.sum())
+        if only:
+            assert int(attacked.sum()) == 4
+            assert all((y[o] != pred[o]) for o in order if o >= 0)  # clean rows: the misclassified ones
+        else:
+            assert bool(attacked.all())
