@@ -135,13 +135,18 @@ class _Batches(torch.utils.data.Sampler):
 
 
 def _augment_batch(x: torch.Tensor, draws: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], pad: int = 4) -> torch.Tensor:
-    flip, dy, dx = draws
+    """Random crops of the zero-padded images at offsets (dy, dx), mirrored where ``flip``: one
+    gather for the batch (rows dy + i, columns dx + j, or dx + w - 1 - j when mirrored), returned
+    channels_last."""
+    flip, dy, dx = (d.to(x.device) for d in draws)
     h, w = x.shape[2:]
-    padded = F.pad(x, (pad, pad, pad, pad))
-    out = torch.empty_like(x)
-    for i in range(x.shape[0]):
-        out[i] = padded[i, :, int(dy[i]):int(dy[i]) + h, int(dx[i]):int(dx[i]) + w]
-    return torch.where(flip.view(-1, 1, 1, 1).to(x.device), out.flip(3), out)
+    padded = F.pad(x, (pad, pad, pad, pad)).permute(0, 2, 3, 1)  # (N, H + 2 pad, W + 2 pad, C)
+    i = torch.arange(h, device=x.device)
+    j = torch.arange(w, device=x.device)
+    rows = dy.long()[:, None] + i  # (N, h)
+    cols = dx.long()[:, None] + torch.where(flip.bool()[:, None], w - 1 - j, j)  # (N, w)
+    n = torch.arange(x.shape[0], device=x.device)[:, None, None]
+    return padded[n, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
 def train_pat(model: nn.Module, train_dataset, out_dir: PathLike, config: Optional[PATConfig] = None, *,

@@ -378,3 +378,16 @@ def test_only_attack_correct_attacks_the_correct_inputs_and_trains_the_rest_clea
             assert all((y[o] != pred[o]) for o in order if o >= 0)  # clean rows: the misclassified ones
         else:
             assert bool(attacked.all())
+
+
+def test_augment_batch_is_the_per_image_crop_and_mirror():
+    """The batched crop-and-mirror equals cropping each zero-padded image at its offsets and
+    mirroring it where drawn, exactly."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(6, 3, 10, 12, generator=g)
+    flip = torch.tensor([True, False, True, False, False, True])
+    dy, dx = torch.randint(0, 9, (6,), generator=g), torch.randint(0, 9, (6,), generator=g)
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    want = torch.stack([padded[i, :, int(dy[i]):int(dy[i]) + 10, int(dx[i]):int(dx[i]) + 12] for i in range(6)])
+    want = torch.where(flip.view(-1, 1, 1, 1), want.flip(3), want)
+    assert torch.equal(pat._augment_batch(x, (flip, dy, dx)), want)
