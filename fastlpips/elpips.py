@@ -97,13 +97,15 @@ _SCALED_WEIGHTS = None  # WeakKeyDictionary: conv -> ((weight identity, version,
 def _dropout_weight(conv: nn.Conv2d, keep: float) -> torch.Tensor:
     """``conv.weight * (1 / keep)``, computed once per weight (a VGG trunk's weights are 59 MB:
     scaling them on every pass cost ~5% of a geodesic step) and recomputed when the weight
-    changes (another tensor, an in-place update, a dtype or device move). A weight that records
-    a graph is scaled on every call."""
+    changes (another tensor, an in-place update, a dtype or device move; writes through
+    ``weight.data`` bypass the version counter and are not seen: assign or ``load_state_dict``
+    instead). A weight that records a graph, and anything under ``torch.inference_mode`` (whose
+    tensors cannot be saved for a later backward), is scaled on every call."""
     import weakref
 
     global _SCALED_WEIGHTS
     w = conv.weight
-    if torch.is_grad_enabled() and w.requires_grad:
+    if (torch.is_grad_enabled() and w.requires_grad) or torch.is_inference_mode_enabled() or w.is_inference():
         return w * (1 / keep)
     if _SCALED_WEIGHTS is None:
         _SCALED_WEIGHTS = weakref.WeakKeyDictionary()

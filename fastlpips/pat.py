@@ -149,6 +149,23 @@ def _augment_batch(x: torch.Tensor, draws: Tuple[torch.Tensor, torch.Tensor, tor
     return padded[n, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
+def _takes_channels_last(net: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``net`` runs on a channels_last batch (one image, eval mode, no graph); models that
+    ``.view`` a feature map flat cannot, and train in the layout they are given."""
+    was = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            net(channels_last(x[:1]))
+        return True
+    except RuntimeError as e:
+        log.info("training in the input's memory layout: the model fails on channels_last batches (%s)",
+                 str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return False
+    finally:
+        net.train(was)
+
+
 def train_pat(model: nn.Module, train_dataset, out_dir: PathLike, config: Optional[PATConfig] = None, *,
               val_dataset=None, val_attacks: Sequence[str] = (), val_examples: int = 500,
               init: Optional[PathLike] = None,
@@ -235,6 +252,7 @@ def train_pat(model: nn.Module, train_dataset, out_dir: PathLike, config: Option
         D.barrier()
 
     global_step = epoch * steps_per_epoch + step_in_epoch
+    layout_ok: Optional[bool] = None
     disable = True if (progress is False or not D.is_main()) else (None if progress is None else False)
     while epoch < cfg.epochs:
         sampler = _Batches(n, cfg.batch_size, cfg.seed, epoch, skip=step_in_epoch)
@@ -255,7 +273,10 @@ def train_pat(model: nn.Module, train_dataset, out_dir: PathLike, config: Option
                 draws = (torch.rand(cfg.batch_size, generator=g) < 0.5, torch.randint(0, 9, (cfg.batch_size,), generator=g),
                          torch.randint(0, 9, (cfg.batch_size,), generator=g))
                 x = _augment_batch(x, tuple(d[rows] for d in draws))
-            x = channels_last(x)  # the convolutions' fast layout (attacks and update alike); values unchanged
+            if layout_ok is None:  # once: can the model take channels_last batches (a .view of a map cannot)?
+                layout_ok = _takes_channels_last(net, x)
+            if layout_ok:
+                x = channels_last(x)  # the convolutions' fast layout (attacks and update alike); values unchanged
             noises = [draw_noise(a.noise_kind, (cfg.batch_size,) + tuple(x.shape[1:]), generator=g, dtype=x.dtype)
                       for a in attacks]
             pick = int(torch.randint(len(attacks), (1,), generator=g)) if attacks else 0

@@ -510,3 +510,30 @@ def test_families_switch_the_ensemble_per_family():
 
     est = elpips_estimate(x, y, metric=ELPIPS(families=["color"], pnet_rand=True), max_samples=8, min_samples=4, seed=0)
     assert torch.isfinite(est.mean).all() and est.samples >= 4
+
+
+def test_dropout_weights_scaled_once_and_safe_across_modes():
+    """The dropout's scaled weights are cached per weight: a graph-free call under
+    ``torch.inference_mode`` does not leave an inference tensor that a later call with a graph
+    would save for backward, and changing the weights in place (``load_state_dict``) is seen."""
+    import copy
+
+    from fastlpips import ELPIPS
+
+    m = copy.deepcopy(ELPIPS(max_scale=2)).requires_grad_(False)
+    a, b = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    with torch.inference_mode():
+        m(a, b, n_samples=2)
+    x = a.clone().requires_grad_(True)
+    torch.manual_seed(0)
+    d0 = m(x, b, n_samples=2)
+    d0.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    state = {k: v * 1.5 if k.endswith("weight") and v.dim() == 4 else v for k, v in m.state_dict().items()}
+    m.load_state_dict(state)
+    fresh = copy.deepcopy(m)  # nothing cached for this copy's convolutions
+    torch.manual_seed(0)
+    d1 = m(a, b, n_samples=2)
+    torch.manual_seed(0)
+    assert torch.equal(d1, fresh(a, b, n_samples=2))
+    assert not torch.equal(d1, d0.detach())

@@ -190,3 +190,29 @@ def test_parity_every_cpu_backend(lpips_ref, net, backend):
             assert_close(a.grad / scale, b.grad / scale, **GRAD_SCALED32, what=f"{backend} scaled input gradient")
         finally:
             ours.backend = None
+
+
+def test_transform_domain_conv2_leaves_graphs_and_dual_numbers_to_the_direct_path(monkeypatch):
+    """Forward-mode AD (dual inputs) and inputs that record a graph take the direct convolution:
+    NNPACK is never called, and the tangent / gradient equal the direct path's with NNPACK off."""
+    import torch.autograd.forward_ad as fwAD
+
+    import fastlpips
+    from fastlpips.nets import trunks
+
+    m = fastlpips.LPIPS(net="alex", verbose=False).requires_grad_(False)
+    g = torch.Generator().manual_seed(0)
+    x, y, t = (torch.rand(4, 3, 200, 200, generator=g) for _ in range(3))
+    calls = []
+    original = torch._nnpack_spatial_convolution
+    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", lambda *a: calls.append(1) or original(*a))
+    with fwAD.dual_level():
+        tangent = fwAD.unpack_dual(m(fwAD.make_dual(x, t), fwAD.make_dual(y, t), normalize=True)).tangent
+    xg, yg = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+    m(xg, yg, normalize=True).sum().backward()
+    assert not calls  # every trunk input was dual or recorded a graph
+    monkeypatch.setattr(trunks, "_NNPACK", False)
+    with fwAD.dual_level():
+        want = fwAD.unpack_dual(m(fwAD.make_dual(x, t), fwAD.make_dual(y, t), normalize=True)).tangent
+    torch.testing.assert_close(tangent, want, rtol=0, atol=0)
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()

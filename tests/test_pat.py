@@ -391,3 +391,40 @@ def test_augment_batch_is_the_per_image_crop_and_mirror():
     want = torch.stack([padded[i, :, int(dy[i]):int(dy[i]) + 10, int(dx[i]):int(dx[i]) + 12] for i in range(6)])
     want = torch.where(flip.view(-1, 1, 1, 1), want.flip(3), want)
     assert torch.equal(pat._augment_batch(x, (flip, dy, dx)), want)
+
+
+class _ViewNet(nn.Module):
+    """A classifier that flattens a feature map with ``.view`` (the PyTorch tutorial's way): it
+    cannot take channels_last batches."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+        self.fc = nn.Linear(4 * 8 * 8, 2)
+
+    def forward(self, x):
+        h = self.block(x)
+        return self.fc(h.view(h.shape[0], -1))
+
+
+def test_view_classifiers_linearize_and_train(tmp_path):
+    """The traced linearization runs channels_last and takes ``.view`` as ``reshape`` (exact J v,
+    float64); ``train_pat`` finds that the model fails on channels_last batches and trains it in
+    the input's layout with a self-bounded attack."""
+    from fastlpips.attacks.distances import ClassifierFeatureDistance
+
+    torch.manual_seed(0)
+    m = _ViewNet().double().eval()
+    d = ClassifierFeatureDistance(m, ["block"])
+    x = torch.rand(5, 3, 8, 8, dtype=torch.float64)
+    phi, logits, jvp = d.linearize_and_logits(x)
+    assert jvp is not None, getattr(d, "fallback_reason", None)
+    v = torch.randn_like(x)
+    torch.testing.assert_close(jvp(v), torch.func.jvp(d.features, (x,), (v,))[1], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(logits, m(x), rtol=1e-12, atol=1e-12)
+    assert not pat._takes_channels_last(m, x)
+    data = torch.utils.data.TensorDataset(torch.rand(8, 3, 8, 8), torch.tensor([0, 1] * 4))
+    cfg = pat.PATConfig(attacks=("fast-lpa:self=0.5",), feature_layers=("block",), attack_iterations=2, epochs=1,
+                        batch_size=4, lr=0.01, warmup_epochs=0, lr_drops=(), augment=False)
+    pat.train_pat(_ViewNet(), data, tmp_path / "run", cfg, progress=False)
+    assert (tmp_path / "run" / "model.pt").is_file()

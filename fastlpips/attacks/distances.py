@@ -45,8 +45,9 @@ def _flat(f: torch.Tensor) -> torch.Tensor:
 
 
 def normalize_layer(f: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """(N, C, H, W) -> (N, C*H*W): f / (||f||_c + eps) * sqrt(w_c / (H W)) (w = 1 when None),
-    flattened by ``_flat``."""
+    """(N, C, H, W) -> (N, H*W*C): f / (||f||_c + eps) * sqrt(w_c / (H W)) (w = 1 when None),
+    flattened in channels_last order by ``_flat`` (norms and distances do not depend on the order;
+    compare such vectors only with vectors made here)."""
     if f.dim() == 2:
         f = f[:, :, None, None]
     n = normalize_channels(f)
@@ -358,7 +359,7 @@ class ClassifierFeatureDistance(FeatureDistance):
         if self._traceable is not False:
             try:
                 logits, kept, tangent = linearize_traced(self.model, x, self.layers)
-            except NotImplementedError as e:
+            except (NotImplementedError, RuntimeError) as e:  # RuntimeError: e.g. a layout the model cannot take
                 self._traceable = False
                 self.fallback_reason = str(e)
             else:

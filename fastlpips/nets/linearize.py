@@ -226,6 +226,8 @@ def linearize_traced(module: nn.Module, x: torch.Tensor, keep: Sequence[str] = (
                 program.append((node, "unary", (node.args[0], fn1)))
             continue
         target = node.target
+        if node.op == "call_method" and target == "view":
+            target = "reshape"  # the same values; a channels_last map cannot be viewed flat
         env[node] = (getattr(args[0], target)(*args[1:], **kwargs) if node.op == "call_method"
                      else target(*args, **kwargs))
         if not tangent_args or not _is_tensor(env[node]):

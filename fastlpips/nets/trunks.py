@@ -70,6 +70,9 @@ class TransformConv2d(nn.Conv2d):
                 and self.padding_mode == "zeros" and isinstance(self.padding, tuple)
                 and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
                 and not torch._C._functorch.is_functorch_wrapped_tensor(x)
+                and not torch._C._functorch.is_functorch_wrapped_tensor(self.weight)
+                and torch.autograd.forward_ad.unpack_dual(x).tangent is None
+                and not torch.compiler.is_compiling()
                 and nnpack_enabled())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
