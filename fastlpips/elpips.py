@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import weakref
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
@@ -91,7 +92,7 @@ class _Dropout:
         self.generator, self.n, self.groups, self.inplace = generator, n, groups, inplace
 
 
-_SCALED_WEIGHTS = None  # WeakKeyDictionary: conv -> ((weight identity, version, keep), weight / keep)
+_SCALED_WEIGHTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # conv -> (weight key, weight / keep)
 
 
 def _dropout_weight(conv: nn.Conv2d, keep: float) -> torch.Tensor:
@@ -101,14 +102,9 @@ def _dropout_weight(conv: nn.Conv2d, keep: float) -> torch.Tensor:
     ``weight.data`` bypass the version counter and are not seen: assign or ``load_state_dict``
     instead). A weight that records a graph, and anything under ``torch.inference_mode`` (whose
     tensors cannot be saved for a later backward), is scaled on every call."""
-    import weakref
-
-    global _SCALED_WEIGHTS
     w = conv.weight
     if (torch.is_grad_enabled() and w.requires_grad) or torch.is_inference_mode_enabled() or w.is_inference():
         return w * (1 / keep)
-    if _SCALED_WEIGHTS is None:
-        _SCALED_WEIGHTS = weakref.WeakKeyDictionary()
     key = (id(w), w.data_ptr(), w._version, w.dtype, w.device, keep)
     hit = _SCALED_WEIGHTS.get(conv)
     if hit is None or hit[0] != key:

@@ -275,8 +275,9 @@ def train_pat(model: nn.Module, train_dataset, out_dir: PathLike, config: Option
                 x = _augment_batch(x, tuple(d[rows] for d in draws))
             if layout_ok is None:  # once: can the model take channels_last batches (a .view of a map cannot)?
                 layout_ok = _takes_channels_last(net, x)
-            if layout_ok:
-                x = channels_last(x)  # the convolutions' fast layout (attacks and update alike); values unchanged
+            # the convolutions' fast layout (attacks and update alike), or the standard one for a model
+            # that cannot take it (the augmentation's gather returns channels_last); values unchanged
+            x = channels_last(x) if layout_ok else x.contiguous()
             noises = [draw_noise(a.noise_kind, (cfg.batch_size,) + tuple(x.shape[1:]), generator=g, dtype=x.dtype)
                       for a in attacks]
             pick = int(torch.randint(len(attacks), (1,), generator=g)) if attacks else 0

@@ -213,15 +213,8 @@ def read_image(path) -> np.ndarray:
 
 
 def read_image_tensor(path) -> torch.Tensor:
-    """``read_image(path)`` as a (3, H, W) float32 tensor in [0, 1] (contiguous). 8-bit files go
-    from their bytes to the (3, H, W) floats in one conversion (the same values: v / 255 in
-    float32); no intermediate float copy."""
-    arr, exact8 = _decode(path, stacklevel=3)
-    if exact8:
-        out = torch.empty((3,) + arr.shape[:2], dtype=torch.float32)
-        out.copy_(torch.from_numpy(arr).permute(2, 0, 1))
-        return out.div_(255)
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+    """``read_image(path)`` as a (3, H, W) float32 tensor in [0, 1] (contiguous)."""
+    return torch.from_numpy(np.ascontiguousarray(read_image(path).transpose(2, 0, 1)))
 
 
 def load_image(path) -> np.ndarray:

@@ -410,7 +410,8 @@ class _ViewNet(nn.Module):
 def test_view_classifiers_linearize_and_train(tmp_path):
     """The traced linearization runs channels_last and takes ``.view`` as ``reshape`` (exact J v,
     float64); ``train_pat`` finds that the model fails on channels_last batches and trains it in
-    the input's layout with a self-bounded attack."""
+    the standard layout with a self-bounded attack and augmentation (whose gather returns
+    channels_last)."""
     from fastlpips.attacks.distances import ClassifierFeatureDistance
 
     torch.manual_seed(0)
@@ -425,6 +426,6 @@ def test_view_classifiers_linearize_and_train(tmp_path):
     assert not pat._takes_channels_last(m, x)
     data = torch.utils.data.TensorDataset(torch.rand(8, 3, 8, 8), torch.tensor([0, 1] * 4))
     cfg = pat.PATConfig(attacks=("fast-lpa:self=0.5",), feature_layers=("block",), attack_iterations=2, epochs=1,
-                        batch_size=4, lr=0.01, warmup_epochs=0, lr_drops=(), augment=False)
+                        batch_size=4, lr=0.01, warmup_epochs=0, lr_drops=(), augment=True)
     pat.train_pat(_ViewNet(), data, tmp_path / "run", cfg, progress=False)
     assert (tmp_path / "run" / "model.pt").is_file()

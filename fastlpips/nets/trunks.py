@@ -60,7 +60,7 @@ class TransformConv2d(nn.Conv2d):
     of oneDNN's direct one: AlexNet's 5x5 conv2 on 31x31 maps (256x256 images) in 2.3 ms instead
     of 5.3 ms per image (batch 24, 2-core AVX2), layout conversions included; slower on small maps
     and batches, hence the bounds. Differences from the direct convolution: ~2e-6 of the output's
-    scale (LPIPS parity with ``lpips`` stays within its 1e-5, tested at 256x256). Anything else
+    scale (LPIPS parity with ``lpips`` stays within its 1e-5, tested at 200x200). Anything else
     (a graph, forward-mode AD, other devices or dtypes) takes ``nn.Conv2d``'s path; the choice
     depends only on shapes, so results do not depend on timing. ``FASTLPIPS_NNPACK=0`` turns it off."""
 
