@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .utils import read_image
+from .utils import CheckedDataLoader, read_image
 
 __all__ = ["TwoAFCDataset", "JNDDataset", "bapps_loader", "load_patch", "make_synthetic_bapps", "IMAGE_EXTENSIONS",
            "DISTORTIONS"]
@@ -199,7 +199,7 @@ def bapps_loader(dataset: Dataset, batch_size: int = 50, *, shuffle: bool = Fals
         sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
         shuffle = False
     pin = device is not None and torch.device(device).type == "cuda"
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=workers,
+    return CheckedDataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=workers,
                       pin_memory=pin, drop_last=drop_last, generator=generator,
                       persistent_workers=workers > 0)
 

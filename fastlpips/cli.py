@@ -27,6 +27,8 @@ import numpy as np
 import torch
 
 from .model import LPIPS
+from .nets.classifiers import ARCHS, build_classifier
+from .nets.weights import WeightError
 from .utils import IMAGE_EXTS, atomic_write, read_image_tensor
 
 
@@ -41,10 +43,20 @@ class Result:
     columns: List[str]
     rows: List[Dict] = field(default_factory=list)
     summary: Optional[Dict] = None
-    pictures: List[Callable[[], None]] = field(default_factory=list)
+    pictures: List["Picture"] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
     exit_code: int = 0
     quiet: bool = False  # write nothing (a torchrun rank other than 0)
+
+
+@dataclass
+class Picture:
+    """A picture to save after the results are out: ``what`` names it in an error (the option and
+    file), ``note`` is printed once it is written."""
+
+    what: str
+    save: Callable[[], None]
+    note: Optional[str] = None
 
 
 def _progress(total: int, desc: str, enabled: Optional[bool]):
@@ -201,7 +213,8 @@ def cmd_pair(args) -> Result:
         if args.heatmap:
             dmap = _model(args, spatial=True)(a.to(dev), b.to(dev))
             title = f"LPIPS {args.net} v{args.version}: {dist:.4f}"
-            res.pictures.append(lambda: save_heatmap(dmap[0, 0], args.heatmap, title, (a[0], b[0])))
+            res.pictures.append(Picture(f"the heat map --heatmap {args.heatmap}",
+                                        lambda: save_heatmap(dmap[0, 0], args.heatmap, title, (a[0], b[0]))))
     res.rows.append({"image0": args.a, "image1": args.b, "distance": dist})
     return res
 
@@ -298,9 +311,10 @@ def cmd_demo(args) -> Result:
         if args.heatmap:
             net = "alex" if args.net == "both" else args.net
             dmap = _model(args, spatial=True, net=net)(ref, batch[:1])
-            res.pictures.append(lambda: save_heatmap(dmap[0, 0], args.heatmap, f"JPEG q=10, LPIPS {net}",
-                                                     (ref[0], batch[0])))
-            res.notes.append(f"heat map written to {args.heatmap}")
+            res.pictures.append(Picture(f"the heat map --heatmap {args.heatmap}",
+                                        lambda: save_heatmap(dmap[0, 0], args.heatmap, f"JPEG q=10, LPIPS {net}",
+                                                             (ref[0], batch[0])),
+                                        f"heat map written to {args.heatmap}"))
     return res
 
 
@@ -424,8 +438,8 @@ def cmd_train(args) -> Result:
                       batch_size=args.batch_size, lr=args.lr, tune_trunk=args.tune_trunk,
                       from_scratch=args.from_scratch, init=args.init, seed=args.seed, workers=args.workers,
                       adversarial=adv)
-    train_lpips(args.dirs, args.out_dir, cfg, device=args.device, resume=args.resume, stop_after=args.stop_after,
-                progress=args.progress)
+    train_lpips(args.dirs, args.out_dir, cfg, device=args.device, resume=args.resume, overwrite=args.overwrite,
+                allow_other_data=args.allow_other_data, stop_after=args.stop_after, progress=args.progress)
     res = Result(["epoch", "lr", "loss", "acc"])
     log_path = Path(args.out_dir) / "log.csv"
     if D.is_main() and log_path.is_file():
@@ -454,17 +468,6 @@ def cmd_robust(args) -> Result:
     return res
 
 
-ARCHS = ("tiny", "resnet18")
-
-
-def _classifier(arch: str, num_classes: int, norm: str):
-    from .nets.classifiers import ResNet32, resnet18_32
-
-    if arch == "resnet18":
-        return resnet18_32(num_classes, norm=norm)
-    return ResNet32(num_classes, blocks=(1, 1, 1, 1), width=16, norm=norm)
-
-
 def _image_folder(path: str, size: Optional[int]):
     from .imagefolder import ImageFolder
 
@@ -484,23 +487,16 @@ def cmd_pat_train(args) -> Result:
     out = Path(args.out_dir)
     meta = {"arch": args.arch, "norm": args.norm, "classes": data.classes, "size": args.size,
             "attacks": args.attack or ["fast-lpa:self=0.5"]}
-    meta_path = out / "model.json"
-    if args.resume and meta_path.is_file():
-        saved = json.loads(meta_path.read_text())
-        if saved != meta:
-            raise CLIError(f"{meta_path} describes another run ({saved}); this one is {meta}")
     torch.manual_seed(args.seed)  # the initial weights (every process builds the same ones)
-    model = _classifier(args.arch, data.num_classes, args.norm)
+    model = build_classifier(args.arch, data.num_classes, args.norm)
     cfg = PATConfig(attacks=tuple(meta["attacks"]), attack_iterations=args.attack_iterations, mix=args.mix,
                     only_attack_correct=args.only_attack_correct, epochs=args.epochs, batch_size=args.batch_size,
                     lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
                     lr_drops=tuple(args.lr_drops), clip_grad=args.clip_grad, augment=not args.no_augment,
                     seed=args.seed, workers=args.workers, checkpoint_every=args.checkpoint_every)
-    if D.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
     train_pat(model, data, out, cfg, val_dataset=val, val_attacks=args.val_attack or [], device=args.device,
-              init=args.init, resume=args.resume, stop_after_steps=args.stop_after_steps, progress=args.progress)
+              init=args.init, metadata=meta, resume=args.resume, overwrite=args.overwrite,
+              allow_other_data=args.allow_other_data, stop_after_steps=args.stop_after_steps, progress=args.progress)
     res = Result([])
     log_path = out / "log.csv"
     if D.is_main() and log_path.is_file():
@@ -513,17 +509,35 @@ def cmd_pat_train(args) -> Result:
 
 
 def _load_classifier(model_dir: str, device):
-    d = Path(model_dir)
-    meta_path, weights = d / "model.json", d / "model.pt"
-    for f in (meta_path, weights):
-        if not f.is_file():
-            raise CLIError(f"{f} does not exist (a folder written by fastlpips pat-train holds model.json and model.pt)")
-    meta = json.loads(meta_path.read_text())
-    model = _classifier(meta["arch"], len(meta["classes"]), meta["norm"])
+    """A pat-train folder's model: model.json checked field by field, model.pt pickle-free and
+    checked to be the weights model.json describes."""
+    from .nets.classifiers import ARCHS, NORMS
+    from .nets.weights import check_state
+    from .pat import read_model_folder
+
     try:
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    except (RuntimeError, OSError, ValueError) as e:
-        raise CLIError(f"cannot load {weights}: {e}") from e
+        meta, state = read_model_folder(model_dir)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise CLIError(str(e)) from None
+    where = Path(model_dir) / "model.json"
+    expected = {"arch": f"one of {', '.join(ARCHS)}", "norm": f"one of {', '.join(NORMS)}",
+                "classes": "a list of two or more class names", "size": "null or an image side >= 1",
+                "attacks": "a list of attack specs"}
+    checks = {"arch": lambda v: v in ARCHS, "norm": lambda v: v in NORMS,
+              "classes": lambda v: isinstance(v, list) and len(v) >= 2 and all(isinstance(c, str) for c in v),
+              "size": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+              "attacks": lambda v: isinstance(v, list) and all(isinstance(a, str) for a in v)}
+    for key, ok in checks.items():
+        if key not in meta:
+            raise CLIError(f"{where} lacks {key!r} ({expected[key]}); it was not written by fastlpips pat-train")
+        if not ok(meta[key]):
+            raise CLIError(f"{where}: {key} must be {expected[key]}, got {meta[key]!r}")
+    model = build_classifier(meta["arch"], len(meta["classes"]), meta["norm"])
+    try:
+        check_state(model, state, f"model file {Path(model_dir) / 'model.pt'}")
+    except RuntimeError as e:
+        raise CLIError(str(e)) from None
+    model.load_state_dict(state)
     return model.to(device).eval(), meta
 
 
@@ -558,8 +572,8 @@ def cmd_robust_eval(args) -> Result:
             r.save(target)
             res.notes.append(f"per-example results written to {target}")
     if args.plot and D.is_main():
-        res.pictures.append(lambda: plot_robustness(results, args.plot))
-        res.notes.append(f"plot written to {args.plot}")
+        res.pictures.append(Picture(f"the plot --plot {args.plot}", lambda: plot_robustness(results, args.plot),
+                                    f"plot written to {args.plot}"))
     res.quiet = not D.is_main()
     return res
 
@@ -696,8 +710,9 @@ def cmd_barycenter(args) -> Result:
     res.rows.append({"inputs": len(args.images), "distance": args.distance, "steps": args.steps,
                      "first_loss": r.losses[0], "final_loss": r.losses[-1], "saved": args.save})
     if args.grid:
-        res.pictures.append(lambda: _save_png(torch.cat([images.cpu(), r.images.cpu()]), args.grid))
-        res.notes.append(f"inputs and barycenter written to {args.grid}")
+        res.pictures.append(Picture(f"the grid --grid {args.grid}",
+                                    lambda: _save_png(torch.cat([images.cpu(), r.images.cpu()]), args.grid),
+                                    f"inputs and barycenter written to {args.grid}"))
     return res
 
 
@@ -713,11 +728,11 @@ def cmd_geodesic(args) -> Result:
     res.rows.append({"frames": args.frames, "distance": args.distance, "steps": args.steps,
                      "first_loss": r.losses[0], "final_loss": r.losses[-1], "saved": args.save})
     if args.gif:
-        res.pictures.append(lambda: _save_gif(r.images.cpu(), args.gif))
-        res.notes.append(f"animation written to {args.gif}")
+        res.pictures.append(Picture(f"the animation --gif {args.gif}", lambda: _save_gif(r.images.cpu(), args.gif),
+                                    f"animation written to {args.gif}"))
     if args.mp4:
-        res.pictures.append(lambda: _save_mp4(r.images.cpu(), args.mp4))
-        res.notes.append(f"video written to {args.mp4}")
+        res.pictures.append(Picture(f"the video --mp4 {args.mp4}", lambda: _save_mp4(r.images.cpu(), args.mp4),
+                                    f"video written to {args.mp4}"))
     return res
 
 
@@ -737,6 +752,15 @@ def _families(text: str):
         return sorted(check_families(text))
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _run_folder_arguments(s) -> None:
+    run = s.add_mutually_exclusive_group()
+    run.add_argument("--resume", action="store_true", help="continue the run in OUT_DIR from its checkpoint.pt")
+    run.add_argument("--overwrite", action="store_true", help="replace the run in OUT_DIR (its files stay until "
+                     "the new run's first checkpoint)")
+    s.add_argument("--allow-other-data", action="store_true", help="with --resume: continue on other data than "
+                   "the checkpoint's (other folders or file count)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -819,7 +843,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--init", help="start from these lin weights (an lpips state dict) instead of random ones")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--workers", type=int, default=0, help="data loader processes (0)")
-    s.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoint.pt")
+    _run_folder_arguments(s)
     s.add_argument("--stop-after", type=int, default=None, help="stop after this many epochs in total (resume later)")
     s.add_argument("--adversarial", choices=["linf", "l2"], help="R-LPIPS: train on PGD examples of this norm")
     s.add_argument("--eps", type=_eps, default=None, help="attack radius on the [-1, 1] scale (8/255 linf, 3.0 l2)")
@@ -897,7 +921,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--workers", type=int, default=0, help="data loader processes (0)")
     s.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps (0: per epoch)")
-    s.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoint.pt")
+    _run_folder_arguments(s)
     s.add_argument("--stop-after-steps", type=int, help="stop after this many steps in total (resume later)")
     s.set_defaults(func=cmd_pat_train)
     s = sub.add_parser("robust-eval", parents=[common, progress], help="accuracy of pat-train models under L_inf, "
@@ -962,6 +986,8 @@ def _validate(args) -> List[Path]:
     """Option checks that need no work; returns the input files an output must not overwrite."""
     _check_device(args.device)
     cmd = args.command
+    if getattr(args, "allow_other_data", False) and not args.resume:
+        raise CLIError("--allow-other-data applies to --resume (a new run reads whatever data it is given)")
     if cmd != "check":
         if args.batch_size < 1:
             raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -1011,8 +1037,12 @@ def _validate(args) -> List[Path]:
         if cmd == "robust-eval":
             if args.plot:
                 check_output_path(args.plot, "--plot", [])
-            if args.per_example and Path(args.per_example).suffix.lower() not in (".json", ".csv"):
-                raise CLIError(f"--per-example {args.per_example}: write .json or .csv")
+            if args.per_example:
+                if Path(args.per_example).suffix.lower() not in (".json", ".csv"):
+                    raise CLIError(f"--per-example {args.per_example}: write .json or .csv")
+                check_output_path(args.per_example, "--per-example", [])
+                if args.plot and _same_file(Path(args.plot), Path(args.per_example)):
+                    raise CLIError("--plot and --per-example name the same file")
         return []
     if cmd in ("score-2afc", "score-jnd"):
         if args.draws < 1:
@@ -1089,16 +1119,33 @@ def _run(args, stdout, stderr) -> int:
             stdout.flush()
             stderr.write(f"fastlpips: error: cannot write -o {out_path}: {e}; the results are above\n")
             code = 1
-    for save in res.pictures:
+    for pic in res.pictures:
         try:
-            save()
+            pic.save()
         except (CLIError, OSError, ValueError, RuntimeError) as e:
-            stderr.write(f"fastlpips: error: the heat map could not be written: {e}\n")
+            stderr.write(f"fastlpips: error: {pic.what} could not be written: {e}\n")
             code = 1
-            res.notes = [n for n in res.notes if not n.startswith("heat map written")]
+        else:
+            if pic.note:
+                res.notes.append(pic.note)
     for note in res.notes:
         stderr.write(note + "\n")
     return code
+
+
+# errors whose message is the whole story (they name the file or option); others keep their type
+_USER_ERRORS = (CLIError, WeightError, FileExistsError, FileNotFoundError, NotADirectoryError)
+
+
+def _one_line(e: BaseException) -> str:
+    """An error as one line: its message's first line (the type's name in front for errors that
+    are not a user's input problem), and a hint at --debug for those."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    if isinstance(e, _USER_ERRORS):
+        return text or type(e).__name__
+    return f"{type(e).__name__}: {text} (--debug shows the traceback)" if text else \
+        f"{type(e).__name__} (--debug shows the traceback)"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -1111,10 +1158,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as e:
         if args.debug:
             raise
-        msg = str(e) if isinstance(e, CLIError) else f"{type(e).__name__}: {e}"
-        sys.stderr.write(f"fastlpips: error: {msg}\n")
-        if not isinstance(e, CLIError):
-            sys.stderr.write("(run with --debug for the traceback)\n")
+        sys.stderr.write(f"fastlpips: error: {_one_line(e)}\n")
         return 1
     finally:
         from . import distributed as D

@@ -25,10 +25,15 @@ was done before or on the number of processes, so a resumed or a sharded run com
 numbers as one uninterrupted run.
 
 Resume: results are appended per image to ``results_dir/records/rank-<r>.jsonl`` (one JSON line
-per (method, file), flushed after each chunk). A rerun reads them and skips every chunk whose
-items already have every requested column; a chunk with anything missing is recomputed as a
-whole (same composition, same numbers) and only the missing values are appended. A torn last
-line (a killed run) is ignored. Errors are not results: they are retried by every run.
+per (method, file), flushed after each chunk), each value with the key of what it was computed
+from: the sha256 of the reference and the output file, and of the metric (its name, its
+checkpoint's sha256, E-LPIPS' seed and sample budget). A rerun reads them and skips every chunk
+whose items already have every requested column under the current key; a chunk with anything
+missing (or computed from files that have changed since) is recomputed as a whole (same
+composition, same numbers) and only those values are appended. A torn last line (a killed run)
+is ignored. Errors are not results: they are retried by every run. One run at a time uses a
+results folder: a second one is refused while the first runs (a lock the system releases when
+the process ends, killed or not).
 
 Scale: under ``torchrun`` (``WORLD_SIZE`` > 1) process r takes chunks r, r + W, ...; rank 0 merges
 the records of all processes into ``results.csv``, ``results.json`` and ``report.html``.
@@ -55,7 +60,7 @@ import torch
 
 from . import distributed as D
 from . import iqa
-from .utils import IMAGE_EXTS, atomic_write, read_image_tensor
+from .utils import IMAGE_EXTS, atomic_write, file_sha256, read_image_tensor
 
 __all__ = ["METRICS", "MetricSpec", "parse_metric", "EvaluationResult", "evaluate", "match_files", "Item"]
 
@@ -307,9 +312,13 @@ class _ChunkImages(torch.utils.data.Dataset):
 
 
 # -- records ---------------------------------------------------------------------------------------
-def _read_records(folder: Path) -> Dict[Tuple[str, str], Dict[str, float]]:
-    """{(method, file): {column: value}} from every records file (later lines win; torn lines skipped)."""
-    done: Dict[Tuple[str, str], Dict[str, float]] = defaultdict(dict)
+Records = Dict[Tuple[str, str], Dict[str, Tuple[float, str]]]
+
+
+def _read_records(folder: Path) -> Records:
+    """{(method, file): {column: (value, key)}} from every records file (later lines win; torn
+    lines skipped; lines of an older fastlpips, without keys, count as computed from unknown files)."""
+    done: Records = defaultdict(dict)
     for path in sorted(folder.glob("rank-*.jsonl")):
         with open(path, encoding="utf-8") as f:
             for line in f:
@@ -317,11 +326,65 @@ def _read_records(folder: Path) -> Dict[Tuple[str, str], Dict[str, float]]:
                     continue  # the torn last line of a killed run
                 try:
                     rec = json.loads(line)
+                    keys = rec.get("keys", {})
                     done[(rec["method"], rec["file"])].update(
-                        {k: float(v) for k, v in rec["values"].items()})
+                        {k: (float(v), str(keys.get(k, ""))) for k, v in rec["values"].items()})
                 except (ValueError, KeyError, TypeError, AttributeError):
                     log.warning("%s: skipped a malformed line", path)
     return done
+
+
+class _Keys:
+    """What each value is computed from: the files' sha256 (each file hashed once per run) and the
+    metric's identity (name, checkpoint sha256, E-LPIPS seed and sample budget)."""
+
+    def __init__(self, specs: Sequence[MetricSpec], seed: int, elpips_samples: int) -> None:
+        self._files: Dict[Path, str] = {}
+        self.columns: Dict[str, str] = {}
+        for s in specs:
+            ident = [s.key, file_sha256(s.path) if s.path else ""]
+            if s.kind == "elpips":
+                ident += [str(seed), str(elpips_samples)]
+            for c in s.columns:
+                self.columns[c] = hashlib.sha256("|".join(ident + [c]).encode()).hexdigest()[:16]
+
+    def file(self, path: Path) -> str:
+        if path not in self._files:
+            try:
+                self._files[path] = file_sha256(path)
+            except OSError:
+                self._files[path] = "unreadable"  # its read fails and is reported; nothing is reused
+        return self._files[path]
+
+    def key(self, item: Item, column: str) -> str:
+        return hashlib.sha256(f"{self.file(item.ref)}|{self.file(item.out)}|{self.columns[column]}".encode()
+                              ).hexdigest()[:24]
+
+
+def _lock(results: Path):
+    """An exclusive lock on ``results/.lock`` (released by the system when this process ends,
+    killed or not): the open file, None where the platform has no ``fcntl``. BlockingIOError
+    naming the holder when another run has it."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        log.warning("no file locking on this platform: two evaluate runs on %s would both compute", results)
+        return None
+    results.mkdir(parents=True, exist_ok=True)
+    f = open(results / ".lock", "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise BlockingIOError(f"results folder {results} is in use by another evaluate run ({holder}); wait for it "
+                              "to finish or use another --results folder") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"process {os.getpid()}\n")
+    f.flush()
+    return f
 
 
 def _check_config(results: Path, ref_dir: Path, methods: Dict[str, Path], restart: bool) -> None:
@@ -434,9 +497,32 @@ def evaluate(ref_dir: PathLike, out_dirs: Sequence[PathLike], metrics: Iterable[
     if not specs:
         raise ValueError("no usable metric: " + "; ".join(e["message"] for e in errors) if errors else "no metrics given")
     results = Path(results_dir)
+    if results.exists() and not results.is_dir():
+        raise NotADirectoryError(f"results folder {results} is a file")
+    lock, failure = None, None
     if D.is_main():
-        _check_config(results, ref_dir, methods, restart)
-    D.barrier()
+        try:
+            lock = _lock(results)
+            _check_config(results, ref_dir, methods, restart)
+        except (OSError, ValueError) as e:
+            failure = e
+    failure = D.broadcast_object(failure)  # every process stops on the main one's refusal
+    if failure is not None:
+        if lock is not None:
+            lock.close()
+        raise failure
+    try:
+        return _evaluate(ref_dir, methods, specs, errors, results, batch_size=batch_size, device=device,
+                         workers=workers, elpips_samples=elpips_samples, seed=seed, report=report, worst=worst,
+                         progress=progress, total=total)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _evaluate(ref_dir: Path, methods: Dict[str, Path], specs: List[MetricSpec], errors: List[Dict[str, str]],
+              results: Path, *, batch_size: int, device: torch.device, workers: int, elpips_samples: int, seed: int,
+              report: bool, worst: int, progress, total) -> EvaluationResult:
     records = results / RECORDS_DIR
     records.mkdir(parents=True, exist_ok=True)
 
@@ -449,9 +535,14 @@ def evaluate(ref_dir: PathLike, out_dirs: Sequence[PathLike], metrics: Iterable[
     done = _read_records(records)
     D.barrier()  # every process has read the records before any appends
     columns = [c for s in specs for c in s.columns]
+    keys = _Keys(specs, seed, elpips_samples)
+
+    def current(it: Item, c: str) -> bool:
+        rec = done.get((it.method, it.file), {}).get(c)
+        return rec is not None and rec[1] == keys.key(it, c)
 
     def missing(chunk) -> List[MetricSpec]:
-        return [s for s in specs if any(c not in done.get((it.method, it.file), {}) for it in chunk for c in s.columns)]
+        return [s for s in specs if any(not current(it, c) for it in chunk for c in s.columns)]
 
     mine = [ci for ci in range(D.rank(), len(chunks), D.world_size())]
     todo = [ci for ci in mine if missing(chunks[ci])]
@@ -487,11 +578,12 @@ def evaluate(ref_dir: PathLike, out_dirs: Sequence[PathLike], metrics: Iterable[
                         continue
                     for c, v in vals.items():
                         for it, x in zip(kept, v.double().cpu().tolist()):
-                            if c not in done.get((it.method, it.file), {}):
+                            if not current(it, c):
                                 new[it][c] = x
             for it, vals in new.items():
                 log_file.write(json.dumps({"method": it.method, "file": it.file,
-                                           "values": {c: _json_float(v) for c, v in vals.items()}}) + "\n")
+                                           "values": {c: _json_float(v) for c, v in vals.items()},
+                                           "keys": {c: keys.key(it, c) for c in vals}}) + "\n")
             log_file.flush()
             os.fsync(log_file.fileno())
             if progress is not None:
@@ -506,12 +598,13 @@ def evaluate(ref_dir: PathLike, out_dirs: Sequence[PathLike], metrics: Iterable[
     for e in errors:
         if e["file"]:
             err_by_item[(e["method"], e["file"])].append(f"{e['metric']}: {e['message']}" if e["metric"] else e["message"])
-    keys = {(it.method, it.file) for it in items} | set(err_by_item)
+    by_key = {(it.method, it.file): it for it in items}
     order = {m: k for k, m in enumerate(methods)}
-    for key in sorted(keys, key=lambda k: (order.get(k[0], len(order)), k[1])):
+    for key in sorted(set(by_key) | set(err_by_item), key=lambda k: (order.get(k[0], len(order)), k[1])):
         vals = done.get(key, {})
         row: Dict[str, object] = {"method": key[0], "file": key[1]}
-        row.update({c: vals.get(c) for c in columns})
+        it = by_key.get(key)
+        row.update({c: vals[c][0] if it is not None and current(it, c) else None for c in columns})
         row["error"] = "; ".join(err_by_item.get(key, []))
         res.rows.append(row)
     _write_outputs(res, results, ref_dir, methods, computer, report, worst)

@@ -27,9 +27,11 @@ the first ``warmup_epochs`` (per step, as there) then multiplied by 0.1 at each 
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -45,9 +47,13 @@ from .attacks.distances import ClassifierFeatureDistance
 from .attacks.perceptual import LagrangePerceptualAttack
 from .attacks.threat import draw_noise
 from .robust import make_attack, parse_attack_spec
-from .utils import atomic_save, channels_last
+from .nets.weights import check_state, read_state_dict
+from .runs import CheckpointError, RunFolder, check_data, data_record, read_log_csv, write_log_csv
+from .utils import CheckedDataLoader, channels_last, file_sha256
 
-__all__ = ["PATConfig", "train_pat", "learning_rate", "step_seed"]
+__all__ = ["PATConfig", "train_pat", "learning_rate", "step_seed", "read_model_folder", "PAT_FILES"]
+
+PAT_FILES = ("checkpoint.pt", "model.pt", "model.json", "log.csv")
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -168,15 +174,24 @@ def _takes_channels_last(net: nn.Module, x: torch.Tensor) -> bool:
 
 def train_pat(model: nn.Module, train_dataset, out_dir: PathLike, config: Optional[PATConfig] = None, *,
               val_dataset=None, val_attacks: Sequence[str] = (), val_examples: int = 500,
-              init: Optional[PathLike] = None,
-              device: Union[str, torch.device, None] = None, resume: bool = False,
-              stop_after_steps: Optional[int] = None, progress: Optional[bool] = True) -> nn.Module:
+              init: Optional[PathLike] = None, metadata: Optional[dict] = None,
+              device: Union[str, torch.device, None] = None, resume: bool = False, overwrite: bool = False,
+              allow_other_data: bool = False, stop_after_steps: Optional[int] = None,
+              progress: Optional[bool] = True) -> nn.Module:
     """Train ``model`` (images in [0, 1] -> logits (N, classes)) with PAT on ``train_dataset``
     ((image, label) pairs, e.g. ``ImageFolder``) and return it (in eval mode). ``val_dataset``:
     clean accuracy and accuracy under ``val_attacks`` (specs) on its first ``val_examples``
     examples after every epoch. ``stop_after_steps``: return after that many global steps in total
     (a checkpoint is written there; ``resume=True`` continues). ``init``: start from these weights
-    (a state dict file, e.g. another run's ``model.pt``; loaded strictly)."""
+    (a state dict file, e.g. another run's ``model.pt``; loaded strictly, pickle-free).
+
+    The run folder (``runs.RunFolder``): ``checkpoint.pt`` first, then ``model.pt``, then (with
+    ``metadata``, a JSON-able dict describing the model, e.g. the CLI's architecture and classes)
+    ``model.json`` holding the metadata and ``model.pt``'s sha256, so ``read_model_folder`` can tell
+    weights and description of different runs apart; then ``log.csv``, rewritten from the rows the
+    checkpoint holds. A folder holding a run is refused unless ``resume`` or ``overwrite``; resuming
+    on other data (folder, example count) or with other metadata is refused unless
+    ``allow_other_data`` (data only)."""
     from tqdm import tqdm
 
     cfg = config or PATConfig()
@@ -187,9 +202,16 @@ def train_pat(model: nn.Module, train_dataset, out_dir: PathLike, config: Option
     D.init_from_env(dev)
     _check_config(cfg)
     out = Path(out_dir)
-    ckpt_path = out / "checkpoint.pt"
-    if resume and not ckpt_path.is_file():
-        raise FileNotFoundError(f"resume=True but {ckpt_path} does not exist")
+    run = RunFolder(out, PAT_FILES, kind="PAT")
+    run.prepare(resume=resume, overwrite=overwrite)
+    ckpt_path = run.checkpoint
+    if metadata is not None:
+        try:
+            metadata = json.loads(json.dumps(metadata))  # as it will read back
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"metadata must be JSON-serializable: {e}") from None
+        if not isinstance(metadata, dict) or "weights_sha256" in metadata:
+            raise ValueError("metadata must be a dict without the key 'weights_sha256' (train_pat adds it)")
     n = len(train_dataset)
     if n < cfg.batch_size:
         raise ValueError(f"the training set has {n} examples, fewer than one batch of {cfg.batch_size}")
@@ -201,30 +223,48 @@ def train_pat(model: nn.Module, train_dataset, out_dir: PathLike, config: Option
     torch.manual_seed(cfg.seed)
     net = model.to(dev)
     if init is not None:
-        try:
-            net.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
-        except (OSError, RuntimeError, ValueError) as e:
-            raise ValueError(f"cannot load the initial weights {init}: {e}") from e
+        state = read_state_dict(init, "initial weights")
+        check_state(net, state, f"initial weights {init}")
+        net.load_state_dict(state)
     if cfg.sync_batchnorm and D.is_distributed():
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     epoch, step_in_epoch = 0, 0
     resumed_stats = None
+    log_rows: List[dict] = []
+    data = data_record([train_dataset.root] if isinstance(getattr(train_dataset, "root", None), (str, os.PathLike))
+                       else [], n)
+
+    def derived():
+        files = [("model.pt", lambda tmp: torch.save(net.state_dict(), tmp))]
+        if metadata is not None:
+            files.append(("model.json", lambda tmp: Path(tmp).write_text(json.dumps(
+                dict(metadata, weights_sha256=file_sha256(out / "model.pt")), indent=1) + "\n")))
+        return files + [("log.csv", write_log_csv(log_rows))]
+
     if resume:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        state = run.load(("model", "optimizer", "epoch", "step_in_epoch", "config", "rng", "stats"))
         mine = {k: v for k, v in asdict(cfg).items() if k not in ("workers", "checkpoint_every")}
         saved = {k: v for k, v in state["config"].items() if k not in ("workers", "checkpoint_every")}
         if {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()} != mine:
             raise ValueError(f"{ckpt_path} was written with another configuration ({saved}); this run has {mine}")
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        if metadata is not None and state.get("metadata") not in (None, metadata):
+            raise ValueError(f"{ckpt_path} describes another model ({state['metadata']}); this run has {metadata}")
+        check_data(state.get("data"), data, ckpt_path, allow_other_data)
+        try:
+            net.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"PAT checkpoint {ckpt_path} does not fit this model: "
+                                  f"{str(e).splitlines()[0]}") from None
         epoch, step_in_epoch = state["epoch"], state["step_in_epoch"]
         resumed_stats = state["stats"][rank] if step_in_epoch else None
+        log_rows = list(state["log"]) if "log" in state else read_log_csv(out / "log.csv", epoch)
         if len(state["rng"]) != world:
             raise ValueError(f"{ckpt_path} holds {len(state['rng'])} process(es)' RNG states; this run has {world}")
         torch.set_rng_state(state["rng"][rank])
-    elif D.is_main():
-        out.mkdir(parents=True, exist_ok=True)
+        if D.is_main():
+            run.write_derived(derived())  # a kill after the checkpoint can leave them one save behind
     trained = net
     if D.is_distributed():
         trained = nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
@@ -246,9 +286,9 @@ def train_pat(model: nn.Module, train_dataset, out_dir: PathLike, config: Option
         rngs = D.gather_objects(torch.get_rng_state())
         partial = D.gather_objects(stats_)  # the epoch's statistics so far (mid-epoch checkpoints)
         if D.is_main():
-            atomic_save({"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch_,
-                         "step_in_epoch": step_, "config": asdict(cfg), "rng": rngs, "stats": partial}, ckpt_path)
-            atomic_save(net.state_dict(), out / "model.pt")
+            run.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch_,
+                      "step_in_epoch": step_, "config": asdict(cfg), "rng": rngs, "stats": partial, "data": data,
+                      "metadata": metadata, "log": log_rows}, derived())
         D.barrier()
 
     global_step = epoch * steps_per_epoch + step_in_epoch
@@ -256,7 +296,7 @@ def train_pat(model: nn.Module, train_dataset, out_dir: PathLike, config: Option
     disable = True if (progress is False or not D.is_main()) else (None if progress is None else False)
     while epoch < cfg.epochs:
         sampler = _Batches(n, cfg.batch_size, cfg.seed, epoch, skip=step_in_epoch)
-        loader = torch.utils.data.DataLoader(train_dataset, batch_sampler=sampler, num_workers=cfg.workers,
+        loader = CheckedDataLoader(train_dataset, batch_sampler=sampler, num_workers=cfg.workers,
                                              pin_memory=dev.type == "cuda")
         stats: Dict[str, List[float]] = resumed_stats or {"loss": [], "clean": [], **{k: [] for k in names}}
         resumed_stats = None
@@ -341,9 +381,9 @@ def train_pat(model: nn.Module, train_dataset, out_dir: PathLike, config: Option
                                       max_examples=val_examples, progress=False, seed=cfg.seed)
             row.update({f"val_{k}": v for k, v in res.accuracy().items()})
             net.train()
+        log_rows.append(row)
         save(epoch, 0)
         if D.is_main():
-            _append_log(out / "log.csv", row)
             log.info("epoch %d/%d: %s", epoch, cfg.epochs, ", ".join(f"{k} {v:.4g}" for k, v in row.items()
                                                                    if k != "epoch"))
     return net.eval()
@@ -359,9 +399,28 @@ def _epoch_row(epoch: int, lr: float, stats: Dict[str, List[float]], names: Sequ
     return row
 
 
-def _append_log(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with open(path, "a") as f:
-        if new:
-            f.write(",".join(row) + "\n")
-        f.write(",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row.values()) + "\n")
+def read_model_folder(folder: PathLike):
+    """``(metadata, state_dict)`` of a folder written by ``train_pat(metadata=...)`` (``fastlpips
+    pat-train``): ``model.json`` and ``model.pt``, checked to belong together (the sha256 that
+    ``model.json`` records is ``model.pt``'s) and read pickle-free. Errors name the file and the
+    problem: missing files, malformed JSON, weights of another run."""
+    d = Path(folder)
+    meta_path, weights = d / "model.json", d / "model.pt"
+    for f in (meta_path, weights):
+        if not f.is_file():
+            raise FileNotFoundError(f"{f} does not exist (a folder written by fastlpips pat-train holds model.json "
+                                    "and model.pt)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{meta_path} is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_path} holds a JSON {type(meta).__name__}, not an object")
+    digest = meta.get("weights_sha256")
+    if digest is None:
+        warnings.warn(f"{meta_path} does not record model.pt's sha256 (written by an older fastlpips): "
+                      "that the two files belong together was not checked", RuntimeWarning, stacklevel=2)
+    elif digest != file_sha256(weights):
+        raise ValueError(f"{weights} is not the model {meta_path} describes (its sha256 differs from the one "
+                         "recorded): the folder mixes two runs; rerun or resume pat-train there")
+    return meta, read_state_dict(weights, "model file")

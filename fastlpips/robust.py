@@ -39,6 +39,7 @@ from torch import nn
 from . import distributed as D
 from .attacks.checks import check_logits
 from .attacks.threat import ThreatAttack
+from .utils import CheckedDataLoader
 
 __all__ = ["NARROW", "PERCEPTUAL", "DEFAULT_BOUNDS", "PAPER_EVALUATION", "parse_attack_spec", "make_attack",
            "make_distance", "union_accuracy", "unseen_mean", "RobustResult", "evaluate_robustness",
@@ -262,7 +263,8 @@ def evaluate_robustness(model: nn.Module, dataset, attacks: Sequence[Union[str, 
     ``dataset`` ((image in [0, 1], label) pairs, e.g. ``ImageFolder``); ``seen``: the threat
     models the model was trained against (for the unseen mean). The model is put in eval mode.
     Random starts are seeded per batch (``seed``), so results do not depend on the process count."""
-    from torch.utils.data import DataLoader, Subset
+    from torch.utils.data import Subset
+
     from tqdm import tqdm
 
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -280,7 +282,7 @@ def evaluate_robustness(model: nn.Module, dataset, attacks: Sequence[Union[str, 
     n = len(dataset) if max_examples is None else min(len(dataset), max_examples)
     mine = list(range(D.rank(), n, D.world_size()))
     # batches of the global order: batch b holds examples b*batch_size ... (this rank's share)
-    loader = DataLoader(Subset(dataset, mine), batch_size=max(1, batch_size // D.world_size()), shuffle=False,
+    loader = CheckedDataLoader(Subset(dataset, mine), batch_size=max(1, batch_size // D.world_size()), shuffle=False,
                         num_workers=workers, pin_memory=dev.type == "cuda")
     correct = {k: [] for k in ["clean"] + names}
     index = {k: [] for k in ["clean"]}

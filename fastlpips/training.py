@@ -36,6 +36,8 @@ from torch import nn
 from . import distributed as D
 from .bapps import TwoAFCDataset, bapps_loader
 from .model import LPIPS
+from .nets.weights import check_state, read_state_dict
+from .runs import CheckpointError, RunFolder, check_data, data_record, read_log_csv, write_log_csv
 from .utils import atomic_save
 
 __all__ = ["Dist2LogitLayer", "BCERankingLoss", "Trainer", "TrainConfig", "AdversarialConfig", "train_lpips",
@@ -276,7 +278,9 @@ class Trainer:
     def load_network(self, network: nn.Module, network_label: str, epoch_label: str) -> None:
         path = os.path.join(self.save_dir, f"{epoch_label}_net_{network_label}.pth")
         log.info("Loading network from %s", path)
-        network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        state = read_state_dict(path, "network file")
+        check_state(network, state, f"network file {path}")
+        network.load_state_dict(state)
 
     def update_learning_rate(self, nepoch_decay: int) -> None:
         lr = self.old_lr - self.lr / nepoch_decay
@@ -369,53 +373,77 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"AdversarialConfig.target must be one of {ATTACK_TARGETS}, got {cfg.adversarial.target!r}")
 
 
+TRAIN_FILES = ("checkpoint.pt", "latest_net_.pth", "latest_net_rank.pth", "log.csv")
+_LOG_FORMATS = {"lr": ".8g", "loss": ".6f", "acc": ".6f"}
+
+
 def train_lpips(train_roots, out_dir: PathLike, config: Optional[TrainConfig] = None, *,
-                device: Union[str, torch.device, None] = None, resume: bool = False,
-                stop_after: Optional[int] = None, progress: Optional[bool] = True) -> LPIPS:
+                device: Union[str, torch.device, None] = None, resume: bool = False, overwrite: bool = False,
+                allow_other_data: bool = False, stop_after: Optional[int] = None,
+                progress: Optional[bool] = True) -> LPIPS:
     """Train the lin layers on 2AFC split folder(s) ``train_roots``; files in ``out_dir``:
 
-    * ``checkpoint.pt`` after every epoch (atomic): weights, ranking head, optimizer, epoch, config
-      and every rank's RNG state; ``resume=True`` continues from it (a killed run loses at most the
-      epoch in progress) and gives the weights an uninterrupted run gives;
+    * ``checkpoint.pt`` after every epoch (atomic): weights, ranking head, optimizer, epoch, config,
+      every rank's RNG state, the data folders and item count, and the log rows; ``resume=True``
+      continues from it (a killed run loses at most the epoch in progress) and gives the weights an
+      uninterrupted run gives; other data than the checkpoint's is refused unless
+      ``allow_other_data``;
     * ``latest_net_.pth`` / ``latest_net_rank.pth``: lpips' Trainer.save files (the LPIPS state
       dict, loadable with ``lpips.LPIPS(model_path=...)`` and ``fastlpips.LPIPS(model_path=...)``);
-    * ``log.csv``: epoch, learning rate, mean loss and training 2AFC accuracy.
+    * ``log.csv``: epoch, learning rate, mean loss and training 2AFC accuracy, rewritten whole from
+      the checkpoint's rows after each checkpoint (and on resume).
 
-    ``stop_after``: return after that many epochs in total (to split a run; resume later).
-    Under torchrun each process trains on its share of every batch (DistributedDataParallel;
-    ``batch_size`` is per process) and rank 0 writes the files.
+    A folder that holds a run is refused unless ``resume`` or ``overwrite`` (the old files stay
+    until the first new checkpoint replaces them). ``stop_after``: return after that many epochs in
+    total (to split a run; resume later). Under torchrun each process trains on its share of every
+    batch (DistributedDataParallel; ``batch_size`` is per process) and rank 0 writes the files.
     """
     from tqdm import tqdm
+
 
     cfg = config or TrainConfig()
     _check_config(cfg)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     D.init_from_env(dev)
     out = Path(out_dir)
-    ckpt_path = out / "checkpoint.pt"
-    if resume and not ckpt_path.is_file():
-        raise FileNotFoundError(f"resume=True but {ckpt_path} does not exist")
-    if D.is_main():
-        out.mkdir(parents=True, exist_ok=True)
+    run = RunFolder(out, TRAIN_FILES, kind="LPIPS training")
+    run.prepare(resume=resume, overwrite=overwrite)
     dataset = TwoAFCDataset(train_roots)
+    data = data_record(dataset.roots, len(dataset))
     net, rank = _init_model(cfg, dev)
     params = [p for p in list(net.parameters()) + list(rank.parameters()) if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, 0.999))
     start = 1
+    rows: List[dict] = []
+
+    def derived():
+        return [("latest_net_.pth", lambda tmp: torch.save(net.state_dict(), tmp)),
+                ("latest_net_rank.pth", lambda tmp: torch.save(rank.net.state_dict(), tmp)),
+                ("log.csv", write_log_csv(rows, _LOG_FORMATS))]
+
     if resume:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        state = run.load(("net", "rank", "optimizer", "epoch", "config", "rng"))
+        ckpt_path = run.checkpoint
         saved = dict(state["config"], adversarial=None)
         mine = dict(asdict(cfg), adversarial=None)
         if {k: v for k, v in saved.items() if k != "workers"} != {k: v for k, v in mine.items() if k != "workers"}:
             raise ValueError(f"{ckpt_path} was written with another configuration ({saved}); this run has {mine}")
-        net.load_state_dict(state["net"])
-        rank.load_state_dict(state["rank"])
-        opt.load_state_dict(state["optimizer"])
+        check_data(state.get("data"), data, ckpt_path, allow_other_data)
+        try:
+            net.load_state_dict(state["net"])
+            rank.load_state_dict(state["rank"])
+            opt.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"LPIPS training checkpoint {ckpt_path} does not fit this model: "
+                                  f"{str(e).splitlines()[0]}") from None
         start = state["epoch"] + 1
+        rows = list(state["log"]) if "log" in state else read_log_csv(out / "log.csv", state["epoch"])
         rng = state["rng"]
         if len(rng) != D.world_size():
             raise ValueError(f"{ckpt_path} holds {len(rng)} process(es)' RNG states; this run has {D.world_size()}")
         torch.set_rng_state(rng[D.rank()])
+        if D.is_main():
+            run.write_derived(derived())  # a kill after the checkpoint can leave them one save behind
     objective = _RankingObjective(net, rank)
     model = objective
     if D.is_distributed():
@@ -452,14 +480,10 @@ def train_lpips(train_roots, out_dir: PathLike, config: Optional[TrainConfig] = 
         if D.is_main():
             all_losses = [v for s in stats for v in s[0]]
             all_accs = [v for s in stats for v in s[1]]
-            atomic_save({"net": net.state_dict(), "rank": rank.state_dict(), "optimizer": opt.state_dict(),
-                          "epoch": epoch, "config": asdict(cfg), "rng": rngs}, ckpt_path)
-            atomic_save(net.state_dict(), out / "latest_net_.pth")
-            atomic_save(rank.net.state_dict(), out / "latest_net_rank.pth")
-            with open(out / "log.csv", "a") as f:
-                if epoch == 1:
-                    f.write("epoch,lr,loss,acc\n")
-                f.write(f"{epoch},{opt.param_groups[0]['lr']:.8g},{np.mean(all_losses):.6f},{np.mean(all_accs):.6f}\n")
+            rows.append({"epoch": epoch, "lr": float(opt.param_groups[0]["lr"]), "loss": float(np.mean(all_losses)),
+                         "acc": float(np.mean(all_accs))})
+            run.save({"net": net.state_dict(), "rank": rank.state_dict(), "optimizer": opt.state_dict(),
+                      "epoch": epoch, "config": asdict(cfg), "rng": rngs, "data": data, "log": rows}, derived())
             log.info("epoch %d/%d: loss %.4f, 2AFC accuracy %.4f", epoch, total, np.mean(all_losses), np.mean(all_accs))
         D.barrier()
     return net

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import struct
 import tempfile
 import warnings
+import zlib
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -115,6 +118,146 @@ def _alpha(im) -> np.ndarray | None:
     return None
 
 
+# 16-bit colour PNGs: PIL opens RGB / RGBA / grey+alpha PNGs of 16 bits per sample as 8-bit images
+# (it drops the low byte), so they are decoded here from the PNG chunks (zlib and numpy): the
+# filters of the PNG specification reconstructed along anti-diagonals (each pixel needs only its
+# left, upper and upper-left neighbours), Adam7 interlacing, tRNS and eXIf.
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def _png_header(path) -> tuple | None:
+    """(width, height, bit depth, colour type, interlace) of a PNG file, None for other files."""
+    with open(path, "rb") as f:
+        head = f.read(33)
+    if len(head) < 33 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
+        return None
+    w, h, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", head[16:29])
+    return w, h, depth, ctype, interlace
+
+
+def _png_unfilter(rows: np.ndarray, bpp: int, path) -> np.ndarray:
+    """Reconstruct filtered scanlines ``rows`` (H, 1 + W * bpp) uint8 -> (H, W, bpp) uint8."""
+    h = rows.shape[0]
+    w = (rows.shape[1] - 1) // bpp
+    kinds = rows[:, 0].astype(np.int32)
+    if kinds.size and int(kinds.max()) > 4:
+        raise ValueError(f"{path}: corrupt PNG data (unknown filter type {int(kinds.max())})")
+    f = rows[:, 1:].reshape(h, w, bpp).astype(np.int32)
+    if not kinds.size or int(kinds.max()) <= 2:  # None / Sub / Up only: row by row, each row at once
+        prev = np.zeros((w, bpp), np.int32)
+        recon = np.empty((h, w, bpp), np.uint8)
+        for y in range(h):
+            row = f[y] if kinds[y] == 0 else np.cumsum(f[y], axis=0) if kinds[y] == 1 else f[y] + prev
+            prev = row & 255
+            recon[y] = prev
+        return recon
+    out = np.zeros((h + 1, w + 1, bpp), np.int32)  # a zero row above and a zero column to the left
+    for d in range(h + w - 1):
+        ys = np.arange(max(0, d - w + 1), min(h, d + 1))
+        xs = d - ys
+        a, b, c = out[ys + 1, xs], out[ys, xs + 1], out[ys, xs]  # left, up, upper left
+        k = kinds[ys].reshape(-1, 1)
+        p = a + b - c
+        pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
+        paeth = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
+        pred = np.select([k == 0, k == 1, k == 2, k == 3], [0, a, b, (a + b) >> 1], paeth)
+        out[ys + 1, xs + 1] = (f[ys, xs] + pred) & 255
+    return out[1:, 1:].astype(np.uint8)
+
+
+def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation to an (H, W, C) array as PIL's ``ImageOps.exif_transpose`` does."""
+    ops = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1), 7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
+           8: lambda a: np.rot90(a, 1)}
+    return np.ascontiguousarray(ops[orientation](arr)) if orientation in ops else arr
+
+
+def _decode_png16(path, stacklevel: int) -> np.ndarray:
+    """A 16-bit RGB, RGBA or grey+alpha PNG as H x W x 3 float32 in [0, 1] (``v / 65535``), alpha
+    dropped with a warning when not opaque (also a tRNS colour key that some pixel matches)."""
+    from PIL import Image
+
+    with open(path, "rb") as f:
+        data = f.read()
+    pos, idat, trns, exif, header = 8, [], None, None, None
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        crc = data[pos + 8 + length:pos + 12 + length]
+        if len(body) < length or len(crc) < 4 or zlib.crc32(kind + body) != struct.unpack(">I", crc)[0]:
+            raise ValueError(f"{path}: cannot decode the image data (PNG chunk {kind!r} is truncated or corrupt)")
+        pos += 12 + length
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body[:13])
+        elif kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"tRNS":
+            trns = body
+        elif kind == b"eXIf":
+            exif = body
+        elif kind == b"IEND":
+            break
+    if header is None or not idat:
+        raise ValueError(f"{path}: cannot decode the image data (no IHDR or IDAT chunk)")
+    w, h, depth, ctype, _, _, interlace = header
+    channels = _PNG_CHANNELS[ctype]
+    bpp = 2 * channels
+    try:
+        raw = zlib.decompress(b"".join(idat))
+    except zlib.error as e:
+        raise ValueError(f"{path}: cannot decode the image data ({e})") from None
+    img = np.zeros((h, w, bpp), np.uint8)
+    passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+    at = 0
+    for x0, y0, dx, dy in passes:
+        pw, ph = -(-(w - x0) // dx) if w > x0 else 0, -(-(h - y0) // dy) if h > y0 else 0
+        if pw == 0 or ph == 0:
+            continue
+        n = ph * (1 + pw * bpp)
+        if at + n > len(raw):
+            raise ValueError(f"{path}: cannot decode the image data (the pixel data is truncated)")
+        rows = np.frombuffer(raw, np.uint8, n, at).reshape(ph, 1 + pw * bpp)
+        img[y0::dy, x0::dx] = _png_unfilter(rows, bpp, path)
+        at += n
+    samples = img.view(">u2").reshape(h, w, channels).astype(np.uint16)
+    alpha = None
+    if ctype in (4, 6):
+        alpha = samples[:, :, -1]
+    elif ctype == 2 and trns is not None and len(trns) >= 6:
+        key = np.frombuffer(trns[:6], ">u2")
+        alpha = np.where((samples == key).all(axis=2), 0, 65535)
+    if alpha is not None and alpha.min() < 65535:
+        warnings.warn(f"{path}: the image has transparent pixels; its alpha is ignored (the colour values are used "
+                      "as they are, not composited onto a background)", UserWarning, stacklevel=stacklevel + 1)
+    colour = samples[:, :, :3] if channels >= 3 else np.repeat(samples[:, :, :1], 3, axis=2)
+    if exif is not None:
+        info = Image.Exif()
+        try:
+            info.load(exif)
+            colour = _orient(colour, int(info.get(0x0112, 1)))
+        except Exception:  # unreadable EXIF: PIL ignores it too
+            pass
+    return (colour.astype(np.float64) / 65535.0).astype(np.float32)
+
+
+def _ppm_maxval(path) -> int:
+    """The maximum sample value in a binary or ASCII PPM/PGM header (255 when unreadable)."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    tokens = []
+    for line in head.split(b"\n"):
+        tokens += line.split(b"#", 1)[0].split()
+        if len(tokens) >= 4:
+            break
+    try:
+        return int(tokens[3])
+    except (IndexError, ValueError):
+        return 255
+
+
 def _decode(path, stacklevel: int) -> tuple[np.ndarray, bool]:
     """Read ``path`` as H x W x 3. Returns ``(array, exact8)``: with ``exact8`` the array is the file's
     uint8 RGB data (0..255), otherwise float32 in [0, 1]. ``stacklevel`` is that of the public caller's
@@ -131,6 +274,20 @@ def _decode(path, stacklevel: int) -> tuple[np.ndarray, bool]:
     except OSError as e:  # e.g. a truncated header
         raise ValueError(f"{path}: cannot read the image file ({e})") from e
     with im_file as im:
+        if im.format == "PNG":
+            header = _png_header(path)
+            if header is not None and header[2] == 16 and header[3] in (2, 4, 6):
+                return _decode_png16(path, stacklevel), False  # PIL would keep 8 of the 16 bits
+        deep = None
+        if im.format == "TIFF" and im.mode in ("RGB", "RGBA", "RGBX", "CMYK", "LA", "YCbCr"):
+            bits = getattr(im, "tag_v2", {}).get(_TIFF_BITS_PER_SAMPLE)
+            bits = bits if isinstance(bits, (tuple, list)) else (bits,)
+            deep = max((int(b) for b in bits if b is not None), default=8)
+        elif im.format == "PPM" and im.mode == "RGB":
+            deep = 16 if _ppm_maxval(path) > 255 else 8
+        if deep is not None and deep > 8:
+            raise ValueError(f"{path}: a colour {im.format} image of {deep} bits per sample, which PIL reads at 8 "
+                             "bits: refused rather than read at lower precision; convert it to a 16-bit PNG")
         try:
             if im.tell() != 0:  # multi-frame files (GIF, APNG, TIFF pages): the first frame
                 im.seek(0)
@@ -267,3 +424,71 @@ def atomic_save(obj, path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def file_sha256(path) -> str:
+    """The sha256 of a file's bytes (hex)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --- data loading ---------------------------------------------------------------------------------
+class ItemFailure(NamedTuple):
+    """An item that could not be loaded, as a DataLoader worker hands it to the main process."""
+
+    kind: str
+    message: str
+
+
+_FAILURE_TYPES = {t.__name__: t for t in (ValueError, FileNotFoundError, OSError, KeyError, TypeError, RuntimeError,
+                                          IndexError, PermissionError, IsADirectoryError, NotADirectoryError)}
+
+
+class ReportItemErrors(torch.utils.data.Dataset):
+    """``dataset`` whose failing items become ``ItemFailure`` values instead of exceptions, so an
+    unreadable file gives the same one-line error with ``num_workers > 0`` (where the DataLoader
+    would wrap it in the worker's traceback) as when reading in the main process."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        try:
+            return self.dataset[index]
+        except Exception as e:  # re-raised in the main process by checked_batches
+            return ItemFailure(type(e).__name__, str(e))
+
+
+def _collate_items(batch):
+    """The DataLoader's default collation, or the batch's first ``ItemFailure``."""
+    for item in batch:
+        if isinstance(item, ItemFailure):
+            return item
+    return torch.utils.data.default_collate(batch)
+
+
+def _raise_failures(batches):
+    for batch in batches:
+        if isinstance(batch, ItemFailure):
+            raise _FAILURE_TYPES.get(batch.kind, RuntimeError)(batch.message)
+        yield batch
+
+
+class CheckedDataLoader(torch.utils.data.DataLoader):
+    """A DataLoader (same arguments; default collation) whose failing items raise their own
+    exception, with their own one-line message, whether read in worker processes or not."""
+
+    def __init__(self, dataset, *args, **kwargs) -> None:
+        if kwargs.get("collate_fn") is not None:
+            raise ValueError("CheckedDataLoader collates with the default collation")
+        kwargs["collate_fn"] = _collate_items
+        super().__init__(ReportItemErrors(dataset), *args, **kwargs)
+
+    def __iter__(self):
+        return _raise_failures(super().__iter__())

@@ -9,7 +9,12 @@ import numpy as np
 import torch
 
 __all__ = ["check_image", "check_pair", "check_model_match", "check_size", "check_values", "check_positive_int",
-           "RangeWarning", "UNIT_HINT"]
+           "check_finite", "check_number", "check_seed", "check_fraction_values", "RangeWarning", "UNIT_HINT",
+           "NONFINITE_RULE"]
+
+# The one rule for non-finite inputs, for every metric (iqa, classic, losses, LPIPS, E-LPIPS): a NaN
+# or Inf pixel raises ValueError naming the argument; no metric returns a score for such an image.
+NONFINITE_RULE = "NaN or Inf values raise ValueError"
 
 
 class RangeWarning(UserWarning):
@@ -99,3 +104,58 @@ def unit_range_hint(mn: float, mx: float) -> str:
     if mn < -1e-6:
         return " ([-1, 1] images, LPIPS' range? map them with (x + 1) / 2)"
     return ""
+
+
+def check_finite(x: torch.Tensor, name: str) -> None:
+    """``x`` holds no NaN or Inf (one scan); ValueError naming ``name`` and the count otherwise."""
+    if x.numel() and not bool(torch.isfinite(x.detach()).all()):
+        bad = int((~torch.isfinite(x.detach())).sum())
+        raise ValueError(f"{name} contains {bad} NaN or Inf value(s)")
+
+
+def check_number(value, name: str, *, low: Optional[float] = None, high: Optional[float] = None,
+                 low_open: bool = False, high_open: bool = False) -> float:
+    """A finite real number (bools, strings, tensors of several values refused) within the bounds,
+    as a float; ``low_open`` / ``high_open``: the bound itself excluded."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    try:
+        v = float(value)
+    except OverflowError:
+        v = math.inf
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if low is not None and (v < low or (low_open and v == low)):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low:g}, got {value!r}")
+    if high is not None and (v > high or (high_open and v == high)):
+        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high:g}, got {value!r}")
+    return v
+
+
+def check_seed(seed, name: str = "seed", allow_none: bool = True) -> Optional[int]:
+    """A seed: an int >= 0 (numpy ints too), or None where allowed."""
+    if seed is None and allow_none:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"{name} must be an int >= 0{' or None' if allow_none else ''}, got {seed!r} "
+                        f"({type(seed).__name__})")
+    if seed < 0:
+        raise ValueError(f"{name} must be >= 0, got {seed}")
+    return int(seed)
+
+
+def check_fraction_values(values, name: str, low: float = 0.0, high: float = 1.0) -> np.ndarray:
+    """A flat float64 array of finite values in [low, high] (judgments, fractions); ValueError
+    naming ``name``, the count and an example otherwise."""
+    try:
+        arr = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values,
+                         dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name} must be numbers, got {type(values).__name__} ({e})") from None
+    bad = ~np.isfinite(arr) | (arr < low) | (arr > high)
+    if bad.any():
+        raise ValueError(f"{name} must hold finite values in [{low:g}, {high:g}]; {int(bad.sum())} do not "
+                         f"(e.g. {arr[bad][0]!r} at index {int(np.flatnonzero(bad)[0])})")
+    return arr

