@@ -49,6 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .validation import check_finite
+
 __all__ = ["rgb_to_lab", "ssim", "quantize_uint8", "l2", "dssim", "L2", "DSSIM", "COLORSPACES"]
 
 COLORSPACES: Tuple[str, ...] = ("Lab", "RGB")
@@ -78,6 +80,7 @@ def _check_image(x, name: str, channels: Optional[int] = 3) -> None:
         raise ValueError(f"{name} must have {channels} channels (RGB) in dim 1, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    check_finite(x, name)  # the package's rule for non-finite pixels: an error, never a score
 
 
 def _check_pair(x: torch.Tensor, y: torch.Tensor, xname: str, yname: str) -> None:

@@ -119,6 +119,7 @@ def elpips_estimate(x: torch.Tensor, y: torch.Tensor, *, rtol: float = 0.025, at
     batch_size = V.check_positive_int(batch_size, "batch_size")
     if max_samples < min_samples:
         raise ValueError(f"max_samples ({max_samples}) must be >= min_samples ({min_samples})")
+    seed = V.check_seed(seed)
     metric.validate((x,), y)
     g = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**62, (1,))))
     if method == "qmc":

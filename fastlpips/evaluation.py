@@ -60,6 +60,7 @@ import torch
 
 from . import distributed as D
 from . import iqa
+from . import validation as V
 from .utils import IMAGE_EXTS, atomic_write, file_sha256, read_image_tensor
 
 __all__ = ["METRICS", "MetricSpec", "parse_metric", "EvaluationResult", "evaluate", "match_files", "Item"]
@@ -116,6 +117,8 @@ def parse_metric(text: str) -> MetricSpec:
     arg = arg.strip()
     if ckpt is None and eq:
         raise ValueError(f"metric {name} takes no argument, got {text!r}")
+    if eq and not arg:
+        raise ValueError(f"metric {text!r}: '=' without a checkpoint path (write {name}=PATH, or leave '=' out)")
     if ckpt and not arg:
         raise ValueError(f"metric {name} needs a checkpoint: {name}=PATH (an LPIPS state dict, e.g. R-LPIPS' release)")
     if arg and not Path(arg).is_file():
@@ -467,7 +470,16 @@ def evaluate(ref_dir: PathLike, out_dirs: Sequence[PathLike], metrics: Iterable[
     ``parse_metric``), writing ``results_dir/results.csv``, ``results.json`` and (``report``)
     ``report.html`` with the ``worst`` images per method. ``progress(n)`` is called after each
     chunk with its number of items; ``total(n)`` once with the number of items to compute here.
-    Under torchrun, call it in every process (``distributed.init_from_env`` first)."""
+    Under torchrun, call it in every process (``distributed.init_from_env`` first). ``out_dirs``
+    may be one folder (a path) and ``metrics`` one comma-separated string."""
+    if isinstance(out_dirs, (str, os.PathLike)):
+        out_dirs = [out_dirs]
+    if isinstance(metrics, str):
+        metrics = [m for m in metrics.split(",") if m.strip()]
+    batch_size = V.check_positive_int(batch_size, "batch_size")
+    workers = V.check_positive_int(workers, "workers", minimum=0)
+    worst = V.check_positive_int(worst, "worst", minimum=0)
+    seed = V.check_seed(seed, allow_none=False)
     ref_dir = Path(ref_dir)
     if not ref_dir.is_dir():
         raise NotADirectoryError(f"reference folder {ref_dir} is not a directory")
@@ -477,10 +489,7 @@ def evaluate(ref_dir: PathLike, out_dirs: Sequence[PathLike], metrics: Iterable[
     for m, d in methods.items():
         if not d.is_dir():
             raise NotADirectoryError(f"output folder {d} is not a directory")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if not isinstance(elpips_samples, int) or elpips_samples < 16:
-        raise ValueError(f"elpips_samples must be an integer >= 16 (2 per scale level), got {elpips_samples!r}")
+    elpips_samples = V.check_positive_int(elpips_samples, "elpips_samples (2 per scale level)", minimum=16)
     device = torch.device(device)
     errors: List[Dict[str, str]] = []
     specs: List[MetricSpec] = []

@@ -114,9 +114,14 @@ class _Pairs:
         from .attacks.distances import ELPIPSDistance
 
         self.fd = _feature_distance(distance, draws, seed, device)
-        self.d = make_distance(distance, draws=draws, device=device) if self.fd is None else None
+        self.d = _contract(make_distance(distance, draws=draws, device=device)) if self.fd is None else None
         self.elpips = self.fd if isinstance(self.fd, ELPIPSDistance) else None
         self._cache, self._step = None, 0
+
+    def check(self, images: torch.Tensor, name: str) -> None:
+        """What the distance needs of the images (a minimum size for the perceptual ones)."""
+        if self.fd is not None:
+            self.fd.check_images(images, name)
 
     def _draw(self, t: int, h: int, w: int):
         if t != self._step:
@@ -201,6 +206,21 @@ class GeometryResult:
     losses: List[float] = field(default_factory=list)
 
 
+def _contract(d: Distance) -> Distance:
+    """``d`` checked on every call against the distance contract: d(x, y) for N pairs returns a
+    tensor of shape (N,) (a scalar, (1,) for N > 1 or an (N, N) matrix is refused, naming it)."""
+    def checked(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = d(x, y)
+        n = x.shape[0]
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (n,):
+            got = f"a {type(out).__name__}" if not isinstance(out, torch.Tensor) else (
+                "a scalar" if out.dim() == 0 else f"shape {tuple(out.shape)}")
+            raise ValueError(f"distance(x, y) must return one distance per pair, a tensor of shape ({n},) for {n} "
+                             f"pair(s); {getattr(d, '__name__', type(d).__name__)} returned {got}")
+        return out
+    return checked
+
+
 def _check_unit(x: torch.Tensor, name: str) -> None:
     V.check_image(x, name, hint=V.UNIT_HINT, allow_empty=False)
     mn, mx = (float(v) for v in torch.aminmax(x.detach()))
@@ -221,6 +241,7 @@ def _optimize(params: torch.Tensor, loss_fn: Callable[[int], torch.Tensor], step
               progress: Optional[bool], desc: str) -> List[float]:
     from tqdm import tqdm
 
+    lr = V.check_number(lr, "lr", low=0, low_open=True)
     params.requires_grad_(True)
     opt = torch.optim.Adam([params], lr=release_lr(0, lr))
     losses = []
@@ -236,6 +257,9 @@ def _optimize(params: torch.Tensor, loss_fn: Callable[[int], torch.Tensor], step
         with torch.no_grad():
             params.clamp_(*CLIP)
         losses.append(float(loss.detach()))
+        if not math.isfinite(losses[-1]):
+            raise ValueError(f"{desc}: the distance gave a loss of {losses[-1]} at step {t}; a distance must return "
+                             "finite values")
         if t % 10 == 0:
             bar.set_postfix(loss=f"{losses[-1]:.4g}")
     params.requires_grad_(False)
@@ -255,15 +279,20 @@ def barycenter(images: torch.Tensor, distance: Union[str, Distance] = "l2", *, s
     if k < 2:
         raise ValueError(f"a barycenter needs at least 2 images, got {k}")
     steps = V.check_positive_int(steps, "steps")
+    V.check_number(lr, "lr", low=0, low_open=True)
+    seed = V.check_seed(seed, allow_none=False)
+    draws = V.check_positive_int(draws, "draws")
     if inputs_per_step is not None and not (isinstance(inputs_per_step, int) and 1 <= inputs_per_step <= k):
         raise ValueError(f"inputs_per_step must be None or an int in [1, {k}], got {inputs_per_step!r}")
     pairs = _Pairs(distance, draws, seed, images.device)
+    pairs.check(images, "images")
     g = torch.Generator().manual_seed(seed)
     images = images.detach()
     shape = (1,) + tuple(images.shape[1:])
     if isinstance(init, torch.Tensor):
-        if tuple(init.shape[-3:]) != shape[1:]:
+        if tuple(init.shape[-3:]) != shape[1:] or init.numel() != images[0].numel():
             raise ValueError(f"init has shape {tuple(init.shape)}; the images are {tuple(images.shape[1:])}")
+        V.check_finite(init, "init")
         x = init.detach().to(images).reshape(shape).clone().clamp(*CLIP)
     else:
         x = _start(shape, init, g, images, images.mean(0, keepdim=True))
@@ -291,7 +320,13 @@ def geodesic(a: torch.Tensor, b: torch.Tensor, distance: Union[str, Distance] = 
     if not (isinstance(frames, int) and not isinstance(frames, bool) and frames >= 1):
         raise ValueError(f"frames must be an int >= 1, got {frames!r}")
     steps = V.check_positive_int(steps, "steps")
+    V.check_number(lr, "lr", low=0, low_open=True)
+    seed = V.check_seed(seed, allow_none=False)
+    draws = V.check_positive_int(draws, "draws")
+    if init not in ("noise", "linear"):
+        raise ValueError(f"init must be 'noise' or 'linear', got {init!r}")
     pairs = _Pairs(distance, draws, seed, a.device)
+    pairs.check(a, "a")
     g = torch.Generator().manual_seed(seed)
     a, b = a.detach(), b.detach()
     shape = (frames,) + tuple(a.shape[1:])

@@ -40,14 +40,17 @@ import torch
 import torch.nn.functional as F
 
 from .classic import _check_pair
-from .validation import check_positive_int
+from .validation import check_finite, check_positive_int
 
-__all__ = ["psnr", "ssim", "ms_ssim", "ms_ssim_min_size", "gmsd", "MS_SSIM_WEIGHTS", "GMSD_C", "REDUCTIONS"]
+__all__ = ["psnr", "ssim", "ms_ssim", "ms_ssim_min_size", "gmsd", "MS_SSIM_WEIGHTS", "GMSD_C", "GMSD_MIN_SIZE", "REDUCTIONS"]
 
 #: MS-SSIM scale weights (exponents), finest scale first (Wang, Simoncelli & Bovik 2003).
 MS_SSIM_WEIGHTS: Tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 #: GMSD's stability constant for [0, 1] data: the paper's T = 170 for 0..255 data, divided by 255**2.
 GMSD_C: float = 170.0 / 255.0 ** 2
+#: The smallest height/width :func:`gmsd` accepts: after the 2 x 2 downsampling a 1 x 1 map has no
+#: gradient (GMSD would be 0, "identical", for any two images).
+GMSD_MIN_SIZE = 3
 #: Reductions over the batch: ``'none'`` returns ``(N,)``.
 REDUCTIONS: Tuple[str, ...] = ("none", "mean", "sum")
 
@@ -73,6 +76,8 @@ def _check_images(x, y, min_size: int, what: str) -> None:
     if h < min_size or w < min_size:
         raise ValueError(f"x and y of spatial size {h}x{w} are too small for {what}: "
                          f"they must be at least {min_size}x{min_size}")
+    check_finite(x, "x")  # the package's rule for non-finite pixels: an error, never a score
+    check_finite(y, "y")
 
 
 def _positive_float(value, name: str) -> float:
@@ -340,7 +345,7 @@ def gmsd(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, *, c: float 
     data_range = _positive_float(data_range, "data_range")
     c = _positive_float(c, "c")
     reduction = _check_reduction(reduction)
-    _check_images(x, y, 1, "GMSD")
+    _check_images(x, y, GMSD_MIN_SIZE, "GMSD (the 2 x 2 downsampled map must be at least 2 x 2 for a gradient)")
     if x.shape[1] not in (1, 3):
         raise ValueError(f"x and y must have 1 (luminance) or 3 (RGB) channels for GMSD, got shape {tuple(x.shape)}")
     x, y, out_dtype = _prepare(x, y)

@@ -436,17 +436,21 @@ class TextureLoss(FeatureLoss):
 
 class PixelLoss(Loss):
     """``mean((x - y)^2)`` ('mse', default) or ``mean(|x - y|)`` ('l1') over all elements; any channel
-    count, batch 1 broadcasts."""
+    count, batch 1 broadcasts. NaN/Inf inputs raise unless ``check_inputs=False``."""
 
-    def __init__(self, kind: str = "mse") -> None:
+    def __init__(self, kind: str = "mse", check_inputs: bool = True) -> None:
         super().__init__()
         if kind not in ("mse", "l1"):
             raise ValueError(f"PixelLoss kind must be 'mse' or 'l1', got {kind!r}")
         self.kind = kind
         self.name = f"pixel_{kind}"
+        self.check_inputs = check_inputs
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         _check_images(x, y, channels=None)
+        if self.check_inputs:  # NaN/Inf raise (the package's rule); check_inputs=False skips the scan
+            V.check_finite(x, "x (prediction)")
+            V.check_finite(y, "y (target)")
         d = x - y
         return d.square().mean() if self.kind == "mse" else d.abs().mean()
 

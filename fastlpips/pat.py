@@ -102,6 +102,9 @@ def _check_config(cfg: PATConfig) -> None:
         raise ValueError(f"PATConfig.mix must be 'all', 'random' or 'max', got {cfg.mix!r}")
     if isinstance(cfg.attacks, str):
         raise ValueError("PATConfig.attacks must be a sequence of attack specs, e.g. ('fast-lpa:self=0.5',)")
+    if not len(cfg.attacks):
+        raise ValueError("PATConfig.attacks is empty: give attack specs, e.g. ('fast-lpa:self=0.5',), or ('none',) "
+                         "for clean training")
     for a in cfg.attacks:
         parse_attack_spec(a)  # raises naming the bad spec
     if cfg.batch_size % D.world_size():

@@ -30,7 +30,7 @@ import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -73,6 +73,8 @@ def _number(text: str, spec: str) -> float:
         v = float(Fraction(text.strip()))
     except (ValueError, ZeroDivisionError):
         raise ValueError(f"attack {spec!r}: bound {text!r} is not a number (e.g. 0.5 or 8/255)") from None
+    except OverflowError:
+        raise ValueError(f"attack {spec!r}: bound {text!r} is not a finite number") from None
     if not (math.isfinite(v) and v > 0):
         raise ValueError(f"attack {spec!r}: bound must be > 0, got {v}")
     return v
@@ -84,9 +86,15 @@ def parse_attack_spec(spec: str) -> AttackSpec:
     'self')."""
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"an attack spec must be a non-empty string, got {spec!r}")
-    head, _, bound = spec.strip().partition("=")
-    name, _, distance = head.partition(":")
+    head, eq, bound = spec.strip().partition("=")
+    name, colon, distance = head.partition(":")
     name = name.strip().lower()
+    if eq and not bound.strip():
+        raise ValueError(f"attack {spec!r}: '=' without a bound (write e.g. {name}=0.5, or leave '=' out for the "
+                         "default)")
+    if colon and not distance.strip():
+        raise ValueError(f"attack {spec!r}: ':' without a distance (write {name}:self or {name}:alexnet, or leave "
+                         "':' out for the default)")
     if name not in ATTACK_NAMES:
         raise ValueError(f"unknown attack {name!r} in {spec!r}; choose among {', '.join(ATTACK_NAMES)}")
     perceptual = name in PERCEPTUAL or name == "fast-lpa"
@@ -162,19 +170,45 @@ def make_attack(spec: Union[str, AttackSpec], model: nn.Module, *, iterations: O
     return FastLagrangePerceptualAttack(model, dist, s.bound, num_iterations=iterations or 10)
 
 
+def _correctness(values, name: str) -> np.ndarray:
+    """Per-example correctness: a 1-D sequence of booleans (or of 0 and 1)."""
+    arr = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D sequence of per-example booleans, got shape {arr.shape}")
+    if arr.dtype != bool:
+        if arr.dtype.kind not in "iuf" or not np.isin(arr, (0, 1)).all():
+            raise ValueError(f"{name} must hold booleans (or 0 and 1), got {arr.dtype} values such as "
+                             f"{arr[~np.isin(arr, (0, 1))][:3].tolist() if arr.dtype.kind in 'iuf' else arr[:3].tolist()}")
+        arr = arr.astype(bool)
+    return arr
+
+
 def union_accuracy(correct: Dict[str, Sequence[bool]], attacks: Sequence[str] = NARROW) -> float:
     """The fraction of examples classified correctly under every attack in ``attacks`` (per
-    example: ``correct[name][i]``)."""
+    example: ``correct[name][i]``, booleans or 0/1, the same examples for every attack)."""
+    if not isinstance(correct, Mapping):
+        raise TypeError(f"correct must be a dict {{attack: per-example booleans}}, got {type(correct).__name__}")
+    if isinstance(attacks, str) or not len(attacks):
+        raise ValueError(f"attacks must be a non-empty sequence of attack names, got {attacks!r}")
     missing = [a for a in attacks if a not in correct]
     if missing:
         raise ValueError(f"union over {list(attacks)} needs per-example results of {missing}")
-    rows = np.stack([np.asarray(correct[a], dtype=bool) for a in attacks])
-    return float(rows.all(0).mean()) if rows.shape[1] else math.nan
+    rows = [_correctness(correct[a], f"correct[{a!r}]") for a in attacks]
+    sizes = {a: len(r) for a, r in zip(attacks, rows)}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"the per-example results cover different numbers of examples: {sizes}")
+    if not rows[0].size:
+        raise ValueError("union accuracy of no examples: the per-example results are empty")
+    return float(np.stack(rows).all(0).mean())
 
 
 def unseen_mean(accuracy: Dict[str, float], seen: Sequence[str] = (), narrow: Sequence[str] = NARROW) -> float:
     """Sum of the accuracies under the narrow attacks not in ``seen``, divided by the number of
     narrow threat models (the paper's definition: a seen attack adds nothing, the divisor stays)."""
+    if isinstance(narrow, str) or not len(narrow):
+        raise ValueError(f"narrow must be a non-empty sequence of threat models, got {narrow!r}")
+    if isinstance(seen, str):
+        raise ValueError(f"seen must be a sequence of threat model names, got the string {seen!r}")
     unknown = [s for s in seen if s not in narrow]
     if unknown:
         raise ValueError(f"seen threat models {unknown} are not among the narrow ones {list(narrow)}")
@@ -267,19 +301,43 @@ def evaluate_robustness(model: nn.Module, dataset, attacks: Sequence[Union[str, 
 
     from tqdm import tqdm
 
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    from .validation import check_positive_int, check_seed
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (images in [0, 1] -> logits), got {type(model).__name__}")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    workers = check_positive_int(workers, "workers", minimum=0)
+    seed = check_seed(seed, allow_none=False)
+    if iterations is not None:
+        iterations = check_positive_int(iterations, "iterations")
+    if max_examples is not None:
+        max_examples = check_positive_int(max_examples, "max_examples")
+    if isinstance(attacks, (str, AttackSpec)):
+        attacks = [attacks]
+    if isinstance(seen, str):
+        seen = [seen]
+    unknown = [s for s in seen if s not in ATTACK_NAMES]
+    if unknown:
+        raise ValueError(f"seen names threat models {unknown} that do not exist; names: {', '.join(ATTACK_NAMES)} "
+                         "(names, not specs: 'linf', not 'linf=8/255')")
+    try:
+        size = len(dataset)
+    except TypeError:
+        raise TypeError(f"dataset must be a sized dataset of (image, label) pairs, got {type(dataset).__name__}") from None
+    if size == 0:
+        raise ValueError("dataset is empty: no examples to evaluate")
     specs = [parse_attack_spec(a) if isinstance(a, str) else a for a in attacks]
     names = [s.name if s.name not in [t.name for t in specs if t is not s] else str(s) for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"attacks {[str(s) for s in specs]} repeat a threat model")
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    first = next(iter(model.parameters()), None)
+    dev = torch.device(device) if device is not None else (first.device if first is not None else torch.device("cpu"))
     model = model.to(dev).eval()
     cache: dict = {}
     built = [make_attack(s, model, iterations=iterations, layers=layers, distances=cache) for s in specs]
     for m in cache.values():
         m.to(dev)
-    n = len(dataset) if max_examples is None else min(len(dataset), max_examples)
+    n = size if max_examples is None else min(size, max_examples)
     mine = list(range(D.rank(), n, D.world_size()))
     # batches of the global order: batch b holds examples b*batch_size ... (this rank's share)
     loader = CheckedDataLoader(Subset(dataset, mine), batch_size=max(1, batch_size // D.world_size()), shuffle=False,

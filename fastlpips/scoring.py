@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -25,6 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from . import distributed as D
+from . import validation as V
 from .bapps import JNDDataset, TwoAFCDataset, bapps_loader
 
 __all__ = ["two_afc_scores", "voc_ap", "jnd_map", "score_2afc_dataset", "score_jnd_dataset", "score_2afc",
@@ -37,9 +39,23 @@ TripletDistance = Callable[[torch.Tensor, Sequence[torch.Tensor]], List[torch.Te
 
 
 # -- the formulas ------------------------------------------------------------------------------------
+def _distances(d, name: str) -> np.ndarray:
+    """Distances as a flat float64 array; NaN (a metric that failed) is refused, +inf allowed."""
+    try:
+        arr = np.asarray(d.detach().cpu() if isinstance(d, torch.Tensor) else d, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name} must be numbers, got {type(d).__name__} ({e})") from None
+    if np.isnan(arr).any():
+        raise ValueError(f"{name} holds {int(np.isnan(arr).sum())} NaN distance(s) (e.g. at index "
+                         f"{int(np.flatnonzero(np.isnan(arr))[0])}): a NaN has no rank, so it cannot be scored")
+    return arr
+
+
 def two_afc_scores(d0, d1, judge) -> np.ndarray:
-    """Per-triplet 2AFC agreement ``(d0 < d1)(1 - h) + (d1 < d0) h + 0.5 [d0 == d1]`` (float64)."""
-    d0, d1, h = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (d0, d1, judge))
+    """Per-triplet 2AFC agreement ``(d0 < d1)(1 - h) + (d1 < d0) h + 0.5 [d0 == d1]`` (float64).
+    Distances must not be NaN and judgments ``h`` (the fraction preferring p1) must lie in [0, 1]."""
+    d0, d1 = _distances(d0, "d0"), _distances(d1, "d1")
+    h = V.check_fraction_values(judge, "judge (the fraction of people preferring p1)")
     if not len(d0) == len(d1) == len(h):
         raise ValueError(f"d0, d1 and judge hold {len(d0)}, {len(d1)} and {len(h)} values")
     return (d0 < d1) * (1.0 - h) + (d1 < d0) * h + (d1 == d0) * 0.5
@@ -63,7 +79,8 @@ def voc_ap(rec, prec, use_07_metric: bool = False) -> float:
 def jnd_map(ds, sames) -> float:
     """JND score: ``voc_ap`` of the "same" fractions sorted by distance (ascending), as lpips'
     ``score_jnd_dataset`` (its stable order among equal distances: numpy's quicksort argsort)."""
-    ds, sames = np.asarray(ds, dtype=np.float64).reshape(-1), np.asarray(sames, dtype=np.float64).reshape(-1)
+    ds = _distances(ds, "ds")
+    sames = V.check_fraction_values(sames, "sames (the fraction of people judging the pair the same)")
     if len(ds) != len(sames):
         raise ValueError(f"ds and sames hold {len(ds)} and {len(sames)} values")
     if len(ds) == 0:
@@ -131,11 +148,14 @@ def make_distance(metric: str = "alex", *, version: str = "0.1", lpips: bool = T
     (E-LPIPS, the mean of ``draws`` samples per triplet, p0 and p1 under the same transformations and
     dropout; draws from ``seed`` and the batch), 'l2' / 'dssim' (``colorspace`` 'Lab' or 'RGB', as
     lpips' L2/DSSIM). ``model``: score this LPIPS or ELPIPS module instead of building one.
+    E-LPIPS draws are a function of ``seed`` and the batch's reference images alone (their bytes
+    seed the draw), never of the calls made before: a split scores the same alone or after another.
     ``sampling`` (E-LPIPS): 'iid' (the release's: ``draws`` i.i.d. samples) or 'stratified' (the
     scale level stratified, ``estimator.stratified_mean``: the same expectation, without the
     between-level variance, so fewer draws give the i.i.d. precision; >= one draw per level)."""
     if sampling not in ("iid", "stratified"):
         raise ValueError(f"sampling must be 'iid' or 'stratified', got {sampling!r}")
+    draws = V.check_positive_int(draws, "draws")
     from .elpips import ELPIPS
 
     if sampling != "iid" and (metric not in ("elpips", "elpips-squeeze") if model is None
@@ -167,11 +187,10 @@ def make_distance(metric: str = "alex", *, version: str = "0.1", lpips: bool = T
         raise ValueError(f"sampling='stratified' needs one draw per scale level: draws={draws} < {model.max_scale}")
     if kind == "lpips":
         return lambda ref, images: [d.reshape(-1) for d in model.distances(ref, images)]
-    calls = [0]
+    seed = V.check_seed(seed, allow_none=False)
 
     def elpips(ref: torch.Tensor, images: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-        calls[0] += 1
-        g = torch.Generator().manual_seed(seed * 1_000_003 + calls[0])
+        g = torch.Generator().manual_seed(_batch_seed(seed, ref))
         if sampling == "stratified":
             from .estimator import stratified_mean
 
@@ -180,6 +199,13 @@ def make_distance(metric: str = "alex", *, version: str = "0.1", lpips: bool = T
             out = model(tuple((x + 1) / 2 for x in images), (ref + 1) / 2, n_samples=draws, generator=g)
         return [d.reshape(-1) for d in out]
     return elpips
+
+
+def _batch_seed(seed: int, ref: torch.Tensor) -> int:
+    """A generator seed from ``seed`` and the bytes of a batch of images (stateless draws)."""
+    h = hashlib.sha256(str(int(seed)).encode() + str(tuple(ref.shape)).encode())
+    h.update(ref.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return int.from_bytes(h.digest()[:8], "little") & (2**63 - 1)
 
 
 # -- scoring split folders -----------------------------------------------------------------------------
@@ -248,6 +274,8 @@ def score_2afc(distance: TripletDistance, roots, *, batch_size: int = 50, worker
     """2AFC score of ``distance`` (``make_distance``) on split folder(s) ``roots`` (together).
     ``attack(ref, p0, p1, judge) -> (ref, p0, p1)``: score the attacked triplets instead (e.g.
     ``fastlpips.training.ranking_pgd``; runs with gradients enabled)."""
+    batch_size = V.check_positive_int(batch_size, "batch_size")
+    workers = V.check_positive_int(workers, "workers", minimum=0)
     dataset = roots if isinstance(roots, Dataset) else TwoAFCDataset(roots, load_size=load_size)
     return _score(dataset, distance, "2afc", split or _name(roots), batch_size, workers, device, progress, attack)
 
@@ -255,6 +283,8 @@ def score_2afc(distance: TripletDistance, roots, *, batch_size: int = 50, worker
 def score_jnd(distance: TripletDistance, roots, *, batch_size: int = 50, workers: int = 0, device=None,
               progress: Optional[bool] = True, split: Optional[str] = None, load_size: int = 64) -> ScoreResult:
     """JND mAP of ``distance`` on split folder(s) ``roots`` (together)."""
+    batch_size = V.check_positive_int(batch_size, "batch_size")
+    workers = V.check_positive_int(workers, "workers", minimum=0)
     dataset = roots if isinstance(roots, Dataset) else JNDDataset(roots, load_size=load_size)
     return _score(dataset, distance, "jnd", split or _name(roots), batch_size, workers, device, progress)
 

@@ -27,13 +27,14 @@ import os
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 from . import distributed as D
+from . import validation as V
 from .bapps import TwoAFCDataset, bapps_loader
 from .model import LPIPS
 from .nets.weights import check_state, read_state_dict
@@ -73,7 +74,20 @@ class BCERankingLoss(nn.Module):
         self.loss = nn.BCELoss()
 
     def forward(self, d0: torch.Tensor, d1: torch.Tensor, judge: torch.Tensor) -> torch.Tensor:
-        per = (judge + 1.0) / 2.0
+        for t, name in ((d0, "d0"), (d1, "d1"), (judge, "judge")):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if d0.shape != d1.shape or d0.dim() != 4 or d0.shape[1:] != (1, 1, 1):
+            raise ValueError(f"d0 and d1 must be distances of shape (N, 1, 1, 1), got {tuple(d0.shape)} and "
+                             f"{tuple(d1.shape)}")
+        if judge.numel() != d0.shape[0]:
+            raise ValueError(f"judge must hold one value per pair ({d0.shape[0]}), got shape {tuple(judge.shape)}")
+        if judge.numel():
+            lo, hi = (float(v) for v in torch.aminmax(judge.detach()))
+            if not (-1.0 <= lo and hi <= 1.0):  # NaN fails too
+                raise ValueError(f"judge must lie in [-1, 1] (2 h - 1 for the fraction h of people preferring p1, "
+                                 f"as lpips passes it), got values in [{lo:g}, {hi:g}]")
+        per = (judge.reshape(d0.shape).to(d0.dtype) + 1.0) / 2.0
         self.logit = self.net(d0, d1)
         return self.loss(self.logit, per)
 
@@ -119,6 +133,18 @@ def ranking_pgd(model: LPIPS, rank: Union[BCERankingLoss, str, None], ref: torch
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    if step_size is not None:
+        step_size = V.check_number(step_size, "step_size", low=0, low_open=True)
+    for t, name in ((ref, "ref"), (p0, "p0"), (p1, "p1")):
+        V.check_image(t, name, allow_empty=False)
+        V.check_finite(t, name)
+    if not (ref.shape == p0.shape == p1.shape):
+        raise ValueError(f"ref, p0 and p1 must have one shape, got {tuple(ref.shape)}, {tuple(p0.shape)} and "
+                         f"{tuple(p1.shape)}")
+    V.check_fraction_values(judge, "judge (the fraction of people preferring p1)")
+    if not isinstance(judge, torch.Tensor) or judge.numel() != ref.shape[0]:
+        raise ValueError(f"judge must be a tensor of one value per triplet ({ref.shape[0]}), got "
+                         f"{tuple(judge.shape) if isinstance(judge, torch.Tensor) else type(judge).__name__}")
     step = step_size if step_size is not None else 2.5 * eps / steps
     images = {"ref": ref.detach(), "p0": p0.detach(), "p1": p1.detach()}
     h = judge.detach().reshape(-1, 1, 1, 1).to(ref.dtype)
@@ -224,10 +250,23 @@ class Trainer:
             n = sum(p.numel() for p in self.net.parameters())
             log.info("Network %s: %d parameters", self.net, n)
 
+    def _need(self, *steps: str) -> None:
+        """Methods called before what they need: a clear error instead of a missing attribute."""
+        if "initialize" in steps and not hasattr(self, "net"):
+            raise RuntimeError("Trainer: call initialize(...) first")
+        if "train" in steps and not getattr(self, "is_train", False):
+            raise RuntimeError("Trainer: this needs initialize(..., is_train=True) (an optimizer and a ranking head)")
+        if "set_input" in steps and not hasattr(self, "var_ref"):
+            raise RuntimeError("Trainer: call set_input(batch) first")
+        if "step" in steps and not hasattr(self, "loss_total"):
+            raise RuntimeError("Trainer: no training step yet; call optimize_parameters() first")
+
     def forward(self, in0: torch.Tensor, in1: torch.Tensor, retPerLayer: bool = False):
+        self._need("initialize")
         return self.net.forward(in0, in1, retPerLayer=retPerLayer)
 
     def optimize_parameters(self) -> None:
+        self._need("initialize", "train", "set_input")
         self.forward_train()
         self.optimizer_net.zero_grad()
         self.backward_train()
@@ -235,9 +274,14 @@ class Trainer:
         self.clamp_weights()
 
     def clamp_weights(self) -> None:
+        self._need("initialize")
         clamp_lin_weights(self.net)
 
     def set_input(self, data: dict) -> None:
+        self._need("initialize")
+        if not isinstance(data, Mapping) or any(k not in data for k in ("ref", "p0", "p1", "judge")):
+            raise ValueError("set_input needs a 2AFC batch: a dict with 'ref', 'p0', 'p1' and 'judge' "
+                             f"(got {type(data).__name__}{' with ' + str(sorted(data)) if isinstance(data, Mapping) else ''})")
         self.input_ref, self.input_p0, self.input_p1 = (data[k].to(self.device) for k in ("ref", "p0", "p1"))
         self.input_judge = data["judge"].to(self.device)
         self.image_paths = data.get("ref_path")
@@ -245,6 +289,7 @@ class Trainer:
         self.var_ref, self.var_p0, self.var_p1 = self.input_ref, self.input_p0, self.input_p1
 
     def forward_train(self) -> torch.Tensor:
+        self._need("initialize", "train", "set_input")
         self.d0, self.d1 = self.net.distances(self.var_ref, [self.var_p0, self.var_p1])
         self.acc_r = self.compute_accuracy(self.d0, self.d1, self.input_judge)
         self.var_judge = (1.0 * self.input_judge).view(self.d0.size())
@@ -252,16 +297,19 @@ class Trainer:
         return self.loss_total
 
     def backward_train(self) -> None:
+        self._need("step")
         torch.mean(self.loss_total).backward()
 
     def compute_accuracy(self, d0, d1, judge) -> np.ndarray:
         return ranking_accuracy(d0, d1, judge)
 
     def get_current_errors(self) -> "OrderedDict[str, float]":
+        self._need("step")
         return OrderedDict([("loss_total", float(np.mean(self.loss_total.detach().cpu().numpy()))),
                             ("acc_r", float(np.mean(self.acc_r)))])
 
     def get_current_visuals(self) -> "OrderedDict[str, np.ndarray]":
+        self._need("set_input")
         from .utils import tensor2im
 
         zoom = max(1, int(round(256 / self.var_ref.shape[2])))
@@ -269,6 +317,7 @@ class Trainer:
                            for k, v in (("ref", self.var_ref), ("p0", self.var_p0), ("p1", self.var_p1)))
 
     def save(self, path: PathLike, label: str) -> None:
+        self._need("initialize", "train")
         self.save_network(self.net, path, "", label)
         self.save_network(self.rankLoss.net, path, "rank", label)
 
@@ -283,6 +332,8 @@ class Trainer:
         network.load_state_dict(state)
 
     def update_learning_rate(self, nepoch_decay: int) -> None:
+        self._need("initialize", "train")
+        V.check_positive_int(nepoch_decay, "nepoch_decay")
         lr = self.old_lr - self.lr / nepoch_decay
         for group in self.optimizer_net.param_groups:
             group["lr"] = lr

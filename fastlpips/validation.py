@@ -157,5 +157,5 @@ def check_fraction_values(values, name: str, low: float = 0.0, high: float = 1.0
     bad = ~np.isfinite(arr) | (arr < low) | (arr > high)
     if bad.any():
         raise ValueError(f"{name} must hold finite values in [{low:g}, {high:g}]; {int(bad.sum())} do not "
-                         f"(e.g. {arr[bad][0]!r} at index {int(np.flatnonzero(bad)[0])})")
+                         f"(e.g. {float(arr[bad][0])!r} at index {int(np.flatnonzero(bad)[0])})")
     return arr

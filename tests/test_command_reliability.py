@@ -12,6 +12,8 @@ crafted file leaves behind. One test (or more) per problem a black-box probe fou
 9. output paths are checked before the work;
 10. resume on other data is refused; one evaluate run per results folder; failed pictures named.
 """
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -21,6 +23,7 @@ import subprocess
 import sys
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -42,6 +45,14 @@ def _cli(*args):
 
 def _run(*args, **kw):
     return subprocess.run(_cli(*args), capture_output=True, text=True, env=_ENV, timeout=900, **kw)
+
+
+def _main(*args):
+    """The CLI in this process (no interpreter start-up: for the checks that need no real process)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main([str(a) for a in args])
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 # Runs the CLI and kills itself (SIGKILL) right after the first checkpoint.pt is in place: the
@@ -88,7 +99,7 @@ def synth(tmp_path_factory):
 def pat_run(example, tmp_path_factory):
     """A finished pat-train folder (tiny net, clean, 1 epoch)."""
     out = tmp_path_factory.mktemp("pat-run") / "run"
-    proc = _run("pat-train", example / "train", *PAT, "--epochs", "1", "--out-dir", out)
+    proc = _main("pat-train", example / "train", *PAT, "--epochs", "1", "--out-dir", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
@@ -116,15 +127,15 @@ def test_failed_pat_train_leaves_the_old_run_whole(example, pat_run, tmp_path):
     before = _snapshot(pat_run)
     other = tmp_path / "other"
     _corrupt_copy(example / "train", other, rename=True)
-    proc = _run("pat-train", other, *PAT, "--epochs", "1", "--out-dir", pat_run)
+    proc = _main("pat-train", other, *PAT, "--epochs", "1", "--out-dir", pat_run)
     _one_error_line(proc, str(pat_run), "already holds a run", "--resume", "--overwrite")
     assert _snapshot(pat_run) == before
-    proc = _run("pat-train", other, *PAT, "--epochs", "1", "--out-dir", pat_run, "--overwrite")
+    proc = _main("pat-train", other, *PAT, "--epochs", "1", "--out-dir", pat_run, "--overwrite")
     assert proc.returncode == 1 and "not an image file" in proc.stderr, proc.stderr[-2000:]
     assert _snapshot(pat_run) == before
     meta = json.loads((pat_run / "model.json").read_text())
     assert not any(c.startswith("new-") for c in meta["classes"])
-    proc = _run("robust-eval", example / "val", "--model-dir", pat_run, "--attack", "linf", "--iterations", "1",
+    proc = _main("robust-eval", example / "val", "--model-dir", pat_run, "--attack", "linf", "--iterations", "1",
                 "--format", "json", "--no-progress")
     assert proc.returncode == 0, proc.stderr[-2000:]
 
@@ -134,22 +145,22 @@ def test_robust_eval_refuses_weights_of_another_run(example, pat_run, tmp_path):
     mixed = tmp_path / "mixed"
     shutil.copytree(pat_run, mixed)
     other = tmp_path / "other"
-    proc = _run("pat-train", example / "train", *PAT, "--epochs", "1", "--seed", "5", "--out-dir", other)
+    proc = _main("pat-train", example / "train", *PAT, "--epochs", "1", "--seed", "5", "--out-dir", other)
     assert proc.returncode == 0, proc.stderr[-2000:]
     shutil.copy(other / "model.pt", mixed / "model.pt")
-    proc = _run("robust-eval", example / "val", "--model-dir", mixed, "--attack", "linf", "--no-progress")
+    proc = _main("robust-eval", example / "val", "--model-dir", mixed, "--attack", "linf", "--no-progress")
     _one_error_line(proc, str(mixed / "model.pt"), "is not the model", "model.json")
 
 
 def test_finished_out_dir_is_refused_and_overwrite_starts_clean(synth, tmp_path):
     out = tmp_path / "train"
-    proc = _run("train", *synth["2afc/train"], *TRAIN, "--out-dir", out)
+    proc = _main("train", *synth["2afc/train"], *TRAIN, "--out-dir", out)
     assert proc.returncode == 0, proc.stderr[-2000:]
     before = _snapshot(out)
-    proc = _run("train", *synth["2afc/train"], *TRAIN, "--out-dir", out)
+    proc = _main("train", *synth["2afc/train"], *TRAIN, "--out-dir", out)
     _one_error_line(proc, str(out), "already holds a run", "--resume", "--overwrite")
     assert _snapshot(out) == before
-    proc = _run("train", *synth["2afc/train"], *TRAIN, "--lr", "2e-4", "--out-dir", out, "--overwrite")
+    proc = _main("train", *synth["2afc/train"], *TRAIN, "--lr", "2e-4", "--out-dir", out, "--overwrite")
     assert proc.returncode == 0, proc.stderr[-2000:]
     log = (out / "log.csv").read_text().splitlines()
     assert log[0] == "epoch,lr,loss,acc" and [r.split(",")[0] for r in log[1:]] == ["1", "2"]
@@ -160,7 +171,7 @@ def test_finished_out_dir_is_refused_and_overwrite_starts_clean(synth, tmp_path)
 def test_pat_overwrite_starts_a_clean_log(example, pat_run, tmp_path):
     out = tmp_path / "pat"
     shutil.copytree(pat_run, out)
-    proc = _run("pat-train", example / "train", *PAT, "--epochs", "2", "--out-dir", out, "--overwrite")
+    proc = _main("pat-train", example / "train", *PAT, "--epochs", "2", "--out-dir", out, "--overwrite")
     assert proc.returncode == 0, proc.stderr[-2000:]
     log = (out / "log.csv").read_text().splitlines()
     assert log[0].startswith("epoch,lr,loss") and [r.split(",")[0] for r in log[1:]] == ["1", "2"]
@@ -350,7 +361,7 @@ def test_a_crafted_pickle_runs_no_code_anywhere(synth, example, pat_run, tmp_pat
     (model_dir / "model.json").write_text(json.dumps(meta))
     cases["robust-eval model.pt"] = ["robust-eval", example / "val", "--model-dir", model_dir, "--attack", "linf"]
     for what, args in cases.items():
-        proc = _run(*args)
+        proc = _main(*args)
         named = {"train --resume": run_t / "checkpoint.pt", "pat-train --resume": run_p / "checkpoint.pt",
                  "robust-eval model.pt": model_dir / "model.pt"}.get(what, evil)
         _one_error_line(proc, str(named), "pickled code")
@@ -360,7 +371,7 @@ def test_a_crafted_pickle_runs_no_code_anywhere(synth, example, pat_run, tmp_pat
     for d in (ref, out):
         d.mkdir()
         Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(d / "a.png")
-    proc = _run("evaluate", ref, out, "--metrics", f"psnr,rlpips={evil}", "--results", tmp_path / "res", "--no-report")
+    proc = _main("evaluate", ref, out, "--metrics", f"psnr,rlpips={evil}", "--results", tmp_path / "res", "--no-report")
     assert proc.returncode == 1 and str(evil) in proc.stderr and "pickled code" in proc.stderr
     assert not target.exists()
 
@@ -371,21 +382,21 @@ def test_bad_files_give_one_line_naming_them(example, pat_run, synth, tmp_path):
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(3)}, foreign)
     # --init: random bytes, a state dict of another model
-    proc = _run("pat-train", example / "train", *PAT, "--epochs", "1", "--out-dir", tmp_path / "a", "--init", junk)
+    proc = _main("pat-train", example / "train", *PAT, "--epochs", "1", "--out-dir", tmp_path / "a", "--init", junk)
     _one_error_line(proc, str(junk), "not a torch checkpoint")
-    proc = _run("pat-train", example / "train", *PAT, "--epochs", "1", "--out-dir", tmp_path / "a", "--init", foreign)
+    proc = _main("pat-train", example / "train", *PAT, "--epochs", "1", "--out-dir", tmp_path / "a", "--init", foreign)
     _one_error_line(proc, str(foreign), "does not fit")
     # checkpoint.pt: random bytes, a torch file of something else
     for bad, needle in ((junk, "not a torch checkpoint"), (foreign, "is not a fastlpips PAT checkpoint")):
         d = tmp_path / f"ck-{bad.stem}"
         shutil.copytree(pat_run, d)
         shutil.copy(bad, d / "checkpoint.pt")
-        proc = _run("pat-train", example / "train", *PAT, "--epochs", "1", "--out-dir", d, "--resume")
+        proc = _main("pat-train", example / "train", *PAT, "--epochs", "1", "--out-dir", d, "--resume")
         _one_error_line(proc, str(d / "checkpoint.pt"), needle)
     d = tmp_path / "ck-train"
     d.mkdir()
     shutil.copy(foreign, d / "checkpoint.pt")
-    proc = _run("train", *synth["2afc/train"], *TRAIN, "--out-dir", d, "--resume")
+    proc = _main("train", *synth["2afc/train"], *TRAIN, "--out-dir", d, "--resume")
     _one_error_line(proc, str(d / "checkpoint.pt"), "is not a fastlpips LPIPS training checkpoint")
     # model.json: not JSON, wrong types, an unknown architecture, missing keys
     meta = json.loads((pat_run / "model.json").read_text())
@@ -397,7 +408,7 @@ def test_bad_files_give_one_line_naming_them(example, pat_run, synth, tmp_path):
         d = tmp_path / f"meta-{name}"
         shutil.copytree(pat_run, d)
         (d / "model.json").write_text(text)
-        proc = _run("robust-eval", example / "val", "--model-dir", d, "--attack", "linf")
+        proc = _main("robust-eval", example / "val", "--model-dir", d, "--attack", "linf")
         _one_error_line(proc, "model.json", needle)
     # model.pt: random bytes (recorded as such in model.json)
     d = tmp_path / "junk-model"
@@ -406,7 +417,7 @@ def test_bad_files_give_one_line_naming_them(example, pat_run, synth, tmp_path):
     import hashlib
 
     (d / "model.json").write_text(json.dumps(dict(meta, weights_sha256=hashlib.sha256(junk.read_bytes()).hexdigest())))
-    proc = _run("robust-eval", example / "val", "--model-dir", d, "--attack", "linf")
+    proc = _main("robust-eval", example / "val", "--model-dir", d, "--attack", "linf")
     _one_error_line(proc, str(d / "model.pt"), "not a torch checkpoint")
 
 
@@ -416,7 +427,7 @@ def test_worker_errors_are_the_in_process_error(example, synth, tmp_path):
     victim = _corrupt_copy(example / "train", data)
     errors = []
     for workers in ("0", "1"):
-        proc = _run("pat-train", data, *PAT, "--epochs", "1", "--out-dir", tmp_path / f"p{workers}", "--workers",
+        proc = _main("pat-train", data, *PAT, "--epochs", "1", "--out-dir", tmp_path / f"p{workers}", "--workers",
                     workers)
         errors.append(_one_error_line(proc, str(victim), "not an image file"))
     assert errors[0] == errors[1]
@@ -426,7 +437,7 @@ def test_worker_errors_are_the_in_process_error(example, synth, tmp_path):
     victim.write_bytes(b"not an image")
     errors = []
     for workers in ("0", "2"):
-        proc = _run("train", bad, *TRAIN, "--out-dir", tmp_path / f"t{workers}", "--workers", workers)
+        proc = _main("train", bad, *TRAIN, "--out-dir", tmp_path / f"t{workers}", "--workers", workers)
         errors.append(_one_error_line(proc, str(victim)))
     assert errors[0] == errors[1]
 
@@ -434,19 +445,19 @@ def test_worker_errors_are_the_in_process_error(example, synth, tmp_path):
 # -- 9 and 10 -----------------------------------------------------------------------------------------
 def test_per_example_output_is_checked_before_the_evaluation(example, pat_run, tmp_path):
     missing = tmp_path / "no-such-folder" / "r.json"
-    proc = _run("robust-eval", example / "val", "--model-dir", pat_run, "--attack", "linf", "--per-example", missing)
+    proc = _main("robust-eval", example / "val", "--model-dir", pat_run, "--attack", "linf", "--per-example", missing)
     _one_error_line(proc, "--per-example", "does not exist")
     assert proc.stdout == ""  # refused before any work
 
 
 def test_resume_on_other_data_is_refused_unless_allowed(synth, tmp_path):
     out = tmp_path / "run"
-    proc = _run("train", *synth["2afc/train"], *TRAIN, "--out-dir", out, "--stop-after", "1")
+    proc = _main("train", *synth["2afc/train"], *TRAIN, "--out-dir", out, "--stop-after", "1")
     assert proc.returncode == 0, proc.stderr[-2000:]
     other = synth["2afc/val"]
-    proc = _run("train", *other, *TRAIN, "--out-dir", out, "--resume")
+    proc = _main("train", *other, *TRAIN, "--out-dir", out, "--resume")
     _one_error_line(proc, "was trained on", "--allow-other-data")
-    proc = _run("train", *other, *TRAIN, "--out-dir", out, "--resume", "--allow-other-data")
+    proc = _main("train", *other, *TRAIN, "--out-dir", out, "--resume", "--allow-other-data")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert torch.load(out / "checkpoint.pt", weights_only=True)["data"]["roots"] == [str(Path(r).resolve())
                                                                                       for r in other]
@@ -498,13 +509,13 @@ def test_one_evaluate_run_per_results_folder(tmp_path):
         stdout=subprocess.PIPE, text=True, env=_ENV)
     try:
         assert holder.stdout.readline().strip() == "holding"
-        proc = _run("evaluate", ref, out, "--metrics", "psnr", "--results", res, "--no-report")
+        proc = _main("evaluate", ref, out, "--metrics", "psnr", "--results", res, "--no-report")
         _one_error_line(proc, str(res), "is in use by another evaluate run", f"process {holder.pid}")
         assert not (res / "records" / "rank-0.jsonl").exists() or not (res / "records" / "rank-0.jsonl").read_text()
     finally:
         holder.kill()
         holder.wait()
-    proc = _run("evaluate", ref, out, "--metrics", "psnr", "--results", res, "--no-report")
+    proc = _main("evaluate", ref, out, "--metrics", "psnr", "--results", res, "--no-report")
     assert proc.returncode == 0, proc.stderr[-2000:]  # the lock went with the killed process
 
 
