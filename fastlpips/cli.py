@@ -499,8 +499,8 @@ def cmd_pat_train(args) -> Result:
               allow_other_data=args.allow_other_data, stop_after_steps=args.stop_after_steps, progress=args.progress)
     res = Result([])
     log_path = out / "log.csv"
-    if D.is_main() and log_path.is_file():
-        lines = log_path.read_text().splitlines()
+    lines = log_path.read_text().splitlines() if D.is_main() and log_path.is_file() else []
+    if lines:  # none before the first epoch ends (--stop-after-steps)
         res.columns = lines[0].split(",")
         res.rows = [dict(zip(res.columns, line.split(","))) for line in lines[1:]]
     res.summary = {"checkpoint": str(out / "checkpoint.pt"), "weights": str(out / "model.pt")}
@@ -559,7 +559,7 @@ def cmd_robust_eval(args) -> Result:
         data = _image_folder(args.data, meta.get("size"))
         if data.classes != meta["classes"]:
             raise CLIError(f"{args.data} has classes {data.classes} but {model_dir} was trained on {meta['classes']}")
-        seen = args.seen if args.seen is not None else [parse_attack_spec(a).name for a in meta.get("attacks", [])]
+        seen = [parse_attack_spec(a).name for a in (args.seen if args.seen is not None else meta.get("attacks", []))]
         r = evaluate_robustness(model, data, attacks, batch_size=args.batch_size, device=args.device,
                                 iterations=args.iterations, seen=seen, seed=args.seed, max_examples=args.max_examples,
                                 progress=args.progress)

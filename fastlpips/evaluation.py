@@ -45,6 +45,7 @@ non-zero).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -364,20 +365,31 @@ class _Keys:
                               ).hexdigest()[:24]
 
 
-def _lock(results: Path):
-    """An exclusive lock on ``results/.lock`` (released by the system when this process ends,
-    killed or not): the open file, None where the platform has no ``fcntl``. BlockingIOError
-    naming the holder when another run has it."""
+def _try_lock(f) -> None:
+    """A non-blocking exclusive lock on the open file ``f`` (POSIX flock, Windows msvcrt)."""
     try:
         import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        log.warning("no file locking on this platform: two evaluate runs on %s would both compute", results)
-        return None
+    except ImportError:  # pragma: no cover - Windows
+        import msvcrt
+
+        f.seek(0)
+        msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+        return
+    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _lock(results: Path):
+    """An exclusive lock on ``results/.lock`` (released by the system when this process ends,
+    killed or not): the open file. BlockingIOError naming the holder when another run has it; a
+    file system that cannot lock is warned about and the run goes on."""
     results.mkdir(parents=True, exist_ok=True)
     f = open(results / ".lock", "a+")
     try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+        _try_lock(f)
+    except OSError as e:
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):  # a file system without locks
+            log.warning("cannot lock %s (%s): two evaluate runs on it would both compute", results / ".lock", e)
+            return f
         f.seek(0)
         holder = f.read().strip() or "another process"
         f.close()

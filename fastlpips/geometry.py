@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Union
 
+import numpy as np
 import torch
 
 from . import validation as V
@@ -207,11 +208,14 @@ class GeometryResult:
 
 
 def _contract(d: Distance) -> Distance:
-    """``d`` checked on every call against the distance contract: d(x, y) for N pairs returns a
-    tensor of shape (N,) (a scalar, (1,) for N > 1 or an (N, N) matrix is refused, naming it)."""
+    """``d`` checked on every call against the distance contract: d(x, y) for N pairs returns one
+    value per pair, a tensor of shape (N,) (or (N, 1, 1, 1), LPIPS' shape, taken as (N,)); a scalar,
+    (1,) for N > 1 or an (N, N) matrix is refused, naming it."""
     def checked(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         out = d(x, y)
         n = x.shape[0]
+        if isinstance(out, torch.Tensor) and out.dim() > 1 and out.shape[0] == n and out.numel() == n:
+            out = out.reshape(n)
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != (n,):
             got = f"a {type(out).__name__}" if not isinstance(out, torch.Tensor) else (
                 "a scalar" if out.dim() == 0 else f"shape {tuple(out.shape)}")
@@ -282,7 +286,8 @@ def barycenter(images: torch.Tensor, distance: Union[str, Distance] = "l2", *, s
     V.check_number(lr, "lr", low=0, low_open=True)
     seed = V.check_seed(seed, allow_none=False)
     draws = V.check_positive_int(draws, "draws")
-    if inputs_per_step is not None and not (isinstance(inputs_per_step, int) and 1 <= inputs_per_step <= k):
+    if inputs_per_step is not None and not (isinstance(inputs_per_step, (int, np.integer)) and
+                                            not isinstance(inputs_per_step, bool) and 1 <= inputs_per_step <= k):
         raise ValueError(f"inputs_per_step must be None or an int in [1, {k}], got {inputs_per_step!r}")
     pairs = _Pairs(distance, draws, seed, images.device)
     pairs.check(images, "images")
@@ -317,8 +322,9 @@ def geodesic(a: torch.Tensor, b: torch.Tensor, distance: Union[str, Distance] = 
     _check_unit(b, "b")
     if a.shape != b.shape or a.shape[0] != 1:
         raise ValueError(f"a and b must be single images of one size, got {tuple(a.shape)} and {tuple(b.shape)}")
-    if not (isinstance(frames, int) and not isinstance(frames, bool) and frames >= 1):
+    if not (isinstance(frames, (int, np.integer)) and not isinstance(frames, bool) and frames >= 1):
         raise ValueError(f"frames must be an int >= 1, got {frames!r}")
+    frames = int(frames)
     steps = V.check_positive_int(steps, "steps")
     V.check_number(lr, "lr", low=0, low_open=True)
     seed = V.check_seed(seed, allow_none=False)

@@ -243,7 +243,7 @@ def train_pat(model: nn.Module, train_dataset, out_dir: PathLike, config: Option
         if metadata is not None:
             files.append(("model.json", lambda tmp: Path(tmp).write_text(json.dumps(
                 dict(metadata, weights_sha256=file_sha256(out / "model.pt")), indent=1) + "\n")))
-        return files + [("log.csv", write_log_csv(log_rows))]
+        return files + ([("log.csv", write_log_csv(log_rows))] if log_rows else [])
 
     if resume:
         state = run.load(("model", "optimizer", "epoch", "step_in_epoch", "config", "rng", "stats"))
@@ -251,8 +251,16 @@ def train_pat(model: nn.Module, train_dataset, out_dir: PathLike, config: Option
         saved = {k: v for k, v in state["config"].items() if k not in ("workers", "checkpoint_every")}
         if {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()} != mine:
             raise ValueError(f"{ckpt_path} was written with another configuration ({saved}); this run has {mine}")
-        if metadata is not None and state.get("metadata") not in (None, metadata):
-            raise ValueError(f"{ckpt_path} describes another model ({state['metadata']}); this run has {metadata}")
+        saved_meta = state.get("metadata")
+        if saved_meta is None and (out / "model.json").is_file():  # a checkpoint of an older fastlpips
+            try:
+                saved_meta = {k: v for k, v in json.loads((out / "model.json").read_text()).items()
+                              if k != "weights_sha256"}
+            except (ValueError, UnicodeDecodeError, AttributeError):
+                saved_meta = None
+        if metadata is not None and saved_meta is not None and saved_meta != metadata:
+            raise ValueError(f"{ckpt_path} describes another model ({saved_meta}); this run has {metadata}")
+        metadata = metadata if metadata is not None else saved_meta  # an API resume keeps the CLI's model.json
         check_data(state.get("data"), data, ckpt_path, allow_other_data)
         try:
             net.load_state_dict(state["model"])

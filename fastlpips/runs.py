@@ -21,10 +21,12 @@ import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+import numpy as np
+
 from .nets.weights import WeightError, load_torch_file
 from .utils import atomic_save, atomic_write
 
-__all__ = ["RunFolder", "CheckpointError", "write_log_csv", "read_log_csv", "data_record", "check_data"]
+__all__ = ["RunFolder", "CheckpointError", "write_log_csv", "read_log_csv", "data_record", "check_data", "plain"]
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -45,6 +47,7 @@ class RunFolder:
         self.files = [checkpoint] + [f for f in files if f != checkpoint]
         self.kind = kind
         self._saved = False
+        self._overwrite = False
 
     def existing(self) -> List[str]:
         """The run's files present in the folder."""
@@ -53,6 +56,7 @@ class RunFolder:
     def prepare(self, *, resume: bool, overwrite: bool) -> None:
         """Refuse what would mix two runs: resuming without a checkpoint, starting into a folder
         that holds a run without ``overwrite``; ``resume`` and ``overwrite`` together."""
+        self._overwrite = bool(overwrite)
         if resume and overwrite:
             raise ValueError("resume and overwrite exclude each other: resume continues the run in the folder, "
                              "overwrite replaces it")
@@ -86,13 +90,13 @@ class RunFolder:
         return dict(state)
 
     def save(self, state: dict, derived: Sequence[Tuple[str, Callable[[str], None]]]) -> None:
-        """Write the checkpoint, then each derived file ``(name, write(tmp_path))``, each atomically.
-        The first save of a run also removes the run files it does not write (an overwritten run's
-        leftovers)."""
-        atomic_save(state, self.checkpoint)
+        """Write the checkpoint (numpy scalars in it as Python numbers, so it loads pickle-free), then
+        each derived file ``(name, write(tmp_path))``, each atomically. The first save of an
+        overwriting run also removes the old run's files it does not write."""
+        atomic_save(plain(state), self.checkpoint)
         for name, write in derived:
             atomic_write(self.out / name, write)
-        if not self._saved:
+        if not self._saved and self._overwrite:
             keep = {self.checkpoint.name} | {name for name, _ in derived}
             for f in self.files:
                 if f not in keep and (self.out / f).exists():
@@ -103,6 +107,19 @@ class RunFolder:
         """Rewrite derived files from a loaded checkpoint (resume: a kill can leave them one save behind)."""
         for name, write in derived:
             atomic_write(self.out / name, write)
+
+
+def plain(obj):
+    """``obj`` with numpy scalars as Python numbers, through dicts, lists and tuples (tensors and
+    everything else as they are): what a checkpoint may hold to load with ``weights_only=True``."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return type(obj)((k, plain(v)) for k, v in obj.items()) if type(obj) is not dict else \
+            {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
+        return type(obj)(plain(v) for v in obj)
+    return obj
 
 
 def _cell(v, fmt: Optional[str]) -> str:

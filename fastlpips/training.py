@@ -77,17 +77,18 @@ class BCERankingLoss(nn.Module):
         for t, name in ((d0, "d0"), (d1, "d1"), (judge, "judge")):
             if not isinstance(t, torch.Tensor):
                 raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if d0.shape != d1.shape or d0.dim() != 4 or d0.shape[1:] != (1, 1, 1):
-            raise ValueError(f"d0 and d1 must be distances of shape (N, 1, 1, 1), got {tuple(d0.shape)} and "
-                             f"{tuple(d1.shape)}")
-        if judge.numel() != d0.shape[0]:
+        if d0.shape != d1.shape or d0.dim() != 4 or d0.shape[1] != 1:
+            raise ValueError(f"d0 and d1 must be distances of one shape (N, 1, H, W), e.g. (N, 1, 1, 1), got "
+                             f"{tuple(d0.shape)} and {tuple(d1.shape)}")
+        if judge.numel() not in (d0.shape[0], d0.numel()):
             raise ValueError(f"judge must hold one value per pair ({d0.shape[0]}), got shape {tuple(judge.shape)}")
-        if judge.numel():
+        if judge.numel() and judge.device.type == "cpu":  # on a GPU: BCELoss' own target check (no sync here)
             lo, hi = (float(v) for v in torch.aminmax(judge.detach()))
             if not (-1.0 <= lo and hi <= 1.0):  # NaN fails too
                 raise ValueError(f"judge must lie in [-1, 1] (2 h - 1 for the fraction h of people preferring p1, "
                                  f"as lpips passes it), got values in [{lo:g}, {hi:g}]")
-        per = (judge.reshape(d0.shape).to(d0.dtype) + 1.0) / 2.0
+        shape = d0.shape if judge.numel() == d0.numel() else (d0.shape[0], 1, 1, 1)
+        per = ((judge.reshape(shape).to(d0.dtype) + 1.0) / 2.0).expand_as(d0)
         self.logit = self.net(d0, d1)
         return self.loss(self.logit, per)
 
@@ -282,6 +283,7 @@ class Trainer:
         if not isinstance(data, Mapping) or any(k not in data for k in ("ref", "p0", "p1", "judge")):
             raise ValueError("set_input needs a 2AFC batch: a dict with 'ref', 'p0', 'p1' and 'judge' "
                              f"(got {type(data).__name__}{' with ' + str(sorted(data)) if isinstance(data, Mapping) else ''})")
+        V.check_fraction_values(data["judge"], "judge (the fraction of people preferring p1)")
         self.input_ref, self.input_p0, self.input_p1 = (data[k].to(self.device) for k in ("ref", "p0", "p1"))
         self.input_judge = data["judge"].to(self.device)
         self.image_paths = data.get("ref_path")
@@ -469,8 +471,8 @@ def train_lpips(train_roots, out_dir: PathLike, config: Optional[TrainConfig] = 
 
     def derived():
         return [("latest_net_.pth", lambda tmp: torch.save(net.state_dict(), tmp)),
-                ("latest_net_rank.pth", lambda tmp: torch.save(rank.net.state_dict(), tmp)),
-                ("log.csv", write_log_csv(rows, _LOG_FORMATS))]
+                ("latest_net_rank.pth", lambda tmp: torch.save(rank.net.state_dict(), tmp))] + (
+                    [("log.csv", write_log_csv(rows, _LOG_FORMATS))] if rows else [])
 
     if resume:
         state = run.load(("net", "rank", "optimizer", "epoch", "config", "rng"))

@@ -9,7 +9,7 @@ import tempfile
 import warnings
 import zlib
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -137,34 +137,57 @@ def _png_header(path) -> tuple | None:
     return w, h, depth, ctype, interlace
 
 
-def _png_unfilter(rows: np.ndarray, bpp: int, path) -> np.ndarray:
-    """Reconstruct filtered scanlines ``rows`` (H, 1 + W * bpp) uint8 -> (H, W, bpp) uint8."""
+def _png_unfilter(rows: np.ndarray, bpp: int, path, band: int = 1024) -> np.ndarray:
+    """Reconstruct filtered scanlines ``rows`` (H, 1 + W * bpp) uint8 -> (H, W, bpp) uint8.
+
+    None / Sub / Up rows alone: row by row, each row at once (Sub as a running sum). With Average or
+    Paeth rows (each pixel needs its reconstructed left neighbour): bands of ``band`` rows, each
+    skewed so that an anti-diagonal of the band (pixels whose left, upper and upper-left
+    neighbours are all on the two diagonals before) is one contiguous slice."""
     h = rows.shape[0]
     w = (rows.shape[1] - 1) // bpp
-    kinds = rows[:, 0].astype(np.int32)
+    kinds = rows[:, 0].astype(np.int16)
     if kinds.size and int(kinds.max()) > 4:
         raise ValueError(f"{path}: corrupt PNG data (unknown filter type {int(kinds.max())})")
-    f = rows[:, 1:].reshape(h, w, bpp).astype(np.int32)
-    if not kinds.size or int(kinds.max()) <= 2:  # None / Sub / Up only: row by row, each row at once
-        prev = np.zeros((w, bpp), np.int32)
-        recon = np.empty((h, w, bpp), np.uint8)
+    f = rows[:, 1:].reshape(h, w, bpp)
+    recon = np.empty((h, w, bpp), np.uint8)
+    prev = np.zeros((w, bpp), np.int32)
+    if not kinds.size or int(kinds.max()) <= 2:
         for y in range(h):
-            row = f[y] if kinds[y] == 0 else np.cumsum(f[y], axis=0) if kinds[y] == 1 else f[y] + prev
+            fy = f[y].astype(np.int32)
+            row = fy if kinds[y] == 0 else np.cumsum(fy, axis=0) if kinds[y] == 1 else fy + prev
             prev = row & 255
             recon[y] = prev
         return recon
-    out = np.zeros((h + 1, w + 1, bpp), np.int32)  # a zero row above and a zero column to the left
-    for d in range(h + w - 1):
-        ys = np.arange(max(0, d - w + 1), min(h, d + 1))
-        xs = d - ys
-        a, b, c = out[ys + 1, xs], out[ys, xs + 1], out[ys, xs]  # left, up, upper left
-        k = kinds[ys].reshape(-1, 1)
-        p = a + b - c
-        pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
-        paeth = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
-        pred = np.select([k == 0, k == 1, k == 2, k == 3], [0, a, b, (a + b) >> 1], paeth)
-        out[ys + 1, xs + 1] = (f[ys, xs] + pred) & 255
-    return out[1:, 1:].astype(np.uint8)
+    above = np.zeros((w, bpp), np.int16)  # the reconstructed row above the band
+    for top in range(0, h, band):
+        k = min(band, h - top)
+        diag = k + w - 1
+        ys, xs = np.meshgrid(np.arange(k, dtype=np.int32), np.arange(w, dtype=np.int32), indexing="ij")
+        skew = np.zeros((diag, k, bpp), np.int16)  # skew[d, y] = f[top + y, d - y]
+        skew[ys + xs, ys] = f[top:top + k]
+        # out[d + 2, y + 1] = recon[top + y, d - y]; out[., 0] is the row above the band (its pixel
+        # x = d - y + ... is stored at the diagonal it would have as row -1: d = x - 1); zeros elsewhere
+        out = np.zeros((diag + 2, k + 1, bpp), np.int16)
+        out[np.arange(w) + 1, 0] = above
+        kk = kinds[top:top + k]
+        for d in range(diag):
+            y0, y1 = max(0, d - w + 1), min(k, d + 1)
+            a = out[d + 1, y0 + 1:y1 + 1]  # left: (y, x - 1) is on diagonal d - 1
+            b = out[d + 1, y0:y1]          # up: (y - 1, x) is on diagonal d - 1
+            c = out[d, y0:y1]              # upper left: (y - 1, x - 1) is on diagonal d - 2
+            t = kk[y0:y1, None]
+            pred = np.where(t == 1, a, np.where(t == 2, b, np.where(t == 3, (a + b) >> 1, 0)))
+            paeth = t == 4
+            if paeth.any():
+                p = a + b - c
+                pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
+                pred = np.where(paeth, np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c)), pred)
+            out[d + 2, y0 + 1:y1 + 1] = (skew[d, y0:y1] + pred) & 255
+        band_rows = out[ys + xs + 2, ys + 1].astype(np.uint8)  # (k, w, bpp)
+        recon[top:top + k] = band_rows
+        above = band_rows[-1].astype(np.int16)
+    return recon
 
 
 def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
@@ -437,10 +460,13 @@ def file_sha256(path) -> str:
 
 # --- data loading ---------------------------------------------------------------------------------
 class ItemFailure(NamedTuple):
-    """An item that could not be loaded, as a DataLoader worker hands it to the main process."""
+    """An item a DataLoader worker could not load, handed to the main process: the exception (when
+    it pickles), its type and message, and the worker's traceback."""
 
     kind: str
     message: str
+    traceback: str
+    exception: Optional[BaseException] = None
 
 
 _FAILURE_TYPES = {t.__name__: t for t in (ValueError, FileNotFoundError, OSError, KeyError, TypeError, RuntimeError,
@@ -448,9 +474,9 @@ _FAILURE_TYPES = {t.__name__: t for t in (ValueError, FileNotFoundError, OSError
 
 
 class ReportItemErrors(torch.utils.data.Dataset):
-    """``dataset`` whose failing items become ``ItemFailure`` values instead of exceptions, so an
-    unreadable file gives the same one-line error with ``num_workers > 0`` (where the DataLoader
-    would wrap it in the worker's traceback) as when reading in the main process."""
+    """``dataset`` (its attributes reachable through this wrapper) whose failing items become
+    ``ItemFailure`` values instead of exceptions: a DataLoader worker would wrap the exception in
+    its own multi-line text; ``CheckedDataLoader`` re-raises the item's own exception instead."""
 
     def __init__(self, dataset) -> None:
         self.dataset = dataset
@@ -458,11 +484,24 @@ class ReportItemErrors(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def __getattr__(self, name):
+        if name == "dataset":  # not set yet (unpickling in a worker)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
     def __getitem__(self, index):
         try:
             return self.dataset[index]
-        except Exception as e:  # re-raised in the main process by checked_batches
-            return ItemFailure(type(e).__name__, str(e))
+        except Exception as e:  # re-raised in the main process by CheckedDataLoader
+            import pickle
+            import traceback
+
+            try:
+                pickle.loads(pickle.dumps(e))
+                exc: Optional[BaseException] = e
+            except Exception:  # an exception that does not survive the trip: its type name and message
+                exc = None
+            return ItemFailure(type(e).__name__, str(e), traceback.format_exc(), exc)
 
 
 def _collate_items(batch):
@@ -476,19 +515,30 @@ def _collate_items(batch):
 def _raise_failures(batches):
     for batch in batches:
         if isinstance(batch, ItemFailure):
-            raise _FAILURE_TYPES.get(batch.kind, RuntimeError)(batch.message)
+            exc = batch.exception
+            if exc is None:
+                exc = _FAILURE_TYPES.get(batch.kind, RuntimeError)(batch.message)
+            if hasattr(exc, "add_note"):  # Python >= 3.11: --debug shows where the worker raised it
+                exc.add_note(f"raised in a DataLoader worker process:\n{batch.traceback}")
+            raise exc
         yield batch
 
 
 class CheckedDataLoader(torch.utils.data.DataLoader):
     """A DataLoader (same arguments; default collation) whose failing items raise their own
-    exception, with their own one-line message, whether read in worker processes or not."""
+    exception, with their own one-line message, whether read in worker processes or not (in this
+    process, ``num_workers=0``, it is a plain DataLoader; with workers the exception comes back
+    as it was raised, the worker's traceback attached as a note)."""
 
     def __init__(self, dataset, *args, **kwargs) -> None:
         if kwargs.get("collate_fn") is not None:
             raise ValueError("CheckedDataLoader collates with the default collation")
-        kwargs["collate_fn"] = _collate_items
-        super().__init__(ReportItemErrors(dataset), *args, **kwargs)
+        self._wrapped = kwargs.get("num_workers", 0) > 0
+        if self._wrapped:
+            kwargs["collate_fn"] = _collate_items
+            dataset = ReportItemErrors(dataset)
+        super().__init__(dataset, *args, **kwargs)
 
     def __iter__(self):
-        return _raise_failures(super().__iter__())
+        it = super().__iter__()
+        return _raise_failures(it) if self._wrapped else it

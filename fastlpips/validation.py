@@ -141,8 +141,8 @@ def check_seed(seed, name: str = "seed", allow_none: bool = True) -> Optional[in
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"{name} must be an int >= 0{' or None' if allow_none else ''}, got {seed!r} "
                         f"({type(seed).__name__})")
-    if seed < 0:
-        raise ValueError(f"{name} must be >= 0, got {seed}")
+    if not 0 <= seed < 2**63:
+        raise ValueError(f"{name} must be in [0, 2**63), got {seed}")
     return int(seed)
 
 

@@ -106,8 +106,11 @@ def test_every_metric_refuses_images_below_its_minimum(name):
 
 
 def test_gmsd_of_different_tiny_images_is_not_zero():
-    x, y = torch.zeros(1, 3, 3, 3), torch.ones(1, 3, 3, 3)
-    assert float(iqa.gmsd(x, y)) > 0
+    g = torch.Generator().manual_seed(3)
+    for size in (3, 4, 5):  # the smallest accepted sizes, odd and even: textured images differ
+        x, y = torch.rand(4, 3, size, size, generator=g), torch.rand(4, 3, size, size, generator=g)
+        assert (iqa.gmsd(x, y) > 0).all(), size
+        assert (iqa.gmsd(x, x) == 0).all()
     with pytest.raises(ValueError, match="at least 3x3"):
         iqa.gmsd(torch.zeros(1, 3, 2, 2), torch.ones(1, 3, 2, 2))
 
@@ -243,6 +246,13 @@ def test_geometry_checks_the_distance_contract(distance, match):
         geometry.barycenter(_imgs(), distance, steps=2)
     with pytest.raises(ValueError, match=match.replace("2", "3") if "cdist" not in match else match):
         geometry.geodesic(_imgs()[0], _imgs()[1], distance, frames=2, steps=2)
+
+
+def test_geometry_takes_lpips_shaped_distances():
+    lp = _lpips()
+    r = geometry.geodesic(_imgs(size=32)[0], _imgs(size=32)[1], lambda x, y: lp(x, y, normalize=True), frames=1,
+                          steps=1)
+    assert r.images.shape == (3, 3, 32, 32)
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -55,19 +55,26 @@ def _main(*args):
     return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
-# Runs the CLI and kills itself (SIGKILL) right after the first checkpoint.pt is in place: the
-# moment between the checkpoint and the files written after it.
-_KILL_AFTER_CHECKPOINT = """
+def _kill_hook(suffix: str, nth: int = 0) -> str:
+    """A script running the CLI that kills itself (SIGKILL) right after the ``nth`` (0-based) file
+    ending in ``suffix`` is renamed into place: the moment before anything written after it."""
+    return f"""
 import os, signal, sys
 real = os.replace
+seen = [0]
 def replace(src, dst):
     real(src, dst)
-    if str(dst).endswith("checkpoint.pt"):
-        os.kill(os.getpid(), signal.SIGKILL)
+    if str(dst).endswith({suffix!r}):
+        if seen[0] == {nth}:
+            os.kill(os.getpid(), signal.SIGKILL)
+        seen[0] += 1
 os.replace = replace
 from fastlpips import cli
 sys.exit(cli.main(sys.argv[1:]))
 """
+
+
+_KILL_AFTER_CHECKPOINT = _kill_hook("checkpoint.pt")
 
 
 def _one_error_line(proc, *needles):
@@ -200,6 +207,105 @@ def test_kill_just_after_a_checkpoint_loses_no_log_row(command, synth, example, 
     assert len(want.splitlines()) == 3
     if command == "train":  # the command's own table: both epochs
         assert resumed.stdout.count("\n") == full.stdout.count("\n")
+
+
+def test_kill_between_weights_and_description(example, tmp_path):
+    """SIGKILL right after the second model.pt is in place, before its model.json: robust-eval
+    refuses the folder (weights of epoch 2, description of epoch 1) instead of scoring a mix, and
+    --resume repairs it."""
+    args = ["pat-train", example / "train", *PAT, "--epochs", "3"]
+    hook = _kill_hook("model.pt", nth=1)
+    out = tmp_path / "run"
+    killed = subprocess.run([sys.executable, "-c", hook] + [str(a) for a in args] + ["--out-dir", str(out)],
+                            capture_output=True, text=True, env=_ENV, timeout=900)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    proc = _main("robust-eval", example / "val", "--model-dir", out, "--attack", "linf", "--iterations", "1")
+    _one_error_line(proc, "is not the model", "model.json")
+    proc = _main(*args, "--out-dir", out, "--resume")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _main("robust-eval", example / "val", "--model-dir", out, "--attack", "linf", "--iterations", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_stop_after_steps_before_the_first_epoch_ends(example, tmp_path):
+    out = tmp_path / "run"
+    proc = _main("pat-train", example / "train", *PAT, "--epochs", "2", "--stop-after-steps", "1", "--out-dir", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not (out / "log.csv").exists()  # no epoch finished: no log yet
+    proc = _main("pat-train", example / "train", *PAT, "--epochs", "2", "--out-dir", out, "--resume")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len((out / "log.csv").read_text().splitlines()) == 3
+
+
+def test_numpy_numbers_in_a_config_resume(synth, tmp_path):
+    from fastlpips.training import TrainConfig, train_lpips
+
+    cfg = TrainConfig(lr=np.float64(1e-4), epochs=1, decay_epochs=1, batch_size=8, from_scratch=True)
+    train_lpips(synth["2afc/train"], tmp_path, cfg, stop_after=1, progress=False)
+    train_lpips(synth["2afc/train"], tmp_path, cfg, resume=True, progress=False)
+    assert len((tmp_path / "log.csv").read_text().splitlines()) == 3
+    torch.save({"lr": np.float64(0.1), "steps": np.int64(3)}, tmp_path / "np.pt")  # an older checkpoint's numbers
+    from fastlpips.nets.weights import load_torch_file
+
+    assert load_torch_file(tmp_path / "np.pt") == {"lr": 0.1, "steps": 3}
+
+
+def test_api_resume_keeps_the_cli_description(example, pat_run, tmp_path):
+    from fastlpips.imagefolder import ImageFolder
+    from fastlpips.nets.classifiers import build_classifier
+    from fastlpips.pat import PATConfig, read_model_folder, train_pat
+
+    out = tmp_path / "run"
+    proc = _main("pat-train", example / "train", *PAT, "--epochs", "2", "--stop-after-steps", "2", "--out-dir", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    meta = torch.load(out / "checkpoint.pt", weights_only=True)["metadata"]
+    cfg = PATConfig(**{k: v for k, v in torch.load(out / "checkpoint.pt", weights_only=True)["config"].items()})
+    torch.manual_seed(0)
+    train_pat(build_classifier("tiny", 5, "batch"), ImageFolder(example / "train"), out, cfg, resume=True,
+              progress=False)
+    got, _ = read_model_folder(out)
+    assert {k: v for k, v in got.items() if k != "weights_sha256"} == meta
+
+
+def test_worker_exceptions_keep_their_type_and_traceback(tmp_path):
+    from fastlpips.utils import CheckedDataLoader
+
+    class Odd(torch.utils.data.Dataset):
+        paths = ["a", "b"]
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            if i == 2:
+                raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, f"item {i} is not text")
+            return torch.zeros(2)
+
+    for workers in (0, 1):
+        loader = CheckedDataLoader(Odd(), batch_size=1, num_workers=workers)
+        assert loader.dataset.paths == ["a", "b"]
+        with pytest.raises(UnicodeDecodeError, match="item 2 is not text") as e:
+            list(loader)
+        if workers:
+            assert any("DataLoader worker" in n for n in getattr(e.value, "__notes__", []))
+
+
+def test_a_file_system_without_locks_warns_and_evaluates(tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+
+    from fastlpips.evaluation import evaluate
+
+    ref, out = _eval_folders(tmp_path)
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with caplog.at_level("WARNING"):
+        r = evaluate(ref, [out], ["psnr"], tmp_path / "res", report=False)
+    assert r.computed == 1 and len(r.rows) == 3 and "cannot lock" in caplog.text
 
 
 # -- 5: 16-bit colour PNGs ---------------------------------------------------------------------------

@@ -472,6 +472,17 @@ def _load_failure(e: BaseException) -> str:
     return f"cannot be read as a torch file ({type(e).__name__}: {first[:200]})"
 
 
+def _numpy_scalar_globals() -> list:
+    """What a numpy scalar (e.g. a learning rate given as np.float64) needs to unpickle: numpy's
+    scalar constructor and its dtypes, which build numbers from bytes and run no other code."""
+    import numpy.dtypes as dtypes
+
+    core = getattr(np, "_core", None) or np.core
+    types = [getattr(dtypes, n) for n in ("Float64DType", "Float32DType", "Float16DType", "Int64DType", "Int32DType",
+                                          "Int16DType", "Int8DType", "UInt8DType", "BoolDType") if hasattr(dtypes, n)]
+    return [core.multiarray.scalar, np.dtype] + types
+
+
 def load_torch_file(path: os.PathLike, what: str = "file"):
     """The one loader of every torch file fastlpips reads (checkpoints, state dicts, model files):
     ``torch.load(weights_only=True)`` on the CPU, never unpickling code. Raises
@@ -483,7 +494,7 @@ def load_torch_file(path: os.PathLike, what: str = "file"):
     if not path.is_file():
         raise WeightError(f"{what} {path} is not a file")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch.serialization.safe_globals(_numpy_scalar_globals()):
             warnings.simplefilter("ignore")  # torch's pickle-protocol notes on foreign files
             return torch.load(path, map_location="cpu", weights_only=True)
     except OSError as e:
