@@ -36,7 +36,7 @@ def test_lpips_vgg_precision(benchmark, provider):
     benchmark.group = f"precision lpips vgg 64x64 B=8 [{isa}]"
     benchmark.extra_info.update(provider=provider, isa=isa, chosen=str(m.compute_dtype or torch.float32),
                                 cpu=precision.cpu_info())
-    benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(run, rounds=3 if provider == "bf16" else 11, iterations=1, warmup_rounds=1)
 
 
 @pytest.mark.filterwarnings("ignore::fastlpips.precision.PrecisionWarning")
@@ -57,4 +57,4 @@ def test_elpips_precision(benchmark, provider):
     benchmark.group = f"precision elpips 64x64 2 pairs x 8 samples [{isa}]"
     benchmark.extra_info.update(provider=provider, isa=isa, chosen=str(metric.compute_dtype or torch.float32),
                                 cpu=precision.cpu_info())
-    benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=2)
+    benchmark.pedantic(run, rounds=3 if provider == "bf16" else 11, iterations=1, warmup_rounds=2)

@@ -374,6 +374,9 @@ def cmd_check(args) -> Result:
     res.summary = {"checks": len(rows), "passed": sum(r.status == "pass" for r in rows), "failed": failed,
                    "skipped": sum(r.status == "skip" for r in rows)}
     res.exit_code = 1 if failed else 0
+    from .precision import describe_auto
+
+    res.notes += describe_auto(args.device)
     if failed:
         res.notes.append(f"fastlpips check: {failed} check(s) FAILED on {args.device}")
     return res

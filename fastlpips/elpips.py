@@ -39,7 +39,36 @@ from .precision import resolve_dtype, warn_if_slow
 from .transforms import (MAX_SCALE, TRANSFORM_FAMILIES, TransformBatch, TransformSet, apply_transform, check_families,
                          downscaled_size, min_size_for_scale, sample_batched, sample_official)
 
-__all__ = ["ELPIPS", "ELPIPSDraw", "scale_levels_for_size", "dropout_positions", "zero_at", "dropout_conv"]
+__all__ = ["ELPIPS", "ELPIPSDraw", "scale_levels_for_size", "dropout_positions", "zero_at", "dropout_conv",
+           "DEFAULT_RTOL", "DEFAULT_ATOL", "BF16_RELATIVE_BIAS", "BF16_ABSOLUTE_BIAS", "bf16_bias_allowed",
+           "resolve_elpips_dtype"]
+
+#: The estimator's default stopping rule (``elpips_estimate``): the 95% half-width below 2.5% of the
+#: mean and below 0.01, as the release's evaluation example.
+DEFAULT_RTOL, DEFAULT_ATOL = 0.025, 0.01
+#: The bf16 trunk's bias on the mean E-LPIPS distance, measured on 4 real photo pairs (crops of
+#: scikit-image's photos vs a blurred, noisy copy) with the same draws in fp32 and bf16:
+#: benchmarks/precision_auto_study.py, results/precision-auto-bias-20261207.json (the largest relative and
+#: absolute bias over the pairs at 64x64 and 256x256).
+BF16_RELATIVE_BIAS = 0.0037  # measured 0.366% (64x64, 1 level, 128 draws) and 0.236% (256x256, 4 levels, 32)
+BF16_ABSOLUTE_BIAS = 4.3e-5  # measured 4.2e-5 and 2.7e-5 (distances ~0.01; standard errors 2-4e-6)
+
+
+def bf16_bias_allowed() -> bool:
+    """E-LPIPS' ``dtype='auto'`` takes bf16 (where it is faster) only when its measured bias is
+    below a quarter of the estimator's default interval half-width, relative and absolute: an
+    estimate in bf16 then stays within its interval as an fp32 one would."""
+    return BF16_RELATIVE_BIAS < 0.25 * DEFAULT_RTOL and BF16_ABSOLUTE_BIAS < 0.25 * DEFAULT_ATOL
+
+
+def resolve_elpips_dtype(dtype, device=None, net: str = "vgg", grad: bool = False) -> Optional[torch.dtype]:
+    """``precision.resolve_dtype`` for E-LPIPS: 'auto' takes bf16 where the probe measured it faster
+    (forward, or forward and backward with ``grad``) and ``bf16_bias_allowed()``."""
+    auto = isinstance(dtype, str) and dtype.lower() == "auto"
+    dtype = resolve_dtype(dtype, device, net=net, grad=grad)
+    if auto and dtype is not None and not bf16_bias_allowed():
+        return None  # faster, but its bias would show in the estimator's default interval
+    return dtype
 
 
 def scale_levels_for_size(height: int, width: int) -> int:
@@ -331,7 +360,7 @@ class ELPIPS(nn.Module):
             raise ValueError(f"keep_prob must be in (0, 1], got {keep_prob}")
         if not 1 <= max_scale <= MAX_SCALE:
             raise ValueError(f"max_scale must be in 1..{MAX_SCALE}, got {max_scale}")
-        dtype = resolve_dtype(dtype, device)
+        dtype = resolve_elpips_dtype(dtype, device, net)
         if memory_budget < 1:
             raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
         fam = check_families(families)

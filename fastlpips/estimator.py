@@ -13,7 +13,7 @@ from typing import List, Optional
 import torch
 
 from . import validation as V
-from .elpips import ELPIPS
+from .elpips import DEFAULT_ATOL, DEFAULT_RTOL, ELPIPS
 from .transforms import (SobolTransformSampler, TransformSet, control_features, downscaled_size, sample_batched,
                          scale_probabilities)
 
@@ -40,6 +40,12 @@ class ELPIPSEstimate:
     samples_per_level: Optional[List[int]] = None  # samples of each scale level (1, 2, ...)
     cv_levels: Optional[List[bool]] = None  # 'cv': the levels whose mean used the control variates
     dof: Optional[float] = None  # degrees of freedom of the t quantile ('qmc'); None: normal quantile
+    dtype: str = "float32"  # the trunk's compute dtype ('bfloat16' where dtype='auto' or 'bf16' chose it)
+
+
+def _with_dtype(metric: ELPIPS, est: ELPIPSEstimate) -> ELPIPSEstimate:
+    est.dtype = str(metric.compute_dtype or torch.float32).replace("torch.", "")
+    return est
 
 
 def _z(confidence: float) -> float:
@@ -48,7 +54,7 @@ def _z(confidence: float) -> float:
     return NormalDist().inv_cdf(0.5 + confidence / 2)
 
 
-def elpips_estimate(x: torch.Tensor, y: torch.Tensor, *, rtol: float = 0.025, atol: float = 0.01,
+def elpips_estimate(x: torch.Tensor, y: torch.Tensor, *, rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
                     confidence: float = 0.95, min_samples: int = 10, max_samples: int = 2000,
                     stratified: bool = True, batch_size: int = 32, seed: Optional[int] = None,
                     metric: Optional[ELPIPS] = None, callback=None, method: Optional[str] = None,
@@ -124,12 +130,12 @@ def elpips_estimate(x: torch.Tensor, y: torch.Tensor, *, rtol: float = 0.025, at
     g = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**62, (1,))))
     if method == "qmc":
         replicates = V.check_positive_int(replicates, "replicates", 2)
-        return _estimate_qmc(metric, x, y, g, rtol=rtol, atol=atol, confidence=confidence, min_samples=min_samples,
-                             max_samples=max_samples, batch_size=batch_size, replicates=replicates, callback=callback)
+        return _with_dtype(metric, _estimate_qmc(metric, x, y, g, rtol=rtol, atol=atol, confidence=confidence, min_samples=min_samples,
+                             max_samples=max_samples, batch_size=batch_size, replicates=replicates, callback=callback))
     if method == "cv":
         costs = _cost_model(costs if costs is not None else ("area" if seed is not None else "measured"), metric, y)
-        return _estimate_cv(metric, x, y, g, rtol=rtol, atol=atol, z=z, confidence=confidence, min_samples=min_samples,
-                            max_samples=max_samples, batch_size=batch_size, callback=callback, costs=costs)
+        return _with_dtype(metric, _estimate_cv(metric, x, y, g, rtol=rtol, atol=atol, z=z, confidence=confidence, min_samples=min_samples,
+                            max_samples=max_samples, batch_size=batch_size, callback=callback, costs=costs))
     levels = metric.max_scale if metric.transforms else 1
     p = scale_probabilities(levels) if stratified else torch.ones(1, dtype=torch.float64)
     if max_samples < 2 * len(p):
@@ -155,7 +161,7 @@ def elpips_estimate(x: torch.Tensor, y: torch.Tensor, *, rtol: float = 0.025, at
         raise RuntimeError("no estimate: max_samples too small to estimate a variance in every stratum")
     est.method = method
     est.samples_per_level = [len(v) for v in strata] if stratified else None
-    return est
+    return _with_dtype(metric, est)
 
 
 def stratified_mean(metric: ELPIPS, images, reference: torch.Tensor, samples: int, *,

@@ -42,12 +42,13 @@ import torch
 from torch import nn
 
 from . import validation as V
-from .elpips import ELPIPS
+from .elpips import ELPIPS, resolve_elpips_dtype
 from .model import LPIPS
 from .nets import pretrained_trunk
 from .nets.trunks import build_trunk
 from .nets.weights import IMAGENET_MEAN, IMAGENET_STD, WeightError
 from .ops.head import lpips_head_map
+from .precision import resolve_dtype
 
 __all__ = ["Loss", "FeatureLoss", "PerceptualLoss", "TextureLoss", "PixelLoss", "LPIPSLoss", "ELPIPSLoss",
            "CombinedLoss", "patch_gram", "PERCEPTUAL_LAYERS", "TEXTURE_LAYERS"]
@@ -472,6 +473,8 @@ class LPIPSLoss(Loss):
         if kwargs.get("pnet_tune"):
             raise ValueError("LPIPSLoss keeps the LPIPS trunk frozen; pnet_tune=True is not supported")
         kwargs.setdefault("verbose", False)
+        if isinstance(kwargs.get("dtype"), str) and kwargs["dtype"].lower() == "auto":  # a loss: gradients wanted
+            kwargs["dtype"] = resolve_dtype("auto", kwargs.get("device"), net=net, grad=True)
         self.metric = LPIPS(net=net, **kwargs)
         self.metric.requires_grad_(False)
 
@@ -490,6 +493,8 @@ class ELPIPSLoss(Loss):
 
     def __init__(self, n_samples: int = 1, **kwargs) -> None:
         super().__init__()
+        if isinstance(kwargs.get("dtype"), str) and kwargs["dtype"].lower() == "auto":  # a loss: gradients wanted
+            kwargs["dtype"] = resolve_elpips_dtype("auto", kwargs.get("device"), kwargs.get("net", "vgg"), grad=True)
         self.metric = ELPIPS(n_samples=n_samples, **kwargs)
         self.metric.requires_grad_(False)
 

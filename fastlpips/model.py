@@ -178,7 +178,7 @@ class LPIPS(nn.Module):
         self.version = version
         self.check_inputs = check_inputs
         self.backend = backend
-        dtype = resolve_dtype(dtype, device)
+        dtype = resolve_dtype(dtype, device, net=net, grad=pnet_tune)
         self.compute_dtype = dtype
         self.scaling_layer = ScalingLayer()
         self.chns = list(_NETS[net])
