@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fastlpips-installed
 
-.PHONY: install demo test bench bench-deps ext clean
+.PHONY: install demo test bench bench-deps ext clean gpu-bundle gpu-check gpu-check-dry torch-oldest
 
 install: $(STAMP)
 
@@ -38,6 +38,22 @@ bench-deps: $(STAMP)
 
 ext: $(STAMP)
 	$(BIN)/python -m pip install -q --no-build-isolation --no-deps -e .
+
+# The GPU check (README, "GPU check"): the carried files, then on a lent GPU machine
+# `scripts/gpu_check.sh OUT` (make gpu-check there); gpu-check-dry runs its CPU steps here.
+gpu-bundle: $(STAMP)
+	$(BIN)/python scripts/gpu_bundle.py --out .gpu-bundle
+
+gpu-check:
+	scripts/gpu_check.sh $${OUT:-gpu-check-out}
+
+gpu-check-dry: $(STAMP)
+	scripts/gpu_check.sh $${OUT:-gpu-check-dry} --dry-run --python $(BIN)/python
+
+# The runtime contract on the oldest torch the GPU image has (2.11; CPU here, from PyPI: ~3 GB):
+# a fresh venv, fastlpips without its extension, `fastlpips check --quick` and the CPU test areas.
+torch-oldest:
+	scripts/check_torch_version.sh 2.11.0
 
 clean:
 	rm -rf build *.egg-info fastlpips/_C*.so

@@ -23,7 +23,7 @@ def _reflect(i, n):
 
 
 @triton.jit
-def _plane(params, B, H, W, s, OH, OW, BLOCK: tl.constexpr):
+def _plane(params, B, H, W, S: tl.constexpr, OH, OW, BLOCK: tl.constexpr):
     """This program's plane (n, c), its parameters and pixels: source image/channel offset, the
     downscaled pixel (u, v) behind each output pixel (i, j), and the pixel mask."""
     plane = tl.program_id(0)
@@ -37,8 +37,8 @@ def _plane(params, B, H, W, s, OH, OW, BLOCK: tl.constexpr):
     oy = tl.load(p + 4)
     ox = tl.load(p + 5)
     src = ((n % B) * 3 + tl.load(p + 6 + c)).to(tl.int64) * H * W
-    hd = (2 * (s - 1) + H) // s
-    wd = (2 * (s - 1) + W) // s
+    hd = (2 * (S - 1) + H) // S
+    wd = (2 * (S - 1) + W) // S
     e = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = e < OH * OW
     i = e // OW
@@ -53,29 +53,31 @@ def _plane(params, B, H, W, s, OH, OW, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _transform_fwd(x, params, colors, out, B, H, W, s, OH, OW, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    plane, n, c, src, oy, ox, u, v, e, mask = _plane(params, B, H, W, s, OH, OW, BLOCK)
+def _transform_fwd(x, params, colors, out, B, H, W, OH, OW, S: tl.constexpr, ACC: tl.constexpr,
+                   BLOCK: tl.constexpr):
+    plane, n, c, src, oy, ox, u, v, e, mask = _plane(params, B, H, W, S, OH, OW, BLOCK)
     acc = tl.zeros((BLOCK,), dtype=ACC)
-    for k in range(0, s):
-        row = _reflect(u * s + k - oy, H)
-        for l in range(0, s):
-            col = _reflect(v * s + l - ox, W)
+    for k in tl.static_range(S):  # S (the scale, 1..8) is a compile-time constant: one variant per scale
+        row = _reflect(u * S + k - oy, H)
+        for l in tl.static_range(S):
+            col = _reflect(v * S + l - ox, W)
             acc += tl.load(x + src + row * W + col, mask=mask, other=0.0).to(ACC)
     colour = tl.load(colors + n * 3 + c).to(ACC)
-    val = acc / (s * s).to(ACC) * colour
+    val = acc / (S * S) * colour
     tl.store(out + plane.to(tl.int64) * OH * OW + e, val.to(out.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _transform_bwd(grad, params, colors, gx, B, H, W, s, OH, OW, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    plane, n, c, src, oy, ox, u, v, e, mask = _plane(params, B, H, W, s, OH, OW, BLOCK)
+def _transform_bwd(grad, params, colors, gx, B, H, W, OH, OW, S: tl.constexpr, ACC: tl.constexpr,
+                   BLOCK: tl.constexpr):
+    plane, n, c, src, oy, ox, u, v, e, mask = _plane(params, B, H, W, S, OH, OW, BLOCK)
     colour = tl.load(colors + n * 3 + c).to(ACC)
     g = tl.load(grad + plane.to(tl.int64) * OH * OW + e, mask=mask, other=0.0).to(ACC)
-    val = g / (s * s).to(ACC) * colour
-    for k in range(0, s):
-        row = _reflect(u * s + k - oy, H)
-        for l in range(0, s):
-            col = _reflect(v * s + l - ox, W)
+    val = g / (S * S) * colour
+    for k in tl.static_range(S):
+        row = _reflect(u * S + k - oy, H)
+        for l in tl.static_range(S):
+            col = _reflect(v * S + l - ox, W)
             tl.atomic_add(gx + src + row * W + col, val, mask=mask)
 
 
@@ -100,8 +102,8 @@ def transform_fwd(x: torch.Tensor, params: torch.Tensor, colors: torch.Tensor, s
         return out
     block = _block(out_h * out_w, x.device)
     _launch(_FWD, x, (n * 3, triton.cdiv(out_h * out_w, block)),
-            x.contiguous(), params.contiguous(), colors.to(acc).contiguous(), out, b, h, w, scale, out_h, out_w,
-            ACC=tl_acc, BLOCK=block)
+            x.contiguous(), params.contiguous(), colors.to(acc).contiguous(), out, b, h, w, out_h, out_w,
+            S=scale, ACC=tl_acc, BLOCK=block)
     return out
 
 
@@ -114,8 +116,8 @@ def transform_bwd(grad: torch.Tensor, params: torch.Tensor, colors: torch.Tensor
     if n and oh * ow:
         block = _block(oh * ow, grad.device)
         _launch(_BWD, grad, (n * 3, triton.cdiv(oh * ow, block)),
-                grad.contiguous(), params.contiguous(), colors.to(acc).contiguous(), gx, batch, in_h, in_w, scale,
-                oh, ow, ACC=tl_acc, BLOCK=block)
+                grad.contiguous(), params.contiguous(), colors.to(acc).contiguous(), gx, batch, in_h, in_w,
+                oh, ow, S=scale, ACC=tl_acc, BLOCK=block)
     return gx.to(grad.dtype)
 
 

@@ -25,6 +25,14 @@ def pytest_addoption(parser):
     parser.addoption("--device", default="cpu", help="device for the device-aware tests (cpu | cuda)")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests that take the ``device`` fixture exercise the paths a GPU runs: marked ``device`` (the
+    GPU check runs ``pytest --device cuda -m device``)."""
+    for item in items:
+        if "device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.device)
+
+
 @pytest.fixture(scope="session")
 def device(request):
     dev = request.config.getoption("--device")

@@ -115,7 +115,7 @@ def test_low_precision_error_at_most_twice_torch(backend, dtype):
 def test_fp16_eps_never_produces_nan():
     f = torch.zeros(1, 8, 2, 2, dtype=torch.float16)
     g = torch.ones(1, 8, 2, 2, dtype=torch.float16)
-    for b in ("torch", "cpp"):
+    for b in [b for b in ("torch", "cpp") if _available(b)]:  # cpp needs the extension
         m = lpips_head_map(f, g, backend=b)
         assert torch.isfinite(m).all() and torch.allclose(m, torch.ones_like(m), atol=1e-3)
 
