@@ -1,6 +1,8 @@
-"""The package's import layers (docs/ARCHITECTURE.md), checked by parsing every module's imports:
-a lower layer never imports a higher one (lazy imports inside functions included), module-level
-imports form no cycle, and no module imports another package's underscore names."""
+"""The package's import layers (docs/ARCHITECTURE.md), checked by parsing every module: a lower layer
+never imports a higher one (lazy imports inside functions included), module-level imports form no
+cycle (``if TYPE_CHECKING:`` imports counted: a cycle of annotations is a cycle of the design), no
+module imports another package's underscore names, nothing below the CLI prints, parses arguments
+or exits, and no product module uses a deprecated alias."""
 import ast
 from pathlib import Path
 
@@ -19,9 +21,11 @@ LAYERS = [
                  "fastlpips.losses"]),
     ("attacks/trainers/tools", ["fastlpips.attacks", "fastlpips.selfcheck", "fastlpips.scoring",
                                 "fastlpips.training", "fastlpips.pat", "fastlpips.robust",
-                                "fastlpips.geometry", "fastlpips.evaluation", "fastlpips.evaluation_report"]),
+                                "fastlpips.geometry", "fastlpips.evaluation"]),
     ("cli", ["fastlpips.cli", "fastlpips.__main__"]),
 ]
+CLI = ("fastlpips.cli", "fastlpips.__main__")
+DEPRECATED = {"fastlpips_cpp": "fastlpips.ops.native"}  # deprecated alias -> the one module defining it
 EXEMPT_UNDERSCORE = {"fastlpips._C"}  # the compiled extension (torch's naming), the kernels layer
 
 
@@ -54,10 +58,19 @@ def _package(name):
     return name if is_pkg else name.rsplit(".", 1)[0]
 
 
+def _is_type_checking(test) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
 def _imports(name):
-    """(imported module, imported names, line, at module level) for every import of ``name``."""
+    """(imported module, imported names, line, at module level) for every import of ``name``;
+    imports under a module-level ``if TYPE_CHECKING:`` count as module level."""
     tree = ast.parse(MODULES[name].read_text())
     top = set(map(id, tree.body))
+    for node in tree.body:
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            top |= {id(n) for n in node.body}
     pkg = _package(name)
     out = []
     for node in ast.walk(tree):
@@ -145,7 +158,48 @@ def test_no_underscore_names_across_packages():
     assert not bad, "\n".join(bad)
 
 
-@pytest.mark.parametrize("rule", ["lower", "cycle", "underscore"])
+def _cli_habits(name):
+    """(what, line) for each print, argument parser or exit in module ``name``."""
+    out = []
+    for node in ast.walk(ast.parse(MODULES[name].read_text())):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            out += [(f"imports {m}", node.lineno) for m in mods if m.split(".")[0] in ("argparse", "optparse", "getopt")]
+        elif isinstance(node, ast.Call):
+            f = node.func
+            called = f.id if isinstance(f, ast.Name) else (
+                f"{f.value.id}.{f.attr}" if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) else "")
+            if called in ("print", "exit", "quit", "sys.exit", "os._exit", "os.abort"):
+                out.append((f"calls {called}()", node.lineno))
+    return out
+
+
+def _deprecated_uses(name):
+    """(alias, line) for each use of a deprecated alias outside the module that defines it."""
+    out = []
+    for node in ast.walk(ast.parse(MODULES[name].read_text())):
+        for alias, home in DEPRECATED.items():
+            if name == home:
+                continue
+            if isinstance(node, ast.Attribute) and node.attr == alias:
+                out.append((alias, node.lineno))
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and alias in node.value.split("::")[0:1]:
+                out.append((alias, node.lineno))
+    return out
+
+
+def test_nothing_below_the_cli_prints_parses_arguments_or_exits():
+    bad = [f"{name}:{line} {what}" for name in MODULES if not name.startswith(CLI)
+           for what, line in _cli_habits(name)]
+    assert not bad, "the library knows no CLI (docs/ARCHITECTURE.md):\n" + "\n".join(bad)
+
+
+def test_no_product_module_uses_a_deprecated_alias():
+    bad = [f"{name}:{line} uses {alias}" for name in MODULES for alias, line in _deprecated_uses(name)]
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("rule", ["lower", "cycle", "type-checking-cycle", "underscore", "cli", "deprecated"])
 def test_the_checks_can_fail(rule, monkeypatch):
     """The checks above catch a planted violation (a check that cannot fail proves nothing)."""
     real = _imports
@@ -161,6 +215,32 @@ def test_the_checks_can_fail(rule, monkeypatch):
         return real(name) + extra
 
     monkeypatch.setitem(globals(), "_imports", planted)
+    if rule == "type-checking-cycle":  # the evaluation report importing the run for annotations only
+        source = MODULES["fastlpips.evaluation.specs"].read_text()
+        planted_file = MODULES["fastlpips.evaluation.specs"].with_name("_planted_specs.py")
+        monkeypatch.setitem(MODULES, "fastlpips.evaluation.specs", planted_file)
+        planted_file.write_text(source + "\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                                "    from .run import evaluate\n")
+        try:
+            with pytest.raises(AssertionError, match="import cycles"):
+                test_no_import_cycles_at_module_level()
+        finally:
+            planted_file.unlink()
+        return
+    if rule in ("cli", "deprecated"):
+        target = "fastlpips.iqa"
+        text = MODULES[target].read_text() + ("\nprint('hello')\n" if rule == "cli" else
+                                               "\nimport torch\nX = torch.ops.fastlpips_cpp\n")
+        planted_file = MODULES[target].with_name("_planted_iqa.py")
+        planted_file.write_text(text)
+        monkeypatch.setitem(MODULES, target, planted_file)
+        try:
+            with pytest.raises(AssertionError):
+                (test_nothing_below_the_cli_prints_parses_arguments_or_exits if rule == "cli"
+                 else test_no_product_module_uses_a_deprecated_alias)()
+        finally:
+            planted_file.unlink()
+        return
     check = {"lower": test_lower_layers_never_import_higher_ones, "cycle": test_no_import_cycles_at_module_level,
              "underscore": test_no_underscore_names_across_packages}[rule]
     with pytest.raises(AssertionError):

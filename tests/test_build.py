@@ -42,3 +42,22 @@ def test_cmake_builds_the_extension(tmp_path):
     proc = subprocess.run([sys.executable, "-c", "import torch, _C; print(_C.build_info()['openmp'])"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "True", proc.stderr
+
+
+def test_every_package_folder_is_in_the_wheel(tmp_path):
+    """pyproject lists the packages explicitly: a new folder missing there would be missing from the
+    wheel while editable-install tests pass. Build the wheel (no extension) and compare."""
+    import zipfile
+
+    env = dict(os.environ, FASTLPIPS_NO_EXT="1")
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                           "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (wheel,) = tmp_path.glob("fastlpips-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    folders = {p.parent.relative_to(ROOT).as_posix().replace("kernels", "fastlpips/kernels", 1)
+               if p.parent.relative_to(ROOT).parts[0] == "kernels" else p.parent.relative_to(ROOT).as_posix()
+               for p in list((ROOT / "fastlpips").rglob("__init__.py")) + list((ROOT / "kernels").rglob("__init__.py"))}
+    missing = sorted(f for f in folders if f"{f}/__init__.py" not in names)
+    assert not missing, f"package folders missing from the wheel (add them to pyproject's packages): {missing}"
+    assert "fastlpips/weights/lpips_v0.1_alex.npz" in names and "fastlpips/csrc/cuda/head_rtc.cu" in names

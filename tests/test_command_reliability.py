@@ -606,7 +606,7 @@ def test_one_evaluate_run_per_results_folder(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", (
         "import fcntl, sys, time\n"
         "from fastlpips.evaluation import evaluate\n"
-        "import fastlpips.evaluation as E\n"
+        "import fastlpips.evaluation.run as E\n"
         "real = E._evaluate\n"
         "def slow(*a, **k):\n"
         "    print('holding', flush=True); time.sleep(60); return real(*a, **k)\n"

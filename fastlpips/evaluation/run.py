@@ -1,4 +1,4 @@
-"""Dataset-scale evaluation: full-reference metrics of folders of outputs against a reference folder.
+"""Dataset-scale evaluation (the run): full-reference metrics of folders of outputs against a reference folder.
 
 ``evaluate(ref_dir, out_dirs, metrics, results_dir)`` compares every image of each output folder
 (a "method": a super-resolution model, a codec setting, ...) with the reference image of the same
@@ -52,89 +52,26 @@ import logging
 import math
 import os
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-from . import distributed as D
-from . import iqa
-from . import validation as V
-from .utils import IMAGE_EXTS, atomic_write, file_sha256, read_image_tensor
+from .. import distributed as D
+from .. import iqa
+from .. import validation as V
+from ..utils import IMAGE_EXTS, atomic_write, file_sha256, read_image_tensor
+from .specs import METRICS, EvaluationResult, Item, MetricSpec, parse_metric
 
-__all__ = ["METRICS", "MetricSpec", "parse_metric", "EvaluationResult", "evaluate", "match_files", "Item"]
+__all__ = ["evaluate", "match_files", "method_names", "CONFIG_FILE", "RECORDS_DIR"]
 
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 
-# name -> (kind, net, needs a checkpoint, higher is better)
-METRICS: Dict[str, Tuple[str, Optional[str], Optional[bool], bool]] = {
-    "psnr": ("psnr", None, None, True),
-    "ssim": ("ssim", None, None, True),
-    "ms-ssim": ("ms-ssim", None, None, True),
-    "gmsd": ("gmsd", None, None, False),
-    "lpips": ("lpips", "alex", False, False),
-    "lpips-alex": ("lpips", "alex", False, False),
-    "lpips-vgg": ("lpips", "vgg", False, False),
-    "lpips-squeeze": ("lpips", "squeeze", False, False),
-    "rlpips": ("lpips", "alex", True, False),
-    "elpips": ("elpips", "vgg", None, False),
-}
 CONFIG_FILE = "evaluation.json"
 RECORDS_DIR = "records"
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    """A metric of the evaluation: ``key`` is its column (``elpips`` adds ``elpips_ci``)."""
-
-    key: str
-    kind: str
-    net: Optional[str] = None
-    path: Optional[str] = None
-    higher_is_better: bool = False
-
-    @property
-    def columns(self) -> List[str]:
-        return [self.key, self.key + "_ci"] if self.kind == "elpips" else [self.key]
-
-    @property
-    def spatial(self) -> bool:
-        """Whether the metric has a distance map (the report's heat maps)."""
-        return self.kind == "lpips"
-
-
-def parse_metric(text: str) -> MetricSpec:
-    """``'psnr'``, ``'lpips-vgg'``, ``'lpips-alex=ckpt.pth'``, ``'rlpips=ckpt.pth'``, ... -> MetricSpec.
-    ValueError names the problem (unknown name, missing or unexpected checkpoint, missing file)."""
-    name, eq, arg = str(text).strip().partition("=")
-    name = name.strip().lower()
-    if name not in METRICS:
-        raise ValueError(f"unknown metric {text!r}; known: {', '.join(METRICS)} (rlpips and lpips-NET take =CHECKPOINT)")
-    kind, net, ckpt, higher = METRICS[name]
-    arg = arg.strip()
-    if ckpt is None and eq:
-        raise ValueError(f"metric {name} takes no argument, got {text!r}")
-    if eq and not arg:
-        raise ValueError(f"metric {text!r}: '=' without a checkpoint path (write {name}=PATH, or leave '=' out)")
-    if ckpt and not arg:
-        raise ValueError(f"metric {name} needs a checkpoint: {name}=PATH (an LPIPS state dict, e.g. R-LPIPS' release)")
-    if arg and not Path(arg).is_file():
-        raise ValueError(f"metric {name}: checkpoint {arg} does not exist")
-    key = "lpips-alex" if name == "lpips" else name
-    return MetricSpec(key, kind, net, arg or None, higher)
-
-
-# -- files -----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Item:
-    method: str
-    file: str  # the reference's path relative to the reference folder (posix)
-    ref: Optional[Path] = None
-    out: Optional[Path] = None
 
 
 def _images(folder: Path) -> Dict[str, Path]:
@@ -221,7 +158,7 @@ class _Metrics:
     def lpips(self, spec: MetricSpec, spatial: bool = False):
         key = (spec.key, spatial)
         if key not in self._models:
-            from .model import LPIPS
+            from ..model import LPIPS
 
             try:
                 # check_inputs=False: images decoded from files are finite and in [0, 1] by construction
@@ -236,7 +173,7 @@ class _Metrics:
     def elpips(self, levels: int):
         key = ("elpips", levels)
         if key not in self._models:
-            from .elpips import ELPIPS
+            from ..elpips import ELPIPS
 
             self._models[key] = ELPIPS(max_scale=levels, device=self.device)
         return self._models[key]
@@ -247,8 +184,8 @@ class _Metrics:
         if spec.kind == "lpips":
             return {spec.key: self.lpips(spec).distances_to(refs, outs, idx, normalize=True).reshape(-1)}
         if spec.kind == "elpips":
-            from .elpips import scale_levels_for_size
-            from .estimator import elpips_estimate
+            from ..elpips import scale_levels_for_size
+            from ..estimator import elpips_estimate
 
             levels = scale_levels_for_size(*outs.shape[2:])
             est = elpips_estimate(outs, refs[idx], metric=self.elpips(levels), seed=seed,
@@ -440,38 +377,6 @@ def method_names(out_dirs: Sequence[PathLike]) -> Dict[str, Path]:
 
 
 # -- the run ---------------------------------------------------------------------------------------
-@dataclass
-class EvaluationResult:
-    """What ``evaluate`` produced (complete on rank 0; other ranks hold their share)."""
-
-    metrics: List[MetricSpec]
-    methods: List[str]
-    rows: List[Dict[str, object]]  # one per (method, file): method, file, the metric columns, error
-    errors: List[Dict[str, str]]  # method, file, metric ('' = the whole file), message
-    computed: int = 0  # chunks computed by this process in this run
-    skipped: int = 0  # chunks already done by an earlier run
-    files: Dict[str, Path] = field(default_factory=dict)  # 'csv', 'json', 'html' when written
-    paths: Dict[Tuple[str, str], Tuple[Path, Path]] = field(default_factory=dict)  # (method, file) -> (ref, out)
-
-    @property
-    def columns(self) -> List[str]:
-        return ["method", "file"] + [c for s in self.metrics for c in s.columns] + ["error"]
-
-    def summary(self) -> Dict[str, Dict[str, Dict[str, float]]]:
-        """{method: {column: {'mean', 'std', 'n', 'nonfinite'}}} over the images with a value."""
-        out: Dict[str, Dict[str, Dict[str, float]]] = {}
-        for m in self.methods:
-            rows = [r for r in self.rows if r["method"] == m]
-            out[m] = {}
-            for s in self.metrics:
-                for c in s.columns:
-                    v = np.array([r[c] for r in rows if r.get(c) is not None], dtype=np.float64)
-                    fin = v[np.isfinite(v)]
-                    out[m][c] = {"mean": float(v.mean()) if len(v) else math.nan,
-                                 "std": float(fin.std()) if len(fin) else math.nan,
-                                 "n": int(len(v)), "nonfinite": int(len(v) - len(fin))}
-        return out
-
 
 def evaluate(ref_dir: PathLike, out_dirs: Sequence[PathLike], metrics: Iterable[str], results_dir: PathLike, *,
              batch_size: int = 16, device: Union[str, torch.device] = "cpu", workers: int = 0,
@@ -665,8 +570,9 @@ def _write_outputs(res: EvaluationResult, results: Path, ref_dir: Path, methods:
     atomic_write(results / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1) + "\n"))
     res.files.update(csv=results / "results.csv", json=results / "results.json")
     if report:
-        from .evaluation_report import render_report
+        from .report import render_report
 
         html = render_report(res, ref_dir, methods, computer.heatmap, worst=worst)
         atomic_write(results / "report.html", lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
         res.files["html"] = results / "report.html"
+

@@ -15,15 +15,13 @@ import html
 import io
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
 
-from .utils import read_image_tensor
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .evaluation import EvaluationResult, MetricSpec
+from ..utils import read_image_tensor
+from .specs import EvaluationResult, MetricSpec
 
 __all__ = ["render_report", "ranking_metric"]
 
