@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fastlpips-installed
 
-.PHONY: install demo test bench bench-deps ext clean gpu-bundle gpu-check gpu-check-dry torch-oldest
+.PHONY: install demo test test-quick lint bench bench-deps ext clean gpu-bundle gpu-check gpu-check-dry torch-oldest
 
 install: $(STAMP)
 
@@ -23,6 +23,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	FASTLPIPS_OFFLINE=1 $(BIN)/python -m pytest -q tests
+
+# Lint and types (run by .ci/run before the tests): ruff and mypy as configured in pyproject.toml.
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 bench: bench-deps
 	FASTLPIPS_OFFLINE=1 $(BIN)/python -m pytest -q benchmarks --benchmark-json=benchmarks/results/latest.json

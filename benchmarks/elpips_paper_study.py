@@ -107,7 +107,8 @@ def run_attacks(args, x):
     n_pix = x[0].numel()
     lines += ["**A2**: maximize d(a, x) within ||a - x||_2^2 <= eps (RMS per pixel given); d after / d of random "
               "noise of the same norm (>1: the attack found a direction the metric over-reacts to).", "",
-              "| attacked metric | RMS | rel. L2 | LPIPS after / noise | E-LPIPS after / noise |", "|---|---|---|---|---|"]
+              "| attacked metric | RMS | rel. L2 | LPIPS after / noise | E-LPIPS after / noise "
+              "|", "|---|---|---|---|---|"]
     for rms in args.rms:
         eps = (rms ** 2) * n_pix
         noise = _noise_like(x, eps, 7)
@@ -179,7 +180,8 @@ def run_ablation(args, x):
     configs = {"all seven (E-LPIPS)": FAMILIES}
     configs.update({f"without {f}": [g for g in FAMILIES if g != f] for f in FAMILIES})
     configs["none (VGG, average pooling)"] = []
-    out, lines = {}, ["| ensemble | A2 gain: d(attack) / d(noise), each under its own ensemble | d(attack) | d(noise) |",
+    out, lines = {}, ["| ensemble | A2 gain: d(attack) / d(noise), each under its own ensemble | d(attack) | d(noise) "
+                      "|",
                       "|---|---|---|---|"]
     for name, fams in configs.items():
         metric = ELPIPS(families=fams)

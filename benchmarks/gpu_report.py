@@ -73,7 +73,8 @@ def _section(report: dict, name: str):
         try:
             report[name] = {"status": "ok", **fn()}
         except Exception as e:  # a failing kernel is a result too
-            report[name] = {"status": "error", "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+            report[name] = {"status": "error",
+                            "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
                             "traceback": traceback.format_exc(limit=6)}
         report[name]["seconds"] = round(time.perf_counter() - t, 2)
         print(f"[gpu_report] {name}: {report[name]['status']} ({report[name]['seconds']} s)", flush=True)
@@ -173,7 +174,8 @@ def run(device: torch.device, dry: bool) -> dict:
                 if copy_gbs.get("v"):
                     rows[b]["fwd_fraction_of_copy"] = rows[b]["fwd_gbytes_per_s"] / copy_gbs["v"]
             except Exception as e:
-                rows[b] = {"available": True, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+                rows[b] = {"available": True,
+                           "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
         return {"shape": [n, c, h, w], "backends": rows}
 
     @_section(report, "transform")
@@ -193,7 +195,8 @@ def run(device: torch.device, dry: bool) -> dict:
             try:
                 rows[b] = {"available": True, "fwd_ms": timer(lambda: batched_transform(x, tb, backend=b))}
             except Exception as e:
-                rows[b] = {"available": True, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+                rows[b] = {"available": True,
+                           "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
         return {"samples": s, "images": n, "side": side, "backends": rows}
 
     for net in ("alex", "vgg"):
@@ -250,7 +253,8 @@ def run(device: torch.device, dry: bool) -> dict:
 
 def markdown(report: dict) -> str:
     v = report["versions"]
-    lines = [f"# fastlpips GPU report ({report['date']}{', DRY RUN on CPU: numbers mean nothing' if report['dry_run'] else ''})",
+    dry = ", DRY RUN on CPU: numbers mean nothing" if report["dry_run"] else ""
+    lines = [f"# fastlpips GPU report ({report['date']}{dry})",
              "", f"Device: {v.get('gpu', v['device'])} (capability {v.get('capability', '-')}, "
              f"{v.get('multiprocessors', '-')} SMs, {v.get('memory_gib', '-')} GiB), driver {v.get('driver', '-')}, "
              f"CUDA {v['cuda']}, torch {v['torch']}, triton {v['triton']}, cupy {v['cupy']}, lpips {v['lpips']}, "

@@ -32,8 +32,9 @@ def main():
                 times[k].append(time.perf_counter() - t)
         med = {k: statistics.median(v) for k, v in times.items()}
         out[distance] = {"times": times, "median": med, "ratio": med["perceptual-advex"] / med["fastlpips"]}
+        rounded = {k: [round(x, 2) for x in v] for k, v in times.items()}
         print(f"{distance}: perceptual-advex {med['perceptual-advex']:.2f} s, fastlpips {med['fastlpips']:.2f} s, "
-              f"ratio {out[distance]['ratio']:.2f}x  (rounds: {json.dumps({k: [round(x, 2) for x in v] for k, v in times.items()})})")
+              f"ratio {out[distance]['ratio']:.2f}x  (rounds: {json.dumps(rounded)})")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
 

@@ -77,7 +77,8 @@ def table(data, precision=False):
             notes = []
             info = b["extra_info"]
             if "max_rel_error_real_pairs" in info:
-                notes.append(f"max rel. error {100 * info['max_rel_error_real_pairs']:.2f}% on {info['real_pairs']} real pairs")
+                notes.append(f"max rel. error {100 * info['max_rel_error_real_pairs']:.2f}% on {info['real_pairs']} "
+                             f"real pairs")
             if prov == "fastlpips" and "trunk-only" in entry:
                 notes.append(f"{b['stats']['median'] / entry['trunk-only']['stats']['median']:.3f}x the trunk alone")
             for key, label in (("success_rate", "success"), ("trunk_forward_passes_per_step", "trunk forward passes")):
@@ -122,9 +123,11 @@ def elpips_table(data):
             actual = (b["stats"]["median"], info)
     if not needed:
         return ""
-    lines = ["| size | pairs | s/sample faithful loop | s/sample engine fp32 (x) | s/sample engine bf16 (x) | bf16 bias "
+    lines = ["| size | pairs | s/sample faithful loop | s/sample engine fp32 (x) | s/sample engine bf16 (x) | bf16 "
+             "bias "
              f"(goal < {100 * ELPIPS_GOALS['bias']:g}%) | samples needed i.i.d. | stratified (ratio, goal <= "
-             f"{ELPIPS_GOALS['samples']:g}) | time to target faithful | engine fp32 (x, goal >= {ELPIPS_GOALS['time']:g}) "
+             f"{ELPIPS_GOALS['samples']:g}) | time to target faithful | engine fp32 (x, goal >= "
+             f"{ELPIPS_GOALS['time']:g}) "
              "| engine bf16 (x) | met |", "|" + "---|" * 12]
     for size in sorted(needed):
         n = needed[size]
@@ -222,15 +225,19 @@ def main():
         c = cg[0]
         text += (f"\n\nPPGD CG after 5 iterations at the same point (exact products for the measurement): relative "
                  f"residual ||g - J^T J x|| / ||g|| fastlpips {c['rel_residual_ours']:.3f} vs perceptual-advex "
-                 f"{c['rel_residual_perceptual_advex']:.3f}; CG objective 1/2 x'Ax - g'x {c['cg_objective_ours']:.4g} vs "
+                 f"{c['rel_residual_perceptual_advex']:.3f}; CG objective 1/2 x'Ax - g'x {c['cg_objective_ours']:.4g} "
+                 f"vs "
                  f"{c['cg_objective_perceptual_advex']:.4g} (lower is better). Both residuals exceed 1: J^T J is "
                  f"ill-conditioned and CG's residual norm is not monotone; 5 iterations solve it only roughly.")
     ep = [b for b in data["benchmarks"] if b["extra_info"].get("provider") == "fastlpips-elpips"]
     if ep:
         b, i = ep[0], ep[0]["extra_info"]
-        text += (f"\n\nE-LPIPS-bounded PPGD step (5 CG iterations, {i['samples']} samples per product, {i['images']} images "
-                 f"32x32): {b['stats']['median']:.1f} s per step, {1e3 * i['seconds_per_sample_per_step']:.0f} ms per sample; "
-                 f"each product runs all samples batched in {i['trunk_passes_per_product']} trunk passes (one per scale "
+        text += (f"\n\nE-LPIPS-bounded PPGD step (5 CG iterations, {i['samples']} samples per product, {i['images']} "
+                 f"images "
+                 f"32x32): {b['stats']['median']:.1f} s per step, {1e3 * i['seconds_per_sample_per_step']:.0f} ms per "
+                 f"sample; "
+                 f"each product runs all samples batched in {i['trunk_passes_per_product']} trunk passes (one per "
+                 f"scale "
                  f"level drawn); passes {i['jtj_passes']}.")
     ev = [b["extra_info"] for b in data["benchmarks"] if b["extra_info"].get("provider") == "fastlpips-robust-eval"]
     if ev:

@@ -13,7 +13,6 @@ import time
 
 import pytest
 import torch
-
 from conftest import perceptual_advex
 
 BOUND, BATCH = 0.5, 16
@@ -138,7 +137,8 @@ def test_ppgd_cg_residual(benchmark):
 
     benchmark.extra_info.update(provider="fastlpips-cg", rel_residual_ours=rel(res.x, g_ours),
                                 rel_residual_perceptual_advex=rel(x_theirs, g),
-                                cg_objective_ours=objective(res.x, g_ours), cg_objective_perceptual_advex=objective(x_theirs, g))
+                                cg_objective_ours=objective(res.x, g_ours),
+                                cg_objective_perceptual_advex=objective(x_theirs, g))
 
 
 @pytest.mark.parametrize("provider", ["perceptual-advex", "fastlpips"])

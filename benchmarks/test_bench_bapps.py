@@ -16,7 +16,6 @@ import types
 
 import pytest
 import torch
-
 from conftest import models
 
 N_VAL = 200

@@ -19,7 +19,6 @@ import time
 
 import pytest
 import torch
-
 from conftest import real_pairs
 from elpips_baseline import FaithfulLoop, samples_needed, stratified_pilot
 

@@ -30,9 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import models
+from PIL import Image
 
 SMOKE = os.environ.get("FASTLPIPS_BENCH_SMOKE") == "1"
 N, SIZE = (4, 64) if SMOKE else (24, 256)
@@ -63,11 +62,13 @@ def data() -> Path:
             im.save(root / "ref" / f"{k:03d}.png")
             noisy = np.clip(crop + rng.normal(0, 12, crop.shape), 0, 255).astype(np.uint8)
             Image.fromarray(noisy).save(root / "noisy" / f"{k:03d}.png")
-            im.resize((SIZE // 4, SIZE // 4), Image.BOX).resize((SIZE, SIZE), Image.BICUBIC).save(root / "blur" / f"{k:03d}.png")
+            im.resize((SIZE // 4, SIZE // 4), Image.BOX).resize((SIZE, SIZE),
+                                                                Image.BICUBIC).save(root / "blur" / f"{k:03d}.png")
             buf = io.BytesIO()
             im.save(buf, format="JPEG", quality=25)
             Image.open(buf).convert("RGB").save(root / "jpeg" / f"{k:03d}.png")
-            im.resize((SIZE // 2, SIZE // 2), Image.BOX).resize((SIZE, SIZE), Image.BILINEAR).save(root / "half" / f"{k:03d}.png")
+            im.resize((SIZE // 2, SIZE // 2), Image.BOX).resize((SIZE, SIZE),
+                                                                Image.BILINEAR).save(root / "half" / f"{k:03d}.png")
         _DATA["root"] = root
     return _DATA["root"]
 
@@ -110,5 +111,6 @@ def test_evaluate_images_per_second(benchmark, provider, methods):
             assert o[k] == pytest.approx(r[k], rel=1e-4, abs=1e-6), (r, o)
     run = reference_run if provider == "reference" else fastlpips_run
     benchmark.group = f"evaluate psnr+ssim+lpips-alex {SIZE}x{SIZE} {methods} methods x {N} images"
-    benchmark.extra_info.update(provider=provider, pairs=methods * N, torch_threads=__import__("torch").get_num_threads())
+    benchmark.extra_info.update(provider=provider, pairs=methods * N,
+                                torch_threads=__import__("torch").get_num_threads())
     benchmark.pedantic(run, args=(root, methods), rounds=ROUNDS, iterations=1, warmup_rounds=1)

@@ -4,7 +4,6 @@ Same weights, same inputs, same run; each point also checks that the numbers agr
 """
 import pytest
 import torch
-
 from conftest import images, models
 
 GRID = [("alex", 64, 32), ("alex", 256, 8), ("vgg", 64, 32), ("vgg", 256, 4)]
@@ -35,9 +34,9 @@ def test_forward_trunk_only(benchmark, net, size, batch):
 @pytest.mark.parametrize("net,size,batch", GRID, ids=[f"{n}-{s}-B{b}" for n, s, b in GRID])
 def test_forward_bf16(benchmark, net, size, batch):
     """Reduced-precision mode (trunk and head in bf16, fp32 accumulation) on real photo pairs."""
-    import fastlpips
-
     from conftest import real_pairs
+
+    import fastlpips
 
     ours, _ = models(net)
     bf = fastlpips.LPIPS(net=net, verbose=False, dtype=torch.bfloat16)

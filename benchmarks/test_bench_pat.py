@@ -22,10 +22,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import perceptual_advex
 from torch import nn
 from torch.nn import functional as F
-
-from conftest import perceptual_advex
 
 EPOCH_BATCH = 50
 _CACHE = {}
@@ -134,7 +133,8 @@ def our_epoch(distance):
 def test_pat_epoch(benchmark, provider, distance):
     train, _ = data()
     run = their_epoch(distance) if provider == "perceptual-advex" else our_epoch(distance)
-    benchmark.group = f"pat epoch fast-lpa {distance} tiny-resnet 32x32 B={EPOCH_BATCH} ({len(train) // EPOCH_BATCH} steps)"
+    steps = len(train) // EPOCH_BATCH
+    benchmark.group = f"pat epoch fast-lpa {distance} tiny-resnet 32x32 B={EPOCH_BATCH} ({steps} steps)"
     benchmark.extra_info.update(provider=provider)
     benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=0)
 

@@ -8,7 +8,6 @@ without AVX512-BF16 and measured slower than fp32 without AMX. Goal (benchmarks/
 """
 import pytest
 import torch
-
 from conftest import images, models
 
 PROVIDERS = ["fp32", "bf16", "auto"]

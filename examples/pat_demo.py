@@ -60,7 +60,8 @@ def main(argv=None):
         cfg = PATConfig(epochs=args.epochs, batch_size=50, lr=0.1, warmup_epochs=2,
                         lr_drops=(int(args.epochs * 0.75),), seed=0, **RUNS[name])
         t = time.perf_counter()
-        net = train_pat(model(train.num_classes), train, out / name, cfg, resume=(out / name / "checkpoint.pt").is_file())
+        net = train_pat(model(train.num_classes), train, out / name, cfg,
+                        resume=(out / name / "checkpoint.pt").is_file())
         seconds[name] = time.perf_counter() - t
         seen = [] if name == "undefended" else ["fast-lpa"]
         results[name] = evaluate_robustness(net, val, PAPER_EVALUATION, batch_size=50, iterations=args.eval_iterations,

@@ -3,25 +3,28 @@
 ``import fastlpips as lpips`` works for code written against the ``lpips`` package.
 """
 from ._backend import BackendUnavailable, backends
-from .validation import RangeWarning
+from .classic import DSSIM, L2
 from .elpips import ELPIPS, ELPIPSDraw
 from .estimator import ELPIPSEstimate, elpips_estimate
+from .evaluation import EvaluationResult, evaluate
 from .functional import distance_matrix, get_model, lpips
+from .losses import CombinedLoss, ELPIPSLoss, LPIPSLoss, PerceptualLoss, PixelLoss, TextureLoss
 from .model import LPIPS, LPIPSFeatures, NetLinLayer, ScalingLayer
 from .nets.weights import WeightError
 from .precision import PrecisionWarning
-from .classic import DSSIM, L2
 from .scoring import score_2afc_dataset, score_jnd_dataset, voc_ap
 from .training import BCERankingLoss, Dist2LogitLayer, Trainer
-from .losses import CombinedLoss, ELPIPSLoss, LPIPSLoss, PerceptualLoss, PixelLoss, TextureLoss
-from .evaluation import EvaluationResult, evaluate
 from .utils import im2tensor, l2, load_image, normalize_tensor, psnr, read_image, spatial_average, tensor2im, upsample
+from .validation import RangeWarning
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "lpips", "distance_matrix", "get_model", "backends", "BackendUnavailable", "ELPIPS", "ELPIPSDraw", "ELPIPSEstimate", "elpips_estimate", "LPIPS", "LPIPSFeatures", "NetLinLayer", "ScalingLayer", "WeightError", "RangeWarning", "PrecisionWarning",
-    "im2tensor", "tensor2im", "load_image", "read_image", "normalize_tensor", "spatial_average", "upsample", "l2", "psnr",
+    "lpips", "distance_matrix", "get_model", "backends", "BackendUnavailable", "ELPIPS", "ELPIPSDraw", "ELPIPSEstimate",
+    "elpips_estimate", "LPIPS", "LPIPSFeatures", "NetLinLayer", "ScalingLayer", "WeightError", "RangeWarning",
+    "PrecisionWarning",
+    "im2tensor", "tensor2im", "load_image", "read_image", "normalize_tensor", "spatial_average", "upsample", "l2",
+    "psnr",
     "score_2afc_dataset", "score_jnd_dataset", "voc_ap", "L2", "DSSIM", "Trainer",
     "BCERankingLoss", "Dist2LogitLayer",
     # issue 13: losses for reconstruction, dataset evaluation (PSNR/SSIM/MS-SSIM/GMSD: fastlpips.iqa)

@@ -36,8 +36,18 @@ from .nets.weights import load_lin_weights, load_trunk_state
 from .ops.head import lpips_head_map
 from .ops.transform import batched_transform
 from .precision import resolve_dtype, warn_if_slow
-from .transforms import (MAX_SCALE, TRANSFORM_FAMILIES, TransformBatch, TransformSet, apply_transform, check_families,
-                         downscaled_size, min_size_for_scale, sample_batched, sample_official)
+from .transforms import (
+    MAX_SCALE,
+    TRANSFORM_FAMILIES,
+    TransformBatch,
+    TransformSet,
+    apply_transform,
+    check_families,
+    downscaled_size,
+    min_size_for_scale,
+    sample_batched,
+    sample_official,
+)
 
 __all__ = ["ELPIPS", "ELPIPSDraw", "scale_levels_for_size", "dropout_positions", "zero_at", "dropout_conv",
            "DEFAULT_RTOL", "DEFAULT_ATOL", "BF16_RELATIVE_BIAS", "BF16_ABSOLUTE_BIAS", "bf16_bias_allowed",
@@ -92,7 +102,8 @@ def _bernoulli_positions(count: int, p: float, generator: Optional[torch.Generat
     return torch.cat(chunks)
 
 
-def dropout_positions(x: torch.Tensor, n: int, groups: int, p: float, generator: Optional[torch.Generator]) -> torch.Tensor:
+def dropout_positions(x: torch.Tensor, n: int, groups: int, p: float,
+                      generator: Optional[torch.Generator]) -> torch.Tensor:
     """Flat (channels_last order) positions of the dropped elements: a batch of ``n`` draws, the
     same positions in each of the ``groups`` stacked batches."""
     per = n * x[0].numel()
@@ -146,9 +157,9 @@ def dropout_conv(conv: nn.Conv2d, h: torch.Tensor, drop: _Dropout, *, shared: bo
                  linear: bool = False) -> Tuple[torch.Tensor, Optional[Tangent]]:
     """``conv`` applied after E-LPIPS dropout: each input element zeroed with probability 1 - keep,
     the 1/keep scale folded into the weights (in place when no gradient is recorded, ``h`` is not
-    ``shared`` with another consumer and not kept for a linearization). With ``linear``, also ``t -> d conv(dropout(h))[t]`` (the
-    same positions zeroed, no bias); else None. The one definition both ELPIPS and the attacks'
-    kept linearization run."""
+    ``shared`` with another consumer and not kept for a linearization). With ``linear``, also
+    ``t -> d conv(dropout(h))[t]`` (the same positions zeroed, no bias); else None. The one definition
+    both ELPIPS and the attacks' kept linearization run."""
     h = h.to(conv.weight.dtype)  # reduced precision: the first conv and its layers stay fp32
     if drop.keep is None:
         y = conv(h)
@@ -481,7 +492,8 @@ class ELPIPS(nn.Module):
             dropout_seed = int(torch.randint(2**62, (1,), generator=generator))
         return ELPIPSDraw(samples, n, tset, dropout_seed)
 
-    def _distances(self, batch: List[torch.Tensor], per: int, generator: Optional[torch.Generator]) -> List[torch.Tensor]:
+    def _distances(self, batch: List[torch.Tensor], per: int,
+                   generator: Optional[torch.Generator]) -> List[torch.Tensor]:
         """Trunk + heads for stacked members (images..., reference), each of ``per`` images in the
         scale [0, 1]; one dropout mask per element of a member, shared by all members. Each layer's
         head runs as soon as the layer exists (dropout then zeroes the next conv's input in place)."""
@@ -549,7 +561,8 @@ class ELPIPS(nn.Module):
                                    else torch.float32) for _ in images]
         for idx, tb in groups:
             oh, ow = tb.out_size(h, w) if tb is not None else (h, w)
-            step = self._chunk(len(members) * n, oh, ow, torch.is_grad_enabled() and any(m.requires_grad for m in members))
+            step = self._chunk(len(members) * n, oh, ow,
+                               torch.is_grad_enabled() and any(m.requires_grad for m in members))
             for a in range(0, len(idx), step):
                 part = idx[a:a + step]
                 if tb is not None:
@@ -636,6 +649,7 @@ class ELPIPS(nn.Module):
             raise ValueError(f"images of {h}x{w} are too small for the {self.net_name} trunk: sides must be >= "
                              f"{need - 7} (+ 7 px of offset padding >= {need} px through its poolings)")
         fits = max(s for s in range(1, self.max_scale) if downscaled_size(side, s) + 7 >= need)
-        raise ValueError(f"images of {h}x{w} are too small for the {self.net_name} trunk at scale level {self.max_scale}: "
+        raise ValueError(f"images of {h}x{w} are too small for the {self.net_name} trunk at scale level "
+                         f"{self.max_scale}: "
                          f"the downscaled image ({downscaled_size(side, self.max_scale)} px + 7 px of offset padding) "
                          f"must be >= {need} px through its poolings; use ELPIPS(max_scale={fits})")

@@ -14,8 +14,14 @@ import torch
 
 from . import validation as V
 from .elpips import DEFAULT_ATOL, DEFAULT_RTOL, ELPIPS
-from .transforms import (SobolTransformSampler, TransformSet, control_features, downscaled_size, sample_batched,
-                         scale_probabilities)
+from .transforms import (
+    SobolTransformSampler,
+    TransformSet,
+    control_features,
+    downscaled_size,
+    sample_batched,
+    scale_probabilities,
+)
 
 __all__ = ["ELPIPSEstimate", "elpips_estimate", "stratified_mean", "METHODS"]
 
@@ -130,11 +136,13 @@ def elpips_estimate(x: torch.Tensor, y: torch.Tensor, *, rtol: float = DEFAULT_R
     g = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**62, (1,))))
     if method == "qmc":
         replicates = V.check_positive_int(replicates, "replicates", 2)
-        return _with_dtype(metric, _estimate_qmc(metric, x, y, g, rtol=rtol, atol=atol, confidence=confidence, min_samples=min_samples,
+        return _with_dtype(metric, _estimate_qmc(metric, x, y, g, rtol=rtol, atol=atol, confidence=confidence,
+                                                 min_samples=min_samples,
                              max_samples=max_samples, batch_size=batch_size, replicates=replicates, callback=callback))
     if method == "cv":
         costs = _cost_model(costs if costs is not None else ("area" if seed is not None else "measured"), metric, y)
-        return _with_dtype(metric, _estimate_cv(metric, x, y, g, rtol=rtol, atol=atol, z=z, confidence=confidence, min_samples=min_samples,
+        return _with_dtype(metric, _estimate_cv(metric, x, y, g, rtol=rtol, atol=atol, z=z, confidence=confidence,
+                                                min_samples=min_samples,
                             max_samples=max_samples, batch_size=batch_size, callback=callback, costs=costs))
     levels = metric.max_scale if metric.transforms else 1
     p = scale_probabilities(levels) if stratified else torch.ones(1, dtype=torch.float64)

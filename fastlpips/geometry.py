@@ -229,7 +229,8 @@ def _check_unit(x: torch.Tensor, name: str) -> None:
     V.check_image(x, name, hint=V.UNIT_HINT, allow_empty=False)
     mn, mx = (float(v) for v in torch.aminmax(x.detach()))
     if not (math.isfinite(mn) and math.isfinite(mx)) or mn < 0 or mx > 1:
-        raise ValueError(f"{name} must hold finite values in [0, 1], got [{mn:.4g}, {mx:.4g}]{V.unit_range_hint(mn, mx)}")
+        hint = V.unit_range_hint(mn, mx)
+        raise ValueError(f"{name} must hold finite values in [0, 1], got [{mn:.4g}, {mx:.4g}]{hint}")
 
 
 def _start(shape, init: str, generator: torch.Generator, like: torch.Tensor, mean: Optional[torch.Tensor] = None):
@@ -249,7 +250,8 @@ def _optimize(params: torch.Tensor, loss_fn: Callable[[int], torch.Tensor], step
     params.requires_grad_(True)
     opt = torch.optim.Adam([params], lr=release_lr(0, lr))
     losses = []
-    bar = tqdm(range(steps), desc=desc, unit="step", disable=True if progress is False else (None if progress is None else False),
+    bar = tqdm(range(steps), desc=desc, unit="step",
+               disable=True if progress is False else (None if progress is None else False),
                leave=False)
     for t in bar:
         for g in opt.param_groups:

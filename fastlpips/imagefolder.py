@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .bapps import IMAGE_EXTENSIONS, _PHOTOS, _photos
+from .bapps import _PHOTOS, IMAGE_EXTENSIONS, _photos
 from .utils import read_image
 
 __all__ = ["ImageFolder", "make_example_folder", "example_photos", "EXAMPLE_CLASSES"]
@@ -108,7 +108,8 @@ def make_example_folder(root: PathLike, *, train_per_class: int = 200, val_per_c
     for photo, name in zip(_photos(), EXAMPLE_CLASSES):
         h, w = photo.shape[:2]
         cut = int(w * 0.7)
-        for split, n, (lo, hi) in (("train", train_per_class, (0, cut - size)), ("val", val_per_class, (cut, w - size))):
+        for split, n, (lo, hi) in (("train", train_per_class, (0, cut - size)),
+                                   ("val", val_per_class, (cut, w - size))):
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(n):

@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from .classic import _check_pair
 from .validation import check_finite, check_positive_int
 
-__all__ = ["psnr", "ssim", "ms_ssim", "ms_ssim_min_size", "gmsd", "MS_SSIM_WEIGHTS", "GMSD_C", "GMSD_MIN_SIZE", "REDUCTIONS"]
+__all__ = ["psnr", "ssim", "ms_ssim", "ms_ssim_min_size", "gmsd", "MS_SSIM_WEIGHTS", "GMSD_C", "GMSD_MIN_SIZE",
+           "REDUCTIONS"]
 
 #: MS-SSIM scale weights (exponents), finest scale first (Wang, Simoncelli & Bovik 2003).
 MS_SSIM_WEIGHTS: Tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)

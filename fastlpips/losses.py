@@ -413,7 +413,8 @@ class TextureLoss(FeatureLoss):
         small = [n for n in self.layers if min(sizes[n]) < self.patches[n]]
         if small:
             need = next(s for s in range(1, 1 << 14)
-                        if all(min(v) >= self.patches[k] for k, v in _feature_sizes(self.trunk, s, s, self.layers).items()))
+                        if all(min(v) >= self.patches[k]
+                               for k, v in _feature_sizes(self.trunk, s, s, self.layers).items()))
             what = ", ".join(f"{n} is {sizes[n][0]}x{sizes[n][1]} (patch {self.patches[n]}x{self.patches[n]})"
                              for n in small)
             raise ValueError(f"images of {h}x{w} are too small for TextureLoss' patches: {what}; these layers "

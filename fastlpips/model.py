@@ -24,11 +24,11 @@ import torch
 from torch import nn
 
 from . import validation as V
+from ._backend import resolve
 from .nets.trunks import build_trunk
 from .nets.weights import WeightError, load_lin_weights, load_trunk_state, read_state_dict
-from ._backend import resolve
-from .precision import resolve_dtype, warn_if_slow
 from .ops.head import lpips_head_map
+from .precision import resolve_dtype, warn_if_slow
 from .reference import normalize_channels, upsample, weighted_channel_sum
 
 logger = logging.getLogger("fastlpips")

@@ -46,8 +46,8 @@ from .attacks.checks import check_labels, check_logits, check_unit_images
 from .attacks.distances import ClassifierFeatureDistance
 from .attacks.perceptual import LagrangePerceptualAttack
 from .attacks.threat import draw_noise
-from .robust import make_attack, parse_attack_spec
 from .nets.weights import check_state, read_state_dict
+from .robust import make_attack, parse_attack_spec
 from .runs import CheckpointError, RunFolder, check_data, data_record, read_log_csv, write_log_csv
 from .utils import CheckedDataLoader, channels_last, file_sha256
 
@@ -67,7 +67,8 @@ class PATConfig:
 
     attacks: Tuple[str, ...] = ("fast-lpa:self=0.5",)
     attack_iterations: Optional[int] = None  # None: each attack's default (Fast-LPA 10)
-    mix: str = "all"  # 'all' (concatenate every attack's examples), 'random' (one per batch), 'max' (per-example max loss)
+    # 'all' (concatenate every attack's examples), 'random' (one per batch), 'max' (per-example max loss)
+    mix: str = "all"
     only_attack_correct: bool = False
     epochs: int = 100
     batch_size: int = 128
@@ -137,13 +138,15 @@ class _Batches(torch.utils.data.Sampler):
         return self.n // self.global_batch - self.skip
 
     def __iter__(self):
-        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(step_seed(self.seed, self.epoch, stream=1)))
+        seed = step_seed(self.seed, self.epoch, stream=1)
+        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(seed))
         r, w = D.rank(), D.world_size()
         for b in range(self.skip, self.n // self.global_batch):
             yield perm[b * self.global_batch + r:(b + 1) * self.global_batch:w].tolist()
 
 
-def _augment_batch(x: torch.Tensor, draws: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], pad: int = 4) -> torch.Tensor:
+def _augment_batch(x: torch.Tensor, draws: Tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                   pad: int = 4) -> torch.Tensor:
     """Random crops of the zero-padded images at offsets (dy, dx), mirrored where ``flip``: one
     gather for the batch (rows dy + i, columns dx + j, or dx + w - 1 - j when mirrored), returned
     channels_last."""
@@ -321,7 +324,8 @@ def train_pat(model: nn.Module, train_dataset, out_dir: PathLike, config: Option
             g = torch.Generator().manual_seed(step_seed(cfg.seed, global_step))
             rows = slice(rank, cfg.batch_size, world)
             if cfg.augment:
-                draws = (torch.rand(cfg.batch_size, generator=g) < 0.5, torch.randint(0, 9, (cfg.batch_size,), generator=g),
+                draws = (torch.rand(cfg.batch_size, generator=g) < 0.5,
+                         torch.randint(0, 9, (cfg.batch_size,), generator=g),
                          torch.randint(0, 9, (cfg.batch_size,), generator=g))
                 x = _augment_batch(x, tuple(d[rows] for d in draws))
             if layout_ok is None:  # once: can the model take channels_last batches (a .view of a map cannot)?

@@ -221,7 +221,8 @@ def resolve_dtype(dtype, device: Union[str, torch.device, None] = None, *, net: 
     if dtype is None or dtype == torch.float32:
         return None
     if dtype not in (torch.bfloat16, torch.float16):
-        raise ValueError(f"dtype= selects a reduced-precision mode (torch.bfloat16, torch.float16 or 'auto'), got {dtype}")
+        raise ValueError(f"dtype= selects a reduced-precision mode (torch.bfloat16, torch.float16 or 'auto'), got "
+                         f"{dtype}")
     return dtype
 
 

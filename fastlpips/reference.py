@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 EPS = 1e-10
 
-__all__ = ["EPS", "safe_norm", "normalize_with_norm", "normalize_channels", "lpips_head", "weighted_channel_sum", "spatial_average", "upsample"]
+__all__ = ["EPS", "safe_norm", "normalize_with_norm", "normalize_channels", "lpips_head", "weighted_channel_sum",
+           "spatial_average", "upsample"]
 
 
 def safe_norm(f: torch.Tensor, dim: int = 1) -> torch.Tensor:

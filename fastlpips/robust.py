@@ -177,8 +177,9 @@ def _correctness(values, name: str) -> np.ndarray:
         raise ValueError(f"{name} must be a 1-D sequence of per-example booleans, got shape {arr.shape}")
     if arr.dtype != bool:
         if arr.dtype.kind not in "iuf" or not np.isin(arr, (0, 1)).all():
+            odd = arr[~np.isin(arr, (0, 1))] if arr.dtype.kind in "iuf" else arr
             raise ValueError(f"{name} must hold booleans (or 0 and 1), got {arr.dtype} values such as "
-                             f"{arr[~np.isin(arr, (0, 1))][:3].tolist() if arr.dtype.kind in 'iuf' else arr[:3].tolist()}")
+                             f"{odd[:3].tolist()}")
         arr = arr.astype(bool)
     return arr
 
@@ -298,7 +299,6 @@ def evaluate_robustness(model: nn.Module, dataset, attacks: Sequence[Union[str, 
     models the model was trained against (for the unseen mean). The model is put in eval mode.
     Random starts are seeded per batch (``seed``), so results do not depend on the process count."""
     from torch.utils.data import Subset
-
     from tqdm import tqdm
 
     from .validation import check_positive_int, check_seed
@@ -323,7 +323,8 @@ def evaluate_robustness(model: nn.Module, dataset, attacks: Sequence[Union[str, 
     try:
         size = len(dataset)
     except TypeError:
-        raise TypeError(f"dataset must be a sized dataset of (image, label) pairs, got {type(dataset).__name__}") from None
+        raise TypeError(f"dataset must be a sized dataset of (image, label) pairs, got "
+                        f"{type(dataset).__name__}") from None
     if size == 0:
         raise ValueError("dataset is empty: no examples to evaluate")
     specs = [parse_attack_spec(a) if isinstance(a, str) else a for a in attacks]

@@ -281,8 +281,9 @@ class Trainer:
     def set_input(self, data: dict) -> None:
         self._need("initialize")
         if not isinstance(data, Mapping) or any(k not in data for k in ("ref", "p0", "p1", "judge")):
+            keys = f" with {sorted(data)}" if isinstance(data, Mapping) else ""
             raise ValueError("set_input needs a 2AFC batch: a dict with 'ref', 'p0', 'p1' and 'judge' "
-                             f"(got {type(data).__name__}{' with ' + str(sorted(data)) if isinstance(data, Mapping) else ''})")
+                             f"(got {type(data).__name__}{keys})")
         V.check_fraction_values(data["judge"], "judge (the fraction of people preferring p1)")
         self.input_ref, self.input_p0, self.input_p1 = (data[k].to(self.device) for k in ("ref", "p0", "p1"))
         self.input_judge = data["judge"].to(self.device)

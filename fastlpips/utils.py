@@ -16,7 +16,8 @@ import torch
 
 from .reference import normalize_channels, spatial_average, upsample
 
-__all__ = ["im2tensor", "tensor2im", "load_image", "read_image", "read_image_tensor", "normalize_tensor", "spatial_average", "upsample",
+__all__ = ["im2tensor", "tensor2im", "load_image", "read_image", "read_image_tensor", "normalize_tensor",
+           "spatial_average", "upsample",
            "l2", "psnr"]
 
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"})  # what folder commands read
@@ -47,7 +48,8 @@ def im2tensor(image: np.ndarray, imtype=np.uint8, cent: float = 1.0, factor: flo
     return torch.from_numpy(np.ascontiguousarray((image / factor - cent).transpose(2, 0, 1)[None]).astype(np.float32))
 
 
-def tensor2im(image_tensor: torch.Tensor, imtype=np.uint8, cent: float = 1.0, factor: float = 255.0 / 2.0) -> np.ndarray:
+def tensor2im(image_tensor: torch.Tensor, imtype=np.uint8, cent: float = 1.0,
+              factor: float = 255.0 / 2.0) -> np.ndarray:
     """First image of an N x 3 x H x W tensor in [-1, 1] -> H x W x 3 array (0..255, ``imtype``)."""
     image_numpy = image_tensor[0].detach().cpu().float().numpy()
     image_numpy = (np.transpose(image_numpy, (1, 2, 0)) + cent) * factor
@@ -193,7 +195,8 @@ def _png_unfilter(rows: np.ndarray, bpp: int, path, band: int = 1024) -> np.ndar
 def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
     """Apply an EXIF orientation to an (H, W, C) array as PIL's ``ImageOps.exif_transpose`` does."""
     ops = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-           5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1), 7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
+           5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+           7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
            8: lambda a: np.rot90(a, 1)}
     return np.ascontiguousarray(ops[orientation](arr)) if orientation in ops else arr
 

@@ -7,11 +7,10 @@ Same index math as csrc/include/fastlpips/transform_math.h (one program per outp
 from __future__ import annotations
 
 import torch
-
-from .head import INTERPRETED, _launch  # noqa: F401  (importing head fixes interpreted vs compiled)
-
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
+
+from .head import INTERPRETED, _launch  # noqa: F401  (importing head fixes interpreted vs compiled)
 
 N_PARAMS = 9  # dy, dx, flip, swap, oy, ox, perm0, perm1, perm2
 MAX_OFFSET = 7
@@ -59,8 +58,8 @@ def _transform_fwd(x, params, colors, out, B, H, W, OH, OW, S: tl.constexpr, ACC
     acc = tl.zeros((BLOCK,), dtype=ACC)
     for k in tl.static_range(S):  # S (the scale, 1..8) is a compile-time constant: one variant per scale
         row = _reflect(u * S + k - oy, H)
-        for l in tl.static_range(S):
-            col = _reflect(v * S + l - ox, W)
+        for m in tl.static_range(S):
+            col = _reflect(v * S + m - ox, W)
             acc += tl.load(x + src + row * W + col, mask=mask, other=0.0).to(ACC)
     colour = tl.load(colors + n * 3 + c).to(ACC)
     val = acc / (S * S) * colour
@@ -76,8 +75,8 @@ def _transform_bwd(grad, params, colors, gx, B, H, W, OH, OW, S: tl.constexpr, A
     val = g / (S * S) * colour
     for k in tl.static_range(S):
         row = _reflect(u * S + k - oy, H)
-        for l in tl.static_range(S):
-            col = _reflect(v * S + l - ox, W)
+        for m in tl.static_range(S):
+            col = _reflect(v * S + m - ox, W)
             tl.atomic_add(gx + src + row * W + col, val, mask=mask)
 
 

@@ -164,7 +164,8 @@ def _cli_habits(name):
     for node in ast.walk(ast.parse(MODULES[name].read_text())):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-            out += [(f"imports {m}", node.lineno) for m in mods if m.split(".")[0] in ("argparse", "optparse", "getopt")]
+            parsers = ("argparse", "optparse", "getopt")
+            out += [(f"imports {m}", node.lineno) for m in mods if m.split(".")[0] in parsers]
         elif isinstance(node, ast.Call):
             f = node.func
             called = f.id if isinstance(f, ast.Name) else (
@@ -183,7 +184,8 @@ def _deprecated_uses(name):
                 continue
             if isinstance(node, ast.Attribute) and node.attr == alias:
                 out.append((alias, node.lineno))
-            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and alias in node.value.split("::")[0:1]:
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and \
+                    alias in node.value.split("::")[0:1]:
                 out.append((alias, node.lineno))
     return out
 

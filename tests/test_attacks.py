@@ -5,10 +5,24 @@ import torch
 from torch import nn
 
 import fastlpips
-from fastlpips.attacks import (ClassifierFeatureDistance, ELPIPSDistance, JTJ, LPIPSDistance, PerceptualPGD,
-                               FastLagrangePerceptualAttack, LagrangePerceptualAttack, conjugate_gradient,
-                               lanczos_extremes, margin_loss, power_iteration, project_bisection, project_newton,
-                               pull_to_target, push_within_l2, twoafc_pgd)
+from fastlpips.attacks import (
+    JTJ,
+    ClassifierFeatureDistance,
+    ELPIPSDistance,
+    FastLagrangePerceptualAttack,
+    LagrangePerceptualAttack,
+    LPIPSDistance,
+    PerceptualPGD,
+    conjugate_gradient,
+    lanczos_extremes,
+    margin_loss,
+    power_iteration,
+    project_bisection,
+    project_newton,
+    pull_to_target,
+    push_within_l2,
+    twoafc_pgd,
+)
 from fastlpips.attacks.distances import normalize_layer
 from fastlpips.nets import weights as W
 
@@ -305,7 +319,8 @@ def test_attack_inputs_are_validated():
     with pytest.raises(ValueError, match="too small for the squeeze trunk"):
         ppgd(torch.rand(4, 3, 16, 16, dtype=torch.float64), y)
     wrong = nn.Sequential(model, nn.Flatten(0))  # (N*K,) instead of (N, K)
-    with pytest.raises(ValueError, match=r"model\(x\) must return logits of shape \(4, num_classes >= 2\), got \(40,\)"):
+    with pytest.raises(ValueError,
+                       match=r"model\(x\) must return logits of shape \(4, num_classes >= 2\), got \(40,\)"):
         PerceptualPGD(wrong, d, 0.5, num_iterations=1, cg_iterations=1)(x, y)
     for bad in (float("nan"), 0.0, -1.0, float("inf")):
         for make in (lambda b: PerceptualPGD(model, d, b), lambda b: LagrangePerceptualAttack(model, d, b),

@@ -456,7 +456,8 @@ def test_a_crafted_pickle_runs_no_code_anywhere(synth, example, pat_run, tmp_pat
     run_p = tmp_path / "p2"
     shutil.copytree(pat_run, run_p)
     _crafted(run_p / "checkpoint.pt", target)
-    cases["pat-train --resume"] = ["pat-train", example / "train", *PAT, "--epochs", "1", "--out-dir", run_p, "--resume"]
+    cases["pat-train --resume"] = ["pat-train", example / "train", *PAT, "--epochs", "1", "--out-dir", run_p,
+                                   "--resume"]
     model_dir = tmp_path / "m"
     shutil.copytree(pat_run, model_dir)
     _crafted(model_dir / "model.pt", target)
@@ -576,7 +577,8 @@ def _eval_folders(root: Path, n=3, size=32):
     for k in range(n):
         a = rng.integers(0, 256, (size, size, 3)).astype(np.uint8)
         Image.fromarray(a).save(root / "ref" / f"{k}.png")
-        Image.fromarray(np.clip(a + rng.integers(-20, 20, a.shape), 0, 255).astype(np.uint8)).save(root / "out" / f"{k}.png")
+        Image.fromarray(np.clip(a + rng.integers(-20, 20, a.shape), 0,
+                                255).astype(np.uint8)).save(root / "out" / f"{k}.png")
     return root / "ref", root / "out"
 
 

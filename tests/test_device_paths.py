@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import fastlpips
-from helpers import real_images
 from fastlpips.ops.transform import batched_transform
 from fastlpips.transforms import apply_transform, sample_batched
+from helpers import real_images
 
 
 @pytest.fixture(autouse=True)

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import BF16_DISTANCE_REL, FP32_VS_FP32, assert_close, distort, real_images, shared_path
 from fastlpips.nets import weights as W
 from fastlpips.reference import lpips_head
+from helpers import BF16_DISTANCE_REL, FP32_VS_FP32, assert_close, distort, real_images, shared_path
 
 # One draw evaluated two ways in float32 (a tuple of images vs each image alone): the same
 # per-image computation, so 1e-6 relative (measured: bit-identical), tighter than the table
@@ -464,9 +464,9 @@ def test_draw_fixes_transforms_and_dropout(rand_metric):
 
 def test_elpips_distance_is_the_metric_on_its_draw(rand_metric):
     """The attacks' E-LPIPS distance (squared) equals ELPIPS itself evaluated on the same draw."""
-    from fastlpips.attacks import ELPIPSDistance
-
     import copy
+
+    from fastlpips.attacks import ELPIPSDistance
 
     metric = copy.deepcopy(rand_metric).double()  # float64: the two summation orders agree to rounding
     g = torch.Generator().manual_seed(6)

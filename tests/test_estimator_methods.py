@@ -15,8 +15,13 @@ import torch
 
 from fastlpips import ELPIPS, elpips_estimate
 from fastlpips.estimator import _cost_aware, _cv_level, _t_quantile, stratified_mean
-from fastlpips.transforms import (PERMUTATIONS, SobolTransformSampler, control_features, sample_batched,
-                                  scale_probabilities)
+from fastlpips.transforms import (
+    PERMUTATIONS,
+    SobolTransformSampler,
+    control_features,
+    sample_batched,
+    scale_probabilities,
+)
 
 PAIRS = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
 FLIP = torch.tensor([1.0, 1.3, 0.8, 1.1], dtype=torch.float64)
@@ -29,8 +34,8 @@ def _stand_in():
     m = ELPIPS(net="squeeze", pnet_rand=True, max_scale=2)
 
     def sample_distances(images, reference, samples, *, generator=None, transforms=None, draw=None):
-        t = transforms if transforms is not None else sample_batched(samples, reference.shape[0], generator=generator,
-                                                                     max_scale=m.max_scale)
+        t = transforms if transforms is not None else sample_batched(
+            samples, reference.shape[0], generator=generator, max_scale=m.max_scale)
         perm = torch.tensor([[_PERM_CODE[tuple(p)] for p in row] for row in t.perms.tolist()])
         noise = torch.randn(t.samples, t.n, generator=generator, dtype=torch.float64)
         d = (PAIRS * (1 + 0.3 * t.colors.double().mean(2)) * (1 + 0.1 * t.offsets[..., 0].double() / 7)

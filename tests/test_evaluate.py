@@ -238,7 +238,8 @@ def _chromium():
         exe = None
     if exe is None:
         if os.environ.get("CI"):
-            pytest.fail("CI must render the report: .ci/run installs Debian's chromium and requirements-dev.txt playwright")
+            pytest.fail("CI must render the report: .ci/run installs Debian's chromium and requirements-dev.txt "
+                        "playwright")
         pytest.skip("headless Chromium (Debian's chromium) and playwright are needed to render the report")
     return exe
 

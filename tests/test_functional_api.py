@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fastlpips
-from helpers import FP32_VS_FP32, assert_close, distort, model_pair, rand_images, real_images
+from helpers import FP32_VS_FP32, assert_close, distort, rand_images, real_images
 
 # normalize_tensor vs lpips' on one float32 input: the same formula, so every element agrees to 1e-6
 # relative with no absolute slack (tighter than the table's float32 entry)
@@ -82,8 +82,10 @@ def test_helpers_match_lpips(lpips_ref):
 
 def test_public_api_surface():
     assert sorted(fastlpips.__all__) == sorted([
-        "lpips", "distance_matrix", "get_model", "backends", "BackendUnavailable", "ELPIPS", "ELPIPSDraw", "ELPIPSEstimate", "elpips_estimate", "LPIPS", "LPIPSFeatures", "NetLinLayer", "ScalingLayer",
-        "WeightError", "RangeWarning", "PrecisionWarning", "im2tensor", "tensor2im", "load_image", "read_image", "normalize_tensor",
+        "lpips", "distance_matrix", "get_model", "backends", "BackendUnavailable", "ELPIPS", "ELPIPSDraw",
+        "ELPIPSEstimate", "elpips_estimate", "LPIPS", "LPIPSFeatures", "NetLinLayer", "ScalingLayer",
+        "WeightError", "RangeWarning", "PrecisionWarning", "im2tensor", "tensor2im", "load_image", "read_image",
+        "normalize_tensor",
         "spatial_average", "upsample", "l2", "psnr",
         # lpips' trainer / scoring names (issue 10)
         "score_2afc_dataset", "score_jnd_dataset", "voc_ap", "L2", "DSSIM", "Trainer", "BCERankingLoss",

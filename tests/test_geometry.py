@@ -118,7 +118,8 @@ def test_cli_barycenter_and_geodesic(tmp_path):
         want = np.asarray(gif.convert("RGB")).astype(float).repeat(22, 0).repeat(22, 1)
         assert np.abs(frames[k].astype(float) - want).mean() < 6  # lossy H.264 of the same frame
     for args, msg in ((("barycenter", paths[0], "--save", tmp_path / "x.png"), "at least 2 images"),
-                      (("barycenter", paths[0], tmp_path / "small.png", "--save", tmp_path / "x.png"), "must have one size"),
+                      (("barycenter", paths[0], tmp_path / "small.png", "--save", tmp_path / "x.png"),
+                       "must have one size"),
                       (("geodesic", paths[0], paths[1], "--frames", "0", "--save", tmp_path / "x.png"),
                        "--frames must be >= 1"),
                       (("geodesic", paths[0], paths[1], "--save", paths[0]), "input")):

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import fastlpips
-from helpers import tolerance
 from fastlpips import _backend
 from fastlpips.ops.head import lpips_head_map
 from fastlpips.reference import lpips_head
+from helpers import tolerance
 
 warnings.filterwarnings("ignore", category=RuntimeWarning)  # interpreter: masked lanes compute too
 

@@ -5,8 +5,7 @@ import pytest
 import torch
 
 import fastlpips
-from fastlpips.losses import (CombinedLoss, ELPIPSLoss, LPIPSLoss, PerceptualLoss, PixelLoss, TextureLoss,
-                              patch_gram)
+from fastlpips.losses import CombinedLoss, ELPIPSLoss, LPIPSLoss, PerceptualLoss, PixelLoss, TextureLoss, patch_gram
 from fastlpips.nets.trunks import build_trunk
 from fastlpips.reference import normalize_channels
 
@@ -261,8 +260,8 @@ def test_trunks_from_one_checkpoint_share_the_pass(vgg32, tmp_path):
         counter.close()
     torch.testing.assert_close(total, PerceptualLoss(trunk=vgg32)(x, y) + TextureLoss(patch=2, trunk=vgg32)(x, y))
     # different trunks: one pass each
-    assert (PerceptualLoss(trunk=vgg32) + PerceptualLoss(pnet_rand=True)).feature_groups() == [["perceptual"],
-                                                                                                ["perceptual_2"]]
+    groups = (PerceptualLoss(trunk=vgg32) + PerceptualLoss(pnet_rand=True)).feature_groups()
+    assert groups == [["perceptual"], ["perceptual_2"]]
 
 
 def test_lpips_and_elpips_losses_match_the_metrics():
@@ -335,7 +334,8 @@ def test_bad_inputs(vgg64):
     with pytest.raises(ValueError, match="too small for the VGG19 trunk up to relu5_4: it needs at least 16x16"):
         loss(imgs(size=8), imgs(size=8))
     with pytest.raises(ValueError, match=r"too small for TextureLoss' patches: relu3_4 is 8x8 \(patch 16x16\), "
-                                         r"relu5_4 is 2x2 \(patch 16x16\); these layers need images of at least 256x256"):
+                                         r"relu5_4 is 2x2 \(patch 16x16\); these layers need images of at least "
+                                         r"256x256"):
         TextureLoss(trunk=vgg64)(x, x)
     with pytest.raises(ValueError, match="NaN or Inf"):
         loss(x, torch.full_like(x, float("nan")))

@@ -6,9 +6,17 @@ import pytest
 import torch
 
 import fastlpips
-from helpers import BF16_DISTANCE_REL, FP32_VS_FP32, assert_close, distort, model_pair, rand_images, real_images, \
-    shared_path
 from fastlpips.nets import weights as W
+from helpers import (
+    BF16_DISTANCE_REL,
+    FP32_VS_FP32,
+    assert_close,
+    distort,
+    model_pair,
+    rand_images,
+    real_images,
+    shared_path,
+)
 
 
 def test_use_dropout_false_still_loads_calibrated_weights(lpips_ref):

@@ -20,8 +20,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastlpips.attacks.narrow import (JPEGLinf, L2PGD, LinfPGD, block_dct, block_idct, jpeg_decode, jpeg_encode,
-                                      rgb_to_ycbcr, ycbcr_to_rgb)
+from fastlpips.attacks.narrow import (
+    L2PGD,
+    JPEGLinf,
+    LinfPGD,
+    block_dct,
+    block_idct,
+    jpeg_decode,
+    jpeg_encode,
+    rgb_to_ycbcr,
+    ycbcr_to_rgb,
+)
 from fastlpips.attacks.threat import ThreatAttack
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -146,9 +146,8 @@ def test_parity_alexnet_transform_domain_conv2(lpips_ref, spatial, monkeypatch):
 
 def test_shared_example_images(lpips_ref):
     """The LPIPS authors' example patches (shared/images): same distances, same ranking."""
-    from helpers import shared_path
-
     import fastlpips
+    from helpers import shared_path
 
     folder = shared_path("images", "lpips_examples")
     ims = {n: fastlpips.im2tensor(fastlpips.load_image(folder / f"ex_{n}.png")) for n in ("ref", "p0", "p1")}

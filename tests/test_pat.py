@@ -203,7 +203,8 @@ def test_torchrun_two_processes_train_the_weights_of_one(example, tmp_path):
 def test_resume_after_a_kill(example, tmp_path):
     """SIGKILL a CLI run once its first mid-epoch checkpoint exists; --resume ends with the weights
     of an uninterrupted run, exactly."""
-    args = ["pat-train", example / "train", "--arch", "tiny", "--epochs", "2", "--batch-size", "20", "--attack-iterations",
+    args = ["pat-train", example / "train", "--arch", "tiny", "--epochs", "2", "--batch-size", "20",
+            "--attack-iterations",
             "2", "--lr", "0.05", "--checkpoint-every", "2", "--no-progress"]
     proc = subprocess.run(_cli(*args, "--out-dir", tmp_path / "full"), capture_output=True, text=True, env=_ENV,
                           timeout=900)
@@ -254,7 +255,8 @@ def test_bad_inputs(example, tmp_path):
         def __getitem__(self, i):
             x, y = data[i]
             return x * 255, y
-    with pytest.raises(ValueError, match=r"training images has values in \[.*\]; attacks take images in \[0, 1\].*divide by 255"):
+    with pytest.raises(ValueError,
+                       match=r"training images has values in \[.*\]; attacks take images in \[0, 1\].*divide by 255"):
         pat.train_pat(_tiny(), Scaled(), tmp_path / "c", _cfg(epochs=1), progress=False)
     with pytest.raises(ValueError, match="must be divisible|batch_size must be a positive int"):
         pat.train_pat(_tiny(), data, tmp_path / "d", _cfg(batch_size=0), progress=False)

@@ -226,7 +226,8 @@ def _bad_case(case):
         obj = _robust({k: v for k, v in tv.items() if k != "features.0.bias"})
         return "alex", obj, r"missing keys \['module\.model\.features\.0\.bias'\]"
     if case == "missing-key-torchvision":
-        return "alex", {k: v for k, v in tv.items() if k != "features.10.weight"}, r"missing keys \['features\.10\.weight'\]"
+        return "alex", {k: v for k,
+                        v in tv.items() if k != "features.10.weight"}, r"missing keys \['features\.10\.weight'\]"
     if case == "extra-trunk-key":  # a parameter at a ReLU's index
         obj = _robust({**tv, "features.1.weight": torch.zeros(3)})
         return "alex", obj, r"unexpected keys \['module\.model\.features\.1\.weight'\]"
@@ -248,7 +249,8 @@ def _bad_case(case):
     if case == "attacker-normalizer":
         obj = _robust(tv)
         obj["model"]["module.attacker.normalize.new_std"] = torch.ones(3, 1, 1)
-        return "alex", obj, r"module\.attacker\.normalize\.new_std = \[1\.0, 1\.0, 1\.0\] is not ImageNet's standard std"
+        return ("alex", obj, r"module\.attacker\.normalize\.new_std = \[1\.0, 1\.0, 1\.0\] is not ImageNet's "
+                r"standard std")
     if case == "unknown-normalizer-buffer":
         obj = _robust(tv)
         obj["model"]["module.normalizer.scale"] = torch.ones(1)

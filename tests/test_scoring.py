@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import model_pair
-
 from fastlpips import bapps, scoring
+from helpers import model_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,8 +34,10 @@ class _LpipsReader(torch.utils.data.Dataset):
 
         self.Image = Image
         self.t = tv.Compose([tv.Resize(64), tv.ToTensor(), tv.Normalize((0.5,) * 3, (0.5,) * 3)])
-        walk = lambda d, ext: [os.path.join(r, f) for r, _, fs in sorted(os.walk(d)) for f in fs if f.endswith(ext)]
-        self.paths = {k: sorted(p for root in roots for p in walk(os.path.join(root, k), ".npy" if k == label else ".png"))
+        def walk(d, ext):
+            return [os.path.join(r, f) for r, _, fs in sorted(os.walk(d)) for f in fs if f.endswith(ext)]
+        self.paths = {k: sorted(p for root in roots for p in walk(os.path.join(root, k),
+                                                                  ".npy" if k == label else ".png"))
                       for k in kinds}
         self.kinds, self.label = kinds, label
 

@@ -19,8 +19,16 @@ import pytest
 import torch
 from torch import nn
 
-from fastlpips.attacks.recolor import (ReColorAdv, apply_color_grid, cieluv_to_rgb, color_grid_smoothness,
-                                       identity_color_grid, interpolate_color_grid, project_color_grid, rgb_to_cieluv)
+from fastlpips.attacks.recolor import (
+    ReColorAdv,
+    apply_color_grid,
+    cieluv_to_rgb,
+    color_grid_smoothness,
+    identity_color_grid,
+    interpolate_color_grid,
+    project_color_grid,
+    rgb_to_cieluv,
+)
 from fastlpips.attacks.stadv import StAdv, apply_flow, flow_smoothness, identity_grid, project_sampling_grid
 from fastlpips.attacks.threat import ThreatAttack
 

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import model_pair
-
 import fastlpips
 from fastlpips import bapps, scoring, training
+from helpers import model_pair
 
 
 @pytest.fixture(scope="module")

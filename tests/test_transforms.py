@@ -3,9 +3,22 @@ import numpy as np
 import pytest
 import torch
 
-from fastlpips.transforms import (FAMILIES, IMAGE_DIMS, MAX_OFFSET, PERMUTATIONS, SAMPLE_DIMS, TRANSFORM_FAMILIES,
-                                  SobolTransformSampler, TransformParams, TransformSet, apply_transform, check_families,
-                                  sample_batched, sample_official, transforms_from_uniform)
+from fastlpips.transforms import (
+    FAMILIES,
+    IMAGE_DIMS,
+    MAX_OFFSET,
+    PERMUTATIONS,
+    SAMPLE_DIMS,
+    TRANSFORM_FAMILIES,
+    SobolTransformSampler,
+    TransformParams,
+    TransformSet,
+    apply_transform,
+    check_families,
+    sample_batched,
+    sample_official,
+    transforms_from_uniform,
+)
 from helpers import assert_close
 
 # apply_transform vs the numpy implementation on float64 images in [0, 1): the gathers are exact and
@@ -225,11 +238,13 @@ def test_transforms_from_uniform_has_the_distribution_of_sample_batched():
         assert torch.allclose(mo[k], v.double(), atol=atol), (k, mo[k])
         assert torch.allclose(mt[k], v.double(), atol=atol), (k, mt[k])
     # the mapping itself at the ends of [0, 1)
-    edge = transforms_from_uniform(torch.tensor([4, 4]), torch.tensor([[0.0, 0.0, 0.0], [1 - 1e-12] * 3], dtype=torch.float64),
+    edge = transforms_from_uniform(torch.tensor([4, 4]), torch.tensor([[0.0, 0.0, 0.0], [1 - 1e-12] * 3],
+                                                                      dtype=torch.float64),
                                    torch.tensor([[[0.0] * 7], [[1 - 1e-12] * 7]], dtype=torch.float64))
     assert edge.scale_offsets.tolist() == [[0, 0], [3, 3]] and edge.swap.tolist() == [True, False]
     assert edge.offsets[:, 0].tolist() == [[0, 0], [7, 7]] and edge.flips.flatten().tolist() == [0, 3]
-    assert edge.perms[0, 0].tolist() == PERMUTATIONS[0].tolist() and edge.perms[1, 0].tolist() == PERMUTATIONS[5].tolist()
+    assert edge.perms[0, 0].tolist() == PERMUTATIONS[0].tolist() and edge.perms[1,
+                                                                                0].tolist() == PERMUTATIONS[5].tolist()
     assert torch.allclose(edge.colors[:, 0], torch.tensor([[0.2] * 3, [1.0] * 3]))
     for bad in (torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[-0.1, 0.0, 0.0]])):
         with pytest.raises(ValueError, match="u_sample must lie in"):

@@ -1,7 +1,6 @@
 """Bad input raises an error naming the problem; suspicious ranges warn once."""
 import warnings
 
-import numpy as np
 import pytest
 import torch
 
@@ -96,10 +95,12 @@ def test_bad_weight_files(tmp_path):
     torch.manual_seed(0)
     good = fastlpips.LPIPS(net="alex", pnet_rand=True).state_dict()
     cases = {
-        "extra": ({**good, "lin9.model.1.weight": torch.ones(1, 8, 1, 1)}, r"unexpected keys \['lin9.model.1.weight'\]"),
+        "extra": ({**good, "lin9.model.1.weight": torch.ones(1, 8, 1, 1)},
+                  r"unexpected keys \['lin9.model.1.weight'\]"),
         "missing": ({k: v for k, v in good.items() if "lin3" not in k and "lins.3" not in k},
                     r"missing keys \['lin3.model.1.weight'\]"),
-        "shape": ({**{k: v for k, v in good.items() if "lins." not in k}, "lin0.model.1.weight": torch.ones(1, 65, 1, 1)},
+        "shape": ({**{k: v for k, v in good.items() if "lins." not in k},
+                   "lin0.model.1.weight": torch.ones(1, 65, 1, 1)},
                   r"wrong shapes lin0.model.1.weight: \(1, 65, 1, 1\) \(expected \(1, 64, 1, 1\)\)"),
         "partial-trunk": ({k: v for k, v in good.items() if k != "net.slice2.3.bias"}, r"partial trunk.*slice2.3.bias"),
         "duplicates-disagree": ({**good, "lins.0.model.1.weight": good["lin0.model.1.weight"] + 1}, "disagrees"),

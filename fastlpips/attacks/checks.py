@@ -13,7 +13,8 @@ import torch
 
 from .. import validation as V
 
-__all__ = ["check_unit_images", "check_images_and_labels", "check_bound", "check_nonnegative", "check_labels", "check_logits", "check_same_shape",
+__all__ = ["check_unit_images", "check_images_and_labels", "check_bound", "check_nonnegative", "check_labels",
+           "check_logits", "check_same_shape",
            "check_positive_int"]
 
 check_positive_int = V.check_positive_int

@@ -25,7 +25,6 @@ from torch import nn
 from ..reference import EPS, normalize_channels
 from ..utils import channels_last
 
-
 __all__ = ["FeatureDistance", "LPIPSDistance", "ELPIPSDistance", "ClassifierFeatureDistance", "normalize_layer"]
 
 

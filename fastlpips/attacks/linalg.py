@@ -7,19 +7,19 @@ analysis up to that factor. Products are exact: J^T u by reverse mode on a graph
 point (``torch.func.vjp``), J v by forward-mode AD, either ``mode='jvp'`` (default: one
 forward pass carrying the tangent per product) or ``mode='linearize'`` (``torch.func.linearize``
 traces the linearization once, then each product is a tangent-only pass: worth it for many
-products, e.g. Lanczos; the trace costs ~100 forwards on CPU). Images are batched: phi acts per image, so J^T J is block-diagonal and one
-product handles the whole batch (and, for E-LPIPS, every sample in it).
+products, e.g. Lanczos; the trace costs ~100 forwards on CPU). Images are batched: phi acts per
+image, so J^T J is block-diagonal and one product handles the whole batch (and, for E-LPIPS, every sample in it).
 """
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
-__all__ = ["JTJ", "jtj_matvec", "conjugate_gradient", "CGResult", "lanczos_extremes", "lanczos_spectrum", "power_iteration",
+__all__ = ["JTJ", "jtj_matvec", "conjugate_gradient", "CGResult", "lanczos_extremes", "lanczos_spectrum",
+           "power_iteration",
            "hutchinson_moments"]
 
 

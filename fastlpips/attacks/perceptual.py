@@ -21,7 +21,14 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .checks import check_bound, check_images_and_labels, check_labels, check_logits, check_positive_int, check_same_shape
+from .checks import (
+    check_bound,
+    check_images_and_labels,
+    check_labels,
+    check_logits,
+    check_positive_int,
+    check_same_shape,
+)
 from .distances import ClassifierFeatureDistance, FeatureDistance
 from .linalg import JTJ, _bcast, _dot, conjugate_gradient
 from .threat import ThreatAttack
@@ -106,7 +113,8 @@ def project_newton(distance: FeatureDistance, x: torch.Tensor, x_adv: torch.Tens
         (g,) = torch.autograd.grad(d.sum(), a)
         step = torch.where(outside, d.detach() - bound + overshoot, torch.zeros_like(d))
         gn = _dot(g, g).clamp_min(1e-30)
-        cur[idx] = torch.where(_bcast(outside, a), (a.detach() - _bcast(step * (1 + overshoot) / gn, g) * g).clamp(0, 1),
+        moved = (a.detach() - _bcast(step * (1 + overshoot) / gn, g) * g).clamp(0, 1)
+        cur[idx] = torch.where(_bcast(outside, a), moved,
                                a.detach())
     if bool(need.any()):
         if subsets:

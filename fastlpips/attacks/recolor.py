@@ -43,7 +43,8 @@ Properties of recoloradv's parameterisation kept as they are: the colour grid sp
 every scaled coordinate, but sRGB reaches u* up to ~175 (red) and v* down to ~-134 (blue), i.e.
 coordinates up to 1.38 and down to -0.17; such colours (about 14% of uniformly random RGB colours,
 few in natural images) are looked up at the grid's edge, so even the identity grid changes them
-(pure red (1, 0, 0) comes out as about (0.83, 0.35, 0.19)), and the round trip rgb -> CIELUV -> rgb is exact only to ~1e-3 (the
+(pure red (1, 0, 0) comes out as about (0.83, 0.35, 0.19)), and the round trip rgb -> CIELUV -> rgb
+is exact only to ~1e-3 (the
 4-decimal matrices are not exact inverses).
 
 The iterations reproduce recoloradv's arithmetic operation for operation (absolute grid, the same

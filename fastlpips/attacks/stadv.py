@@ -56,10 +56,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import (check_bound, check_images_and_labels, check_labels, check_logits, check_nonnegative,
-                     check_positive_int)
-from .threat import ThreatAttack
+from .checks import (
+    check_bound,
+    check_images_and_labels,
+    check_labels,
+    check_logits,
+    check_nonnegative,
+    check_positive_int,
+)
 from .perceptual import margin_loss
+from .threat import ThreatAttack
 
 __all__ = ["StAdv", "identity_grid", "apply_flow", "flow_smoothness", "project_sampling_grid"]
 

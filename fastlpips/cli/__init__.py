@@ -32,7 +32,8 @@ GROUPS = (distances, judgments, geometry, robust, evaluate, check)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fastlpips", description="LPIPS perceptual distances (fast, exact drop-in for lpips)")
+    p = argparse.ArgumentParser(prog="fastlpips",
+                                description="LPIPS perceptual distances (fast, exact drop-in for lpips)")
     sub = p.add_subparsers(dest="command", required=True)
     from .common import Parents
 

@@ -36,7 +36,8 @@ def register(sub, parents: C.Parents) -> None:
     s.add_argument("--atol", type=float, default=0.01, help="... and < atol (0.01), as the release does")
     s.add_argument("--confidence", type=float, default=0.95, help="interval confidence (0.95)")
     s.add_argument("--max-samples", type=int, default=2000, help="sample budget per pair (2000)")
-    s.add_argument("--scales", type=int, default=None, help="scale levels 1..8 (default: the release's rule, min(H, W) // 64)")
+    s.add_argument("--scales", type=int, default=None,
+                   help="scale levels 1..8 (default: the release's rule, min(H, W) // 64)")
     s.add_argument("--method", default=None, choices=["auto", "cv", "qmc", "stratified", "iid"],
                    help="sampling design (auto: control variates with cost-aware allocation where they apply; "
                         "see elpips_estimate)")

@@ -11,7 +11,8 @@ from . import common as C
 
 
 def register(sub, parents: C.Parents) -> None:
-    s = sub.add_parser("evaluate", parents=[parents.common, parents.progress], help="full-reference metrics of output folders "
+    s = sub.add_parser("evaluate", parents=[parents.common, parents.progress],
+                       help="full-reference metrics of output folders "
                        "against a reference folder, resumable, torchrun-sharded; CSV/JSON and an HTML report")
     s.add_argument("ref_dir", help="folder of reference images (searched recursively)")
     s.add_argument("out_dirs", nargs="+", help="folders of outputs, one per method; files matched by relative path")

@@ -26,7 +26,8 @@ def register(sub, parents: C.Parents) -> None:
             s.add_argument("--frames", type=int, default=8, help="free frames between the ends (8)")
             s.add_argument("--init", default="noise", choices=["noise", "linear"], help="start (noise: the release's)")
             s.add_argument("--gif", metavar="OUT.gif", help="also save the chain as an animated GIF")
-            s.add_argument("--mp4", metavar="OUT.mp4", help="also save the chain as an H.264 video (needs imageio-ffmpeg)")
+            s.add_argument("--mp4", metavar="OUT.mp4",
+                           help="also save the chain as an H.264 video (needs imageio-ffmpeg)")
         s.add_argument("--save", required=True, metavar="OUT.png",
                        help="the barycenter" if name == "barycenter" else "the chain, ends included, side by side")
         s.add_argument("--distance", default="elpips", choices=["elpips", "lpips", "lpips-vgg", "l2"])

@@ -34,7 +34,8 @@ def register(sub, parents: C.Parents) -> None:
         s.add_argument("--seed", type=int, default=0, help="seed of the E-LPIPS draws (0)")
         s.add_argument("--items", metavar="FILE.csv", help="also write every item's distances and judgment")
         s.set_defaults(func=run_score, validate=validate_score)
-    s = sub.add_parser("train", parents=[parents.common, parents.progress], help="train LPIPS' lin layers on BAPPS 2AFC splits "
+    s = sub.add_parser("train", parents=[parents.common, parents.progress],
+                       help="train LPIPS' lin layers on BAPPS 2AFC splits "
                        "(lpips' trainer; --adversarial: R-LPIPS; runs under torchrun too)")
     s.add_argument("dirs", nargs="+", metavar="DIR", help="2AFC training split folders (e.g. dataset/2afc/train/mix)")
     s.add_argument("--out-dir", required=True, help="checkpoint, lpips-format weights and log.csv go here")
@@ -52,7 +53,8 @@ def register(sub, parents: C.Parents) -> None:
     C.run_folder_arguments(s)
     s.add_argument("--stop-after", type=int, default=None, help="stop after this many epochs in total (resume later)")
     s.add_argument("--adversarial", choices=["linf", "l2"], help="R-LPIPS: train on PGD examples of this norm")
-    s.add_argument("--eps", type=C.parse_eps, default=None, help="attack radius on the [-1, 1] scale (8/255 linf, 3.0 l2)")
+    s.add_argument("--eps", type=C.parse_eps, default=None,
+                   help="attack radius on the [-1, 1] scale (8/255 linf, 3.0 l2)")
     s.add_argument("--target", default="x0", choices=["x0", "x1", "ref", "x0_x1"], help="attacked image (x0)")
     s.add_argument("--attack-steps", type=int, default=50, help="PGD steps (50, as R-LPIPS)")
     s.set_defaults(func=run_train, validate=validate_train)
@@ -139,7 +141,8 @@ def run_train(args) -> C.Result:
 
     adv = None
     if args.adversarial:
-        adv = AdversarialConfig(eps=args.eps if args.eps is not None else (8 / 255 if args.adversarial == "linf" else 3.0),
+        eps = args.eps if args.eps is not None else (8 / 255 if args.adversarial == "linf" else 3.0)
+        adv = AdversarialConfig(eps=eps,
                                 norm=args.adversarial, target=args.target, steps=args.attack_steps)
     cfg = TrainConfig(net=args.net, version=args.version, epochs=args.epochs, decay_epochs=args.decay_epochs,
                       batch_size=args.batch_size, lr=args.lr, tune_trunk=args.tune_trunk,

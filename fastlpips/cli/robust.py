@@ -21,7 +21,8 @@ def register(sub, parents: C.Parents) -> None:
     s.add_argument("--size", type=int, default=32)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=run_example_data, validate=validate, batch_size=1)
-    s = sub.add_parser("pat-train", parents=[parents.common, parents.progress], help="Perceptual Adversarial Training of a classifier "
+    s = sub.add_parser("pat-train", parents=[parents.common, parents.progress],
+                       help="Perceptual Adversarial Training of a classifier "
                        "on DATA/<class>/<images> (runs under torchrun too)")
     s.add_argument("data", help="training image folder, one subfolder per class")
     s.add_argument("--out-dir", required=True, help="checkpoint.pt, model.pt, model.json and log.csv go here")
@@ -50,7 +51,8 @@ def register(sub, parents: C.Parents) -> None:
     C.run_folder_arguments(s)
     s.add_argument("--stop-after-steps", type=int, help="stop after this many steps in total (resume later)")
     s.set_defaults(func=run_pat_train, validate=validate)
-    s = sub.add_parser("robust-eval", parents=[parents.common, parents.progress], help="accuracy of pat-train models under L_inf, "
+    s = sub.add_parser("robust-eval", parents=[parents.common, parents.progress],
+                       help="accuracy of pat-train models under L_inf, "
                        "L_2, JPEG, StAdv, ReColorAdv, PPGD and LPA; union and unseen mean")
     s.add_argument("data", help="evaluation image folder, one subfolder per class")
     s.add_argument("--model-dir", action="append", required=True, help="a pat-train --out-dir (repeat to compare)")

@@ -31,7 +31,8 @@ _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px;color:#1d1d1f;background:#fff}
 h1{font-size:22px;margin:0 0 4px} h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
 h3{font-size:15px;margin:18px 0 6px} .meta{color:#555;font-size:13px}
-table{border-collapse:collapse;font-size:13px;margin:6px 0} th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+table{border-collapse:collapse;font-size:13px;margin:6px 0}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f3f3f3} td.l,th.l{text-align:left} td.best{background:#dff3df;font-weight:600}
 td.err{color:#a00000;text-align:left;font-family:ui-monospace,monospace;font-size:12px}
 .worst{display:flex;flex-wrap:wrap;gap:14px} figure{margin:0;border:1px solid #ddd;padding:6px;background:#fafafa}

@@ -62,7 +62,7 @@ from .. import distributed as D
 from .. import iqa
 from .. import validation as V
 from ..utils import IMAGE_EXTS, atomic_write, file_sha256, read_image_tensor
-from .specs import METRICS, EvaluationResult, Item, MetricSpec, parse_metric
+from .specs import EvaluationResult, Item, MetricSpec, parse_metric
 
 __all__ = ["evaluate", "match_files", "method_names", "CONFIG_FILE", "RECORDS_DIR"]
 
@@ -421,7 +421,8 @@ def evaluate(ref_dir: PathLike, out_dirs: Sequence[PathLike], metrics: Iterable[
             continue
         specs.append(spec)
     if not specs:
-        raise ValueError("no usable metric: " + "; ".join(e["message"] for e in errors) if errors else "no metrics given")
+        why = "; ".join(e["message"] for e in errors)
+        raise ValueError("no usable metric: " + why if errors else "no metrics given")
     results = Path(results_dir)
     if results.exists() and not results.is_dir():
         raise NotADirectoryError(f"results folder {results} is a file")
@@ -523,7 +524,8 @@ def _evaluate(ref_dir: Path, methods: Dict[str, Path], specs: List[MetricSpec], 
     err_by_item: Dict[Tuple[str, str], List[str]] = defaultdict(list)
     for e in errors:
         if e["file"]:
-            err_by_item[(e["method"], e["file"])].append(f"{e['metric']}: {e['message']}" if e["metric"] else e["message"])
+            err_by_item[(e["method"],
+                         e["file"])].append(f"{e['metric']}: {e['message']}" if e["metric"] else e["message"])
     by_key = {(it.method, it.file): it for it in items}
     order = {m: k for k, m in enumerate(methods)}
     for key in sorted(set(by_key) | set(err_by_item), key=lambda k: (order.get(k[0], len(order)), k[1])):

@@ -57,7 +57,8 @@ def parse_metric(text: str) -> MetricSpec:
     name, eq, arg = str(text).strip().partition("=")
     name = name.strip().lower()
     if name not in METRICS:
-        raise ValueError(f"unknown metric {text!r}; known: {', '.join(METRICS)} (rlpips and lpips-NET take =CHECKPOINT)")
+        raise ValueError(f"unknown metric {text!r}; known: {', '.join(METRICS)} (rlpips and lpips-NET take "
+                         f"=CHECKPOINT)")
     kind, net, ckpt, higher = METRICS[name]
     arg = arg.strip()
     if ckpt is None and eq:

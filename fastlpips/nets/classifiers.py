@@ -17,7 +17,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["ResNet32", "resnet18_32", "SELF_BOUND_LAYERS", "CIFAR_MEAN", "CIFAR_STD", "ARCHS", "NORMS", "build_classifier"]
+__all__ = ["ResNet32", "resnet18_32", "SELF_BOUND_LAYERS", "CIFAR_MEAN", "CIFAR_STD", "ARCHS", "NORMS",
+           "build_classifier"]
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)

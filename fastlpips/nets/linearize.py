@@ -120,7 +120,8 @@ def _basic_rule(m: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, Tangent]:
         return m(x), lambda t: F.linear(t, w)
     if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
         if m.training or m.running_var is None:
-            raise NotImplementedError(f"{type(m).__name__} in training mode (batch statistics) has no kept linearization")
+            raise NotImplementedError(f"{type(m).__name__} in training mode (batch statistics) has no kept "
+                                      f"linearization")
         scale = torch.rsqrt(m.running_var + m.eps)
         if m.weight is not None:
             scale = scale * m.weight
@@ -280,7 +281,8 @@ def linearize_traced(module: nn.Module, x: torch.Tensor, keep: Sequence[str] = (
                 parts, dim = spec
                 tenv[node] = torch.cat([tenv[p] if p in tenv and tenv[p] is not None else torch.zeros_like(env[p])
                                         for p in parts], dim)
-        kt = {name: tenv.get(n) for n, name in ((n, n.target) for n in tenv if n.op == "call_module" and n.target in keep)}
+        kt = {name: tenv.get(n) for n, name in ((n,
+                                                 n.target) for n in tenv if n.op == "call_module" and n.target in keep)}
         return tenv.get(out_node), kt
 
     return env[out_node], kept, tangent

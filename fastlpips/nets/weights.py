@@ -466,7 +466,8 @@ def _load_failure(e: BaseException) -> str:
     if code:
         return (f"it holds pickled code ({code.group(1)}), which fastlpips never runs: only files of tensors, "
                 "numbers, strings and containers load (refused)")
-    if "Weights only load failed" in text or "invalid load key" in text or isinstance(e, (EOFError, pickle.UnpicklingError)):
+    unreadable = isinstance(e, (EOFError, pickle.UnpicklingError))
+    if "Weights only load failed" in text or "invalid load key" in text or unreadable:
         return "not a torch checkpoint, or a damaged one (it cannot be read as one)"
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
     return f"cannot be read as a torch file ({type(e).__name__}: {first[:200]})"

@@ -54,7 +54,8 @@ def compile_ptx(arch: str = "compute_90") -> bytes:
     from cupy_backends.cuda.libs import nvrtc
 
     src, headers = sources()
-    prog = nvrtc.createProgram(src, "head_rtc.cu", [h.encode() for h in headers.values()], [k.encode() for k in headers])
+    prog = nvrtc.createProgram(src, "head_rtc.cu", [h.encode() for h in headers.values()],
+                               [k.encode() for k in headers])
     try:
         opts = [f"--gpu-architecture={arch}", "-std=c++17"] + [f"-I{d}" for d in cuda_include_dirs()]
         try:
@@ -98,7 +99,8 @@ def _launch(kind: str, f0: torch.Tensor, np_: int, *args) -> None:
     if f0.device.type != "cuda":
         raise RuntimeError(f"the cupy backend needs CUDA tensors, got {f0.device}")
     kern = _module(f0.device.index or 0).get_function(f"fastlpips_head_{kind}_{_SUFFIX[f0.dtype]}")
-    with cupy.cuda.Device(f0.device.index or 0), cupy.cuda.ExternalStream(torch.cuda.current_stream(f0.device).cuda_stream):
+    stream = torch.cuda.current_stream(f0.device).cuda_stream
+    with cupy.cuda.Device(f0.device.index or 0), cupy.cuda.ExternalStream(stream):
         kern(((np_ * 32 + _THREADS - 1) // _THREADS,), (_THREADS,), args)
 
 
@@ -155,8 +157,9 @@ def head_bwd(g, f0, f1, w, r0, r1, eps, needs):
 def head_jvp(f0, f1, w, r0, r1, t0, t1, tw, eps):
     f0, f1, wv, acc = _prep(f0, f1, w)
     n, c, h, wd = f0.shape
-    full = (lambda t: None if t is None else
-            t.to(f0.dtype).expand(n, c, h, wd).contiguous(memory_format=torch.channels_last))
+
+    def full(t):
+        return None if t is None else t.to(f0.dtype).expand(n, c, h, wd).contiguous(memory_format=torch.channels_last)
     tm = torch.empty((n, 1, h, wd), dtype=acc, device=f0.device)
     if tm.numel():
         _launch("jvp", f0, tm.numel(), *_geom(f0, f1), _arr(f0), _arr(f1), _arr(wv),

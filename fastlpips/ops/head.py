@@ -16,9 +16,8 @@ from typing import Optional
 
 import torch
 
-from . import table
-from . import torch_kernels
 from ..reference import EPS, normalize_channels, weighted_channel_sum
+from . import table, torch_kernels
 
 __all__ = ["lpips_head_map", "HeadMap"]
 
