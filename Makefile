@@ -37,8 +37,6 @@ bench: bench-deps
 bench-deps: $(STAMP)
 	$(BIN)/python -m pip install -q --no-deps perceptual-advex==0.2.6 robustness==1.2.1.post2 recoloradv advex-uar cox dill tensorboardX
 	$(BIN)/python -m pip install -q pandas protobuf python-dateutil
-	# lpips.load_image reads PNG/JPEG with OpenCV (the evaluate benchmark's per-image baseline)
-	$(BIN)/python -m pip install -q opencv-python-headless==5.0.0.93
 
 ext: $(STAMP)
 	$(BIN)/python -m pip install -q --no-build-isolation --no-deps -e .

@@ -1,12 +1,23 @@
 """Shared fixtures. The suite runs on CPU with no network: downloads are switched off and every
 cache points into a temporary folder, so a user's own caches are neither read nor written.
-Helpers (images, model pairs, the dtype -> tolerance table) live in tests/helpers.py."""
+Helpers (images, model pairs, the dtype -> tolerance table) live in tests/helpers.py.
+
+Tests live in folders by area, mirroring the package (metrics, elpips, ops, attacks, robust,
+judgments, evaluation, cli, package); each test gets its area's marker (``pytest -m attacks``),
+``subprocess`` when it starts processes (the CLI as a program, torchrun, builds) and ``device`` when
+it takes the device fixture (``pytest --device cuda -m device`` on a GPU). ``make test-quick``:
+``-m "not slow and not subprocess"``."""
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 import torch
+
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))  # `from helpers import ...` from every area folder
+AREAS = ("metrics", "elpips", "ops", "attacks", "robust", "judgments", "evaluation", "cli", "package")
 
 _TMP = tempfile.mkdtemp(prefix="fastlpips-tests-")
 os.environ["FASTLPIPS_OFFLINE"] = "1"
@@ -26,9 +37,15 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests that take the ``device`` fixture exercise the paths a GPU runs: marked ``device`` (the
-    GPU check runs ``pytest --device cuda -m device``)."""
+    """Markers from where a test lives and what it takes: its area (the folder), ``device`` for the
+    tests that take the ``device`` fixture (the paths a GPU runs)."""
     for item in items:
+        try:
+            area = Path(str(item.fspath)).resolve().relative_to(TESTS).parts[0]
+        except ValueError:
+            area = None
+        if area in AREAS:
+            item.add_marker(getattr(pytest.mark, area))
         if "device" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.device)
 
@@ -43,7 +60,7 @@ def device(request):
 
 @pytest.fixture(scope="session")
 def lpips_ref():
-    return pytest.importorskip("lpips", reason="the reference lpips 0.1.4 package is a test dependency")
+    return __import__("helpers").require("lpips", reason="the reference lpips 0.1.4 package is a test dependency")
 
 
 @pytest.fixture

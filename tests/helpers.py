@@ -10,6 +10,24 @@ import torch
 
 SHARED = Path(os.environ.get("FASTLPIPS_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
+# The reference packages the tests compare against (requirements-dev.txt): a test that needs one
+# skips where it is missing, but fails under CI (CI=true, .ci/run), which must run every comparison.
+REFERENCE_PACKAGES = ("lpips", "advex_uar", "recoloradv", "piq", "torchmetrics", "skimage", "torchvision", "dill",
+                      "tifffile", "cv2")
+
+
+def require(module: str, reason: str = ""):
+    """``pytest.importorskip(module)``, except that under CI a missing reference package fails."""
+    import importlib
+
+    if os.environ.get("CI") and module.split(".")[0] in REFERENCE_PACKAGES:
+        try:
+            return importlib.import_module(module)
+        except ImportError as e:
+            pytest.fail(f"CI must run this test: {module} is a test dependency (requirements-dev.txt) but cannot "
+                        f"be imported ({e})")
+    return pytest.importorskip(module, reason=reason or None)
+
 
 def shared_path(*parts) -> Path:
     p = SHARED.joinpath(*parts)

@@ -458,7 +458,7 @@ def _read_explicit(trunk, net: str, path: Path) -> Dict[str, torch.Tensor]:
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def _load_failure(e: BaseException) -> str:
+def _load_failure(e: BaseException, path: Path) -> str:
     """Why ``torch.load(weights_only=True)`` refused a file, in one line without torch's advice
     (which suggests ``weights_only=False``: running the file's code)."""
     text = _ANSI.sub("", str(e))
@@ -467,7 +467,8 @@ def _load_failure(e: BaseException) -> str:
         return (f"it holds pickled code ({code.group(1)}), which fastlpips never runs: only files of tensors, "
                 "numbers, strings and containers load (refused)")
     unreadable = isinstance(e, (EOFError, pickle.UnpicklingError))
-    if "Weights only load failed" in text or "invalid load key" in text or unreadable:
+    if "Weights only load failed" in text or "invalid load key" in text or unreadable or not zipfile.is_zipfile(path):
+        # a legacy (non-zip) torch file is a bare pickle: foreign bytes fail anywhere in the unpickler
         return "not a torch checkpoint, or a damaged one (it cannot be read as one)"
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
     return f"cannot be read as a torch file ({type(e).__name__}: {first[:200]})"
@@ -501,7 +502,7 @@ def load_torch_file(path: os.PathLike, what: str = "file"):
     except OSError as e:
         raise WeightError(f"{what} {path} cannot be read: {e.strerror or e}") from None
     except Exception as e:  # torch raises many types for foreign bytes; each becomes one line
-        raise WeightError(f"{what} {path}: {_load_failure(e)}") from None
+        raise WeightError(f"{what} {path}: {_load_failure(e, path)}") from None
 
 
 def read_state_dict(path: os.PathLike, what: str = "state dict file") -> Dict[str, torch.Tensor]:

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.subprocess
 def test_package_imports_without_native_code():
     code = ("import sys; sys.modules['fastlpips._C'] = None; import fastlpips, torch; "
             "m = fastlpips.LPIPS(net='alex', pnet_rand=True); x = torch.zeros(1, 3, 64, 64); print(m(x, x).item())")
@@ -27,6 +28,7 @@ def test_native_extension_built():
     assert info["openmp"] is True and info["torch_version"].startswith(__import__("torch").__version__.split("+")[0])
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_cmake_builds_the_extension(tmp_path):
     if shutil.which("cmake") is None:
@@ -44,6 +46,7 @@ def test_cmake_builds_the_extension(tmp_path):
     assert proc.returncode == 0 and proc.stdout.strip() == "True", proc.stderr
 
 
+@pytest.mark.subprocess
 def test_every_package_folder_is_in_the_wheel(tmp_path):
     """pyproject lists the packages explicitly: a new folder missing there would be missing from the
     wheel while editable-install tests pass. Build the wheel (no extension) and compare."""

@@ -22,9 +22,9 @@ import torch
 
 from fastlpips import classic
 from fastlpips.classic import DSSIM, L2, dssim, l2, quantize_uint8, rgb_to_lab, ssim
-from helpers import distort, real_images
+from helpers import distort, real_images, require
 
-skimage = pytest.importorskip("skimage")
+skimage = require("skimage")
 from skimage.color import rgb2lab as sk_rgb2lab  # noqa: E402
 from skimage.metrics import structural_similarity as sk_ssim  # noqa: E402
 

@@ -13,14 +13,14 @@ import pytest
 import torch
 
 from fastlpips import bapps, scoring
-from helpers import model_pair
+from helpers import model_pair, require
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    pytest.importorskip("skimage")
+    require("skimage")
     root = tmp_path_factory.mktemp("bapps")
     return bapps.make_synthetic_bapps(root, train=0, val=15, jnd=15, seed=3)
 
@@ -29,7 +29,7 @@ class _LpipsReader(torch.utils.data.Dataset):
     """lpips' TwoAFCDataset / JNDDataset (PerceptualSimilarity data/dataset/*.py) with torchvision."""
 
     def __init__(self, roots, kinds, label):
-        tv = pytest.importorskip("torchvision.transforms")
+        tv = require("torchvision.transforms")
         from PIL import Image
 
         self.Image = Image
@@ -166,6 +166,20 @@ def test_elpips_and_classic_distances_score(synth):
                                progress=False)
     np.testing.assert_array_equal(first.distances["d0"], again.distances["d0"])
     assert np.isfinite(first.distances["d0"]).all()
+    # p0 and p1 share the draws: the same image twice gives the same distance, exactly ...
+    g = torch.Generator().manual_seed(1)
+    ref, p0, p1 = (torch.rand(4, 3, 64, 64, generator=g) * 2 - 1 for _ in range(3))
+    with torch.no_grad():
+        d_same = d(ref, [p0, p0])
+        d0, d1 = d(ref, [p0, p1])
+    assert torch.equal(d_same[0], d_same[1]) and torch.equal(d_same[0], d0)
+    # ... and the distances are the mean of sample_distances under the generator the seed and the batch give
+    with torch.no_grad():
+        samples = metric.sample_distances(((p0 + 1) / 2, (p1 + 1) / 2), (ref + 1) / 2, 3,
+                                          generator=torch.Generator().manual_seed(scoring._batch_seed(5, ref)))
+    torch.testing.assert_close(d0, samples[0].mean(0).to(d0.dtype), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(d1, samples[1].mean(0).to(d1.dtype), rtol=1e-6, atol=1e-7)
+    assert not torch.equal(d0, d1)
     for name in ("l2", "dssim"):
         pytest.importorskip("fastlpips.classic")
         r = scoring.score_2afc(scoring.make_distance(name), roots, batch_size=16, progress=False)
@@ -277,7 +291,7 @@ def test_resize_to_load_size(tmp_path):
     Image.fromarray((np.random.default_rng(0).random((96, 128, 3)) * 255).astype(np.uint8)).save(p)
     x = bapps.load_patch(str(p), 64)
     assert x.shape == (3, 64, 85) and float(x.min()) >= -1 and float(x.max()) <= 1
-    tv = pytest.importorskip("torchvision.transforms")
+    tv = require("torchvision.transforms")
     want = tv.Compose([tv.Resize(64), tv.ToTensor()])(Image.open(p).convert("RGB")) * 2 - 1
     assert want.shape == x.shape and float((x - want).abs().max()) < 2.5 / 255  # PIL rounds to 8 bits
 
@@ -288,6 +302,7 @@ def _cli(args, env=None, **kw):
                           env={**os.environ, "FASTLPIPS_OFFLINE": "1", **(env or {})}, timeout=600, **kw)
 
 
+@pytest.mark.subprocess
 def test_score_command_matches_api(synth, tmp_path):
     out = tmp_path / "s.json"
     items = tmp_path / "items.csv"
@@ -309,6 +324,7 @@ def test_score_command_matches_api(synth, tmp_path):
     assert wrong.returncode == 1 and "sampling='stratified' applies to E-LPIPS draws" in wrong.stderr, wrong.stderr
 
 
+@pytest.mark.subprocess
 def test_torchrun_two_processes_give_the_one_process_score(synth, tmp_path):
     """2 processes (gloo, DistributedSampler over an odd count: padded items dropped) = 1 process."""
     roots = synth["2afc/val"][:2]

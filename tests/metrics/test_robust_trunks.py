@@ -11,7 +11,7 @@ import fastlpips
 from fastlpips.nets import pretrained_trunk
 from fastlpips.nets import weights as W
 from fastlpips.nets.trunks import VGG16, VGG19, build_trunk
-from helpers import rand_images
+from helpers import rand_images, require
 
 VGG19_BOUNDS = [(0, 4), (4, 9), (9, 18), (18, 27), (27, 36)]
 IMAGENET = {"new_mean": [0.485, 0.456, 0.406], "new_std": [0.229, 0.224, 0.225]}
@@ -21,7 +21,7 @@ IMAGENET = {"new_mean": [0.485, 0.456, 0.406], "new_std": [0.229, 0.224, 0.225]}
 
 # -- the VGG-19 trunk ------------------------------------------------------------------------------
 def test_vgg19_equals_torchvision_features():
-    tv = pytest.importorskip("torchvision.models.vgg")
+    tv = require("torchvision.models.vgg")
     torch.manual_seed(0)
     ref = tv.make_layers(tv.cfgs["E"]).double().eval()  # vgg19().features without the classifier
     ours = build_trunk("vgg19").double().eval()
@@ -165,7 +165,7 @@ def test_robustness_checkpoint_files(isolated, how):
     state, tv = _random_state(net, seed=4)
     obj = _training_wrapper(_module(_attacker_model(tv, net)))
     if how == "dill":
-        dill = pytest.importorskip("dill")
+        dill = require("dill")
         path = _save(obj, isolated / "robust.pt", pickle_module=dill)
     elif how == "legacy-format":
         path = _save(obj, isolated / "robust.pt", _use_new_zipfile_serialization=False)

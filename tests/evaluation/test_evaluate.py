@@ -22,7 +22,7 @@ from fastlpips import iqa
 from fastlpips.evaluation import evaluate, match_files, parse_metric
 from fastlpips.imagefolder import example_photos
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("FASTLPIPS_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 _ENV = {**os.environ, "FASTLPIPS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 SIZE = 64
@@ -129,6 +129,7 @@ def test_interrupted_run_resumes_to_the_same_csv(data, tmp_path):
     assert all(float(x["gmsd"]) > 0 for x in new)
 
 
+@pytest.mark.subprocess
 def test_torchrun_two_processes_give_the_values_of_one(data, tmp_path):
     """Two gloo processes (batches dealt round-robin, records per rank, merged by rank 0) give the
     per-image values of one process: the batches are the same, so the values are bit-identical
@@ -146,6 +147,7 @@ def test_torchrun_two_processes_give_the_values_of_one(data, tmp_path):
     assert (tmp_path / "two" / "report.html").is_file()
 
 
+@pytest.mark.subprocess
 def test_bad_input_is_reported_per_file_and_the_rest_is_computed(data, tmp_path):
     """Missing counterpart, an output without reference, a size mismatch, an unreadable file and an
     unknown metric: each an error naming the file (or metric) in the CSV, JSON and report; every

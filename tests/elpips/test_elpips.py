@@ -5,7 +5,7 @@ import torch
 
 from fastlpips.nets import weights as W
 from fastlpips.reference import lpips_head
-from helpers import BF16_DISTANCE_REL, FP32_VS_FP32, assert_close, distort, real_images, shared_path
+from helpers import BF16_DISTANCE_REL, FP32_VS_FP32, assert_close, distort, real_images, require, shared_path
 
 # One draw evaluated two ways in float32 (a tuple of images vs each image alone): the same
 # per-image computation, so 1e-6 relative (measured: bit-identical), tighter than the table
@@ -53,7 +53,7 @@ def _images(n=2, size=64):
 def test_disabled_randomness_equals_direct_14_layer_distance(metric):
     """No transforms, no dropout: the 14-layer average-pool VGG distance with vgg_full_avg weights,
     computed here directly from torchvision's VGG16 and the original weight file."""
-    tv = pytest.importorskip("torchvision.models")
+    tv = require("torchvision.models")
     from fastlpips.elpips import ELPIPS
 
     plain = ELPIPS(transforms=False, dropout=False)
@@ -317,7 +317,7 @@ def test_squeeze_variant_equals_direct_computation():
     """E-LPIPS-SqueezeNet with transforms and dropout off: the 10 layers (input, conv1, the eight
     fire outputs; floor max pooling as the release's 'VALID') with the original weight file,
     computed here directly from torchvision's SqueezeNet1.1 (same random trunk weights)."""
-    tv = pytest.importorskip("torchvision.models")
+    tv = require("torchvision.models")
     from fastlpips.elpips import ELPIPS
 
     torch.manual_seed(0)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fastlpips import geometry
+from helpers import require
 
 
 def test_release_lr_schedule():
@@ -41,7 +42,7 @@ def test_elpips_barycenter_beats_the_pixel_mean():
     """Four noisy copies (sigma 0.07, as the paper) of a 64x64 photo crop: starting from their
     pixel mean, 20 steps of the E-LPIPS barycenter lower sum_i E-LPIPS(x, n_i)^2, measured with 32 draws on
     common random numbers at both points (measured: 1.81e-4 vs 2.79e-4)."""
-    skimage = pytest.importorskip("skimage.data")
+    skimage = require("skimage.data")
     from fastlpips import ELPIPS
 
     photo = torch.from_numpy(np.ascontiguousarray(skimage.astronaut()[200:264, 180:244])).permute(2, 0, 1).float() / 255
@@ -76,6 +77,7 @@ def test_bad_inputs():
         geometry.geodesic(x[0], x[1], init="mean")
 
 
+@pytest.mark.subprocess
 def test_cli_barycenter_and_geodesic(tmp_path):
     """`fastlpips barycenter` / `geodesic` on small PNGs under L2: files written, the barycenter
     equal to the mean of the 8-bit inputs within a grey level, clear errors for bad input."""

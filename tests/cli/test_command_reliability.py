@@ -33,6 +33,7 @@ from PIL import Image
 from fastlpips import bapps, cli, iqa
 from fastlpips.imagefolder import make_example_folder
 from fastlpips.utils import read_image
+from helpers import require
 
 _ENV = {**os.environ, "FASTLPIPS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 PAT = ["--arch", "tiny", "--batch-size", "20", "--attack", "none", "--warmup-epochs", "0", "--no-progress"]
@@ -98,7 +99,7 @@ def example(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    pytest.importorskip("skimage")
+    require("skimage")
     return bapps.make_synthetic_bapps(tmp_path_factory.mktemp("reliability-bapps"), train=16, val=4, jnd=0, seed=3)
 
 
@@ -147,6 +148,7 @@ def test_failed_pat_train_leaves_the_old_run_whole(example, pat_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+@pytest.mark.subprocess
 def test_robust_eval_refuses_weights_of_another_run(example, pat_run, tmp_path):
     """model.json records model.pt's sha256: weights from another run beside it are refused."""
     mixed = tmp_path / "mixed"
@@ -185,6 +187,7 @@ def test_pat_overwrite_starts_a_clean_log(example, pat_run, tmp_path):
 
 
 # -- 3: a kill just after a checkpoint ---------------------------------------------------------------
+@pytest.mark.subprocess
 @pytest.mark.parametrize("command", ["train", "pat-train"])
 def test_kill_just_after_a_checkpoint_loses_no_log_row(command, synth, example, tmp_path):
     """SIGKILL right after the first checkpoint.pt is renamed into place (before anything written
@@ -209,6 +212,7 @@ def test_kill_just_after_a_checkpoint_loses_no_log_row(command, synth, example, 
         assert resumed.stdout.count("\n") == full.stdout.count("\n")
 
 
+@pytest.mark.subprocess
 def test_kill_between_weights_and_description(example, tmp_path):
     """SIGKILL right after the second model.pt is in place, before its model.json: robust-eval
     refuses the folder (weights of epoch 2, description of epoch 1) instead of scoring a mix, and
@@ -414,7 +418,7 @@ def test_deep_colour_tiff_and_ppm_are_refused_not_truncated(tmp_path):
     (tmp_path / "a.ppm").write_bytes(b"P6 5 4 65535\n" + arr.astype(">u2").tobytes())
     with pytest.raises(ValueError, match=r"a\.ppm: a colour PPM image of 16 bits per sample"):
         read_image(tmp_path / "a.ppm")
-    tifffile = pytest.importorskip("tifffile")
+    tifffile = require("tifffile")
     tifffile.imwrite(tmp_path / "a.tif", arr, photometric="rgb")
     with pytest.raises(ValueError, match=r"a\.tif: a colour TIFF image of 16 bits per sample"):
         read_image(tmp_path / "a.tif")
@@ -485,7 +489,7 @@ def test_a_crafted_pickle_runs_no_code_anywhere(synth, example, pat_run, tmp_pat
 
 def test_bad_files_give_one_line_naming_them(example, pat_run, synth, tmp_path):
     junk = tmp_path / "junk.pt"
-    junk.write_bytes(os.urandom(256))
+    junk.write_bytes(np.random.default_rng(0).integers(0, 256, 256, dtype=np.uint8).tobytes())
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(3)}, foreign)
     # --init: random bytes, a state dict of another model
@@ -601,6 +605,7 @@ def test_evaluate_recomputes_changed_files(tmp_path):
     assert evaluate(ref, [out], ["psnr"], res, report=False, batch_size=1).computed == 1
 
 
+@pytest.mark.subprocess
 def test_one_evaluate_run_per_results_folder(tmp_path):
     """While one run holds the results folder, another is refused at once (and computes nothing)."""
     ref, out = _eval_folders(tmp_path)

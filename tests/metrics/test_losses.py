@@ -8,6 +8,7 @@ import fastlpips
 from fastlpips.losses import CombinedLoss, ELPIPSLoss, LPIPSLoss, PerceptualLoss, PixelLoss, TextureLoss, patch_gram
 from fastlpips.nets.trunks import build_trunk
 from fastlpips.reference import normalize_channels
+from helpers import require
 
 MEAN = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64).view(1, 3, 1, 1)
@@ -38,7 +39,7 @@ _TV = {}
 
 def tv_features(trunk, x, indices):
     """torchvision's vgg19().features with the trunk's weights; outputs at the given indices."""
-    tv = pytest.importorskip("torchvision.models.vgg")
+    tv = require("torchvision.models.vgg")
     key = (id(trunk), x.dtype)
     if key not in _TV:
         _TV[key] = feats = tv.make_layers(tv.cfgs["E"]).to(x.dtype).eval()  # vgg19().features, no classifier

@@ -195,6 +195,7 @@ def test_auto_falls_back_without_native_extension(monkeypatch):
         _backend.resolve(torch.device("cpu"), "cpp")
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter is chosen only without a CUDA device")
 def test_triton_interpreter_chosen_at_first_use():
     """Importing fastlpips never touches TRITON_INTERPRET; the first use of a Triton kernel picks the

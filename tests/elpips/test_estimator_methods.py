@@ -63,8 +63,9 @@ def test_t_quantile_matches_scipy():
 def test_unbiased_and_the_95_percent_interval_covers_at_its_rate(method):
     """2000 independent estimates of 32 samples for 3 pairs (6000 intervals): the mean of the
     estimates is the exact expectation within 3 standard errors, and the nominal 95% intervals
-    cover it 92.5-97.5% of the time (binomial sd at 6000 intervals: 0.28%; the two-sided normal
-    interval of the i.i.d. and stratified methods with ~32 samples covers ~94.5%)."""
+    cover it at its rate for every pair: 92.5-96.5% of each pair's 2000 intervals (binomial sd 0.49%;
+    the two-sided normal interval with 32 samples covers ~94.1-94.5%). The band catches intervals
+    14% too wide (z 2.23: 97.4%) or too narrow (z 1.72: 91.5%) on every pair."""
     m = _stand_in()
     x = torch.zeros(3, 3, 64, 64)
     truth = _truth()
@@ -78,7 +79,8 @@ def test_unbiased_and_the_95_percent_interval_covers_at_its_rate(method):
     means, covered = torch.stack(means), torch.stack(covered).double()
     se = means.std(0) / len(means) ** 0.5
     assert ((means.mean(0) - truth).abs() <= 3 * se).all(), ((means.mean(0) - truth) / se).tolist()
-    assert 0.925 <= float(covered.mean()) <= 0.975, covered.mean(0).tolist()
+    per_pair = covered.mean(0)
+    assert ((0.925 <= per_pair) & (per_pair <= 0.965)).all(), per_pair.tolist()
 
 
 def test_qmc_on_the_metric_reports_streams_levels_and_stops():
@@ -125,7 +127,7 @@ def _coverage(method, repeats, samples, batch):
 def test_cv_is_unbiased_covers_and_beats_stratified_at_equal_samples():
     """1000 estimates of 256 samples (two rounds of 128: proportional, then cost-aware) for 3 pairs
     (3000 intervals) with the control variates on at level 1: mean within 3 standard errors of the
-    exact expectation, coverage of the 95% interval in [92.5%, 97.5%]; and the spread of the
+    exact expectation, each pair's coverage of the 95% interval in [92.5%, 96.8%]; and the spread of the
     estimates below the stratified method's at the same samples (the stand-in's colour, flip,
     permutation and swap factors are what the features capture; its 20% noise and offsets are not:
     measured sd ratio 0.69-0.73, coverage 94.4-95.6% per pair; a broken regression (coefficients 0)
@@ -135,7 +137,8 @@ def test_cv_is_unbiased_covers_and_beats_stratified_at_equal_samples():
     assert all(u[0] for u in used)  # level 1 had >= 3 (k + 1) samples in every run
     se = means.std(0) / len(means) ** 0.5
     assert ((means.mean(0) - truth).abs() <= 3 * se).all(), ((means.mean(0) - truth) / se).tolist()
-    assert 0.925 <= float(covered.mean()) <= 0.975, covered.mean(0).tolist()
+    per_pair = covered.mean(0)  # 1000 intervals per pair: sd 0.69%; intervals 14% too wide would cover 97.4%
+    assert ((0.925 <= per_pair) & (per_pair <= 0.968)).all(), per_pair.tolist()
     plain, _, _, _ = _coverage("stratified", 300, 256, 128)
     ratio = means.std(0) / plain.std(0)
     assert (ratio < 0.9).all(), ratio.tolist()

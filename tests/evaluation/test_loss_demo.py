@@ -19,10 +19,11 @@ import torch
 from fastlpips.imagefolder import EXAMPLE_CLASSES, example_photos
 from fastlpips.nets.trunks import build_trunk
 from fastlpips.nets.weights import WeightError
+from helpers import require
 
-pytest.importorskip("skimage.data", reason="the example's photos come from scikit-image")
+require("skimage.data", reason="the example's photos come from scikit-image")
 
-_PATH = Path(__file__).resolve().parents[1] / "examples" / "loss_demo.py"
+_PATH = Path(__file__).resolve().parents[2] / "examples" / "loss_demo.py"
 _spec = importlib.util.spec_from_file_location("loss_demo", _PATH)
 demo = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(demo)

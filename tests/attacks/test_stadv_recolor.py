@@ -31,8 +31,9 @@ from fastlpips.attacks.recolor import (
 )
 from fastlpips.attacks.stadv import StAdv, apply_flow, flow_smoothness, identity_grid, project_sampling_grid
 from fastlpips.attacks.threat import ThreatAttack
+from helpers import require
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 ATOL_ATTACK = 1e-5
 # recoloradv calls affine_grid / grid_sample without align_corners (False, what we use)
 pytestmark = pytest.mark.filterwarnings("ignore:Default grid_sample and affine_grid behavior:UserWarning")
@@ -49,7 +50,7 @@ def one_thread():
 @pytest.fixture
 def me(monkeypatch):
     """recoloradv's modules, on the CPU (its mister_ed imports ``six`` for one name; shimmed if absent)."""
-    pytest.importorskip("recoloradv")
+    require("recoloradv")
     monkeypatch.setenv("MISTER_ED_GPU", "False")
     try:
         import six  # noqa: F401
@@ -67,14 +68,9 @@ def me(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def demo():
-    pytest.importorskip("skimage")
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        import attack_demo
-    finally:
-        sys.path.remove(str(EXAMPLES))
-    return types.SimpleNamespace(clf=attack_demo.train_classifier(0), crops=attack_demo.crops)
+def demo(attack_demo):
+    """The worked example's CNN (trained once per test run: tests/attacks/conftest.py)."""
+    return attack_demo
 
 
 def attack_margin(logits, labels):

@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from fastlpips import iqa
+from helpers import require
 
-skdata = pytest.importorskip("skimage.data")
-skmetrics = pytest.importorskip("skimage.metrics")
+skdata = require("skimage.data")
+skmetrics = require("skimage.metrics")
 
 DISTORTIONS = ("noise", "blur", "jpeg")
 
@@ -89,12 +90,12 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def piq():
-    return pytest.importorskip("piq", reason="piq 0.8.0 is a test dependency (requirements-dev.txt)")
+    return require("piq", reason="piq 0.8.0 is a test dependency (requirements-dev.txt)")
 
 
 @pytest.fixture(scope="module")
 def tm():
-    return pytest.importorskip("torchmetrics.functional.image",
+    return require("torchmetrics.functional.image",
                                reason="torchmetrics 1.9.0 is a test dependency (requirements-dev.txt)")
 
 

@@ -223,6 +223,7 @@ def test_dirs_on_empty_folders_is_valid_output(tmp_path, capsys, fmt):
         assert "(no image pairs)" in res.out and "pairs: 0" in res.out
 
 
+@pytest.mark.subprocess
 def test_demo_and_module_entry_point(tmp_path):
     heat = tmp_path / "demo.png"
     proc = subprocess.run([sys.executable, "-m", "fastlpips", "demo", "--heatmap", str(heat), "--format", "json"],

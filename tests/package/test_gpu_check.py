@@ -10,13 +10,16 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import require
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.subprocess
 def test_gpu_check_dry_run(tmp_path):
     if shutil.which("bash") is None or shutil.which("timeout") is None:
         pytest.skip("bash and coreutils' timeout are needed")
-    pytest.importorskip("lpips", reason="the bundle carries the reference lpips package")
+    require("lpips", reason="the bundle carries the reference lpips package")
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k != "FASTLPIPS_CACHE"}
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), str(out), "--dry-run", "--python",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # lowest first; a module may import its own layer and the layers below (docs/ARCHITECTURE.md)
 LAYERS = [

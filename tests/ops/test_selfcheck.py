@@ -207,8 +207,9 @@ def test_cli_exit_code_1_on_a_failure(quick_rows, monkeypatch, capsys):
     assert "FAIL (forward: error 1e-3)" in out and "1 check(s) FAILED" in err
 
 
+@pytest.mark.subprocess
 def test_cli_subprocess_table():
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, FASTLPIPS_OFFLINE="1")
     proc = subprocess.run([sys.executable, "-m", "fastlpips", "check", "--quick"], cwd=root, env=env,
                           capture_output=True, text=True, timeout=300)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CU_FILES = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
 
 
@@ -19,6 +19,7 @@ def _nvcc():
     pytest.skip("nvcc is not installed")
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("cu", CU_FILES, ids=[p.name for p in CU_FILES])
 def test_cu_compiles(cu, arch, tmp_path):

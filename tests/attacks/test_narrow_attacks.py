@@ -11,7 +11,6 @@ bounds go in times 255 and come back divided by 255.
 """
 import copy
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +31,9 @@ from fastlpips.attacks.narrow import (
     ycbcr_to_rgb,
 )
 from fastlpips.attacks.threat import ThreatAttack
+from helpers import require
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 ATTACKS = {"linf": LinfPGD, "l2": L2PGD, "jpeg": JPEGLinf}
 
 
@@ -66,17 +66,11 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def classifier(one_thread):
-    """examples/attack_demo.py's CNN (trained in a few seconds) and 32 held-out crops."""
-    pytest.importorskip("skimage")
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        import attack_demo
-    finally:
-        sys.path.remove(str(EXAMPLES))
-    clf = attack_demo.train_classifier(0)
+def classifier(one_thread, attack_demo):
+    """examples/attack_demo.py's CNN (trained once per test run: tests/attacks/conftest.py) and 32
+    held-out crops."""
     x, y = attack_demo.crops(8, 1)
-    return clf, x, y
+    return attack_demo.clf, x, y
 
 
 # ------------------------------------------------------------------------------------------------
@@ -116,7 +110,7 @@ class _Np:
 @pytest.fixture
 def uar(monkeypatch):
     """advex-uar's attack modules, runnable on the CPU, in float64 (the default dtype is restored)."""
-    pytest.importorskip("advex_uar")
+    require("advex_uar")
     import importlib
 
     mods = {m: importlib.import_module(f"advex_uar.attacks.{m}") for m in ("attacks", "pgd_attack", "jpeg_attack",
@@ -271,7 +265,7 @@ def test_jpeg_transforms_are_exact_inverses():
 
 def test_block_dct_matches_the_jpeg_formula():
     """advex-uar's loop reference (rshin's differentiable JPEG), on one block in 0..255."""
-    jpeg = pytest.importorskip("advex_uar.attacks.jpeg")
+    jpeg = require("advex_uar.attacks.jpeg")
     b = np.random.default_rng(0).uniform(0, 255, (8, 8))
     ref = jpeg.dct_8x8_ref(b)  # image[x, y] -> result[u, v], u the frequency along x (float32)
     ours = block_dct(torch.from_numpy(b - 128)[None, None])[0, 0].numpy()

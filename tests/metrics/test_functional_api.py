@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fastlpips
-from helpers import FP32_VS_FP32, assert_close, distort, rand_images, real_images
+from helpers import FP32_VS_FP32, assert_close, distort, rand_images, real_images, require
 
 # normalize_tensor vs lpips' on one float32 input: the same formula, so every element agrees to 1e-6
 # relative with no absolute slack (tighter than the table's float32 entry)
@@ -94,7 +94,7 @@ def test_public_api_surface():
         "PerceptualLoss", "TextureLoss", "PixelLoss", "LPIPSLoss", "ELPIPSLoss", "CombinedLoss", "evaluate",
         "EvaluationResult",
     ])
-    lpips = pytest.importorskip("lpips")
+    lpips = require("lpips")
     for name in ("Trainer", "BCERankingLoss", "Dist2LogitLayer", "score_2afc_dataset", "score_jnd_dataset",
                  "voc_ap", "L2", "DSSIM"):
         assert hasattr(lpips, name), name  # each is an lpips name

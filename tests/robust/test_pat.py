@@ -171,6 +171,7 @@ def _cli(*args, torchrun=0, timeout=900):
 _ENV = {**os.environ, "FASTLPIPS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
+@pytest.mark.subprocess
 def test_torchrun_two_processes_train_the_weights_of_one(example, tmp_path):
     """Same global batch (20), same seed: 2 gloo processes (10 examples each, DDP) end with the
     weights of 1 process. Fast-LPA mixed with L_inf PGD exercises both kinds of random start; a
@@ -200,6 +201,7 @@ def test_torchrun_two_processes_train_the_weights_of_one(example, tmp_path):
     assert one[0] == two[0] == "epoch,lr,loss,train_clean,train_fast-lpa,train_linf"
 
 
+@pytest.mark.subprocess
 def test_resume_after_a_kill(example, tmp_path):
     """SIGKILL a CLI run once its first mid-epoch checkpoint exists; --resume ends with the weights
     of an uninterrupted run, exactly."""
@@ -270,6 +272,7 @@ def test_bad_inputs(example, tmp_path):
         robust.evaluate_robustness(_tiny(classes=3), data, ["linf"], progress=False, batch_size=120)
 
 
+@pytest.mark.subprocess
 def test_cli_example_train_eval(tmp_path):
     """example-data -> pat-train (clean, 1 epoch) -> robust-eval with two attacks, CSV/JSON/plot out."""
     data = tmp_path / "data"

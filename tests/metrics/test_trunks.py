@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from fastlpips.nets.trunks import build_trunk
-from helpers import rand_images
+from helpers import rand_images, require
 
 TV = {"alex": "alexnet", "vgg": "vgg16", "squeeze": "squeezenet1_1"}
 BOUNDS = {"alex": [(0, 2), (2, 5), (5, 8), (8, 10), (10, 12)],
@@ -13,7 +13,7 @@ BOUNDS = {"alex": [(0, 2), (2, 5), (5, 8), (8, 10), (10, 12)],
 
 @pytest.mark.parametrize("net", ["alex", "vgg", "squeeze"])
 def test_trunk_equals_torchvision_features(net):
-    tv = pytest.importorskip("torchvision.models")
+    tv = require("torchvision.models")
     torch.manual_seed(0)
     ref = getattr(tv, TV[net])(weights=None).features.double().eval()
     ours = build_trunk(net).double().eval()
@@ -46,7 +46,7 @@ def test_geometry(net, minimum):
 
 
 def test_random_init_matches_torchvision_scale():
-    tv = pytest.importorskip("torchvision.models")
+    tv = require("torchvision.models")
     torch.manual_seed(0)
     ours = dict(build_trunk("vgg").named_parameters())["slice3.10.weight"]
     ref = tv.vgg16(weights=None).features[10].weight

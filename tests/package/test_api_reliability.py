@@ -21,6 +21,7 @@ from torch import nn
 import fastlpips
 from fastlpips import classic, estimator, evaluation, geometry, iqa, losses, pat, robust, scoring, training
 from fastlpips.validation import NONFINITE_RULE
+from helpers import require
 
 PACKAGE = Path(fastlpips.__file__).resolve().parent
 
@@ -122,7 +123,7 @@ def test_elpips_scoring_is_stateless(sampling, tmp_path):
     alone and after another split; p0 == p1 gives d0 == d1 exactly (shared draws)."""
     from fastlpips import bapps
 
-    pytest.importorskip("skimage")
+    require("skimage")
     root = bapps.make_synthetic_bapps(tmp_path, train=0, val=6, jnd=0, seed=2)
     splits = root["2afc/val"][:2]
     metric = fastlpips.ELPIPS(pnet_rand=True, max_scale=2)
@@ -338,7 +339,7 @@ def test_estimator_seed_and_evaluate_arguments(tmp_path):
 
 
 # -- errors name the argument and come from fastlpips' checks --------------------------------------------
-_X = torch.rand(2, 3, 32, 32)
+_X = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(11))
 _API = [
     ("iqa.psnr(data_range)", lambda v: iqa.psnr(_X, _X, data_range=v), "data_range"),
     ("iqa.ssim(win_size)", lambda v: iqa.ssim(_X, _X, win_size=v), "win_size"),
@@ -396,7 +397,14 @@ _BAD = {
 _CASES = [(name, fn, arg, bad) for name, fn, arg in _API for bad in _BAD[arg]]
 
 
-@pytest.mark.parametrize("name,fn,arg,bad", _CASES, ids=[f"{c[0]}={c[3]!r}"[:60] for c in _CASES])
+def _short(v) -> str:
+    if isinstance(v, torch.Tensor):
+        kind = "nan" if v.is_floating_point() and bool(torch.isnan(v).any()) else str(v.dtype).replace("torch.", "")
+        return f"tensor{tuple(v.shape)}-{kind}"
+    return repr(v)
+
+
+@pytest.mark.parametrize("name,fn,arg,bad", _CASES, ids=[f"{c[0]}={_short(c[3])}"[:70] for c in _CASES])
 def test_public_functions_check_their_arguments(name, fn, arg, bad):
     """Bad values of one argument: a TypeError or ValueError raised by fastlpips' own checks (not
     by torch or numpy further in), whose message names the argument."""
