@@ -42,14 +42,13 @@ cropped map exactly.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .validation import check_finite
+from . import validation as V
 
 __all__ = ["rgb_to_lab", "ssim", "quantize_uint8", "l2", "dssim", "L2", "DSSIM", "COLORSPACES"]
 
@@ -67,33 +66,6 @@ _D65_WHITE = (0.95047, 1.0, 1.08883)
 # SSIM constants of skimage.metrics.structural_similarity
 _K1 = 0.01
 _K2 = 0.03
-
-
-def _check_image(x, name: str, channels: Optional[int] = 3) -> None:
-    if not isinstance(x, torch.Tensor):
-        want = f"(N, {channels}, H, W)" if channels else "(N, C, H, W)"
-        raise TypeError(f"{name} must be a torch.Tensor of shape {want}, got {type(x).__name__}")
-    want = f"(N, {channels}, H, W)" if channels else "(N, C, H, W)"
-    if x.dim() != 4:
-        raise ValueError(f"{name} must have 4 dimensions {want}, got shape {tuple(x.shape)}")
-    if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"{name} must have {channels} channels (RGB) in dim 1, got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    check_finite(x, name)  # the package's rule for non-finite pixels: an error, never a score
-
-
-def _check_pair(x: torch.Tensor, y: torch.Tensor, xname: str, yname: str) -> None:
-    if x.shape[1:] != y.shape[1:]:
-        raise ValueError(f"{xname} and {yname} must have the same channel count and spatial size, "
-                         f"got shapes {tuple(x.shape)} and {tuple(y.shape)}")
-    if x.shape[0] != y.shape[0] and 1 not in (x.shape[0], y.shape[0]):
-        raise ValueError(f"{xname} and {yname} have batch sizes {x.shape[0]} and {y.shape[0]}: "
-                         f"they must be equal or one of them must be 1")
-    if x.dtype != y.dtype:
-        raise TypeError(f"{xname} and {yname} have different dtypes: {x.dtype} and {y.dtype}")
-    if x.device != y.device:
-        raise ValueError(f"{xname} and {yname} are on different devices: {x.device} and {y.device}")
 
 
 def _check_colorspace(colorspace) -> str:
@@ -124,7 +96,7 @@ def rgb_to_lab(x: torch.Tensor) -> torch.Tensor:
     scikit-image does. float32/float64 are computed in their own dtype, other floating dtypes in
     float32 with the result cast back. Differentiable (the branches never produce NaN gradients).
     """
-    _check_image(x, "x")
+    V.check_image(x, "x", hint=None, finite=True)
     out_dtype = x.dtype
     x = x.to(_compute_dtype(x.dtype))
     # sRGB -> linear RGB; the clamp keeps the unused branch of torch.where finite for gradients
@@ -151,18 +123,12 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float, *, win_size: int =
     ``win_size`` pixels high and wide. Computed in the input's dtype (float32 for half types,
     result cast back); differentiable.
     """
-    _check_image(x, "x", channels=None)
-    _check_image(y, "y", channels=None)
-    _check_pair(x, y, "x", "y")
+    V.check_image(x, "x", channels=None, hint=None, finite=True)
+    V.check_image(y, "y", channels=None, hint=None, finite=True)
+    V.check_pair(x, y, "x", "y")
     if isinstance(win_size, bool) or not isinstance(win_size, int) or win_size < 3 or win_size % 2 != 1:
         raise ValueError(f"win_size must be an odd integer >= 3, got {win_size!r}")
-    if isinstance(data_range, torch.Tensor):
-        if data_range.numel() != 1:
-            raise ValueError(f"data_range must be a positive number, got a tensor of shape {tuple(data_range.shape)}")
-        data_range = float(data_range)
-    if isinstance(data_range, bool) or not isinstance(data_range, (int, float)) \
-            or not math.isfinite(data_range) or data_range <= 0:
-        raise ValueError(f"data_range must be a positive finite number, got {data_range!r}")
+    data_range = V.check_bound(data_range, "data_range")
     h, w = x.shape[2], x.shape[3]
     if h < win_size or w < win_size:
         raise ValueError(f"x and y of spatial size {h}x{w} are smaller than the SSIM window "
@@ -214,9 +180,9 @@ def _lab_of_quantized(x: torch.Tensor) -> torch.Tensor:
 
 
 def _prepare(in0: torch.Tensor, in1: torch.Tensor, colorspace) -> Tuple[torch.Tensor, torch.Tensor, str]:
-    _check_image(in0, "in0")
-    _check_image(in1, "in1")
-    _check_pair(in0, in1, "in0", "in1")
+    V.check_image(in0, "in0", hint=None, finite=True)
+    V.check_image(in1, "in1", hint=None, finite=True)
+    V.check_pair(in0, in1, "in0", "in1")
     return (*_broadcast(in0, in1), _check_colorspace(colorspace))
 
 

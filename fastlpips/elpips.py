@@ -616,7 +616,7 @@ class ELPIPS(nn.Module):
         V.check_image(reference, "reference", hint=V.UNIT_HINT)
         for i, im in enumerate(images):
             V.check_image(im, f"image[{i}]", hint=V.UNIT_HINT)
-            V.check_pair(im, reference)
+            V.check_pair(im, reference, f"image[{i}]", "reference")
             if im.shape[0] != reference.shape[0]:
                 raise ValueError(f"image[{i}] has batch {im.shape[0]} but reference {reference.shape[0]}")
         dev = self.weights.device

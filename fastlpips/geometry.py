@@ -225,14 +225,6 @@ def _contract(d: Distance) -> Distance:
     return checked
 
 
-def _check_unit(x: torch.Tensor, name: str) -> None:
-    V.check_image(x, name, hint=V.UNIT_HINT, allow_empty=False)
-    mn, mx = (float(v) for v in torch.aminmax(x.detach()))
-    if not (math.isfinite(mn) and math.isfinite(mx)) or mn < 0 or mx > 1:
-        hint = V.unit_range_hint(mn, mx)
-        raise ValueError(f"{name} must hold finite values in [0, 1], got [{mn:.4g}, {mx:.4g}]{hint}")
-
-
 def _start(shape, init: str, generator: torch.Generator, like: torch.Tensor, mean: Optional[torch.Tensor] = None):
     if init == "noise":
         z = torch.randn(shape, generator=generator, dtype=like.dtype).to(like.device)
@@ -280,7 +272,7 @@ def barycenter(images: torch.Tensor, distance: Union[str, Distance] = "l2", *, s
     Adam step. ``init``: 'noise' (the release's), 'mean' (the pixel mean) or a start image.
     ``distance``: a name of ``make_distance`` ('elpips' with ``draws`` fresh draws per step), a
     callable d(x, y) -> (N,), or a ``fastlpips.attacks`` FeatureDistance (E-LPIPS: ``shared=True``)."""
-    _check_unit(images, "images")
+    V.check_unit_images(images, "images")
     k = images.shape[0]
     if k < 2:
         raise ValueError(f"a barycenter needs at least 2 images, got {k}")
@@ -320,8 +312,8 @@ def geodesic(a: torch.Tensor, b: torch.Tensor, distance: Union[str, Distance] = 
     start) or 'linear' (the cross-fade). Returns the chain with its ends, (frames + 2, 3, H, W)."""
     a = a[None] if a.dim() == 3 else a
     b = b[None] if b.dim() == 3 else b
-    _check_unit(a, "a")
-    _check_unit(b, "b")
+    V.check_unit_images(a, "a")
+    V.check_unit_images(b, "b")
     if a.shape != b.shape or a.shape[0] != 1:
         raise ValueError(f"a and b must be single images of one size, got {tuple(a.shape)} and {tuple(b.shape)}")
     if not (isinstance(frames, (int, np.integer)) and not isinstance(frames, bool) and frames >= 1):

@@ -36,12 +36,11 @@ from __future__ import annotations
 import math
 from typing import Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .classic import _check_pair
-from .validation import check_finite, check_positive_int
+from . import validation as V
+from .validation import check_positive_int
 
 __all__ = ["psnr", "ssim", "ms_ssim", "ms_ssim_min_size", "gmsd", "MS_SSIM_WEIGHTS", "GMSD_C", "GMSD_MIN_SIZE",
            "REDUCTIONS"]
@@ -64,33 +63,12 @@ _HINT = "convert 0..255 images with x.float() / 255, or pass data_range=255"
 # --- input checks ------------------------------------------------------------------------------
 
 def _check_images(x, y, min_size: int, what: str) -> None:
-    for t, name in ((x, "x"), (y, "y")):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor of shape (N, C, H, W), got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"{name} must have 4 dimensions (N, C, H, W), got shape {tuple(t.shape)}")
-        if not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}; {_HINT}")
-        if t.shape[1] == 0:
-            raise ValueError(f"{name} has no channels (shape {tuple(t.shape)})")
-    _check_pair(x, y, "x", "y")  # shapes, broadcastable batch, dtype, device (classic.py's check)
-    h, w = x.shape[2], x.shape[3]
-    if h < min_size or w < min_size:
-        raise ValueError(f"x and y of spatial size {h}x{w} are too small for {what}: "
-                         f"they must be at least {min_size}x{min_size}")
-    check_finite(x, "x")  # the package's rule for non-finite pixels: an error, never a score
-    check_finite(y, "y")
-
-
-def _positive_float(value, name: str) -> float:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"{name} must be a positive number, got a tensor of shape {tuple(value.shape)}")
-        value = float(value)
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
+    """Two finite floating (N, C, H, W) batches that agree (validation.check_pair), at least
+    ``min_size`` on both sides for ``what``."""
+    V.check_image(x, "x", channels=None, hint=_HINT, finite=True)
+    V.check_image(y, "y", channels=None, hint=_HINT, finite=True)
+    V.check_pair(x, y, "x", "y")
+    V.check_size(x, min_size, what, "x")
 
 
 def _check_reduction(reduction) -> str:
@@ -105,7 +83,7 @@ def _check_window(win_size, sigma) -> Tuple[int, float]:
     win_size = check_positive_int(win_size, "win_size")
     if win_size % 2 != 1:
         raise ValueError(f"win_size must be an odd integer, got {win_size}")
-    return win_size, _positive_float(sigma, "sigma")
+    return win_size, V.check_bound(sigma, "sigma")
 
 
 def _prepare(x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.dtype]:
@@ -143,7 +121,7 @@ def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, *, reduction
     reduction='none')`` per image. Not to be confused with ``fastlpips.psnr``, lpips' numpy
     helper for 0..255 arrays.
     """
-    data_range = _positive_float(data_range, "data_range")
+    data_range = V.check_bound(data_range, "data_range")
     reduction = _check_reduction(reduction)
     _check_images(x, y, 1, "PSNR")
     x, y, out_dtype = _prepare(x, y)
@@ -220,9 +198,9 @@ def _ssim_cs_chunk(x: torch.Tensor, y: torch.Tensor, g: torch.Tensor, c1: float,
 
 
 def _ssim_args(data_range, win_size, sigma, k1, k2, reduction):
-    data_range = _positive_float(data_range, "data_range")
+    data_range = V.check_bound(data_range, "data_range")
     win_size, sigma = _check_window(win_size, sigma)
-    k1, k2 = _positive_float(k1, "k1"), _positive_float(k2, "k2")
+    k1, k2 = V.check_bound(k1, "k1"), V.check_bound(k2, "k2")
     return data_range, win_size, sigma, (k1 * data_range) ** 2, (k2 * data_range) ** 2, _check_reduction(reduction)
 
 
@@ -298,7 +276,7 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, *, win_si
         weights = weights.detach().cpu().reshape(-1).tolist()
     if isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence) or len(weights) == 0:
         raise ValueError(f"weights must be a non-empty sequence of positive numbers, got {weights!r}")
-    weights = [_positive_float(w, f"weights[{i}]") for i, w in enumerate(weights)]
+    weights = [V.check_bound(w, f"weights[{i}]") for i, w in enumerate(weights)]
     scales = len(weights)
     data_range, win_size, sigma, c1, c2, reduction = _ssim_args(data_range, win_size, sigma, k1, k2, reduction)
     _check_images(x, y, ms_ssim_min_size(win_size, scales),
@@ -345,8 +323,8 @@ def gmsd(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, *, c: float 
     Gradients: ``m`` and the final square root use a gradient of 0 where their argument is 0
     (flat regions, identical images) instead of NaN.
     """
-    data_range = _positive_float(data_range, "data_range")
-    c = _positive_float(c, "c")
+    data_range = V.check_bound(data_range, "data_range")
+    c = V.check_bound(c, "c")
     reduction = _check_reduction(reduction)
     _check_images(x, y, GMSD_MIN_SIZE, "GMSD (the 2 x 2 downsampled map must be at least 2 x 2 for a gradient)")
     if x.shape[1] not in (1, 3):

@@ -33,7 +33,6 @@ roughly; tune them for a task.
 """
 from __future__ import annotations
 
-import math
 import numbers
 import os
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -63,19 +62,9 @@ TrunkArg = Union[None, str, "os.PathLike[str]", nn.Module]
 # -- input checks ---------------------------------------------------------------------------------
 def _check_images(x: torch.Tensor, y: torch.Tensor, channels: Optional[int] = 3) -> None:
     """x (prediction) and y (target): floating (N, C, H, W) batches of one size, dtype and device."""
-    for t, name in ((x, "x (prediction)"), (y, "y (target)")):
-        c = t.shape[1] if channels is None and isinstance(t, torch.Tensor) and t.dim() == 4 else channels
-        V.check_image(t, name, channels=c or 3, hint=V.UNIT_HINT, allow_empty=False)
-    if x.shape[1:] != y.shape[1:]:
-        raise ValueError(f"x (prediction) and y (target) must have the same channels and spatial size, got "
-                         f"{tuple(x.shape)} and {tuple(y.shape)}")
-    if x.shape[0] != y.shape[0] and 1 not in (x.shape[0], y.shape[0]):
-        raise ValueError(f"x (prediction) and y (target) have batch sizes {x.shape[0]} and {y.shape[0]}; "
-                         "they must be equal or one of them 1")
-    if x.dtype != y.dtype:
-        raise TypeError(f"x (prediction) and y (target) have different dtypes: {x.dtype} and {y.dtype}")
-    if x.device != y.device:
-        raise ValueError(f"x (prediction) and y (target) are on different devices: {x.device} and {y.device}")
+    V.check_image(x, "x (prediction)", channels=channels, hint=V.UNIT_HINT, allow_empty=False)
+    V.check_image(y, "y (target)", channels=channels, hint=V.UNIT_HINT, allow_empty=False)
+    V.check_pair(x, y, "x (prediction)", "y (target)")
 
 
 def _window(size: int, m: nn.Module, axis: int) -> int:
@@ -135,12 +124,6 @@ def _resolve_trunk(trunk: TrunkArg, pnet_rand: bool = False) -> Tuple[nn.Module,
     return module.to(memory_format=torch.channels_last), source
 
 
-def _check_weight(w, what: str) -> float:
-    if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(float(w)):
-        raise TypeError(f"{what} must be a finite real number, got {w!r}")
-    return float(w)
-
-
 def _layers_and_weights(trunk: nn.Module, layers, weights, default: Mapping[str, float], cls: str):
     """((names...), (weights...)) from ``layers`` (names, or a {name: weight} dict) and ``weights``."""
     if layers is None:
@@ -167,7 +150,7 @@ def _layers_and_weights(trunk: nn.Module, layers, weights, default: Mapping[str,
                          f"expected some of {list(trunk.relu_indices)}")
     if len(set(names)) != len(names):
         raise ValueError(f"{cls}: layer names repeat: {names}")
-    return tuple(names), tuple(_check_weight(w, f"{cls} weight of {n}") for n, w in zip(names, ws))
+    return tuple(names), tuple(V.check_number(w, f"{cls} weight of {n}") for n, w in zip(names, ws))
 
 
 # -- the loss algebra -----------------------------------------------------------------------------
@@ -195,7 +178,7 @@ class Loss(nn.Module):
     def __mul__(self, weight):
         if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
             return NotImplemented
-        w = _check_weight(weight, "a loss weight")
+        w = V.check_number(weight, "a loss weight")
         return CombinedLoss._from_terms([(n, loss, w * lw) for n, loss, lw in self._terms()])
 
     __rmul__ = __mul__
@@ -540,7 +523,7 @@ class CombinedLoss(Loss):
                 raise TypeError(f"part {name!r} must be a fastlpips.losses loss (not a CombinedLoss: add them "
                                 f"with +), got {type(loss).__name__}")
             self.losses[name] = loss
-            self.weights[name] = _check_weight(w, f"the weight of {name!r}")
+            self.weights[name] = V.check_number(w, f"the weight of {name!r}")
 
     @classmethod
     def _from_terms(cls, terms: Sequence[Tuple[str, Loss, float]]) -> "CombinedLoss":

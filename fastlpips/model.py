@@ -271,7 +271,7 @@ class LPIPS(nn.Module):
         if basic:
             V.check_image(x, name)
         V.check_model_match(x, self._ref.device, x.dtype if self.compute_dtype else self._ref.dtype, name)
-        V.check_size(x, self._min_size, self.pnet_type, name)
+        V.check_size(x, self._min_size, f"the {self.pnet_type} trunk", name)
         if self.check_inputs:
             V.check_values(x, name, 0.0 if normalize else -1.0, 1.0, self._warned)
 

@@ -42,7 +42,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import distributed as D
-from .attacks.checks import check_labels, check_logits, check_unit_images
+from . import validation as V
 from .attacks.distances import ClassifierFeatureDistance
 from .attacks.perceptual import LagrangePerceptualAttack
 from .attacks.threat import draw_noise
@@ -319,8 +319,8 @@ def train_pat(model: nn.Module, train_dataset, out_dir: PathLike, config: Option
                    initial=step_in_epoch, total=steps_per_epoch)
         for x, y in bar:
             x, y = x.to(dev, non_blocking=True), torch.as_tensor(y).to(dev)
-            check_unit_images(x, "training images")
-            check_labels(y, x.shape[0], num_classes, "training labels")
+            V.check_unit_images(x, "training images", why=V.ATTACK_BOX)
+            V.check_labels(y, x.shape[0], num_classes, "training labels")
             g = torch.Generator().manual_seed(step_seed(cfg.seed, global_step))
             rows = slice(rank, cfg.batch_size, world)
             if cfg.augment:
@@ -343,7 +343,7 @@ def train_pat(model: nn.Module, train_dataset, out_dir: PathLike, config: Option
             net.eval()
             with torch.no_grad():
                 fx, logits = own.features_and_logits(x) if own is not None else (None, net(x))
-            check_logits(logits, x.shape[0], "model(images)")
+            V.check_logits(logits, x.shape[0], "model(images)")
             if int(y.max()) >= logits.shape[1]:
                 raise ValueError(f"training labels lie in [{int(y.min())}, {int(y.max())}] but model(images) has "
                                  f"{logits.shape[1]} outputs (classes); the dataset has "

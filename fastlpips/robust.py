@@ -37,9 +37,9 @@ import torch
 from torch import nn
 
 from . import distributed as D
-from .attacks.checks import check_logits
 from .attacks.threat import ThreatAttack
 from .utils import CheckedDataLoader
+from .validation import check_logits
 
 __all__ = ["NARROW", "PERCEPTUAL", "DEFAULT_BOUNDS", "PAPER_EVALUATION", "parse_attack_spec", "make_attack",
            "make_distance", "union_accuracy", "unseen_mean", "RobustResult", "evaluate_robustness",

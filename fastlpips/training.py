@@ -35,6 +35,7 @@ from torch import nn
 
 from . import distributed as D
 from . import validation as V
+from .attacks.metric_attacks import ascent_direction, project_l2, project_linf
 from .bapps import TwoAFCDataset, bapps_loader
 from .model import LPIPS
 from .nets.weights import check_state, read_state_dict
@@ -163,6 +164,7 @@ def ranking_pgd(model: LPIPS, rank: Union[BCERankingLoss, str, None], ref: torch
         head = rank if trained else _fresh_head(k, ref.device)
         return head(d0, d1, h * 2 - 1)
 
+    project = project_linf if norm == "linf" else project_l2
     try:
         for name in names:
             x = images[name]
@@ -173,15 +175,8 @@ def ranking_pgd(model: LPIPS, rank: Union[BCERankingLoss, str, None], ref: torch
                 with torch.enable_grad():  # also when called under no_grad (e.g. while scoring)
                     d0, d1 = model.distances(parts["ref"], [parts["p0"], parts["p1"]])
                     (g,) = torch.autograd.grad(objective(d0, d1, k), a)
-                with torch.no_grad():
-                    if norm == "linf":
-                        a = torch.minimum(torch.maximum(a + step * g.sign(), x - eps), x + eps)
-                    else:
-                        gn = g.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, 1, 1, 1)
-                        d = a + step * g / gn - x
-                        dn = d.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, 1, 1, 1)
-                        a = x + d * torch.clamp(eps / dn, max=1.0)
-                    a = a.clamp(-1, 1)
+                with torch.no_grad():  # LPIPS' [-1, 1] box
+                    a = project(x, a + step * ascent_direction(g, norm), eps, (-1.0, 1.0))
             images[name] = a.detach()
     finally:
         for p in params:

@@ -1,4 +1,8 @@
-"""Input checks shared by every public entry point: loud, specific errors."""
+"""Input checks shared by every public entry point: loud, specific errors.
+
+The one home of argument checks (images, pairs, numbers, seeds, labels, logits): metrics, losses,
+attacks, geometry and the commands call these and write no checks of their own beyond what is
+particular to them (a window that must fit, a trunk's minimum size)."""
 from __future__ import annotations
 
 import math
@@ -8,9 +12,10 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-__all__ = ["check_image", "check_pair", "check_model_match", "check_size", "check_values", "check_positive_int",
-           "check_finite", "check_number", "check_seed", "check_fraction_values", "RangeWarning", "UNIT_HINT",
-           "NONFINITE_RULE"]
+__all__ = ["check_image", "check_pair", "check_unit_images", "check_images_and_labels", "check_same_shape",
+           "check_model_match", "check_size", "check_values", "check_positive_int", "check_finite", "check_number",
+           "check_bound", "check_nonnegative", "check_seed", "check_fraction_values", "check_labels", "check_logits",
+           "RangeWarning", "UNIT_HINT", "ATTACK_BOX", "NONFINITE_RULE"]
 
 # The one rule for non-finite inputs, for every metric (iqa, classic, losses, LPIPS, E-LPIPS): a NaN
 # or Inf pixel raises ValueError naming the argument; no metric returns a score for such an image.
@@ -25,30 +30,78 @@ _LPIPS_HINT = "convert images with x.float() / 127.5 - 1 (or / 255 with normaliz
 UNIT_HINT = "convert images with x.float() / 255 (this metric takes images in [0, 1])"
 
 
-def check_image(x, name: str, *, channels: int = 3, hint: str = _LPIPS_HINT, allow_empty: bool = True) -> None:
-    """Type, rank, channel count, dtype and a non-empty batch of one N x C x H x W image batch."""
+def check_image(x, name: str, *, channels: Optional[int] = 3, hint: Optional[str] = _LPIPS_HINT,
+                allow_empty: bool = True, finite: bool = False) -> None:
+    """Type, rank, channel count (``channels=None``: any count >= 1), dtype and, where asked, a
+    non-empty batch and finite values (``finite``, one scan) of one N x C x H x W image batch."""
+    want = f"(N, {channels}, H, W)" if channels is not None else "(N, C, H, W)"
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (N, {channels}, H, W), got {type(x).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor of shape {want}, got {type(x).__name__}")
     if x.dim() != 4:
-        raise ValueError(f"{name} must have 4 dimensions (N, {channels}, H, W), got shape {tuple(x.shape)}")
-    if x.shape[1] != channels:
+        raise ValueError(f"{name} must have 4 dimensions {want}, got shape {tuple(x.shape)}")
+    if channels is None and x.shape[1] == 0:
+        raise ValueError(f"{name} has no channels (shape {tuple(x.shape)})")
+    if channels is not None and x.shape[1] != channels:
         raise ValueError(f"{name} must have {channels} channels (RGB) in dim 1, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}; {hint}")
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}" + (f"; {hint}" if hint else ""))
     if x.shape[0] == 0 and not allow_empty:
         raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)}); give at least one image")
+    if finite:
+        check_finite(x, name)
 
 
-def check_pair(in0: torch.Tensor, in1: torch.Tensor) -> None:
-    """Shapes, dtypes and devices of the two inputs agree (batch 1 broadcasts against N)."""
-    if in0.shape[2:] != in1.shape[2:]:
-        raise ValueError(f"in0 and in1 must have the same spatial size, got {tuple(in0.shape)} and {tuple(in1.shape)}")
-    if in0.shape[0] != in1.shape[0] and 1 not in (in0.shape[0], in1.shape[0]):
-        raise ValueError(f"batch sizes {in0.shape[0]} and {in1.shape[0]} differ and neither is 1")
-    if in0.dtype != in1.dtype:
-        raise TypeError(f"in0 and in1 have different dtypes: {in0.dtype} and {in1.dtype}")
-    if in0.device != in1.device:
-        raise ValueError(f"in0 and in1 are on different devices: {in0.device} and {in1.device}")
+def check_pair(a: torch.Tensor, b: torch.Tensor, a_name: str = "in0", b_name: str = "in1") -> None:
+    """Two checked image batches agree: channel count and spatial size, batch sizes (equal, or one
+    of them 1: it broadcasts), dtype and device."""
+    if a.shape[1:] != b.shape[1:]:
+        raise ValueError(f"{a_name} and {b_name} must have the same channel count and spatial size, "
+                         f"got shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.shape[0] != b.shape[0] and 1 not in (a.shape[0], b.shape[0]):
+        raise ValueError(f"{a_name} and {b_name} have batch sizes {a.shape[0]} and {b.shape[0]}: "
+                         f"they must be equal or one of them must be 1")
+    if a.dtype != b.dtype:
+        raise TypeError(f"{a_name} and {b_name} have different dtypes: {a.dtype} and {b.dtype}")
+    if a.device != b.device:
+        raise ValueError(f"{a_name} and {b_name} are on different devices: {a.device} and {b.device}")
+
+
+#: Why attacks refuse images outside [0, 1] (the first clamp would move them silently).
+ATTACK_BOX = "attacks take images in [0, 1] and return images in [0, 1]"
+
+
+def check_unit_images(x, name: str = "x", why: str = "") -> None:
+    """A floating (N, 3, H, W) batch with N >= 1 and finite values in [0, 1] (one device sync);
+    ``why``: what needs the box, added to the message (attacks: they return images in [0, 1])."""
+    check_image(x, name, hint=UNIT_HINT, allow_empty=False)
+    mn, mx = (float(v) for v in torch.aminmax(x.detach()))
+    if not (math.isfinite(mn) and math.isfinite(mx)):
+        raise ValueError(f"{name} contains NaN or Inf values")
+    if mn < 0 or mx > 1:
+        raise ValueError(f"{name} must hold values in [0, 1], got [{mn:.4g}, {mx:.4g}]"
+                         f"{'; ' + why if why else ''}{unit_range_hint(mn, mx)}")
+
+
+def check_images_and_labels(x, labels, name: str = "x", check_images=None) -> None:
+    """What every classifier attack checks first: ``x`` a batch in [0, 1] (``check_unit_images``,
+    or ``check_images(x, name)``, e.g. a distance's own check that adds its size limits), one
+    integer label per image on x's device (the class count is checked against the logits)."""
+    if check_images is None:
+        check_unit_images(x, name, why=ATTACK_BOX)
+    else:
+        check_images(x, name)
+    check_labels(labels, x.shape[0])
+    if labels.device != x.device:
+        raise ValueError(f"labels are on {labels.device} but {name} on {x.device}")
+
+
+def check_same_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
+    """Two tensors of one shape, dtype and device (an image and its perturbed copy)."""
+    if a.shape != b.shape:
+        raise ValueError(f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.dtype != b.dtype or a.device != b.device:
+        raise ValueError(f"{name_a} ({a.dtype}, {a.device}) and {name_b} ({b.dtype}, {b.device}) differ in dtype "
+                         "or device")
 
 
 def check_model_match(x: torch.Tensor, device: torch.device, dtype: torch.dtype, name: str = "input") -> None:
@@ -59,10 +112,11 @@ def check_model_match(x: torch.Tensor, device: torch.device, dtype: torch.dtype,
                         f"cast the input (x.to({dtype})) or the model (model.to({x.dtype}))")
 
 
-def check_size(x: torch.Tensor, min_size: int, net: str, name: str) -> None:
+def check_size(x: torch.Tensor, min_size: int, what: str, name: str) -> None:
+    """Both spatial sides of ``x`` at least ``min_size``; ``what`` names the consumer (the alex trunk)."""
     h, w = x.shape[2], x.shape[3]
     if h < min_size or w < min_size:
-        raise ValueError(f"{name} of spatial size {h}x{w} is too small for the {net} trunk: "
+        raise ValueError(f"{name} of spatial size {h}x{w} is too small for {what}: "
                          f"it needs at least {min_size}x{min_size}")
 
 
@@ -117,7 +171,9 @@ def check_number(value, name: str, *, low: Optional[float] = None, high: Optiona
                  low_open: bool = False, high_open: bool = False) -> float:
     """A finite real number (bools, strings, tensors of several values refused) within the bounds,
     as a float; ``low_open`` / ``high_open``: the bound itself excluded."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be one number, got a tensor of shape {tuple(value.shape)}")
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
@@ -132,6 +188,16 @@ def check_number(value, name: str, *, low: Optional[float] = None, high: Optiona
     if high is not None and (v > high or (high_open and v == high)):
         raise ValueError(f"{name} must be {'<' if high_open else '<='} {high:g}, got {value!r}")
     return v
+
+
+def check_bound(value, name: str = "bound") -> float:
+    """A finite number > 0 (a radius, a step, a data range)."""
+    return check_number(value, name, low=0.0, low_open=True)
+
+
+def check_nonnegative(value, name: str) -> float:
+    """A finite number >= 0 (a weight that may be switched off)."""
+    return check_number(value, name, low=0.0)
 
 
 def check_seed(seed, name: str = "seed", allow_none: bool = True) -> Optional[int]:
@@ -159,3 +225,26 @@ def check_fraction_values(values, name: str, low: float = 0.0, high: float = 1.0
         raise ValueError(f"{name} must hold finite values in [{low:g}, {high:g}]; {int(bad.sum())} do not "
                          f"(e.g. {float(arr[bad][0])!r} at index {int(np.flatnonzero(bad)[0])})")
     return arr
+
+
+def check_labels(labels, n: int, num_classes: Optional[int] = None, name: str = "labels") -> None:
+    """One integer class index per image: shape (N,), no broadcasting, 0 <= label < num_classes."""
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(labels).__name__}")
+    if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise TypeError(f"{name} must hold integer class indices, got dtype {labels.dtype}")
+    if labels.dim() != 1 or labels.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},), one label per image, got {tuple(labels.shape)}")
+    if n:
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or (num_classes is not None and hi >= num_classes):
+            where = f"lie in [0, {num_classes - 1}]" if num_classes is not None else "be >= 0"
+            raise ValueError(f"{name} must {where}, got values in [{lo}, {hi}]")
+
+
+def check_logits(logits, n: int, name: str = "model(x)") -> None:
+    """A classifier's output: (N, K) logits with K >= 2."""
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"{name} must return a tensor of logits, got {type(logits).__name__}")
+    if logits.dim() != 2 or logits.shape[0] != n or logits.shape[1] < 2:
+        raise ValueError(f"{name} must return logits of shape ({n}, num_classes >= 2), got {tuple(logits.shape)}")

@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from .. import validation as V
 from ..reference import EPS, normalize_channels
 from ..utils import channels_last
 
@@ -41,6 +42,29 @@ def _flat(f: torch.Tensor) -> torch.Tensor:
     make the backward's elementwise kernels several times slower on CPU). Every feature vector of
     this module is flattened here, so phi(x) and J v of one distance always share the order."""
     return f.permute(0, 2, 3, 1).flatten(1)
+
+
+def _as_map(f: torch.Tensor) -> torch.Tensor:
+    """(N, C) features (a linear layer's) as (N, C, 1, 1) maps; maps unchanged."""
+    return f if f.dim() == 4 else f[:, :, None, None]
+
+
+def _linearize_features(layers: Sequence[torch.Tensor], weights: Sequence[Optional[torch.Tensor]]):
+    """What every kept linearization ends with: phi, the normalized, weighted and flattened layer
+    features, and the map from the layers' tangents to phi's tangent (tangent-only)."""
+    from .linearize import linearize_normalize
+
+    parts, fns = [], []
+    for f, w in zip(layers, weights):
+        f = _as_map(f)
+        nrm, fn = linearize_normalize(f, EPS)
+        scale = _layer_scale(f, w)
+        parts.append(_flat(nrm * scale))
+        fns.append((fn, scale))
+
+    def tangent(layer_tangents: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([_flat(fn(_as_map(t)) * scale) for t, (fn, scale) in zip(layer_tangents, fns)], 1)
+    return torch.cat(parts, 1), tangent
 
 
 def normalize_layer(f: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -91,9 +115,7 @@ class FeatureDistance(nn.Module):
     def check_images(self, x: torch.Tensor, name: str = "x") -> None:
         """What every attack checks first: a floating (N, 3, H, W) batch, finite, in [0, 1], large
         enough for this distance's features (clear errors naming ``name``)."""
-        from .checks import check_unit_images
-
-        check_unit_images(x, name)
+        V.check_unit_images(x, name, why=V.ATTACK_BOX)
         self._check_size(x, name)
 
     def _check_size(self, x: torch.Tensor, name: str) -> None:
@@ -120,9 +142,7 @@ class LPIPSDistance(FeatureDistance):
         self.squared = calibrated
 
     def _check_size(self, x: torch.Tensor, name: str) -> None:
-        from .. import validation as V
-
-        V.check_size(x, self.model._min_size, self.model.pnet_type, name)
+        V.check_size(x, self.model._min_size, f"the {self.model.pnet_type} trunk", name)
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         m = self.model
@@ -143,27 +163,26 @@ class LPIPSDistance(FeatureDistance):
     def linearize(self, x: torch.Tensor):
         """(phi(x), v -> J v): one primal pass (differentiable if x requires grad) that keeps what
         the derivative needs, then tangent-only passes (see fastlpips.attacks.linearize)."""
-        from .linearize import linearize_module, linearize_normalize
+        from .linearize import linearize_module
 
         m = self.model
         h = self._input(x)
         d_in = 2 / m.scaling_layer.scale if m.version == "0.1" else 2.0
-        fns, parts = [], []
-        for s, w in zip(m.net.slices, self._weights(len(m.net.slices))):
+        layers, steps = [], []
+        for s in m.net.slices:
             h, fs = linearize_module(s, h)
-            n, fn = linearize_normalize(h, EPS)
-            scale = _layer_scale(h, w)
-            parts.append(_flat(n * scale))
-            fns.append((fs, fn, scale))
+            layers.append(h)
+            steps.append(fs)
+        phi, head = _linearize_features(layers, self._weights(len(layers)))
 
         def jvp(v: torch.Tensor) -> torch.Tensor:
             t = v * d_in
-            out = []
-            for fs, fn, scale in fns:
+            tangents = []
+            for fs in steps:
                 t = fs(t)
-                out.append(_flat(fn(t) * scale))
-            return torch.cat(out, 1)
-        return torch.cat(parts, 1), jvp
+                tangents.append(t)
+            return head(tangents)
+        return phi, jvp
 
 
 class ELPIPSDistance(FeatureDistance):
@@ -186,7 +205,7 @@ class ELPIPSDistance(FeatureDistance):
             from ..elpips import ELPIPS
 
             metric = ELPIPS()
-        from .checks import check_positive_int
+        from ..validation import check_positive_int
 
         self.metric, self.samples, self.seed = metric, check_positive_int(samples, "samples"), seed
         self.shared = bool(shared)
@@ -272,7 +291,6 @@ class ELPIPSDistance(FeatureDistance):
         if self.shared:
             raise NotImplementedError("ELPIPSDistance(shared=True) has no kept linearization (has_linearization=False)")
         from ..ops.transform import batched_transform
-        from .linearize import linearize_normalize
 
         m = self.metric
         groups = self._groups(x)
@@ -281,20 +299,15 @@ class ELPIPSDistance(FeatureDistance):
         phis, programs = [], []
         for idx, tb in groups:
             layers, tangent = m.linearize_trunk(m.trunk_input(x, tb, len(idx)), gen)
-            parts, fns = [], []
-            for f, w in zip(layers, m.layer_weights()):
-                nrm, fn = linearize_normalize(f, EPS)
-                scale = _layer_scale(f, w)
-                parts.append(_flat(nrm * scale))
-                fns.append((fn, scale))
-            phis.append(torch.cat(parts, 1))
-            programs.append((idx, tb, tangent, fns))
+            phi, head = _linearize_features(layers, m.layer_weights())
+            phis.append(phi)
+            programs.append((idx, tb, tangent, head))
 
         def jvp(v: torch.Tensor) -> torch.Tensor:
             outs = []
-            for idx, tb, tangent, fns in programs:
+            for idx, tb, tangent, head in programs:
                 t = batched_transform(v, tb, backend=m.backend) if tb is not None else v.repeat(len(idx), 1, 1, 1)
-                outs.append(torch.cat([_flat(fn(dt) * scale) for dt, (fn, scale) in zip(tangent(t * d_in), fns)], 1))
+                outs.append(head(tangent(t * d_in)))
             return self._assemble(v, groups, outs)
 
         return self._assemble(x, groups, phis), jvp
@@ -353,7 +366,6 @@ class ClassifierFeatureDistance(FeatureDistance):
         back to one captured pass and returns None for the jvp (the attacks then use
         ``torch.func.jvp``); the outcome is remembered."""
         from ..nets.linearize import linearize_traced
-        from .linearize import linearize_normalize
 
         if self._traceable is not False:
             try:
@@ -363,22 +375,12 @@ class ClassifierFeatureDistance(FeatureDistance):
                 self.fallback_reason = str(e)
             else:
                 self._traceable = True
-                parts, fns = [], []
-                for name in self.layers:
-                    f = kept[name] if kept[name].dim() == 4 else kept[name][:, :, None, None]
-                    n, fn = linearize_normalize(f, EPS)
-                    scale = _layer_scale(f, None)
-                    parts.append(_flat(n * scale))
-                    fns.append((name, fn, scale))
+                phi, head = _linearize_features([kept[name] for name in self.layers], [None] * len(self.layers))
 
                 def jvp(v: torch.Tensor) -> torch.Tensor:
-                    _, kt = tangent(v)
-                    out = []
-                    for name, fn, scale in fns:
-                        t = kt[name] if kt[name].dim() == 4 else kt[name][:, :, None, None]
-                        out.append(_flat(fn(t) * scale))
-                    return torch.cat(out, 1)
-                return torch.cat(parts, 1), logits, jvp
+                    kt = tangent(v)[1]
+                    return head([kt[name] for name in self.layers])
+                return phi, logits, jvp
         phi, logits = self.features_and_logits(x)
         return phi, logits, None
 

@@ -23,17 +23,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
-from .checks import check_bound, check_positive_int, check_same_shape
+from ..validation import check_bound, check_positive_int, check_same_shape
 from .distances import ELPIPSDistance, FeatureDistance
 from .linalg import _bcast
 from .perceptual import project_newton
 
 __all__ = ["pull_to_target", "push_within_l2", "feature_mse_attack", "twoafc_pgd", "MetricAttackResult",
-           "estimate_distance", "certify_ball"]
+           "estimate_distance", "certify_ball", "project_l2", "project_linf", "ascent_direction"]
 
 
 @dataclass
@@ -54,15 +54,22 @@ def _norm(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).norm(dim=1)
 
 
-def _project_l2(x: torch.Tensor, a: torch.Tensor, eps: float) -> torch.Tensor:
-    """Onto ||a - x||_2 <= eps, then the [0, 1] box (clamping only moves coordinates towards x)."""
+def project_l2(x: torch.Tensor, a: torch.Tensor, eps: float, box: Tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+    """``a`` onto ||a - x||_2 <= eps (per image), then into the value ``box`` (clamping only moves
+    coordinates towards x when x is inside the box)."""
     d = a - x
     scale = torch.clamp(eps / _norm(d).clamp_min(1e-30), max=1.0)
-    return (x + _bcast(scale, d) * d).clamp(0, 1)
+    return (x + _bcast(scale, d) * d).clamp(*box)
 
 
-def _project_linf(x: torch.Tensor, a: torch.Tensor, eps: float) -> torch.Tensor:
-    return torch.minimum(torch.maximum(a, x - eps), x + eps).clamp(0, 1)
+def project_linf(x: torch.Tensor, a: torch.Tensor, eps: float, box: Tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+    """``a`` onto ||a - x||_inf <= eps, then into the value ``box``."""
+    return torch.minimum(torch.maximum(a, x - eps), x + eps).clamp(*box)
+
+
+def ascent_direction(g: torch.Tensor, norm: str) -> torch.Tensor:
+    """The steepest-ascent unit step for gradient ``g``: sign(g) (L_inf) or g / ||g||_2 (L_2)."""
+    return g.sign() if norm == "linf" else g / _bcast(_norm(g).clamp_min(1e-30), g)
 
 
 def _check(distance: FeatureDistance, steps: int, eps: float, step_size: Optional[float] = None, **images) -> float:
@@ -184,7 +191,7 @@ def push_within_l2(distance: FeatureDistance, x: torch.Tensor, eps: float, *, st
     radius = math.sqrt(eps)
     lr = lr if lr is not None else 0.5 * radius / math.sqrt(x[0].numel())
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-    a = _project_l2(x, x + 1e-3 * radius * noise / _bcast(_norm(noise), noise), radius).requires_grad_(True)
+    a = project_l2(x, x + 1e-3 * radius * noise / _bcast(_norm(noise), noise), radius).requires_grad_(True)
     opt = torch.optim.Adam([a], lr=lr)
     for t in range(steps):
         fx = _step_features(distance, x, fixed_draw, t == 0)
@@ -193,7 +200,7 @@ def push_within_l2(distance: FeatureDistance, x: torch.Tensor, eps: float, *, st
         loss.backward()
         opt.step()
         with torch.no_grad():
-            a.copy_(_project_l2(x, a, radius))
+            a.copy_(project_l2(x, a, radius))
     a = a.detach()
     d, upper = estimate_distance(distance, a, x, samples=check_samples, confidence=confidence, seed=seed)
     ok = _norm(a - x).square() <= eps * (1 + 1e-6)
@@ -210,12 +217,12 @@ def feature_mse_attack(distance: FeatureDistance, x: torch.Tensor, eps: float, *
     step_size = step_size if step_size is not None else 2.5 * eps / steps
     fx = distance.features(x).detach()
     u = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-    a = _project_linf(x, x + eps * (2 * u - 1), eps)
+    a = project_linf(x, x + eps * (2 * u - 1), eps)
     for _ in range(steps):
         a = a.detach().requires_grad_(True)
         mse = (distance.features(a) - fx).square().sum(1)
         (g,) = torch.autograd.grad(mse.sum(), a)
-        a = _project_linf(x, a.detach() + step_size * g.sign(), eps)
+        a = project_linf(x, a.detach() + step_size * g.sign(), eps)
     with torch.no_grad():
         d = (distance.features(a) - fx).square().sum(1)
     return MetricAttackResult(a, d, (a - x).abs().flatten(1).amax(1) <= eps * (1 + 1e-6))
@@ -240,7 +247,7 @@ def twoafc_pgd(distance: FeatureDistance, ref: torch.Tensor, p0: torch.Tensor, p
     sign = torch.where(judge > 0.5, 1.0, -1.0).to(ref.dtype)  # humans: p1 closer -> make d1 - d0 large
     images = {"ref": ref.detach(), "p0": p0.detach(), "p1": p1.detach()}
     x = images[target]
-    project = _project_linf if norm == "linf" else _project_l2
+    project = project_linf if norm == "linf" else project_l2
     a = x.clone()
 
     def margin(img):
@@ -252,7 +259,7 @@ def twoafc_pgd(distance: FeatureDistance, ref: torch.Tensor, p0: torch.Tensor, p
     for _ in range(steps):
         a = a.detach().requires_grad_(True)
         (g,) = torch.autograd.grad(margin(a).sum(), a)
-        step = g.sign() if norm == "linf" else g / _bcast(_norm(g).clamp_min(1e-30), g)
+        step = ascent_direction(g, norm)
         a = project(x, a.detach() + step_size * step, eps)
     with torch.no_grad():
         m = margin(a)

@@ -68,7 +68,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .checks import check_bound, check_images_and_labels, check_labels, check_logits, check_positive_int
+from ..validation import check_bound, check_images_and_labels, check_labels, check_logits, check_positive_int
 from .threat import ThreatAttack
 
 __all__ = ["LinfPGD", "L2PGD", "JPEGLinf", "rgb_to_ycbcr", "ycbcr_to_rgb", "block_dct", "block_idct",

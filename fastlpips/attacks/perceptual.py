@@ -21,11 +21,12 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .checks import (
+from ..validation import (
     check_bound,
     check_images_and_labels,
     check_labels,
     check_logits,
+    check_nonnegative,
     check_positive_int,
     check_same_shape,
 )
@@ -158,7 +159,24 @@ def _logits_and_features(model: nn.Module, distance: FeatureDistance, a: torch.T
     return model(a), fa, jvp
 
 
-class PerceptualPGD(ThreatAttack):
+class _PerceptualAttack(ThreatAttack):
+    """What PPGD and LPA share: the classifier, the distance, the bound, the step count, an
+    optional step length, the margin loss' kappa and direction, the projection and the start's noise."""
+
+    noise_kind = "normal"
+
+    def _setup(self, model: nn.Module, distance: FeatureDistance, bound: float, num_iterations: int,
+               step: Optional[float], kappa: float, targeted: bool, projection: str, init_std: float) -> None:
+        self.model, self.distance = model, distance
+        self.bound = check_bound(bound)
+        self.num_iterations = check_positive_int(num_iterations, "num_iterations")
+        self.step = None if step is None else check_bound(step, "step")
+        _check_projection(projection)
+        self.kappa, self.targeted, self.projection = kappa, targeted, projection
+        self.init_std = check_nonnegative(init_std, "init_std")
+
+
+class PerceptualPGD(_PerceptualAttack):
     """PPGD: each step solves (J^T J) d = grad(margin loss) by ``cg_iterations`` CG iterations with
     exact products at the current image, moves to x + (step / ||J d||) d (clamped to [0, 1]) and
     projects onto d(x0, .) <= bound. ``step`` defaults to 2 bound / num_iterations (root scale).
@@ -166,22 +184,15 @@ class PerceptualPGD(ThreatAttack):
     projection results of the final step and ``size``, the final distances (``ThreatAttack``)."""
 
     name = "ppgd"
-    noise_kind = "normal"
 
     def __init__(self, model: nn.Module, distance: FeatureDistance, bound: float, *, num_iterations: int = 5,
                  cg_iterations: int = 5, step: Optional[float] = None, kappa: float = 1.0,
                  targeted: bool = False, projection: str = "newton", init_std: float = 0.01) -> None:
         super().__init__()
-        bound = check_bound(bound)
-        check_positive_int(num_iterations, "num_iterations")
-        check_positive_int(cg_iterations, "cg_iterations")
-        if step is not None:
-            check_bound(step, "step")
-        _check_projection(projection)
-        self.model, self.distance, self.bound = model, distance, bound
-        self.num_iterations, self.cg_iterations = num_iterations, cg_iterations
-        self.step = step if step is not None else 2 * distance.root(bound) / num_iterations
-        self.kappa, self.targeted, self.projection, self.init_std = kappa, targeted, projection, init_std
+        self._setup(model, distance, bound, num_iterations, step, kappa, targeted, projection, init_std)
+        self.cg_iterations = check_positive_int(cg_iterations, "cg_iterations")
+        if self.step is None:
+            self.step = 2 * distance.root(self.bound) / self.num_iterations
 
     def step_once(self, x0: torch.Tensor, adv: torch.Tensor, labels: torch.Tensor, fx0: torch.Tensor) -> torch.Tensor:
         a = adv.detach().requires_grad_(True)
@@ -215,15 +226,13 @@ class PerceptualPGD(ThreatAttack):
         return adv.detach()
 
 
-class LagrangePerceptualAttack(ThreatAttack):
+class LagrangePerceptualAttack(_PerceptualAttack):
     """LPA: minimize -margin + lambda relu(d - bound) with normalized gradient steps of perceptual
     length eta (decaying bound -> bound/10; length from an exact J v), lambda from 0.01 growing x10
     for samples still outside after each of ``binary_steps`` rounds; samples that succeed inside
     the bound stop being recomputed. Ends with a projection (guaranteed inside or reported).
     ``last['size']``: the final distances (one more distance pass; ``measure=False`` skips it,
     as PAT's training attack does); ``last['projection']`` the projection's result."""
-
-    noise_kind = "normal"
 
     @property
     def name(self) -> str:
@@ -234,18 +243,12 @@ class LagrangePerceptualAttack(ThreatAttack):
                  projection: str = "newton", lam: float = 0.01, fast: bool = False, init_std: float = 0.01,
                  measure: bool = True) -> None:
         super().__init__()
-        bound = check_bound(bound)
-        check_positive_int(num_iterations, "num_iterations")
-        check_positive_int(binary_steps, "binary_steps")
-        if step is not None:
-            check_bound(step, "step")
-        check_bound(lam, "lam")
-        _check_projection(projection)
-        self.model, self.distance, self.bound = model, distance, bound
-        self.num_iterations, self.binary_steps = num_iterations, (1 if fast else binary_steps)
-        self.step = step if step is not None else distance.root(bound)
-        self.kappa, self.targeted, self.projection = kappa, targeted, projection
-        self.lam0, self.fast, self.init_std, self.measure = lam, fast, init_std, measure
+        self._setup(model, distance, bound, num_iterations, step, kappa, targeted, projection, init_std)
+        binary_steps = check_positive_int(binary_steps, "binary_steps")
+        self.binary_steps = 1 if fast else binary_steps
+        if self.step is None:
+            self.step = distance.root(self.bound)
+        self.lam0, self.fast, self.measure = check_bound(lam, "lam"), fast, measure
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor, *, noise: Optional[torch.Tensor] = None,
                 generator: Optional[torch.Generator] = None, reference: Optional[torch.Tensor] = None):

@@ -61,8 +61,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .checks import check_bound, check_images_and_labels, check_positive_int
-from .stadv import _MisterEdPGD, _param_dtype
+from ..validation import check_positive_int
+from .stadv import _MisterEdPGD
 
 __all__ = ["ReColorAdv", "rgb_to_cieluv", "cieluv_to_rgb", "identity_color_grid", "interpolate_color_grid",
            "apply_color_grid", "color_grid_smoothness", "project_color_grid"]
@@ -221,32 +221,26 @@ class ReColorAdv(_MisterEdPGD):
     smoothness loss (default 0.0036 / bound, perceptual-advex's)."""
 
     name = "recolor"
+    smoothness_times_bound = 0.0036
+    offset_name, param_name = "grid", "color_grid"
 
     def __init__(self, model: nn.Module, bound: float = 0.06, *, num_iterations: int = 20, lr: float = 0.001,
                  resolution: Sequence[int] = (16, 32, 32), smoothness: Optional[float] = None,
                  kappa: float = math.inf) -> None:
         super().__init__()
-        bound = check_bound(bound)
         self.resolution = _check_resolution(resolution)
-        self._setup(model, bound, num_iterations, lr, 0.0036 / bound if smoothness is None else smoothness, kappa)
+        self._setup(model, bound, num_iterations, lr, smoothness, kappa)
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor, *, noise: Optional[torch.Tensor] = None,
-                generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """``x`` (N, 3, H, W) in [0, 1], ``labels`` (N,) class indices -> adversarial images in [0, 1].
-        No random start (``noise`` / ``generator`` are accepted and unused, as ``noise_kind`` is None)."""
-        check_images_and_labels(x, labels)
-        x = x.detach()
-        pd = _param_dtype(x.dtype)
-        luv = rgb_to_cieluv(x.to(pd))
-        ident = identity_color_grid(x.shape[0], self.resolution, dtype=pd, device=x.device)
-        p, out, loss = self._optimize(
-            x, labels, ident,
-            project=lambda g: project_color_grid(g, ident, self.bound),
-            transform=lambda g: cieluv_to_rgb(interpolate_color_grid(luv, g)),
-            smooth=lambda g: color_grid_smoothness(g - ident))
-        offset = p - ident
-        self.last = {"grid": offset, "color_grid": p, "size": offset.abs().flatten(1).amax(1), "loss": loss}
-        return out
+    def _parametrize(self, xp):
+        luv = rgb_to_cieluv(xp)
+        ident = identity_color_grid(xp.shape[0], self.resolution, dtype=xp.dtype, device=xp.device)
+        return ident, lambda g: cieluv_to_rgb(interpolate_color_grid(luv, g))
+
+    def _project(self, p, ident):
+        return project_color_grid(p, ident, self.bound)
+
+    def _smoothness(self, offset):
+        return color_grid_smoothness(offset)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, resolution={self.resolution}, num_iterations={self.num_iterations}, "

@@ -50,13 +50,13 @@ from __future__ import annotations
 
 import math
 from numbers import Real
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import (
+from ..validation import (
     check_bound,
     check_images_and_labels,
     check_labels,
@@ -147,14 +147,48 @@ class _MisterEdPGD(ThreatAttack):
     signed=False, no random start, final iterate returned) over one parameter tensor ``p``."""
 
     noise_kind = None
+    #: The default smoothness weight times the bound (perceptual-advex's defaults).
+    smoothness_times_bound: float
+    #: The names in ``last`` of the offset from the identity and of the parameter itself.
+    offset_name: str
+    param_name: str
 
     def _setup(self, model, bound, num_iterations, lr, smoothness, kappa):
         self.model = model
         self.bound = check_bound(bound)
+        if smoothness is None:
+            smoothness = self.smoothness_times_bound / self.bound
         self.num_iterations = check_positive_int(num_iterations, "num_iterations")
         self.lr = check_bound(lr, "lr")
         self.smoothness = check_nonnegative(smoothness, "smoothness")
         self.kappa = _check_kappa(kappa)
+
+    def _parametrize(self, xp: torch.Tensor) -> Tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        """The identity parameter for the images ``xp`` (in the parameter dtype) and the map from a
+        parameter to images."""
+        raise NotImplementedError
+
+    def _project(self, p: torch.Tensor, ident: torch.Tensor) -> torch.Tensor:
+        """``p`` moved into the bound around ``ident``."""
+        raise NotImplementedError
+
+    def _smoothness(self, offset: torch.Tensor) -> torch.Tensor:
+        """The per-image smoothness loss of an offset from the identity."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor, *, noise: Optional[torch.Tensor] = None,
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """``x`` (N, 3, H, W) in [0, 1], ``labels`` (N,) class indices -> adversarial images in [0, 1].
+        No random start (``noise`` / ``generator`` are accepted and unused, as ``noise_kind`` is None)."""
+        check_images_and_labels(x, labels)
+        x = x.detach()
+        ident, transform = self._parametrize(x.to(_param_dtype(x.dtype)))
+        p, out, loss = self._optimize(x, labels, ident, project=lambda g: self._project(g, ident),
+                                      transform=transform, smooth=lambda g: self._smoothness(g - ident))
+        offset = p - ident
+        self.last = {self.offset_name: offset, self.param_name: p, "size": offset.abs().flatten(1).amax(1),
+                     "loss": loss}
+        return out
 
     def _optimize(self, x: torch.Tensor, labels: torch.Tensor, start: torch.Tensor,
                   project: Callable[[torch.Tensor], torch.Tensor], transform: Callable[[torch.Tensor], torch.Tensor],
@@ -193,31 +227,23 @@ class StAdv(_MisterEdPGD):
     (default 0.0025 / bound, perceptual-advex's)."""
 
     name = "stadv"
+    smoothness_times_bound = 0.0025
+    offset_name, param_name = "flow", "sampling_grid"
 
     def __init__(self, model: nn.Module, bound: float = 0.05, *, num_iterations: int = 20, lr: float = 0.01,
                  smoothness: Optional[float] = None, kappa: float = math.inf) -> None:
         super().__init__()
-        bound = check_bound(bound)
-        self._setup(model, bound, num_iterations, lr, 0.0025 / bound if smoothness is None else smoothness, kappa)
+        self._setup(model, bound, num_iterations, lr, smoothness, kappa)
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor, *, noise: Optional[torch.Tensor] = None,
-                generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """``x`` (N, 3, H, W) in [0, 1], ``labels`` (N,) class indices -> adversarial images in [0, 1].
-        No random start (``noise`` / ``generator`` are accepted and unused, as ``noise_kind`` is None)."""
-        check_images_and_labels(x, labels)
-        x = x.detach()
-        n, _, h, w = x.shape
-        pd = _param_dtype(x.dtype)
-        xp = x.to(pd)
-        ident = identity_grid(n, h, w, dtype=pd, device=x.device)
-        p, out, loss = self._optimize(
-            x, labels, ident,
-            project=lambda g: project_sampling_grid(g, ident, self.bound),
-            transform=lambda g: _sample(xp, g),
-            smooth=lambda g: flow_smoothness(g - ident))
-        flow = p - ident
-        self.last = {"flow": flow, "sampling_grid": p, "size": flow.abs().flatten(1).amax(1), "loss": loss}
-        return out
+    def _parametrize(self, xp):
+        n, _, h, w = xp.shape
+        return identity_grid(n, h, w, dtype=xp.dtype, device=xp.device), lambda g: _sample(xp, g)
+
+    def _project(self, p, ident):
+        return project_sampling_grid(p, ident, self.bound)
+
+    def _smoothness(self, offset):
+        return flow_smoothness(offset)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, num_iterations={self.num_iterations}, lr={self.lr:g}, "

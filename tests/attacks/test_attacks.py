@@ -230,7 +230,7 @@ def test_metric_attacks_respect_their_constraints():
         assert (res.distance > -before).all()  # the disagreement margin grew from -before
     with pytest.raises(ValueError, match="norm must be"):
         twoafc_pgd(d, x, p0, p1, judge, 0.1, norm="l1")
-    with pytest.raises(ValueError, match="eps must be a finite number > 0"):
+    with pytest.raises(ValueError, match=r"eps must be (a finite number|> 0)"):
         push_within_l2(d, x, 0.0)
 
 
@@ -314,7 +314,7 @@ def test_attack_inputs_are_validated():
         ppgd(x, torch.tensor([0, 1, 2, 12]))
     with pytest.raises(ValueError, match=r"labels must be >= 0, got values in \[-1, 2\]"):
         ppgd(x, torch.tensor([0, 1, 2, -1]))
-    with pytest.raises(ValueError, match=r"x has values in \[.*\]; attacks take images in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"x must hold values in \[0, 1\], got \[.*\]; attacks take images in \[0, 1\]"):
         ppgd(x * 2 - 1, y)
     with pytest.raises(ValueError, match="x contains NaN or Inf"):
         ppgd(x.clone().fill_(float("nan")), y)
@@ -327,7 +327,7 @@ def test_attack_inputs_are_validated():
     for bad in (float("nan"), 0.0, -1.0, float("inf")):
         for make in (lambda b: PerceptualPGD(model, d, b), lambda b: LagrangePerceptualAttack(model, d, b),
                      lambda b: FastLagrangePerceptualAttack(model, d, b)):
-            with pytest.raises(ValueError, match="bound must be a finite number > 0"):
+            with pytest.raises(ValueError, match=r"bound must be (a finite number|> 0)"):
                 make(bad)
     with pytest.raises(TypeError, match="num_iterations must be an integer"):
         PerceptualPGD(model, d, 0.5, num_iterations=2.5)
@@ -335,13 +335,13 @@ def test_attack_inputs_are_validated():
         LagrangePerceptualAttack(model, d, 0.5, projection="nope")
     with pytest.raises(ValueError, match=r"labels must have shape \(4,\)"):
         LagrangePerceptualAttack(model, d, 0.5, num_iterations=1, binary_steps=1)(x, y[:1])
-    with pytest.raises(ValueError, match="bound must be a finite number > 0"):
+    with pytest.raises(ValueError, match=r"bound must be (a finite number|> 0)"):
         project_newton(d, x, x, float("nan"))
     with pytest.raises(ValueError, match=r"x and x_adv must have the same shape"):
         project_bisection(d, x, x[:2], 0.5)
-    with pytest.raises(ValueError, match="eps must be a finite number > 0"):
+    with pytest.raises(ValueError, match=r"eps must be (a finite number|> 0)"):
         push_within_l2(d, x, float("nan"))
-    with pytest.raises(ValueError, match=r"x has values in"):
+    with pytest.raises(ValueError, match=r"x must hold values in \[0, 1\], got"):
         push_within_l2(d, x + 1, 0.5)
     with pytest.raises(ValueError, match=r"x and target must have the same shape"):
         pull_to_target(d, x, x[:1], 0.5)

@@ -78,7 +78,7 @@ def test_estimate_distance_exact_for_deterministic_and_refuses_bad_options(metri
     assert torch.equal(v, ub)
     with pytest.raises(ValueError, match="confidence"):
         estimate_distance(ELPIPSDistance(metric), x, y, confidence=1.5)  # refused before any sample
-    with pytest.raises(ValueError, match="eps must be a finite number > 0"):
+    with pytest.raises(ValueError, match=r"eps must be (a finite number|> 0)"):
         push_within_l2(lp, x, -1.0)
 
 

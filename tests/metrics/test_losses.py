@@ -296,7 +296,7 @@ def test_bad_arguments(vgg64):
         TextureLoss(trunk=vgg64, patch_space="pixels")
     with pytest.raises(ValueError, match="patch must be >= 1"):
         TextureLoss(trunk=vgg64, patch=0)
-    with pytest.raises(TypeError, match="must be a finite real number"):
+    with pytest.raises(ValueError, match="weight of relu1_1 must be a finite number"):
         PerceptualLoss({"relu1_1": float("nan")}, trunk=vgg64)
     with pytest.raises(TypeError, match="fastlpips trunk"):
         PerceptualLoss(trunk=torch.nn.Conv2d(3, 3, 1))
@@ -320,7 +320,7 @@ def test_missing_weights_error_names_the_loss_options(monkeypatch, tmp_path):
 def test_bad_inputs(vgg64):
     loss = PerceptualLoss(trunk=vgg64)
     x = imgs(seed=35)
-    with pytest.raises(ValueError, match="same channels and spatial size"):
+    with pytest.raises(ValueError, match="same channel count and spatial size"):
         loss(x, imgs(size=16))
     with pytest.raises(ValueError, match="batch sizes 2 and 3"):
         loss(x, imgs(n=3))

@@ -23,7 +23,7 @@ CASES = [
     ("grey-1-channel", lambda: (GOOD[:, :1], GOOD[:, :1]), ValueError, r"3 channels .* got shape \(2, 1, 64, 64\)"),
     ("rgba-4-channels", lambda: (GOOD, torch.cat([GOOD, GOOD[:, :1]], 1)), ValueError, "in1 must have 3 channels"),
     ("channels-last-axis", lambda: (GOOD.permute(0, 2, 3, 1), GOOD.permute(0, 2, 3, 1)), ValueError, "3 channels"),
-    ("spatial-mismatch", lambda: (GOOD, rand_images(2, 64, 48)), ValueError, "same spatial size"),
+    ("spatial-mismatch", lambda: (GOOD, rand_images(2, 64, 48)), ValueError, "same channel count and spatial size"),
     ("batch-mismatch", lambda: (GOOD, rand_images(3, 64, 64)), ValueError, "batch sizes 2 and 3"),
     ("uint8", lambda: ((GOOD * 127 + 128).to(torch.uint8),) * 2, TypeError, "floating-point .* torch.uint8"),
     ("int64", lambda: (GOOD.long(), GOOD.long()), TypeError, "floating-point"),
@@ -159,7 +159,7 @@ def test_check_inputs_off_skips_value_checks(model):
 def test_empty_batches_are_documented_behaviour(model):
     empty, one = rand_images(0, 64, 64), rand_images(1, 64, 64)
     assert model(empty, one).shape == (0, 1, 1, 1) == model(one, empty).shape  # batch 1 broadcasts to 0
-    with pytest.raises(ValueError, match="batch sizes 0 and 2 differ"):
+    with pytest.raises(ValueError, match="batch sizes 0 and 2: they must be equal"):
         model(empty, rand_images(2, 64, 64))
     assert model.pairwise(empty).shape == (0, 0)  # used to raise IndexError
     assert model.pairwise(empty, GOOD).shape == (0, len(GOOD))
@@ -205,7 +205,7 @@ def test_check_inputs_off_keeps_shape_checks():
         m(GOOD[0], GOOD[0])
     with pytest.raises(ValueError, match="3 channels"):
         m(GOOD[:, :1], GOOD[:, :1])
-    with pytest.raises(ValueError, match="same spatial size"):
+    with pytest.raises(ValueError, match="same channel count and spatial size"):
         m(GOOD, rand_images(len(GOOD), 64, 48))
     with pytest.raises(ValueError, match="too small for the alex trunk"):
         m(rand_images(1, 8, 8), rand_images(1, 8, 8))

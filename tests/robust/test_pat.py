@@ -258,7 +258,7 @@ def test_bad_inputs(example, tmp_path):
             x, y = data[i]
             return x * 255, y
     with pytest.raises(ValueError,
-                       match=r"training images has values in \[.*\]; attacks take images in \[0, 1\].*divide by 255"):
+                       match=r"training images must hold values in \[0, 1\], got \[.*\]; attacks take images in \[0, 1\].*divide by 255"):
         pat.train_pat(_tiny(), Scaled(), tmp_path / "c", _cfg(epochs=1), progress=False)
     with pytest.raises(ValueError, match="must be divisible|batch_size must be a positive int"):
         pat.train_pat(_tiny(), data, tmp_path / "d", _cfg(batch_size=0), progress=False)
