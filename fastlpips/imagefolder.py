@@ -81,7 +81,7 @@ class ImageFolder(Dataset):
                                   align_corners=False)[0].clamp(0, 1)
             return x
         if self._shape is None:
-            self._shape = tuple(x.shape[1:])
+            self._shape = (int(x.shape[1]), int(x.shape[2]))
         elif tuple(x.shape[1:]) != self._shape:
             raise ValueError(f"{path} is {x.shape[2]}x{x.shape[1]} but the folder's first image is "
                              f"{self._shape[1]}x{self._shape[0]}; pass size= to resize every image")

@@ -329,17 +329,18 @@ def _decode(path, stacklevel: int) -> tuple[np.ndarray, bool]:
             raise ValueError(f"{path}: cannot decode the image data ({e})") from e
 
         if mode in _EIGHT_BIT_MODES:
+            pic: Image.Image = im
             if mode == "RGBa":  # premultiplied alpha: PIL un-premultiplies when converting to RGBA
-                im = im.convert("RGBA")
+                pic = im.convert("RGBA")
             elif mode == "La":
-                im = im.convert("LA")
-            alpha = _alpha(im)
+                pic = im.convert("LA")
+            alpha = _alpha(pic)
             if alpha is not None and alpha.min() < 255:
                 warnings.warn(f"{path}: the image has transparent pixels; its alpha is ignored (the colour "
                               "values are used as they are, not composited onto a background)",
                               UserWarning, stacklevel=stacklevel)
             try:
-                rgb = im if im.mode == "RGB" else im.convert("RGB")
+                rgb = pic if pic.mode == "RGB" else pic.convert("RGB")
             except (ValueError, OSError) as e:  # e.g. a colour space PIL cannot convert
                 raise ValueError(f"{path}: cannot convert PIL image mode {mode!r} to RGB ({e})") from e
             return np.array(rgb, dtype=np.uint8), True
@@ -354,6 +355,7 @@ def _decode(path, stacklevel: int) -> tuple[np.ndarray, bool]:
                 raise ValueError(f"{path}: float image has values outside [0, 1] ({seen}{extra}); float "
                                  "images must hold finite values in [0, 1]")
         else:  # 16-bit modes and "I"
+            assert scale is not None  # set above for every 16-bit mode and "I"
             full, signed, unsigned32 = scale
             grey = np.array(im)
             if unsigned32:
@@ -415,7 +417,7 @@ def load_image(path) -> np.ndarray:
 
 
 def l2(p0: np.ndarray, p1: np.ndarray, range: float = 255.0) -> float:
-    return 0.5 * np.mean((p0 / range - p1 / range) ** 2)
+    return float(0.5 * np.mean((p0 / range - p1 / range) ** 2))
 
 
 def psnr(p0: np.ndarray, p1: np.ndarray, peak: float = 255.0) -> float:

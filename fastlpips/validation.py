@@ -125,8 +125,8 @@ def check_values(x: torch.Tensor, name: str, lo: float, hi: float, warn_state: O
     """NaN/Inf raise; values outside [lo, hi] warn once per ``warn_state`` (one sync per call)."""
     if x.numel() == 0:
         return
-    mn, mx = torch.aminmax(x.detach())
-    mn, mx = float(mn), float(mx)
+    lo_t, hi_t = torch.aminmax(x.detach())
+    mn, mx = float(lo_t), float(hi_t)
     if not (math.isfinite(mn) and math.isfinite(mx)):
         bad = int((~torch.isfinite(x.detach())).sum())
         raise ValueError(f"{name} contains {bad} NaN or Inf value(s)")
@@ -134,11 +134,11 @@ def check_values(x: torch.Tensor, name: str, lo: float, hi: float, warn_state: O
         if warn_state is not None:
             warn_state["range"] = True
         if hint is None:
-            hint = (" (0..255 images? divide by 127.5 and subtract 1, or by 255 with normalize=True)"
-                    if mx > 2 else "")
+            why = (" (0..255 images? divide by 127.5 and subtract 1, or by 255 with normalize=True)"
+                   if mx > 2 else "")
         else:
-            hint = hint(mn, mx)
-        warnings.warn(f"{name} has values in [{mn:.4g}, {mx:.4g}], outside the expected [{lo:g}, {hi:g}]{hint}; "
+            why = hint(mn, mx)
+        warnings.warn(f"{name} has values in [{mn:.4g}, {mx:.4g}], outside the expected [{lo:g}, {hi:g}]{why}; "
                       "this warning is shown once per model", RangeWarning, stacklevel=4)
 
 

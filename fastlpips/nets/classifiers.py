@@ -58,6 +58,9 @@ class ResNet32(nn.Module):
     'group' or 'none' (per-sample models: their training under torchrun does not depend on how
     the batch is split across processes). Other input sizes work (global average pooling)."""
 
+    mean: torch.Tensor  # (1, 3, 1, 1) buffers: the normalization in front of the network
+    std: torch.Tensor
+
     def __init__(self, num_classes: int = 10, *, blocks: Sequence[int] = (2, 2, 2, 2), width: int = 64,
                  norm: str = "batch", mean: Sequence[float] = CIFAR_MEAN, std: Sequence[float] = CIFAR_STD) -> None:
         super().__init__()

@@ -18,7 +18,7 @@ the small convolutions of 32x32 classifiers are 1.5-3x faster so on CPU.
 """
 from __future__ import annotations
 
-from typing import Callable, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,9 @@ from torch import nn
 
 from ..utils import channels_last
 from .trunks import Fire
+
+if TYPE_CHECKING:
+    import weakref
 
 Tangent = Callable[[torch.Tensor], torch.Tensor]
 
@@ -77,7 +80,7 @@ def linearize_module(m: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, Tange
 # scaling, reshapes, concatenation); anything else raises NotImplementedError.
 _BASIC = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d,
           nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity, nn.Dropout)
-_TRACES = None  # WeakKeyDictionary: module -> {leaves: traced graph}
+_TRACES: Optional["weakref.WeakKeyDictionary[nn.Module, Dict[Any, Any]]"] = None  # module -> {leaves: graph}
 _SAME = ("flatten", "view", "reshape", "squeeze", "unsqueeze", "permute", "transpose", "contiguous", "mean", "sum",
          "to", "float", "double", "clone")
 
@@ -153,6 +156,7 @@ def _foldable_batchnorm(module: nn.Module, node, keep):
 def _conv_bn_rule(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> Tuple[torch.Tensor, Tangent]:
     """bn(conv(x)) in eval mode as one convolution with scaled weights (parameters are constants
     of the linearization: derivatives are taken w.r.t. the input only)."""
+    assert bn.running_var is not None and bn.running_mean is not None  # foldable: eval mode with statistics
     with torch.no_grad():
         scale = torch.rsqrt(bn.running_var + bn.eps)
         if bn.weight is not None:
@@ -177,8 +181,11 @@ def linearize_traced(module: nn.Module, x: torch.Tensor, keep: Sequence[str] = (
 
     keep = tuple(keep)
     graph = _graph(module, keep)
-    env, kept, program, live = {}, {}, [], set()  # live: the nodes whose value depends on x
-    folded = set()
+    env: Dict[Any, Any] = {}  # node -> its value in this pass
+    kept: Dict[str, torch.Tensor] = {}
+    program: List[Tuple[Any, str, Any]] = []  # (node, kind, spec) of the tangent pass
+    live: Set[Any] = set()  # the nodes whose value depends on x
+    folded: Set[Any] = set()
 
     def val(a):
         return torch.fx.node.map_arg(a, lambda n: env[n])
@@ -213,7 +220,8 @@ def linearize_traced(module: nn.Module, x: torch.Tensor, keep: Sequence[str] = (
                 continue
             bn = _foldable_batchnorm(module, node, keep)
             if bn is not None:
-                y, fn1 = _conv_bn_rule(sub, module.get_submodule(bn.target), args[0])
+                y, fn1 = _conv_bn_rule(cast(nn.Conv2d, sub), cast(nn.BatchNorm2d, module.get_submodule(bn.target)),
+                                       args[0])
                 folded.add(bn)
             elif node.target in keep or not isinstance(sub, _BASIC):
                 y, _, fn = linearize_traced(sub, args[0])
@@ -265,7 +273,7 @@ def linearize_traced(module: nn.Module, x: torch.Tensor, keep: Sequence[str] = (
             raise NotImplementedError(f"no linearization rule for {node.format_node()}")
 
     def tangent(t: torch.Tensor):
-        tenv = {}
+        tenv: Dict[Any, Optional[torch.Tensor]] = {}
         for node, kind, spec in program:
             if kind == "input":
                 tenv[node] = channels_last(t)
@@ -279,8 +287,9 @@ def linearize_traced(module: nn.Module, x: torch.Tensor, keep: Sequence[str] = (
                 tenv[node] = ta if tb is None else (sign * tb if ta is None else (ta + tb if sign > 0 else ta - tb))
             elif kind == "cat":
                 parts, dim = spec
-                tenv[node] = torch.cat([tenv[p] if p in tenv and tenv[p] is not None else torch.zeros_like(env[p])
-                                        for p in parts], dim)
+                pieces = [tenv.get(p) for p in parts]
+                tenv[node] = torch.cat([t if t is not None else torch.zeros_like(env[p])
+                                        for t, p in zip(pieces, parts)], dim)
         kt = {name: tenv.get(n) for n, name in ((n,
                                                  n.target) for n in tenv if n.op == "call_module" and n.target in keep)}
         return tenv.get(out_node), kt

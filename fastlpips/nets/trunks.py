@@ -78,8 +78,9 @@ class TransformConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._transform_domain(x):
             return super().forward(x)
+        padding: Tuple[int, int] = self.padding  # type: ignore[assignment]  # a tuple here (never 'same')
         y = torch._nnpack_spatial_convolution(x.contiguous(), self.weight.contiguous(), self.bias,
-                                              list(self.padding), list(self.stride))
+                                              list(padding), list(self.stride))
         return y.contiguous(memory_format=torch.channels_last) if x.is_contiguous(
             memory_format=torch.channels_last) and not x.is_contiguous() else y
 
@@ -161,7 +162,7 @@ class _Trunk(nn.Module):
         for k, (a, b) in enumerate(self.slice_bounds, start=1):
             self.add_module(f"slice{k}", nn.Sequential(OrderedDict((str(i), features[i]) for i in range(a, b))))
         self.N_slices = len(self.slice_bounds)
-        self._outputs = namedtuple(type(self).__name__ + "Outputs", list(self.output_names))
+        self._outputs = namedtuple(type(self).__name__ + "Outputs", list(self.output_names))  # type: ignore[misc]
         self.reset_parameters()
 
     @property
@@ -258,7 +259,8 @@ class _VGG(_Trunk):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
 
 class VGG16(_VGG):
@@ -300,7 +302,8 @@ class SqueezeNet(_Trunk):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
 
 TRUNKS: Dict[str, type] = {"alex": AlexNet, "vgg": VGG16, "vgg16": VGG16, "vgg19": VGG19, "squeeze": SqueezeNet}

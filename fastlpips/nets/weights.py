@@ -56,7 +56,7 @@ import tempfile
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -215,9 +215,10 @@ def restricted_unpickle(path: Path):
 # Trunk weights: conversions into the trunk's own key names (slice{k}.{i}.weight ...).
 def _slice_key(trunk: torch.nn.Module, tv_key: str) -> str:
     """'features.3.weight' -> 'slice2.3.weight' for the given trunk."""
-    _, idx, rest = tv_key.split(".", 2)
-    idx = int(idx)
-    for k, (a, b) in enumerate(trunk.slice_bounds, start=1):
+    _, index, rest = tv_key.split(".", 2)
+    idx = int(index)
+    bounds: List[Tuple[int, int]] = list(trunk.slice_bounds)  # type: ignore[arg-type]  # a trunk attribute
+    for k, (a, b) in enumerate(bounds, start=1):
         if a <= idx < b:
             return f"slice{k}.{idx}.{rest}"
     raise WeightError(f"torchvision key {tv_key!r} is outside the trunk's layers")
@@ -549,7 +550,7 @@ def _save_cache(state: Mapping[str, torch.Tensor], path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
@@ -591,8 +592,8 @@ def _read_cache(trunk, net: str, path: Path):
     elif stored.shape != () or stored.dtype.kind not in "US":
         problems.append(f"its {CACHE_DIGEST_KEY!r} entry is not a digest string")
     else:
-        want = stored[()]
-        want = want.decode("ascii", "replace") if isinstance(want, bytes) else str(want)
+        value = stored[()]
+        want = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
         if got != want:
             problems.append(f"its content (sha256 {got}) does not match the digest stored in it ({want}):"
                             " it was edited or damaged")
@@ -627,11 +628,12 @@ def _no_weights_error(net: str, tried: list) -> WeightError:
                        + "\nOr use pnet_rand=True for a randomly initialised trunk.")
 
 
-def load_trunk_state(trunk: torch.nn.Module, net: str, path: Optional[os.PathLike] = None,
+def load_trunk_state(trunk: torch.nn.Module, net: str, path: Union[str, os.PathLike, None] = None,
                      *, downloader: Optional[Callable[[str, Path, str], None]] = None) -> str:
     """Load ImageNet weights into ``trunk`` (strictly); returns a description of the source used.
     ``net``: the trunk's name for ``build_trunk`` ('alex', 'vgg' or 'vgg16', 'vgg19', 'squeeze')."""
     net = _NET_ALIASES.get(net, net)
+    state: Optional[Dict[str, torch.Tensor]]
     if path is not None:
         state = _read_explicit(trunk, net, Path(path))
         check_state(trunk, state, f"trunk weight file {path}")

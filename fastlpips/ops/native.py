@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import _C  # noqa: F401  (loads the schemas)
+from .. import _C  # type: ignore[attr-defined]  # noqa: F401  (the compiled extension: loads the schemas)
 from .registry import fake_bwd, fake_fwd, fake_jvp
 
 NAMESPACE = "fastlpips_native"
@@ -47,4 +47,4 @@ for _name, _fake in FAKES.items():
     _op = getattr(getattr(torch.ops, NAMESPACE), _name).default
     _ALIAS.define(str(_op._schema).split("::", 1)[1])  # the same schema, under the old namespace
     _ALIAS.impl(_name, _forward_to(_op), "CompositeExplicitAutograd")
-    torch.library.register_fake(f"{DEPRECATED_NAMESPACE}::{_name}", _fake, lib=_ALIAS)
+    torch.library.register_fake(f"{DEPRECATED_NAMESPACE}::{_name}", _fake, lib=_ALIAS)  # type: ignore[arg-type]

@@ -79,7 +79,7 @@ def _probe_cuda(device_type: str) -> Optional[str]:
     reason = native_reason()
     if reason:
         return reason
-    from .. import _C
+    from .. import _C  # type: ignore[attr-defined]  # the compiled extension
 
     if not _C.build_info().get("cuda"):
         return "fastlpips._C was built without CUDA (needs nvcc and a CUDA build of torch at install time)"

@@ -14,7 +14,7 @@ holds the same math with plain autograd: the ground truth of the tests.
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Union
 
 import torch
 
@@ -83,7 +83,7 @@ def head_jvp(f0, f1, w, r0, r1, t0, t1, tw, eps: float):
     f0a, f1a, wa = _acc(f0, f1, w)
     (n0, r0), (n1, r1) = normalize_with_norm(f0a, eps), normalize_with_norm(f1a, eps)
     d = n0 - n1
-    dd = 0
+    dd: Union[int, torch.Tensor] = 0
     if t0 is not None:
         dd = dd + dnormalize(t0.to(f0a.dtype), n0, r0, eps)
     if t1 is not None:
