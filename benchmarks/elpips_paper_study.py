@@ -1,4 +1,4 @@
-"""The E-LPIPS paper's studies on real photos (issue 12), LPIPS-VGG vs E-LPIPS side by side:
+"""The E-LPIPS paper's studies on real photos, LPIPS-VGG vs E-LPIPS side by side:
 
 * ``hessian``: the spectrum of J^T J (the distance Hessian / 2 at y = x) at 64x64 crops:
   lambda_max and lambda_min (Lanczos Ritz values) over the mean eigenvalue (Hutchinson), the

@@ -1,5 +1,5 @@
 """Does attacking only correctly classified inputs raise PAT's clean accuracy (Laidlaw et al.,
-Table 6)? Paired runs over several seeds on the worked example's data (issue 11).
+Table 6)? Paired runs over several seeds on the worked example's data.
 
 For every seed, two PAT runs that differ only in ``only_attack_correct`` (same initial weights,
 order, attack starts), in two settings:

@@ -29,11 +29,11 @@ GOALS = [
     (r"^lpa ", "fastlpips", 1.2),
     (r"^fast-lpa ", "fastlpips", 1.2),
     (r"^head forward\+backward .*\[cpu\]", "cpp", 2.0),
-    (r"^pat epoch ", "fastlpips", 1.3),  # issue 11
-    (r"^(barycenter|geodesic) step ", "fastlpips", 2.0),  # issue 12
-    (r"^perceptual\+texture ", "fastlpips", 1.3),  # issue 13
-    (r"^evaluate ", "fastlpips", 2.0),  # issue 13
-    (r"^precision ", "auto", 0.95),  # issue 9: 'auto' never slower than fp32 (0.95: this VM's noise)
+    (r"^pat epoch ", "fastlpips", 1.3),
+    (r"^(barycenter|geodesic) step ", "fastlpips", 2.0),
+    (r"^perceptual\+texture ", "fastlpips", 1.3),
+    (r"^evaluate ", "fastlpips", 2.0),
+    (r"^precision ", "auto", 0.95),  # 'auto' never slower than fp32 (0.95: this VM's noise)
 ]
 
 
@@ -107,7 +107,7 @@ def _header(data):
     return head
 
 
-ELPIPS_GOALS = {"time": 3.0, "samples": 0.6, "bias": 0.005}  # issue 4
+ELPIPS_GOALS = {"time": 3.0, "samples": 0.6, "bias": 0.005}
 
 
 def elpips_table(data):
@@ -157,7 +157,7 @@ def elpips_table(data):
     return "\n".join(lines)
 
 
-ESTIMATOR_GOALS = {"samples": 0.4, "time": {64: 8.0, 256: 25.0}}  # issue 16: 'auto' vs 'stratified' / faithful loop
+ESTIMATOR_GOALS = {"samples": 0.4, "time": {64: 8.0, 256: 25.0}}  # 'auto' vs 'stratified' / faithful loop
 
 
 def estimator_table(data):

@@ -1,4 +1,4 @@
-"""Perceptual attacks (issue 5): fastlpips vs perceptual-advex 0.2.6 on the same small trained
+"""Perceptual attacks: fastlpips vs perceptual-advex 0.2.6 on the same small trained
 classifier, AlexNet bound on perceptual-advex's scale (0.5), batch 16 of 32x32 images, same run.
 
 perceptual-advex no longer imports with current torchvision; as REFERENCE.md allows, its removed

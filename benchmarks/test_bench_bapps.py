@@ -1,11 +1,11 @@
-"""Human-judgment scoring and training vs lpips 0.1.4, same run, same machine (issue 10):
+"""Human-judgment scoring and training vs lpips 0.1.4, same run, same machine:
 
 * 2AFC scoring throughput (triplets/s, reading the files included): lpips' ``score_2afc_dataset``
   with lpips' model and a torchvision reader (its data loader) vs ``fastlpips.scoring.score_2afc``
   (one trunk pass per triplet: 3 batches instead of 4); target >= 1.5x;
 * one training step (batch 50, alex): lpips' ``Trainer.optimize_parameters`` vs ours; target >= 1.3x;
 * E-LPIPS 2AFC with 50 draws per triplet vs 10 LPIPS-VGG scoring passes over the same triplets,
-  and with K stratified draws (``sampling='stratified'``, issue 16's stratification of the scale
+  and with K stratified draws (``sampling='stratified'``, the stratification of the scale
   level); a pilot on the same triplets (6 draws per level) gives, per triplet, the variance of the
   decision statistic d0 - d1 under 50 i.i.d. draws and under K stratified ones.
 

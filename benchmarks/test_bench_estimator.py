@@ -1,9 +1,9 @@
-"""E-LPIPS estimators (issue 16): samples and seconds to a 95% interval of +-2.5% relative and
+"""E-LPIPS estimators: samples and seconds to a 95% interval of +-2.5% relative and
 +-0.01 absolute, on the same real photo pairs as test_bench_elpips.py (4 at 64x64, 3 at 256x256),
 same run, CPU:
 
 * every method of ``elpips_estimate`` run to the target: 'stratified' (today's estimator before
-  issue 16), 'qmc' (8 scrambled Sobol streams per level), 'auto' (= 'cv': control variates with
+  the variance-reduction work), 'qmc' (8 scrambled Sobol streams per level), 'auto' (= 'cv': control variates with
   cost-aware allocation from measured costs, the default without a seed), several seeds each;
 * the faithful per-sample loop (benchmarks/elpips_baseline.py): its seconds per sample, and the
   samples the release's i.i.d. sampling needs (projected from a stratified pilot by the law of

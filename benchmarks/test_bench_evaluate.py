@@ -1,4 +1,4 @@
-"""Dataset evaluation (issue 13): ``fastlpips.evaluate`` with LPIPS + SSIM + PSNR vs running the
+"""Dataset evaluation: ``fastlpips.evaluate`` with LPIPS + SSIM + PSNR vs running the
 ``lpips`` package and scikit-image per image, same run, same machine. Goal >= 2x images/s.
 
 Data: ``N`` reference crops (``SIZE`` x ``SIZE``) of the scikit-image photos and 2 or 4 methods

@@ -1,4 +1,4 @@
-"""Barycenter and geodesic steps under E-LPIPS (issue 12): k draws per image in one batched pass
+"""Barycenter and geodesic steps under E-LPIPS: k draws per image in one batched pass
 vs a per-draw loop, same run, same machine. Goal >= 2x.
 
 * ``per-draw-loop``: the step as one writes it with the metric alone (the release's way): for

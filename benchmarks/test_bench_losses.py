@@ -1,4 +1,4 @@
-"""Perceptual + texture loss (issue 13), forward + backward, vs a plain torchvision-style
+"""Perceptual + texture loss, forward + backward, vs a plain torchvision-style
 implementation, same run, same machine. Goal >= 1.3x.
 
 The loss is Uelwer et al.'s pair as ``fastlpips.losses`` defines it: perceptual MSE on VGG-19

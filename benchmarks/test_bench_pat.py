@@ -1,4 +1,4 @@
-"""Perceptual Adversarial Training (issue 11) vs perceptual-advex 0.2.6, same run, same machine.
+"""Perceptual Adversarial Training vs perceptual-advex 0.2.6, same run, same machine.
 
 * one PAT epoch on the worked example's data (examples/pat_demo.py: 500 training crops 32x32 of
   five scikit-image photos; the tiny ResNet, one block per stage, width 16; batch 50; 10 steps),

@@ -1,4 +1,4 @@
-"""bf16 vs fp32 on this machine's CPU, and the dtype='auto' choice (issue 9, item 9).
+"""bf16 vs fp32 on this machine's CPU, and the dtype='auto' choice.
 
 Same run, same inputs: LPIPS-VGG forward and one batched E-LPIPS call, each in fp32, in bf16 and
 with dtype='auto'. The CPU's ISA (AVX2 / AVX512 / AVX512-BF16 / AMX, from fastlpips.precision) is

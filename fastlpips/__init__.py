@@ -27,7 +27,7 @@ __all__ = [
     "psnr",
     "score_2afc_dataset", "score_jnd_dataset", "voc_ap", "L2", "DSSIM", "Trainer",
     "BCERankingLoss", "Dist2LogitLayer",
-    # issue 13: losses for reconstruction, dataset evaluation (PSNR/SSIM/MS-SSIM/GMSD: fastlpips.iqa)
+    # losses for reconstruction, dataset evaluation (PSNR/SSIM/MS-SSIM/GMSD: fastlpips.iqa)
     "PerceptualLoss", "TextureLoss", "PixelLoss", "LPIPSLoss", "ELPIPSLoss", "CombinedLoss", "evaluate",
     "EvaluationResult",
 ]

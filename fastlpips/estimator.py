@@ -107,7 +107,7 @@ def elpips_estimate(x: torch.Tensor, y: torch.Tensor, *, rtol: float = DEFAULT_R
 
     'auto' (the default unless ``stratified=False``): 'cv' where it applies (mode 'batched' with
     transformations on), else 'stratified'. On real photo pairs it needs the fewest samples and the
-    least time to the interval of the methods here (benchmarks/README.md, issue 16).
+    least time to the interval of the methods here (benchmarks/README.md, "E-LPIPS estimators").
     """
     if method is None:
         method = "auto" if stratified else "iid"
@@ -179,7 +179,7 @@ def stratified_mean(metric: ELPIPS, images, reference: torch.Tensor, samples: in
     the rest in proportion to P(s) (largest deficit first), and sum_s P(s) mean_s per image. The
     same expectation as ``metric(images, reference, n_samples=samples)`` (unbiased: each level's
     mean is) without the between-level variance, which is 80-85% of the i.i.d. variance on real
-    photo pairs (issue 16): a few stratified draws are as precise as many i.i.d. ones. Needs
+    photo pairs: a few stratified draws are as precise as many i.i.d. ones. Needs
     ``samples >= metric.max_scale``; with the transformations off every draw is one level and this
     is the plain mean. Returns one (N,) tensor per image tensor, without gradients."""
     images = tuple(images) if isinstance(images, (tuple, list)) else (images,)

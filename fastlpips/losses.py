@@ -1,4 +1,4 @@
-"""Image losses as ``nn.Module``s with a shared feature pass (issue 13).
+"""Image losses as ``nn.Module``s with a shared feature pass.
 
 Every loss is called as ``loss(x, y)`` with ``x`` the prediction and ``y`` the target, image batches
 (N, 3, H, W) in [0, 1] (batch 1 broadcasts against N), and returns a 0-dim tensor; gradients flow to

@@ -109,8 +109,10 @@ install() {
 
 gpu_tests() {
     if [ $DRY = 1 ]; then
-        "$PY" -m pytest -q -p no:cacheprovider --device "$DEVICE" -m device --collect-only tests | tail -n 5
-        "$PY" -m pytest -q -p no:cacheprovider --device "$DEVICE" -m device --collect-only tests | grep -q "tests collected\|test collected"
+        local collected
+        collected=$("$PY" -m pytest -q -p no:cacheprovider --device "$DEVICE" -m device --collect-only tests) || return 1
+        echo "$collected" | tail -n 5
+        echo "$collected" | grep -q "tests collected\|test collected"
     else
         "$PY" -m pytest -q -p no:cacheprovider --device "$DEVICE" -m device tests
     fi

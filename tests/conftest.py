@@ -5,8 +5,9 @@ Helpers (images, model pairs, the dtype -> tolerance table) live in tests/helper
 Tests live in folders by area, mirroring the package (metrics, elpips, ops, attacks, robust,
 judgments, evaluation, cli, package); each test gets its area's marker (``pytest -m attacks``),
 ``subprocess`` when it starts processes (the CLI as a program, torchrun, builds) and ``device`` when
-it takes the device fixture (``pytest --device cuda -m device`` on a GPU). ``make test-quick``:
-``-m "not slow and not subprocess"``."""
+it takes the device fixture (``pytest --device cuda -m device`` on a GPU). ``make test`` runs two
+pytest-xdist workers (``-n 2 --dist loadgroup``, one torch thread each); ``make test-quick``:
+``-m "not slow and not subprocess"``. Plain ``pytest tests`` (one process) runs the same tests."""
 import os
 import sys
 import tempfile
@@ -18,6 +19,16 @@ import torch
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))  # `from helpers import ...` from every area folder
 AREAS = ("metrics", "elpips", "ops", "attacks", "robust", "judgments", "evaluation", "cli", "package")
+
+# The slow axes of parametrized tests (the Triton interpreter, VGG trunks): such cases are marked
+# slow, so make test-quick keeps their cheap siblings (the C++ and torch backends, AlexNet).
+SLOW_PARAMS = ("triton", "vgg")
+# Expensive fixtures (seconds each) whose tests make test keeps on one pytest-xdist worker.
+SHARED_FIXTURES = ("attack_demo", "quick_rows", "long_run_mean")
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # make test runs two workers on two cores: one torch thread each, not two workers fighting over both.
+    torch.set_num_threads(1)
 
 _TMP = tempfile.mkdtemp(prefix="fastlpips-tests-")
 os.environ["FASTLPIPS_OFFLINE"] = "1"
@@ -37,8 +48,9 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Markers from where a test lives and what it takes: its area (the folder), ``device`` for the
-    tests that take the ``device`` fixture (the paths a GPU runs)."""
+    """Markers from where a test lives and what it takes: its area (the folder), ``slow`` for the
+    slow parameters, ``device`` for the tests that take the ``device`` fixture (the paths a GPU
+    runs), an xdist group for the tests of one expensive fixture."""
     for item in items:
         try:
             area = Path(str(item.fspath)).resolve().relative_to(TESTS).parts[0]
@@ -46,8 +58,15 @@ def pytest_collection_modifyitems(config, items):
             area = None
         if area in AREAS:
             item.add_marker(getattr(pytest.mark, area))
-        if "device" in getattr(item, "fixturenames", ()):
+        params = item.name[len(item.originalname):] if getattr(item, "originalname", None) else ""
+        if any(axis in params for axis in SLOW_PARAMS):
+            item.add_marker(pytest.mark.slow)
+        fixtures = getattr(item, "fixturenames", ())
+        if "device" in fixtures:
             item.add_marker(pytest.mark.device)
+        shared = [f for f in SHARED_FIXTURES if f in fixtures]
+        if shared:  # built once per run: the tests that take it run on one worker (pytest -n, --dist loadgroup)
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
 
 
 @pytest.fixture(scope="session")

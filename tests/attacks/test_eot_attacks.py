@@ -21,6 +21,7 @@ def images():
     return x, x.flip(0)  # targets: the other photo
 
 
+@pytest.mark.slow
 def test_a2_keeps_the_squared_l2_bound_exactly_and_resamples_every_step(metric, images):
     x, _ = images
     eps = 0.25  # ||a - x||_2^2 <= 0.25, i.e. radius 0.5
@@ -43,6 +44,7 @@ def test_a2_keeps_the_squared_l2_bound_exactly_and_resamples_every_step(metric, 
     assert fixed.seed == 0 and res_fixed.ok.all()  # one draw kept for the whole attack
 
 
+@pytest.mark.slow
 def test_a1_certifies_the_metric_bound_with_fresh_draws(metric, images):
     x, target = images
     eps = 0.05

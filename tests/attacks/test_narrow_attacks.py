@@ -222,6 +222,7 @@ def test_model_mode_and_parameters_untouched():
 # Accuracy under attack
 # ------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_attacks_lower_accuracy(classifier):
     clf, x, y = classifier
     with torch.no_grad():

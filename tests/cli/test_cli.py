@@ -235,6 +235,7 @@ def test_demo_and_module_entry_point(tmp_path):
     assert heat.is_file()
 
 
+@pytest.mark.slow
 def test_elpips_command(folders, capsys):
     d0, d1 = folders
     res = _run(["elpips", str(d0 / "im0.png"), str(d1 / "im0.png"), "--rtol", "0.2", "--atol", "0.05",

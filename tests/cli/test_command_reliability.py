@@ -128,6 +128,7 @@ def _corrupt_copy(src: Path, dst: Path, rename: bool = False) -> Path:
 
 
 # -- 1 and 4: run folders --------------------------------------------------------------------------
+@pytest.mark.slow
 def test_failed_pat_train_leaves_the_old_run_whole(example, pat_run, tmp_path):
     """A second pat-train into a finished folder, on other classes and a corrupt image: refused
     without --overwrite (nothing touched); with --overwrite it fails on the image before its first
@@ -161,6 +162,7 @@ def test_robust_eval_refuses_weights_of_another_run(example, pat_run, tmp_path):
     _one_error_line(proc, str(mixed / "model.pt"), "is not the model", "model.json")
 
 
+@pytest.mark.slow
 def test_finished_out_dir_is_refused_and_overwrite_starts_clean(synth, tmp_path):
     out = tmp_path / "train"
     proc = _main("train", *synth["2afc/train"], *TRAIN, "--out-dir", out)
@@ -232,6 +234,7 @@ def test_kill_between_weights_and_description(example, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_stop_after_steps_before_the_first_epoch_ends(example, tmp_path):
     out = tmp_path / "run"
     proc = _main("pat-train", example / "train", *PAT, "--epochs", "2", "--stop-after-steps", "1", "--out-dir", out)
@@ -255,6 +258,7 @@ def test_numpy_numbers_in_a_config_resume(synth, tmp_path):
     assert load_torch_file(tmp_path / "np.pt") == {"lr": 0.1, "steps": 3}
 
 
+@pytest.mark.slow
 def test_api_resume_keeps_the_cli_description(example, pat_run, tmp_path):
     from fastlpips.imagefolder import ImageFolder
     from fastlpips.nets.classifiers import build_classifier
@@ -295,6 +299,7 @@ def test_worker_exceptions_keep_their_type_and_traceback(tmp_path):
             assert any("DataLoader worker" in n for n in getattr(e.value, "__notes__", []))
 
 
+@pytest.mark.slow
 def test_a_file_system_without_locks_warns_and_evaluates(tmp_path, monkeypatch, caplog):
     import errno
     import fcntl
@@ -533,6 +538,7 @@ def test_bad_files_give_one_line_naming_them(example, pat_run, synth, tmp_path):
 
 
 # -- 7: worker processes -----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_worker_errors_are_the_in_process_error(example, synth, tmp_path):
     data = tmp_path / "data"
     victim = _corrupt_copy(example / "train", data)
@@ -554,6 +560,7 @@ def test_worker_errors_are_the_in_process_error(example, synth, tmp_path):
 
 
 # -- 9 and 10 -----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_per_example_output_is_checked_before_the_evaluation(example, pat_run, tmp_path):
     missing = tmp_path / "no-such-folder" / "r.json"
     proc = _main("robust-eval", example / "val", "--model-dir", pat_run, "--attack", "linf", "--per-example", missing)

@@ -129,6 +129,7 @@ def small_metric():
     return ELPIPS(max_scale=4)  # 32x32 images: levels 1..4 keep the downscaled image >= 8 px
 
 
+@pytest.mark.slow
 def test_estimate_deterministic_and_modes_agree(small_metric):
     from fastlpips import elpips_estimate
 
@@ -165,17 +166,23 @@ def test_estimate_stops_when_both_tolerances_hold(small_metric):
         elpips_estimate(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16), metric=small_metric)
 
 
+@pytest.fixture(scope="module")
+def long_run_mean(small_metric):
+    """4 real 32x32 pairs and their 1,000-sample i.i.d. E-LPIPS mean (seeded), shared by both samplings."""
+    x, y = _images(4, 32)
+    g = torch.Generator().manual_seed(1234)
+    with torch.no_grad():
+        return x, y, small_metric.sample_distances((x,), y, 1000, generator=g)[0].double().mean(0)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stratified", [True, False], ids=["stratified", "iid"])
-def test_interval_covers_long_run_mean(small_metric, stratified):
+def test_interval_covers_long_run_mean(small_metric, long_run_mean, stratified):
     """Reported 95% intervals cover a long-run reference mean at about the stated rate: 16 runs of
     32 samples on 4 real pairs (64 intervals) against a 1,000-sample i.i.d. mean (seeded: repeatable)."""
     from fastlpips import elpips_estimate
 
-    x, y = _images(4, 32)
-    g = torch.Generator().manual_seed(1234)
-    with torch.no_grad():
-        long_run = small_metric.sample_distances((x,), y, 1000, generator=g)[0].double().mean(0)
+    x, y, long_run = long_run_mean
     covered = 0
     for run in range(16):
         e = elpips_estimate(x, y, metric=small_metric, seed=100 + run, stratified=stratified, min_samples=32,
@@ -217,6 +224,7 @@ def test_batched_pass_equals_per_sample_passes(small_metric):
     assert not torch.allclose(chunked[1], want)
 
 
+@pytest.mark.slow
 def test_official_and_batched_modes_agree(small_metric):
     """The release's loop (one official draw and pass per sample) and the batched engine estimate
     the same expectation: their i.i.d. means differ by less than 3.3 combined standard errors."""

@@ -60,6 +60,7 @@ def test_t_quantile_matches_scipy():
 
 
 @pytest.mark.parametrize("method", ["stratified", "iid", "qmc", "auto"])
+@pytest.mark.slow
 def test_unbiased_and_the_95_percent_interval_covers_at_its_rate(method):
     """2000 independent estimates of 32 samples for 3 pairs (6000 intervals): the mean of the
     estimates is the exact expectation within 3 standard errors, and the nominal 95% intervals
@@ -124,6 +125,7 @@ def _coverage(method, repeats, samples, batch):
     return torch.stack(means), torch.stack(covered).double(), truth, used
 
 
+@pytest.mark.slow
 def test_cv_is_unbiased_covers_and_beats_stratified_at_equal_samples():
     """1000 estimates of 256 samples (two rounds of 128: proportional, then cost-aware) for 3 pairs
     (3000 intervals) with the control variates on at level 1: mean within 3 standard errors of the
@@ -230,6 +232,7 @@ def test_cv_on_the_metric_reports_levels_costs_and_reproduces():
     assert official.method == "stratified"  # 'auto' where 'cv' cannot serve
 
 
+@pytest.mark.slow
 def test_stratified_mean_is_unbiased_and_beats_iid_draws():
     """``stratified_mean`` (the scoring's stratified draws): over 3000 repeats of 10 draws on the
     stand-in (levels 1 and 2 with factors 1 and 0.6: between-level variance) its mean is the exact

@@ -38,6 +38,7 @@ def test_l2_geodesic_is_the_cross_fade():
     assert torch.equal(r.images[0], a) and torch.equal(r.images[-1], b)
 
 
+@pytest.mark.slow
 def test_elpips_barycenter_beats_the_pixel_mean():
     """Four noisy copies (sigma 0.07, as the paper) of a 64x64 photo crop: starting from their
     pixel mean, 20 steps of the E-LPIPS barycenter lower sum_i E-LPIPS(x, n_i)^2, measured with 32 draws on

@@ -201,6 +201,7 @@ def test_parse_metric_and_matching(data, tmp_path):
     assert "2 outputs could be its counterpart" in msgs["img1.png"] and "no counterpart" in msgs["img2.png"]
 
 
+@pytest.mark.slow
 def test_rlpips_and_elpips_columns(data, tmp_path):
     """R-LPIPS reads a checkpoint (here LPIPS-Alex with altered lin weights, as the release saves a
     full state dict) and equals LPIPS(model_path=...) on each pair; E-LPIPS comes with its interval
@@ -246,6 +247,7 @@ def _chromium():
     return exe
 
 
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(data, tmp_path):
     """The report opens in headless Chromium (driven by playwright), every picture decodes, the
     summary and error tables are there, and the page makes no request but for its own file (no

@@ -123,6 +123,7 @@ def _metric(loss_name):
 
 
 @pytest.mark.parametrize("loss_name,steps,margin", [("l2", 100, 0.8), ("lpips", 30, 0.95), ("elpips", 40, 1.0)])
+@pytest.mark.slow
 def test_training_on_a_fixed_batch_lowers_its_loss(loss_name, steps, margin):
     """Overfitting 4 training crops lowers the loss on them below the untrained model's (bicubic).
     Measured (seeds 0, 1, 2): l2 -50%, -39%, -50%; lpips -17%, -12%, -13%; elpips -2.1%, -1.5%,
@@ -140,6 +141,7 @@ def test_training_on_a_fixed_batch_lowers_its_loss(loss_name, steps, margin):
 
 
 @pytest.mark.parametrize("loss_name", ["perceptual", "texture"])
+@pytest.mark.slow
 def test_vgg19_losses_share_one_trunk_pass_and_training_lowers_every_part(loss_name, vgg19):
     """The perceptual and texture runs: CombinedLoss of the library's losses with the documented
     weights, the feature parts on one trunk pass; overfitting 2 crops for 60 steps lowers the total
@@ -338,6 +340,7 @@ def test_same_seed_same_run_and_losses_see_the_same_data():
     assert hc["loss"] != ha["loss"]
 
 
+@pytest.mark.slow
 def test_script_writes_table_json_and_figure(tmp_path, caplog):
     out = tmp_path / "run"
     demo.main(["--out", str(out), "--losses", "l2", "texture", "elpips", "--steps", "2", "--batch", "2", "--size",

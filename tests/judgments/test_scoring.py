@@ -152,6 +152,7 @@ def test_lpips_distances_method_equals_forward():
         ours.distances(r, [a, b[:2]])
 
 
+@pytest.mark.slow
 def test_elpips_and_classic_distances_score(synth):
     """E-LPIPS averages its draws with p0 and p1 under the same transformations (the same seed gives
     the same score); L2 and DSSIM score too; all agree with the synthetic judge above chance."""
@@ -340,3 +341,48 @@ def test_torchrun_two_processes_give_the_one_process_score(synth, tmp_path):
     assert [r["items"] for r in b["results"]] == [15, 15]
     for ra, rb in zip(a["results"], b["results"]):
         assert rb["2afc"] == pytest.approx(ra["2afc"], abs=1e-12)
+
+
+_RANK_SHARE = """
+import json, sys, torch
+from fastlpips import distributed as D, scoring
+from fastlpips.model import LPIPS
+
+D.init_from_env(torch.device("cpu"))
+lpips = scoring.make_distance(model=LPIPS(net="alex", verbose=False))
+seen = []
+
+def distance(ref, images):  # records which reference patches this rank scored
+    seen.extend(round(float(r.double().sum()), 6) for r in ref)
+    return lpips(ref, images)
+
+res = scoring.score_2afc(distance, sys.argv[2:], batch_size=4, progress=False)
+with open(f"{sys.argv[1]}.{D.rank()}.json", "w") as f:
+    json.dump({"seen": seen, "score": res.score, "items": res.count}, f)
+D.shutdown()
+"""
+
+
+@pytest.mark.subprocess
+def test_torchrun_ranks_share_the_items(synth, tmp_path):
+    """Under torchrun each rank scores its own half (DistributedSampler: 8 + 8 items for 15, one
+    repeated to even out), not every item: the two ranks' reference patches together are the
+    split's, each rank has 8 and they share at most the one padding item."""
+    script = tmp_path / "share.py"
+    script.write_text(_RANK_SHARE)
+    root = synth["2afc/val"][0]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
+           str(tmp_path / "seen"), root]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "FASTLPIPS_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"seen.{k}.json").read_text()) for k in (0, 1))
+    from fastlpips.bapps import TwoAFCDataset
+
+    data = TwoAFCDataset(root)
+    everything = {round(float(data[i]["ref"].double().sum()), 6) for i in range(len(data))}
+    assert len(data) == 15 and len(everything) == 15  # distinct patches: a patch names its item
+    assert len(r0["seen"]) == len(r1["seen"]) == 8
+    assert set(r0["seen"]) | set(r1["seen"]) == everything
+    assert len(set(r0["seen"]) & set(r1["seen"])) <= 1
+    assert r0["items"] == r1["items"] == 15 and r0["score"] == r1["score"]  # every rank gets the whole result

@@ -31,6 +31,7 @@ def test_ranking_head_is_lpips(lpips_ref):
     assert fastlpips.BCERankingLoss is training.BCERankingLoss and fastlpips.Trainer is training.Trainer
 
 
+@pytest.mark.slow
 def test_trainer_matches_lpips_trainer_for_20_steps(synth, lpips_ref):
     """Same initial weights, data order and seed: lpips' Trainer and ours (features once per
     triplet, fused heads; dropout masks drawn in lpips' order) give the same lin weights after 20
@@ -184,6 +185,7 @@ def test_torchrun_training_resumes_to_the_uninterrupted_weights(synth, tmp_path)
         "checkpoint.pt", "latest_net_.pth", "latest_net_rank.pth", "log.csv"]
 
 
+@pytest.mark.slow
 def test_robust_training_raises_2afc_under_attack(tmp_path):
     """R-LPIPS on a generated set, small budget: from the same (v0.1) lin weights, training on
     L_inf PGD examples on x0 gives a higher 2AFC score under L_inf PGD on x0 (eps 8/255 on the

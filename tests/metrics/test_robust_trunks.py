@@ -1,8 +1,10 @@
 """VGG-19 trunk, and trunks from (robust) training checkpoints: torchvision state dicts, DataParallel
-and the robustness library's AttackerModel layouts, written here from random weights (no downloads)."""
+and the robustness library's AttackerModel layouts, written here from random weights and saved by the
+robustness library itself (no downloads)."""
 import functools
 import hashlib
 import pickle
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -155,6 +157,40 @@ def test_checkpoint_layouts_load_exactly(isolated, net, layout):
     assert set(got) == set(state)
     for k, v in state.items():
         assert torch.equal(got[k], v), k
+
+
+def _robustness():
+    """The robustness library (1.2.1): its ``AttackerModel`` and ImageNet architectures. Its
+    import of torchvision's removed ``torchvision.models.utils`` is aliased to torch.hub first, as
+    the benchmarks do for perceptual-advex."""
+    import sys
+    import types
+
+    sys.modules.setdefault("torchvision.models.utils",
+                           types.SimpleNamespace(load_state_dict_from_url=torch.hub.load_state_dict_from_url))
+    return require("robustness.attacker"), require("robustness.imagenet_models")
+
+
+@pytest.mark.parametrize("net", ["alex", "vgg"])
+def test_a_real_robustness_attacker_model_checkpoint_loads(isolated, net):
+    """A checkpoint saved as robustness' train.py saves it (a DataParallel ``AttackerModel``'s state,
+    the optimizer, pickled with dill), from the library's own classes: the trunk gets exactly the
+    convolution weights of the AttackerModel's classifier."""
+    attacker, archs = _robustness()
+    dill = require("dill")
+    torch.manual_seed(3)
+    arch = {"alex": archs.alexnet, "vgg": archs.vgg16}[net](num_classes=10)
+    dataset = SimpleNamespace(mean=torch.tensor(IMAGENET["new_mean"]), std=torch.tensor(IMAGENET["new_std"]))
+    model = torch.nn.DataParallel(attacker.AttackerModel(arch, dataset))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    info = {"model": model.state_dict(), "optimizer": opt.state_dict(), "schedule": None, "epoch": 90}
+    path = _save(info, isolated / f"{net}_robust.pt", pickle_module=dill)
+    trunk = pretrained_trunk(net, path)
+    got = trunk.state_dict()
+    assert got, "an empty trunk"
+    for k, v in got.items():
+        index, param = k.split(".", 2)[1:]
+        assert torch.equal(v, getattr(arch.features[int(index)], param)), k
 
 
 @pytest.mark.parametrize("how", ["dill", "legacy-format", "ckpt-suffix"])

@@ -37,6 +37,7 @@ def _kind(row):
     return row.check.split()[0]
 
 
+@pytest.mark.slow
 def test_quick_cpu_run_passes(quick_rows):
     assert {r.status for r in quick_rows} <= {"pass", "skip"}, [r.as_row() for r in quick_rows if r.status != "pass"]
     assert {_kind(r) for r in quick_rows} >= set(KINDS)

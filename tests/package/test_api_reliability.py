@@ -118,6 +118,7 @@ def test_gmsd_of_different_tiny_images_is_not_zero():
 
 # -- 2. stateless E-LPIPS scoring --------------------------------------------------------------------
 @pytest.mark.parametrize("sampling", ["iid", "stratified"])
+@pytest.mark.slow
 def test_elpips_scoring_is_stateless(sampling, tmp_path):
     """The same batch gives the same distances whatever was scored before; a split scores the same
     alone and after another split; p0 == p1 gives d0 == d1 exactly (shared draws)."""

@@ -202,7 +202,7 @@ def test_no_product_module_uses_a_deprecated_alias():
 
 
 @pytest.mark.parametrize("rule", ["lower", "cycle", "type-checking-cycle", "underscore", "cli", "deprecated"])
-def test_the_checks_can_fail(rule, monkeypatch):
+def test_the_checks_can_fail(rule, monkeypatch, tmp_path):
     """The checks above catch a planted violation (a check that cannot fail proves nothing)."""
     real = _imports
 
@@ -219,29 +219,23 @@ def test_the_checks_can_fail(rule, monkeypatch):
     monkeypatch.setitem(globals(), "_imports", planted)
     if rule == "type-checking-cycle":  # the evaluation report importing the run for annotations only
         source = MODULES["fastlpips.evaluation.specs"].read_text()
-        planted_file = MODULES["fastlpips.evaluation.specs"].with_name("_planted_specs.py")
+        planted_file = tmp_path / "specs.py"  # read in place of the module (the package is left untouched)
         monkeypatch.setitem(MODULES, "fastlpips.evaluation.specs", planted_file)
         planted_file.write_text(source + "\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
                                 "    from .run import evaluate\n")
-        try:
-            with pytest.raises(AssertionError, match="import cycles"):
-                test_no_import_cycles_at_module_level()
-        finally:
-            planted_file.unlink()
+        with pytest.raises(AssertionError, match="import cycles"):
+            test_no_import_cycles_at_module_level()
         return
     if rule in ("cli", "deprecated"):
         target = "fastlpips.iqa"
         text = MODULES[target].read_text() + ("\nprint('hello')\n" if rule == "cli" else
                                                "\nimport torch\nX = torch.ops.fastlpips_cpp\n")
-        planted_file = MODULES[target].with_name("_planted_iqa.py")
+        planted_file = tmp_path / "iqa.py"
         planted_file.write_text(text)
         monkeypatch.setitem(MODULES, target, planted_file)
-        try:
-            with pytest.raises(AssertionError):
-                (test_nothing_below_the_cli_prints_parses_arguments_or_exits if rule == "cli"
-                 else test_no_product_module_uses_a_deprecated_alias)()
-        finally:
-            planted_file.unlink()
+        with pytest.raises(AssertionError):
+            (test_nothing_below_the_cli_prints_parses_arguments_or_exits if rule == "cli"
+             else test_no_product_module_uses_a_deprecated_alias)()
         return
     check = {"lower": test_lower_layers_never_import_higher_ones, "cycle": test_no_import_cycles_at_module_level,
              "underscore": test_no_underscore_names_across_packages}[rule]
