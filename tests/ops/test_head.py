@@ -46,17 +46,18 @@ def test_matches_reference_values_and_gradients_including_zero_vectors():
     reference's autograd instead, which takes the same exact one-sided derivative."""
     f0 = _feats(2, 6, 4, 5, 4, zero_at=[(0, 1, 1), (1, 3, 4)])
     f1 = _feats(2, 6, 4, 5, 5, zero_at=[(1, 0, 0), (1, 3, 4)])
-    w = torch.rand(6, dtype=torch.float64, requires_grad=True)
+    gen = torch.Generator().manual_seed(6)  # seeded: the test does not depend on the tests run before it
+    w = torch.rand(6, dtype=torch.float64, generator=gen).requires_grad_()
     a = lpips_head_map(f0, f1, w)
     b = lpips_head(f0, f1, w, spatial=True)
     assert_close(a, b, **HEAD_VALUES64, what="head map vs reference")
-    g = torch.randn_like(a)
+    g = torch.randn(a.shape, dtype=a.dtype, generator=gen)
     ga = torch.autograd.grad(a, (f0, f1, w), g)
     gb = torch.autograd.grad(b, (f0, f1, w), g)
     for x, y in zip(ga, gb):
         assert torch.isfinite(x).all()
         assert_close(x, y, what="head gradient vs reference autograd")  # entries near 1e10 at the zero vectors
-    assert ga[0][0, :, 1, 1].abs().max() > 1e8  # the I/eps slope is really there
+    assert ga[0][0, :, 1, 1].abs().max() > 1e6  # the I/eps slope is really there (elsewhere gradients are O(1))
 
 
 def test_mean_matches_reference_unweighted_fp32():
