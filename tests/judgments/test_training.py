@@ -187,20 +187,28 @@ def test_torchrun_training_resumes_to_the_uninterrupted_weights(synth, tmp_path)
 
 @pytest.mark.slow
 def test_robust_training_raises_2afc_under_attack(tmp_path):
-    """R-LPIPS on a generated set, small budget: from the same (v0.1) lin weights, training on
-    L_inf PGD examples on x0 gives a higher 2AFC score under L_inf PGD on x0 (eps 8/255 on the
-    [-1, 1] scale) than the same training on clean triplets (here 0.49 vs 0.46 on 40 triplets;
-    a larger run and the L_2 column: benchmarks/README.md)."""
+    """R-LPIPS on generated sets, three seeds (data, initial order, attacks): from the same (v0.1)
+    lin weights, training on L_inf PGD examples on x0 (eps 8/255 on the [-1, 1] scale, 3 steps;
+    100 triplets of 32x32 patches, 8 epochs) gives a higher 2AFC score under 5-step L_inf PGD on x0
+    than the same training on clean triplets, on 100 validation triplets per seed. Measured here
+    (one thread, robust - natural): 0.024, 0.062, 0.026 (mean 0.037; seeds 4 and 5: 0.044, 0.046);
+    the L_2 column gains too. The test asks for a mean gain of 0.015 and no seed losing more than
+    0.01 (one validation judge's worth); a larger run: benchmarks/README.md."""
     require("skimage")
-    data = bapps.make_synthetic_bapps(tmp_path / "data", train=60, val=10, jnd=0, seed=1)
-    init = tmp_path / "init.pth"
-    torch.save(fastlpips.LPIPS(net="alex", verbose=False).state_dict(), init)
-    models = {}
-    for name, adv in (("natural", None), ("robust", training.AdversarialConfig(eps=8 / 255, steps=2))):
-        cfg = training.TrainConfig(epochs=6, decay_epochs=0, batch_size=25, lr=1e-2, seed=0, init=str(init),
-                                   adversarial=adv)
-        models[name] = training.train_lpips(data["2afc/train"], tmp_path / name, cfg, progress=False)
-    rows = training.robust_2afc_table(models, data["2afc/val"], steps=5, targets=("x0",), progress=False)
-    score = {(r["model"], r["attack"]): r["2afc"] for r in rows}
-    assert score[("robust", "linf")] > score[("natural", "linf")], score
-    assert score[("natural", "linf")] < score[("natural", "none")], score  # the attack works
+    gains, scores = [], []
+    for seed in (1, 2, 3):
+        data = bapps.make_synthetic_bapps(tmp_path / f"data{seed}", train=100, val=25, jnd=0, seed=seed, patch=32)
+        init = tmp_path / "init.pth"
+        torch.save(fastlpips.LPIPS(net="alex", verbose=False).state_dict(), init)
+        models = {}
+        for name, adv in (("natural", None), ("robust", training.AdversarialConfig(eps=8 / 255, steps=3))):
+            cfg = training.TrainConfig(epochs=8, decay_epochs=0, batch_size=25, lr=1e-2, seed=seed, init=str(init),
+                                       adversarial=adv)
+            models[name] = training.train_lpips(data["2afc/train"], tmp_path / f"{name}{seed}", cfg, progress=False)
+        rows = training.robust_2afc_table(models, data["2afc/val"], steps=5, targets=("x0",), progress=False)
+        score = {(r["model"], r["attack"]): r["2afc"] for r in rows}
+        assert score[("natural", "linf")] < score[("natural", "none")], score  # the attack works
+        gains.append(score[("robust", "linf")] - score[("natural", "linf")])
+        scores.append(score)
+    assert min(gains) > -0.01, (gains, scores)
+    assert sum(gains) / len(gains) >= 0.015, (gains, scores)
