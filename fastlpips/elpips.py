@@ -22,7 +22,7 @@ import math
 import os
 import weakref
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -359,7 +359,7 @@ class ELPIPS(nn.Module):
                  dtype: Union[torch.dtype, str, None] = None, memory_budget: int = 1 << 30,
                  trunk_path: Optional[Union[str, os.PathLike]] = None, pnet_rand: bool = False,
                  backend: Optional[str] = None, device: Union[str, torch.device, None] = None,
-                 check_inputs: bool = True, families: Optional[Sequence[str]] = None) -> None:
+                 check_inputs: bool = True, families: Optional[Iterable[str]] = None) -> None:
         super().__init__()
         if net not in ("vgg", "squeeze"):
             raise ValueError(f"net must be 'vgg' (E-LPIPS-VGG) or 'squeeze' (the experimental E-LPIPS-SqueezeNet), "

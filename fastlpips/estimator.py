@@ -319,7 +319,9 @@ def _estimate_cv(metric: ELPIPS, x, y, g: torch.Generator, *, rtol, atol, z, con
     values: List[List[torch.Tensor]] = [[] for _ in range(levels)]
     feats: List[List[torch.Tensor]] = [[] for _ in range(levels)]
     counts, seconds = [0] * levels, [0.0] * levels
-    done, est, spread = 0, None, None
+    done = 0
+    est: Optional[ELPIPSEstimate] = None
+    spread: List[float] = []
     with torch.no_grad():
         while done < max_samples:
             if done == 0:  # first round: in proportion to P(s), >= 2 per level
@@ -344,6 +346,7 @@ def _estimate_cv(metric: ELPIPS, x, y, g: torch.Generator, *, rtol, atol, z, con
             spread = _spread(est, level_sd, rtol, atol)
             if (done >= min_samples or done >= max_samples) and _checked(est, rtol, atol, callback):
                 break
+    assert est is not None  # max_samples >= 2 per level: at least one round ran
     est.samples_per_level = list(counts)
     return est
 

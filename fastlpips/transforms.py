@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -117,7 +117,7 @@ def scale_probabilities(max_scale: int = MAX_SCALE) -> torch.Tensor:
 
 def sample_official(n: int, *, generator: Optional[torch.Generator] = None, max_scale: int = MAX_SCALE,
                     brightness: bool = False, scale: Optional[int] = None,
-                    families: Optional[Sequence[str]] = None) -> TransformParams:
+                    families: Optional[Iterable[str]] = None) -> TransformParams:
     """Draw one transformation for ``n`` images as the official release does (scale level and swap
     shared by the batch). ``max_scale`` limits the scale levels (see ``scale_levels_for_size``);
     ``scale`` fixes the level (a draw conditioned on it, for stratified sampling); ``families``
@@ -208,7 +208,7 @@ class TransformSet:
 
 def sample_batched(samples: int, n: int, *, generator: Optional[torch.Generator] = None,
                    max_scale: int = MAX_SCALE, scale: Optional[int] = None, brightness: bool = False,
-                   families: Optional[Sequence[str]] = None) -> TransformSet:
+                   families: Optional[Iterable[str]] = None) -> TransformSet:
     """Draw ``samples`` independent transformations for ``n`` images at once (vectorized); each is
     distributed as one ``sample_official(n)`` draw. ``scale`` fixes every sample's level;
     ``families`` (default all) leaves the others at their identity values (``FAMILIES``)."""
@@ -251,7 +251,7 @@ def _index(u: torch.Tensor, k) -> torch.Tensor:
 
 
 def transforms_from_uniform(scales: torch.Tensor, u_sample: torch.Tensor, u_image: torch.Tensor, *,
-                            families: Optional[Sequence[str]] = None) -> TransformSet:
+                            families: Optional[Iterable[str]] = None) -> TransformSet:
     """The transformations whose random choices are the given uniforms: ``scales`` (S,) levels,
     ``u_sample`` (S, SAMPLE_DIMS) and ``u_image`` (S, n, IMAGE_DIMS) in [0, 1).
 
@@ -317,7 +317,7 @@ class SobolTransformSampler:
     Successive ``draw`` calls continue the streams."""
 
     def __init__(self, n: int, *, scale: int = 1, replicates: int = 1, generator: Optional[torch.Generator] = None,
-                 families: Optional[Sequence[str]] = None) -> None:
+                 families: Optional[Iterable[str]] = None) -> None:
         if n < 1:
             raise ValueError(f"need at least one image, got n={n}")
         if not 1 <= scale <= MAX_SCALE:
@@ -347,7 +347,7 @@ class SobolTransformSampler:
                                        families=self.families)
 
 
-def control_features(t: TransformSet, families: Optional[Sequence[str]] = None) -> torch.Tensor:
+def control_features(t: TransformSet, families: Optional[Iterable[str]] = None) -> torch.Tensor:
     """Control variates of a set of transformations: (S, n, k) float64 functions of each (sample,
     image) transformation whose expectation under the sampling distribution is exactly 0 (each is a
     function of the choices minus its known mean), for ``elpips_estimate(method='cv')``.
