@@ -131,10 +131,8 @@ def ranking_pgd(model: LPIPS, rank: Union[BCERankingLoss, str, None], ref: torch
         raise ValueError(f"target must be one of {ATTACK_TARGETS}, got {target!r}")
     if not (rank is None or rank == "fresh" or isinstance(rank, BCERankingLoss)):
         raise ValueError(f"rank must be a BCERankingLoss, 'fresh' or None, got {rank!r}")
-    if not (isinstance(steps, int) and steps >= 1):
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    steps = V.check_positive_int(steps, "steps")
+    eps = V.check_nonnegative(eps, "eps")
     if step_size is not None:
         step_size = V.check_number(step_size, "step_size", low=0, low_open=True)
     for t, name in ((ref, "ref"), (p0, "p0"), (p1, "p1")):

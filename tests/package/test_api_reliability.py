@@ -291,6 +291,14 @@ def test_ranking_pgd_and_ranking_loss_arguments():
                        (math.inf, "step_size must be a finite")):
         with pytest.raises(ValueError, match=match):
             training.ranking_pgd(model, None, ref, p0, p1, judge, eps=0.03, step_size=bad, steps=1)
+    for kwargs, exc, match in ((dict(steps=0), ValueError, "steps must be >= 1"),
+                               (dict(steps=1.5), TypeError, "steps must be an integer"),
+                               (dict(steps=True), TypeError, "steps must be an integer"),
+                               (dict(eps=-0.1), ValueError, "eps must be >= 0"),
+                               (dict(eps=math.nan), ValueError, "eps must be a finite number"),
+                               (dict(eps="0.03"), TypeError, "eps must be a number")):
+        with pytest.raises(exc, match=match):
+            training.ranking_pgd(model, None, ref, p0, p1, judge, **{"eps": 0.03, "steps": 1, **kwargs})
     with pytest.raises(ValueError, match=r"judge .* \[0, 1\]"):
         training.ranking_pgd(model, None, ref, p0, p1, judge + 2, eps=0.03, steps=1)
     loss = training.BCERankingLoss()
