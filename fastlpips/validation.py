@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import torch
@@ -74,9 +74,7 @@ def check_unit_images(x, name: str = "x", why: str = "") -> None:
     """A floating (N, 3, H, W) batch with N >= 1 and finite values in [0, 1] (one device sync);
     ``why``: what needs the box, added to the message (attacks: they return images in [0, 1])."""
     check_image(x, name, hint=UNIT_HINT, allow_empty=False)
-    mn, mx = (float(v) for v in torch.aminmax(x.detach()))
-    if not (math.isfinite(mn) and math.isfinite(mx)):
-        raise ValueError(f"{name} contains NaN or Inf values")
+    mn, mx = _finite_extremes(x, name)
     if mn < 0 or mx > 1:
         raise ValueError(f"{name} must hold values in [0, 1], got [{mn:.4g}, {mx:.4g}]"
                          f"{'; ' + why if why else ''}{unit_range_hint(mn, mx)}")
@@ -120,16 +118,23 @@ def check_size(x: torch.Tensor, min_size: int, what: str, name: str) -> None:
                          f"it needs at least {min_size}x{min_size}")
 
 
+def _finite_extremes(x: torch.Tensor, name: str) -> Tuple[float, float]:
+    """(min, max) of a non-empty ``x`` in one device sync; ValueError naming ``name`` and the count
+    when it holds NaN or Inf (counted only then)."""
+    lo, hi = torch.aminmax(x.detach())
+    mn, mx = float(lo), float(hi)
+    if not (math.isfinite(mn) and math.isfinite(mx)):
+        bad = int((~torch.isfinite(x.detach())).sum())
+        raise ValueError(f"{name} contains {bad} NaN or Inf value(s)")
+    return mn, mx
+
+
 def check_values(x: torch.Tensor, name: str, lo: float, hi: float, warn_state: Optional[dict] = None,
                  hint: Optional[Callable[[float, float], str]] = None) -> None:
     """NaN/Inf raise; values outside [lo, hi] warn once per ``warn_state`` (one sync per call)."""
     if x.numel() == 0:
         return
-    lo_t, hi_t = torch.aminmax(x.detach())
-    mn, mx = float(lo_t), float(hi_t)
-    if not (math.isfinite(mn) and math.isfinite(mx)):
-        bad = int((~torch.isfinite(x.detach())).sum())
-        raise ValueError(f"{name} contains {bad} NaN or Inf value(s)")
+    mn, mx = _finite_extremes(x, name)
     if (mn < lo - 1e-6 or mx > hi + 1e-6) and (warn_state is None or not warn_state.get("range")):
         if warn_state is not None:
             warn_state["range"] = True
