@@ -22,7 +22,7 @@ import math
 import os
 import weakref
 from dataclasses import dataclass
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union, cast
 
 import torch
 import torch.nn.functional as F
@@ -233,6 +233,7 @@ class _AvgPoolVGG(nn.Module):
             else:
                 x = m(x)
             if program is not None:
+                assert fn is not None  # linear=True: dropout_conv returned the tangent
                 program.map(fn)
             if isinstance(m, nn.ReLU):
                 consume(x)
@@ -258,28 +259,34 @@ class _FullMaxpoolSqueeze(nn.Module):
                 program: Optional[_Program] = None) -> None:
         linear = program is not None
 
-        def conv(c: nn.Conv2d, h: torch.Tensor, shared: bool = False):
+        def conv(c: nn.Conv2d, h: torch.Tensor, shared: bool = False) -> Tuple[torch.Tensor, Optional[Tangent]]:
             # the squeeze output feeds both expand convs (shared): zero a copy, not h
             y, fn = dropout_conv(c, h, drop, shared=shared, linear=linear)
-            y, relu = linearize_module(nn.ReLU(), y) if linear else (F.relu(y), None)
-            return y, (lambda t: relu(fn(t))) if linear else None
+            if not linear:
+                return F.relu(y), None
+            y, relu = linearize_module(nn.ReLU(), y)
+            assert fn is not None  # linear=True: dropout_conv returned the tangent
+            return y, lambda t: relu(fn(t))
 
         consume(x)
         x, fn = conv(self.conv1, x)
         consume(x)
         if linear:
+            assert program is not None and fn is not None  # linear: program given, conv returned the tangent
             program.map(fn)
             program.feature()
-        for k, fire in enumerate(self.fires):
+        for k, fire in enumerate(cast(Iterable[Fire], self.fires)):
             if k in (0, 2, 4):  # pools before fire3, fire6, fire9
                 x, pool = linearize_module(self.pool, x) if linear else (self.pool(x), None)
                 if linear:
+                    assert program is not None and pool is not None
                     program.map(pool)
             s, fs = conv(fire.squeeze, x)
             (a, fa), (b, fb) = conv(fire.expand1x1, s, True), conv(fire.expand3x3, s, True)
             x = torch.cat([a, b], 1)
             consume(x)
             if linear:
+                assert program is not None and fs is not None and fa is not None and fb is not None
                 program.map(_fire_tangent(fs, fa, fb))
                 program.feature()
 
@@ -354,6 +361,8 @@ class ELPIPS(nn.Module):
     transformations and dropout (the official "third image" use). Images are (N, 3, H, W) in [0, 1].
     """
 
+    weights: torch.Tensor  # buffer (the layers' channel weights, concatenated), registered in __init__
+
     def __init__(self, *, net: str = "vgg", n_samples: int = 1, mode: str = "batched", transforms: bool = True,
                  dropout: bool = True, keep_prob: float = 0.99, max_scale: int = MAX_SCALE,
                  dtype: Union[torch.dtype, str, None] = None, memory_budget: int = 1 << 30,
@@ -390,7 +399,7 @@ class ELPIPS(nn.Module):
         if not pnet_rand:
             load_trunk_state(trunk, net, trunk_path)
         trunk.requires_grad_(False)
-        self.net = _AvgPoolVGG(trunk) if net == "vgg" else _FullMaxpoolSqueeze(trunk)
+        self.net = _AvgPoolVGG(cast(VGG16, trunk)) if net == "vgg" else _FullMaxpoolSqueeze(trunk)
         self.net.to(memory_format=torch.channels_last)
         if dtype is not None:  # all but the first conv: the input and conv1_1 (cheap) stay fp32
             self.net.to(dtype)
@@ -460,8 +469,11 @@ class ELPIPS(nn.Module):
             xt = self.trunk_input(x, tb, s)
             xt = xt.view(s, b, *xt.shape[1:]).transpose(0, 1).reshape(b * s, *xt.shape[1:])
             layer = itertools.count()
-            self.run_trunk(xt.contiguous(memory_format=torch.channels_last), gen,
-                           lambda f, g=g: consume(g, next(layer), f), groups=b, inplace=inplace)
+
+            def fed(f: torch.Tensor, g: int = g) -> None:
+                consume(g, next(layer), f)
+
+            self.run_trunk(xt.contiguous(memory_format=torch.channels_last), gen, fed, groups=b, inplace=inplace)
 
     def linearize_trunk(self, x: torch.Tensor, generator: Optional[torch.Generator]
                         ) -> Tuple[List[torch.Tensor], Callable[[torch.Tensor], List[torch.Tensor]]]:
@@ -498,7 +510,7 @@ class ELPIPS(nn.Module):
         scale [0, 1]; one dropout mask per element of a member, shared by all members. Each layer's
         head runs as soon as the layer exists (dropout then zeroes the next conv's input in place)."""
         x = self.scaling_layer(torch.cat(batch) * 2 - 1)
-        out = [0.0] * (len(batch) - 1)
+        out: List[Union[float, torch.Tensor]] = [0.0] * (len(batch) - 1)
         weights = iter(self.layer_weights())
 
         def consume(f: torch.Tensor) -> None:
@@ -508,7 +520,7 @@ class ELPIPS(nn.Module):
                 out[i] = out[i] + lpips_head_map(parts[i], parts[-1], w, backend=self.backend).mean((1, 2, 3))
 
         self.run_trunk(x.contiguous(memory_format=torch.channels_last), generator, consume, groups=len(batch))
-        return out
+        return cast(List[torch.Tensor], out)  # every layer's head added a tensor to each 0.0
 
     def distance_once(self, images: Sequence[torch.Tensor], reference: torch.Tensor,
                       generator: Optional[torch.Generator], scale: Optional[int] = None) -> List[torch.Tensor]:
@@ -547,6 +559,7 @@ class ELPIPS(nn.Module):
         members = list(images) + [reference]
         if self.compute_dtype is not None:
             warn_if_slow(self.compute_dtype, reference.device)
+        groups: Sequence[Tuple[torch.Tensor, Optional[TransformBatch]]]
         if self.transforms:
             if transforms is None:
                 transforms = sample_batched(samples, n, generator=generator, max_scale=self.max_scale,
@@ -603,6 +616,7 @@ class ELPIPS(nn.Module):
             for _ in range(k):
                 d = self.distance_once(images, reference, generator)
                 total = d if total is None else [a + b for a, b in zip(total, d)]
+            assert total is not None  # k >= 1 samples
             result = tuple(t / k for t in total)
         return result if isinstance(image, (tuple, list)) else result[0]
 

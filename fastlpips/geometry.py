@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union, cast
 
 import numpy as np
 import torch
@@ -117,7 +117,8 @@ class _Pairs:
         self.fd = _feature_distance(distance, draws, seed, device)
         self.d = _contract(make_distance(distance, draws=draws, device=device)) if self.fd is None else None
         self.elpips = self.fd if isinstance(self.fd, ELPIPSDistance) else None
-        self._cache, self._step = None, 0
+        self._cache: Optional[torch.Tensor] = None
+        self._step = 0
 
     def check(self, images: torch.Tensor, name: str) -> None:
         """What the distance needs of the images (a minimum size for the perceptual ones)."""
@@ -125,6 +126,7 @@ class _Pairs:
             self.fd.check_images(images, name)
 
     def _draw(self, t: int, h: int, w: int):
+        assert self.elpips is not None  # the E-LPIPS paths only
         if t != self._step:
             self.elpips.resample()  # fresh draws every step: an expectation over transformations
             self._step = t
@@ -143,6 +145,7 @@ class _Pairs:
         fixed = images if idx is None else images[idx]
         if self.elpips is not None:
             return self._elpips_one_to_many(x, fixed, t)
+        assert self.d is not None  # no feature distance (fd is None): the checked callable
         return self.d(x.expand_as(fixed), fixed)
 
     def chain(self, ends: torch.Tensor, frames: torch.Tensor, t: int) -> torch.Tensor:
@@ -151,6 +154,7 @@ class _Pairs:
             return self._elpips_chain(ends, frames, t)
         if self.fd is None:
             c = torch.cat([ends[:1], frames, ends[1:]])
+            assert self.d is not None  # fd is None: the checked callable
             return self.d(c[:-1], c[1:])
         if self._cache is None:
             with torch.no_grad():
@@ -159,13 +163,15 @@ class _Pairs:
         return self.fd.from_features(c[:-1], c[1:])
 
     def _head(self, f0: torch.Tensor, f1: torch.Tensor, layer: int) -> torch.Tensor:
+        assert self.elpips is not None  # the E-LPIPS paths only
         m = self.elpips.metric
         return lpips_head_map(f0, f1, m.layer_weights()[layer], backend=m.backend).mean((1, 2, 3))
 
     def _elpips_one_to_many(self, x, fixed, t):
+        assert self.elpips is not None  # the E-LPIPS paths only
         m, k = self.elpips.metric, fixed.shape[0]
         draw = self._draw(t, x.shape[2], x.shape[3])
-        fx = {}
+        fx: Dict[Tuple[int, int], torch.Tensor] = {}
         m.shared_pass(x, draw, lambda g, layer, f: fx.__setitem__((g, layer), f))
         total = []
 
@@ -179,9 +185,10 @@ class _Pairs:
         return torch.stack(total).sum(0) / draw.samples
 
     def _elpips_chain(self, ends, frames, t):
+        assert self.elpips is not None  # the E-LPIPS paths only
         m = self.elpips.metric
         draw = self._draw(t, ends.shape[2], ends.shape[3])
-        fe = {}
+        fe: Dict[Tuple[int, int], torch.Tensor] = {}
         with torch.no_grad():
             m.shared_pass(ends, draw, lambda g, layer, f: fe.__setitem__((g, layer), f), inplace=False)
         total = []
@@ -278,7 +285,7 @@ def barycenter(images: torch.Tensor, distance: Union[str, Distance] = "l2", *, s
         raise ValueError(f"a barycenter needs at least 2 images, got {k}")
     steps = V.check_positive_int(steps, "steps")
     V.check_number(lr, "lr", low=0, low_open=True)
-    seed = V.check_seed(seed, allow_none=False)
+    seed = cast(int, V.check_seed(seed, allow_none=False))  # allow_none=False: an int
     draws = V.check_positive_int(draws, "draws")
     if inputs_per_step is not None and not (isinstance(inputs_per_step, (int, np.integer)) and
                                             not isinstance(inputs_per_step, bool) and 1 <= inputs_per_step <= k):
@@ -321,7 +328,7 @@ def geodesic(a: torch.Tensor, b: torch.Tensor, distance: Union[str, Distance] = 
     frames = int(frames)
     steps = V.check_positive_int(steps, "steps")
     V.check_number(lr, "lr", low=0, low_open=True)
-    seed = V.check_seed(seed, allow_none=False)
+    seed = cast(int, V.check_seed(seed, allow_none=False))  # allow_none=False: an int
     draws = V.check_positive_int(draws, "draws")
     if init not in ("noise", "linear"):
         raise ValueError(f"init must be 'noise' or 'linear', got {init!r}")
@@ -396,15 +403,16 @@ def hessian_study(distance, x: torch.Tensor, *, iterations: int = 30, probes: in
     order = V.check_positive_int(order, "order")
     op = JTJ(distance, x.detach())
     g = torch.Generator().manual_seed(seed)
-    nodes, weights = [], []
+    node_parts: List[torch.Tensor] = []
+    weight_parts: List[torch.Tensor] = []
     bar = tqdm(range(probes), desc="lanczos", unit="probe", leave=False,
                disable=True if progress is False else (None if progress is None else False))
     for _ in bar:
         v0 = (torch.randint(0, 2, tuple(x.shape), generator=g) * 2 - 1).to(x)
         ev, w = lanczos_spectrum(op, v0, iterations)
-        nodes.append(ev)
-        weights.append(w)
-    nodes, weights = torch.cat(nodes, 1).detach(), torch.cat(weights, 1).detach() / probes
+        node_parts.append(ev)
+        weight_parts.append(w)
+    nodes, weights = torch.cat(node_parts, 1).detach(), torch.cat(weight_parts, 1).detach() / probes
     moments = hutchinson_moments(op, tuple(x.shape), order=order, probes=probes, generator=g, dtype=x.dtype,
                                  device=x.device).detach()
     mean = moments[:, 0]

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import numbers
 import os
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Protocol, Sequence, Tuple, Union, cast
 
 import torch
 from torch import nn
@@ -57,6 +57,22 @@ PERCEPTUAL_LAYERS: Dict[str, float] = {"relu2_2": 0.2, "relu5_4": 0.02}
 TEXTURE_LAYERS: Dict[str, float] = {"relu1_2": 3e-7, "relu3_4": 1e-6, "relu5_4": 1e-6}
 
 TrunkArg = Union[None, str, "os.PathLike[str]", nn.Module]
+
+
+class _FeatureTrunk(Protocol):
+    """A fastlpips trunk module (``fastlpips.nets.trunks``) as the losses use it (for typing only;
+    ``_resolve_trunk`` checks that a module passed in has the trunk attributes)."""
+
+    relu_indices: Mapping[str, int]
+
+    @property
+    def slices(self) -> Sequence[nn.Module]: ...
+
+    def relu_outputs(self, x: torch.Tensor, names: Sequence[str]) -> Dict[str, torch.Tensor]: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+    def eval(self) -> nn.Module: ...
 
 
 # -- input checks ---------------------------------------------------------------------------------
@@ -84,7 +100,7 @@ def _window(size: int, m: nn.Module, axis: int) -> int:
     return max(out, 0)
 
 
-def _feature_sizes(trunk: nn.Module, h: int, w: int, names: Iterable[str]) -> Dict[str, Tuple[int, int]]:
+def _feature_sizes(trunk: _FeatureTrunk, h: int, w: int, names: Iterable[str]) -> Dict[str, Tuple[int, int]]:
     """Spatial size of the named ReLU outputs of ``trunk`` for an h x w input (no pass is run)."""
     want = {trunk.relu_indices[n]: n for n in names}
     out: Dict[str, Tuple[int, int]] = {}
@@ -97,9 +113,10 @@ def _feature_sizes(trunk: nn.Module, h: int, w: int, names: Iterable[str]) -> Di
     return out
 
 
-def _resolve_trunk(trunk: TrunkArg, pnet_rand: bool = False) -> Tuple[nn.Module, Optional[tuple]]:
+def _resolve_trunk(trunk: TrunkArg, pnet_rand: bool = False) -> Tuple[_FeatureTrunk, Optional[tuple]]:
     """(trunk module, source key) -- the key names weights known to be identical (the default and
     checkpoint trunks) so that separately built losses still share one feature pass."""
+    module: nn.Module
     if pnet_rand:
         if trunk is not None:
             raise ValueError("pnet_rand=True builds a random VGG-19; do not pass trunk as well")
@@ -121,10 +138,11 @@ def _resolve_trunk(trunk: TrunkArg, pnet_rand: bool = False) -> Tuple[nn.Module,
                         f"got {type(trunk).__name__}")
     module.requires_grad_(False)
     module.eval()
-    return module.to(memory_format=torch.channels_last), source
+    # a fastlpips trunk: built here, or a module with the trunk attributes checked above
+    return cast(_FeatureTrunk, module.to(memory_format=torch.channels_last)), source
 
 
-def _layers_and_weights(trunk: nn.Module, layers, weights, default: Mapping[str, float], cls: str):
+def _layers_and_weights(trunk: _FeatureTrunk, layers, weights, default: Mapping[str, float], cls: str):
     """((names...), (weights...)) from ``layers`` (names, or a {name: weight} dict) and ``weights``."""
     if layers is None:
         if weights is not None:
@@ -189,6 +207,8 @@ class FeatureLoss(Loss):
     ``from_features(fx, fy)``. ``CombinedLoss`` runs one trunk pass for all of them that share a trunk."""
 
     layers: Tuple[str, ...] = ()
+    mean: torch.Tensor  # buffers (ImageNet normalization), registered in __init__
+    std: torch.Tensor
 
     def __init__(self, trunk: TrunkArg = None, check_inputs: bool = True, pnet_rand: bool = False) -> None:
         super().__init__()
@@ -311,6 +331,7 @@ class PerceptualLoss(FeatureLoss):
         for name, w in zip(self.layers, self.weights):
             term = w * self.layer_loss(fx[name], fy[name])
             total = term if total is None else total + term
+        assert total is not None  # layers is never empty (_layers_and_weights)
         return total
 
     def extra_repr(self) -> str:
@@ -412,6 +433,7 @@ class TextureLoss(FeatureLoss):
             gy = patch_gram(fy[name], p, self.gram_norm)
             term = w * (gx - gy).square().sum((-2, -1)).mean()
             total = term if total is None else total + term
+        assert total is not None  # layers is never empty (_layers_and_weights)
         return total
 
     def extra_repr(self) -> str:
@@ -537,7 +559,7 @@ class CombinedLoss(Loss):
         return cls(spec)
 
     def _terms(self) -> List[Tuple[str, Loss, float]]:
-        return [(n, loss, self.weights[n]) for n, loss in self.losses.items()]
+        return [(n, cast(Loss, loss), self.weights[n]) for n, loss in self.losses.items()]
 
     def feature_groups(self) -> List[List[str]]:
         """The names of the ``FeatureLoss`` parts grouped by the trunk pass they share."""
@@ -561,7 +583,7 @@ class CombinedLoss(Loss):
         parts: Dict[str, torch.Tensor] = {}
         scanned = False
         for names in self.feature_groups():
-            losses = [self.losses[n] for n in names]
+            losses = [cast(FeatureLoss, self.losses[n]) for n in names]
             for loss in losses:
                 loss.validate(x, y, scan=loss.check_inputs and not scanned)
                 scanned = scanned or loss.check_inputs
@@ -569,9 +591,9 @@ class CombinedLoss(Loss):
             fx, fy = losses[0].features(x, y, layers)
             for n, loss in zip(names, losses):
                 parts[n] = loss.from_features(fx, fy)
-        for n, loss in self.losses.items():
+        for n, other in self.losses.items():  # the parts without a shared feature pass
             if n not in parts:
-                parts[n] = loss(x, y, generator=generator) if isinstance(loss, ELPIPSLoss) else loss(x, y)
+                parts[n] = other(x, y, generator=generator) if isinstance(other, ELPIPSLoss) else other(x, y)
         total = None
         for n in self.losses:  # in the order given
             term = self.weights[n] * parts[n]

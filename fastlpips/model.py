@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union, cast
 
 import torch
 from torch import nn
@@ -38,6 +38,9 @@ __all__ = ["LPIPS", "ScalingLayer", "NetLinLayer", "LPIPSFeatures"]
 
 class ScalingLayer(nn.Module):
     """``(x - shift) / scale``: maps [-1, 1] images to ImageNet-normalized trunk input."""
+
+    shift: torch.Tensor  # buffers, registered in __init__
+    scale: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__()
@@ -67,7 +70,7 @@ class NetLinLayer(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        return self.model[1].weight
+        return cast(nn.Conv2d, self.model[1]).weight
 
 
 def _rename_model0(state_dict, prefix, *args) -> None:
@@ -82,7 +85,7 @@ class LPIPSFeatures:
     ``maps[k]`` has shape (N, C_k, H_k, W_k); ``size`` is the (H, W) of the images.
     """
 
-    def __init__(self, maps: List[torch.Tensor], size: Tuple[int, int], source: Optional[str] = None) -> None:
+    def __init__(self, maps: List[torch.Tensor], size: Sequence[int], source: Optional[str] = None) -> None:
         self.maps, self.size, self.source = maps, tuple(size), source  # source: e.g. 'alex v0.1'
 
     def __len__(self) -> int:
@@ -153,6 +156,8 @@ class LPIPS(nn.Module):
         >>> d = loss_fn(img0, img1)            # (N, 1, 1, 1)
     """
 
+    lin0: NetLinLayer  # lin0 .. lin{L-1}: set with setattr in __init__ (lpips=True only)
+
     def __init__(self, pretrained: bool = True, net: str = "alex", version: str = "0.1", lpips: bool = True,
                  spatial: bool = False, pnet_rand: bool = False, pnet_tune: bool = False, use_dropout: bool = True,
                  model_path: Optional[Union[str, os.PathLike]] = None, eval_mode: bool = True, verbose: bool = True,
@@ -204,7 +209,7 @@ class LPIPS(nn.Module):
         if lpips and pretrained and model_path is None:
             lin = load_lin_weights("lpips", f"v{version}_{self._net_name}")
             for k in range(self.L):
-                self.lins[k].model[1].weight.data.copy_(lin[f"lin{k}"])
+                cast(NetLinLayer, self.lins[k]).weight.data.copy_(lin[f"lin{k}"])
             if verbose:
                 logger.info("Loaded LPIPS v%s %s linear weights (package data)", version, net)
 
@@ -226,7 +231,7 @@ class LPIPS(nn.Module):
         if not os.path.isfile(model_path):
             raise FileNotFoundError(f"model_path {model_path} does not exist")
         sd = read_state_dict(model_path)
-        canon = {}
+        canon: Dict[str, torch.Tensor] = {}
         for key, val in sd.items():
             c = key
             if key.startswith("lins."):
@@ -305,7 +310,7 @@ class LPIPS(nn.Module):
         return self._trunk(x0, g0), self._trunk(x1, g1)
 
     def _lin_weight(self, k: int) -> Optional[torch.Tensor]:
-        return self.lins[k].weight if self.lpips else None
+        return cast(NetLinLayer, self.lins[k]).weight if self.lpips else None
 
     def _dropout(self) -> float:
         """lpips' dropout before the lin layers: active in train mode with use_dropout=True."""
@@ -453,7 +458,7 @@ class LPIPS(nn.Module):
             raise ValueError("pairwise() returns mean distances; build the model with spatial=False")
         self._check_features(fx, "fx")
         sym = fy is None
-        fy = fx if sym else fy
+        fy = fx if fy is None else fy
         if not sym:
             self._check_features(fy, "fy")
         if fx.size != fy.size:
@@ -471,9 +476,10 @@ class LPIPS(nn.Module):
             for k in range(self.L):
                 # every (row, column) pair of the block as one batch of squared differences
                 d = (fx.maps[k][i0:i1].unsqueeze(1) - fy.maps[k][j0:].unsqueeze(0)).square()
-                v = weighted_channel_sum(d.flatten(0, 1), self.lins[k].weight if self.lpips else None)
+                v = weighted_channel_sum(d.flatten(0, 1), self._lin_weight(k))
                 v = v.mean((1, 2, 3)).view(d.shape[:2])
                 block = v if block is None else block + v
+            assert block is not None  # self.L >= 1 layers
             if sym:
                 block = torch.triu(block, diagonal=1)  # row r's diagonal entry sits in column r
             out[i0:i1, j0:] = block

@@ -34,7 +34,7 @@ import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 import torch
@@ -229,23 +229,29 @@ def train_pat(model: nn.Module, train_dataset, out_dir: PathLike, config: Option
     torch.manual_seed(cfg.seed)
     net = model.to(dev)
     if init is not None:
-        state = read_state_dict(init, "initial weights")
-        check_state(net, state, f"initial weights {init}")
-        net.load_state_dict(state)
+        # read_state_dict takes a str too (os.fspath); its annotation says os.PathLike only
+        init_state = read_state_dict(init, "initial weights")  # type: ignore[arg-type]
+        check_state(net, init_state, f"initial weights {init}")
+        net.load_state_dict(init_state)
     if cfg.sync_batchnorm and D.is_distributed():
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     epoch, step_in_epoch = 0, 0
-    resumed_stats = None
+    resumed_stats: Optional[Dict[str, List[float]]] = None
     log_rows: List[dict] = []
     data = data_record([train_dataset.root] if isinstance(getattr(train_dataset, "root", None), (str, os.PathLike))
                        else [], n)
 
     def derived():
-        files = [("model.pt", lambda tmp: torch.save(net.state_dict(), tmp))]
+        files: List[Tuple[str, Callable[[str], None]]] = [("model.pt", lambda tmp: torch.save(net.state_dict(), tmp))]
         if metadata is not None:
-            files.append(("model.json", lambda tmp: Path(tmp).write_text(json.dumps(
-                dict(metadata, weights_sha256=file_sha256(out / "model.pt")), indent=1) + "\n")))
+            meta = metadata
+
+            def write_json(tmp: str) -> None:
+                Path(tmp).write_text(json.dumps(dict(meta, weights_sha256=file_sha256(out / "model.pt")), indent=1)
+                                     + "\n")
+
+            files.append(("model.json", write_json))
         return files + ([("log.csv", write_log_csv(log_rows))] if log_rows else [])
 
     if resume:
@@ -289,12 +295,12 @@ def train_pat(model: nn.Module, train_dataset, out_dir: PathLike, config: Option
         d.to(dev)
     for a in attacks:
         if hasattr(a, "measure"):
-            a.measure = False  # training needs no final distance pass
+            setattr(a, "measure", False)  # training needs no final distance pass
     names = [a.name for a in attacks]
     # a self-bounded LPA's reference features come from the clean pass the trainer makes anyway
     reuse = [isinstance(a, LagrangePerceptualAttack) and isinstance(a.distance, ClassifierFeatureDistance)
              and a.distance.model is net for a in attacks]
-    own = next((a.distance for a, r in zip(attacks, reuse) if r), None)
+    own = cast(Optional[ClassifierFeatureDistance], next((a.distance for a, r in zip(attacks, reuse) if r), None))
 
     def save(epoch_: int, step_: int, stats_: Optional[dict] = None) -> None:
         rngs = D.gather_objects(torch.get_rng_state())
@@ -327,7 +333,7 @@ def train_pat(model: nn.Module, train_dataset, out_dir: PathLike, config: Option
                 draws = (torch.rand(cfg.batch_size, generator=g) < 0.5,
                          torch.randint(0, 9, (cfg.batch_size,), generator=g),
                          torch.randint(0, 9, (cfg.batch_size,), generator=g))
-                x = _augment_batch(x, tuple(d[rows] for d in draws))
+                x = _augment_batch(x, (draws[0][rows], draws[1][rows], draws[2][rows]))
             if layout_ok is None:  # once: can the model take channels_last batches (a .view of a map cannot)?
                 layout_ok = _takes_channels_last(net, x)
             # the convolutions' fast layout (attacks and update alike), or the standard one for a model
@@ -355,8 +361,12 @@ def train_pat(model: nn.Module, train_dataset, out_dir: PathLike, config: Option
             for k in chosen:
                 adv = x.clone()
                 if bool(to_attack.any()):
-                    z = noises[k][rows].to(dev) if noises[k] is not None else None
-                    kw = {"reference": fx[to_attack]} if reuse[k] else {}
+                    noise = noises[k]
+                    z = noise[rows].to(dev) if noise is not None else None
+                    kw: Dict[str, Any] = {}
+                    if reuse[k]:
+                        assert fx is not None  # reuse[k]: `own` is set and gave the clean features
+                        kw = {"reference": fx[to_attack]}
                     adv[to_attack] = attacks[k](x[to_attack], y[to_attack],
                                                 noise=z[to_attack] if z is not None else None, **kw)
                 advs.append(adv)

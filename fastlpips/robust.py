@@ -30,7 +30,7 @@ import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union, cast
 
 import numpy as np
 import torch
@@ -98,23 +98,23 @@ def parse_attack_spec(spec: str) -> AttackSpec:
     if name not in ATTACK_NAMES:
         raise ValueError(f"unknown attack {name!r} in {spec!r}; choose among {', '.join(ATTACK_NAMES)}")
     perceptual = name in PERCEPTUAL or name == "fast-lpa"
-    distance = distance.strip().lower() or None
-    if distance is not None and not perceptual:
+    dist: Optional[str] = distance.strip().lower() or None
+    if dist is not None and not perceptual:
         raise ValueError(f"attack {spec!r}: only the perceptual attacks take a distance (':self' / ':alexnet')")
     if perceptual:
-        distance = distance or ("self" if name == "fast-lpa" else "alexnet")
-        if distance not in ("self", "alexnet"):
-            raise ValueError(f"attack {spec!r}: distance must be 'self' or 'alexnet', got {distance!r}")
+        dist = dist or ("self" if name == "fast-lpa" else "alexnet")
+        if dist not in ("self", "alexnet"):
+            raise ValueError(f"attack {spec!r}: distance must be 'self' or 'alexnet', got {dist!r}")
     if name == "none":
         if bound:
             raise ValueError(f"attack {spec!r}: 'none' (clean examples) takes no bound")
         return AttackSpec(name, None, 0.0)
-    key = f"{name}:{distance}" if name == "fast-lpa" else name
+    key = f"{name}:{dist}" if name == "fast-lpa" else name
     value = _number(bound, spec) if bound else DEFAULT_BOUNDS[key]
-    return AttackSpec(name, distance, value)
+    return AttackSpec(name, dist, value)
 
 
-def make_distance(kind: str, model: nn.Module, layers: Optional[Sequence[str]] = None):
+def make_distance(kind: Optional[str], model: nn.Module, layers: Optional[Sequence[str]] = None):
     """The perceptual attacks' distance: 'alexnet' (perceptual-advex's scale: the AlexNet trunk,
     unit weights, sqrt of uncalibrated LPIPS) or 'self' (``model``'s own ``layers``, default the
     ResNet stages layer1..layer4)."""
@@ -137,7 +137,7 @@ def make_attack(spec: Union[str, AttackSpec], model: nn.Module, *, iterations: O
     perceptual-advex's 20 for the narrow attacks, the paper's 40 for PPGD/LPA evaluation, 10 for
     Fast-LPA). ``distances``: a dict shared between calls so one AlexNet is built once."""
     s = parse_attack_spec(spec) if isinstance(spec, str) else spec
-    kw = {} if iterations is None else {"num_iterations": iterations}
+    kw: Dict[str, Any] = {} if iterations is None else {"num_iterations": iterations}
     if s.name == "none":
         from .attacks.threat import NoAttack
         return NoAttack(model)
@@ -184,7 +184,7 @@ def _correctness(values, name: str) -> np.ndarray:
     return arr
 
 
-def union_accuracy(correct: Dict[str, Sequence[bool]], attacks: Sequence[str] = NARROW) -> float:
+def union_accuracy(correct: Mapping[str, Union[Sequence[bool], np.ndarray]], attacks: Sequence[str] = NARROW) -> float:
     """The fraction of examples classified correctly under every attack in ``attacks`` (per
     example: ``correct[name][i]``, booleans or 0/1, the same examples for every attack)."""
     if not isinstance(correct, Mapping):
@@ -307,7 +307,7 @@ def evaluate_robustness(model: nn.Module, dataset, attacks: Sequence[Union[str, 
         raise TypeError(f"model must be a torch.nn.Module (images in [0, 1] -> logits), got {type(model).__name__}")
     batch_size = check_positive_int(batch_size, "batch_size")
     workers = check_positive_int(workers, "workers", minimum=0)
-    seed = check_seed(seed, allow_none=False)
+    seed = cast(int, check_seed(seed, allow_none=False))  # allow_none=False: an int
     if iterations is not None:
         iterations = check_positive_int(iterations, "iterations")
     if max_examples is not None:
@@ -343,8 +343,8 @@ def evaluate_robustness(model: nn.Module, dataset, attacks: Sequence[Union[str, 
     # batches of the global order: batch b holds examples b*batch_size ... (this rank's share)
     loader = CheckedDataLoader(Subset(dataset, mine), batch_size=max(1, batch_size // D.world_size()), shuffle=False,
                         num_workers=workers, pin_memory=dev.type == "cuda")
-    correct = {k: [] for k in ["clean"] + names}
-    index = {k: [] for k in ["clean"]}
+    correct: Dict[str, List[torch.Tensor]] = {k: [] for k in ["clean"] + names}
+    index: Dict[str, List[int]] = {k: [] for k in ["clean"]}
     violations = {k: 0 for k in names}
     seconds = {k: 0.0 for k in ["clean"] + names}
     disable = True if (progress is False or not D.is_main()) else (None if progress is None else False)

@@ -19,7 +19,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Sized, Union, cast
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from torch.utils.data import Dataset
 from . import distributed as D
 from . import validation as V
 from .bapps import JNDDataset, TwoAFCDataset, bapps_loader
+
+if TYPE_CHECKING:
+    from .model import LPIPS
 
 __all__ = ["two_afc_scores", "voc_ap", "jnd_map", "score_2afc_dataset", "score_jnd_dataset", "score_2afc",
            "score_jnd", "make_distance", "TripletDistance", "ScoreResult", "score_splits", "mean_score", "METRICS"]
@@ -183,11 +186,13 @@ def make_distance(metric: str = "alex", *, version: str = "0.1", lpips: bool = T
     else:
         raise ValueError(f"unknown metric {metric!r}; one of {', '.join(METRICS)}")
     model = model.to(dev).eval()
+    if kind == "lpips":  # sampling is 'iid' here: 'stratified' was refused above for a non-E-LPIPS model
+        lpips_model = cast("LPIPS", model)
+        return lambda ref, images: [d.reshape(-1) for d in lpips_model.distances(ref, images)]
+    assert isinstance(model, ELPIPS)  # kind 'elpips': the ELPIPS given or built above
     if sampling == "stratified" and model.transforms and draws < model.max_scale:
         raise ValueError(f"sampling='stratified' needs one draw per scale level: draws={draws} < {model.max_scale}")
-    if kind == "lpips":
-        return lambda ref, images: [d.reshape(-1) for d in model.distances(ref, images)]
-    seed = V.check_seed(seed, allow_none=False)
+    seed = cast(int, V.check_seed(seed, allow_none=False))  # allow_none=False: an int
 
     def elpips(ref: torch.Tensor, images: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         g = torch.Generator().manual_seed(_batch_seed(seed, ref))
@@ -237,7 +242,8 @@ def _score(dataset: Dataset, distance: TripletDistance, kind: str, split: str, b
     rows: List[tuple] = []
     # progress None: shown on a terminal only (tqdm's disable=None); never on ranks other than 0
     disable = True if (progress is False or not D.is_main()) else (None if progress is None else False)
-    bar = tqdm(total=len(loader.sampler), unit="item", desc=f"{kind} {split}", disable=disable, leave=False)
+    bar = tqdm(total=len(cast(Sized, loader.sampler)), unit="item", desc=f"{kind} {split}", disable=disable,
+               leave=False)
     with bar:
         for batch in loader:
             ref = batch[ref_key].to(dev, non_blocking=True)
@@ -246,17 +252,17 @@ def _score(dataset: Dataset, distance: TripletDistance, kind: str, split: str, b
                 ref, *images = attack(ref, *images, batch[label].to(dev).reshape(-1))
             with torch.no_grad():
                 ds = distance(ref, images)
-            ds = [d.detach().double().cpu().numpy().reshape(-1) for d in ds]
+            arrs = [d.detach().double().cpu().numpy().reshape(-1) for d in ds]
             h = batch[label].double().numpy().reshape(-1)
             for i in range(len(h)):
-                rows.append((int(batch["index"][i]), tuple(float(d[i]) for d in ds), float(h[i]),
+                rows.append((int(batch["index"][i]), tuple(float(d[i]) for d in arrs), float(h[i]),
                              batch[f"{ref_key}_path"][i]))
             bar.update(len(h))
     # every rank's rows, in dataset order; DistributedSampler repeats a few items to even out ranks
     merged = {r[0]: r for part in D.gather_objects(rows) for r in part}
     ordered = [merged[i] for i in sorted(merged)]
-    if len(ordered) != len(dataset):
-        raise RuntimeError(f"scored {len(ordered)} of {len(dataset)} items of {split}")
+    if len(ordered) != len(cast(Sized, dataset)):
+        raise RuntimeError(f"scored {len(ordered)} of {len(cast(Sized, dataset))} items of {split}")
     dist = np.array([r[1] for r in ordered], dtype=np.float64).reshape(len(ordered), len(members))
     h = np.array([r[2] for r in ordered], dtype=np.float64)
     if kind == "2afc":

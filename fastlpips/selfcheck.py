@@ -48,7 +48,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -203,7 +203,7 @@ def _head_check(device: torch.device, dtype: torch.dtype, quick: bool) -> _Check
             out = fn(*args)
             grads = _grads(out, args, _SEED + 5)
             tangents = tuple(t.double().contiguous() for t in tangents)
-            _, tout = torch.func.jvp(fn, tuple(a.detach() for a in args), tangents)
+            tout = torch.func.jvp(fn, tuple(a.detach() for a in args), tangents)[1]
             ref[label] = [out.detach()] + grads + [tout]
         return ref
 
@@ -216,7 +216,7 @@ def _head_check(device: torch.device, dtype: torch.dtype, quick: bool) -> _Check
                                                    backend=backend)
             out = fn(*args)
             grads = _grads(out, args, _SEED + 5)
-            _, tout = torch.func.jvp(fn, tuple(a.detach() for a in args), tuple(tangents))
+            tout = torch.func.jvp(fn, tuple(a.detach() for a in args), tuple(tangents))[1]
             names = ["forward", "grad_f0", "grad_f1", "grad_w"][:1 + len(args)] + ["jvp"]
             for name, got, want in zip(names, [out] + grads + [tout], ref[label]):
                 pairs[f"{label} {name}"] = (got, want)
@@ -328,7 +328,7 @@ def _elpips_reference_distances(metric, x: torch.Tensor, y: torch.Tensor, tset) 
         p = tset.sample(k)
         z = metric.scaling_layer(torch.cat([apply_transform(x, p), apply_transform(y, p)]) * 2 - 1)
         weights = iter(metric.layer_weights())
-        total = [0.0]
+        total: List[Any] = [0.0]  # 0.0, then a tensor: every layer's head added
 
         def consume(f, total=total, weights=weights):
             total[0] = total[0] + lpips_head(f[:n], f[n:], next(weights))
@@ -428,6 +428,7 @@ def _run_check(check: _Check, avail: Dict[str, Optional[str]], device: torch.dev
             rows.append(CheckResult(check.name, backend, False, None, tol, "skip", 0.0, reason))
             continue
         if probe_failed:
+            assert reason is not None  # probe_failed: a reason was given
             rows.append(CheckResult(check.name, backend, False, None, tol, "FAIL", 0.0, reason))
             continue
         why = check.skip(backend)

@@ -27,7 +27,7 @@ import os
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -41,6 +41,9 @@ from .model import LPIPS
 from .nets.weights import check_state, read_state_dict
 from .runs import CheckpointError, RunFolder, check_data, data_record, read_log_csv, write_log_csv
 from .utils import atomic_save
+
+if TYPE_CHECKING:
+    from .classic import DSSIM, L2
 
 __all__ = ["Dist2LogitLayer", "BCERankingLoss", "Trainer", "TrainConfig", "AdversarialConfig", "train_lpips",
            "ranking_pgd", "clamp_lin_weights", "ATTACK_TARGETS", "robust_2afc_table"]
@@ -151,15 +154,16 @@ def ranking_pgd(model: LPIPS, rank: Union[BCERankingLoss, str, None], ref: torch
     names = {"x0": ["p0"], "x1": ["p1"], "ref": ["ref"], "x0_x1": ["p0", "p1"]}[target]
     if eps == 0:
         return images
-    trained = isinstance(rank, BCERankingLoss)
-    params = [p for p in list(model.parameters()) + (list(rank.parameters()) if trained else []) if p.requires_grad]
+    trained = rank if isinstance(rank, BCERankingLoss) else None  # the head being trained, if any
+    params = [p for p in list(model.parameters()) + (list(trained.parameters()) if trained is not None else [])
+              if p.requires_grad]
     for p in params:
         p.requires_grad_(False)
 
     def objective(d0, d1, k):
         if rank is None:
             return ((d0 - d1) * (1 - 2 * h)).sum()
-        head = rank if trained else _fresh_head(k, ref.device)
+        head = trained if trained is not None else _fresh_head(k, ref.device)
         return head(d0, d1, h * 2 - 1)
 
     project = project_linf if norm == "linf" else project_l2
@@ -202,6 +206,9 @@ class Trainer:
     ``use_gpu=True`` without CUDA raises instead of crashing later, there is no DataParallel
     (multi-GPU training: ``train_lpips`` under torchrun), the reference's features are computed
     once per triplet, and ``set_input`` does not make the images require gradients."""
+
+    net: Union[LPIPS, L2, DSSIM]  # set by initialize
+    save_dir: str  # lpips' attribute for load_network / save_done: set by the caller (lpips never sets it either)
 
     def name(self) -> str:
         return self.model_name
@@ -286,7 +293,8 @@ class Trainer:
 
     def forward_train(self) -> torch.Tensor:
         self._need("initialize", "train", "set_input")
-        self.d0, self.d1 = self.net.distances(self.var_ref, [self.var_p0, self.var_p1])
+        # an L2 / DSSIM net has no distances: training needs LPIPS (AttributeError otherwise, as before)
+        self.d0, self.d1 = self.net.distances(self.var_ref, [self.var_p0, self.var_p1])  # type: ignore[operator]
         self.acc_r = self.compute_accuracy(self.d0, self.d1, self.input_judge)
         self.var_judge = (1.0 * self.input_judge).view(self.d0.size())
         self.loss_total = self.rankLoss(self.d0, self.d1, self.var_judge * 2.0 - 1.0)
@@ -323,7 +331,8 @@ class Trainer:
     def load_network(self, network: nn.Module, network_label: str, epoch_label: str) -> None:
         path = os.path.join(self.save_dir, f"{epoch_label}_net_{network_label}.pth")
         log.info("Loading network from %s", path)
-        state = read_state_dict(path, "network file")
+        # read_state_dict takes a str too (os.fspath); its annotation says os.PathLike only
+        state = read_state_dict(path, "network file")  # type: ignore[arg-type]
         check_state(network, state, f"network file {path}")
         network.load_state_dict(state)
 
@@ -492,7 +501,7 @@ def train_lpips(train_roots, out_dir: PathLike, config: Optional[TrainConfig] = 
         if D.is_main():
             run.write_derived(derived())  # a kill after the checkpoint can leave them one save behind
     objective = _RankingObjective(net, rank)
-    model = objective
+    model: nn.Module = objective
     if D.is_distributed():
         model = nn.parallel.DistributedDataParallel(objective, device_ids=[dev.index] if dev.type == "cuda" else None)
     loader = bapps_loader(dataset, cfg.batch_size, shuffle=True, workers=cfg.workers, device=dev, seed=cfg.seed)

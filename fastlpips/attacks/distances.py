@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, cast
 
 import torch
 from torch import nn
@@ -25,6 +25,10 @@ from torch import nn
 from .. import validation as V
 from ..reference import EPS, normalize_channels
 from ..utils import channels_last
+
+if TYPE_CHECKING:
+    from ..elpips import ELPIPSDraw
+    from ..model import LPIPS
 
 __all__ = ["FeatureDistance", "LPIPSDistance", "ELPIPSDistance", "ClassifierFeatureDistance", "normalize_layer"]
 
@@ -129,7 +133,7 @@ class FeatureDistance(nn.Module):
 class LPIPSDistance(FeatureDistance):
     has_linearization = True
 
-    def __init__(self, model: Optional[nn.Module] = None, *, net: str = "alex", calibrated: bool = True) -> None:
+    def __init__(self, model: Optional[LPIPS] = None, *, net: str = "alex", calibrated: bool = True) -> None:
         super().__init__()
         if model is None:
             from ..model import LPIPS
@@ -209,15 +213,16 @@ class ELPIPSDistance(FeatureDistance):
 
         self.metric, self.samples, self.seed = metric, check_positive_int(samples, "samples"), seed
         self.shared = bool(shared)
-        self.draw = None  # the ELPIPSDraw in use (made for the first batch shape seen)
-        self._shape = None
+        self.draw: Optional[ELPIPSDraw] = None  # the ELPIPSDraw in use (made for the first batch shape seen)
+        self._shape: Optional[Tuple[int, int, int]] = None
 
+    # read-only properties over FeatureDistance's class attributes (hence the ignored override errors)
     @property
-    def has_linearization(self) -> bool:  # both trunks (VGG, SqueezeNet): ELPIPS.linearize_trunk
+    def has_linearization(self) -> bool:  # type: ignore[override]  # VGG and SqueezeNet: ELPIPS.linearize_trunk
         return not self.shared
 
     @property
-    def batch_independent(self) -> bool:
+    def batch_independent(self) -> bool:  # type: ignore[override]
         """Shared draws: every image gets the same transformations and masks, whatever the batch."""
         return self.shared
 
@@ -242,13 +247,14 @@ class ELPIPSDistance(FeatureDistance):
             phi = phi.view(len(idx), x.shape[0], -1)
             for k, s in enumerate(idx.tolist()):
                 per_sample[s] = phi[k]
-        return torch.cat(per_sample, 1) / self.samples**0.5
+        return torch.cat(cast(List[torch.Tensor], per_sample), 1) / self.samples**0.5  # every sample set
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if self.shared:
             return self._shared_features(x)
         m = self.metric
         groups = self._groups(x)
+        assert self.draw is not None  # made by _groups
         gen = self.draw.dropout_generator()
         weights = m.layer_weights()
         phis = []
@@ -281,7 +287,7 @@ class ELPIPSDistance(FeatureDistance):
             phi = torch.cat(parts[g], 1).view(b, len(idx), -1)
             for k, si in enumerate(idx.tolist()):
                 per_sample[si] = phi[:, k]
-        return torch.cat(per_sample, 1) / self.samples**0.5
+        return torch.cat(cast(List[torch.Tensor], per_sample), 1) / self.samples**0.5  # every sample set
 
     def linearize(self, x: torch.Tensor):
         """(phi(x), v -> J v) with the transforms, dropout positions, ReLU masks, pooling indices
@@ -294,6 +300,7 @@ class ELPIPSDistance(FeatureDistance):
 
         m = self.metric
         groups = self._groups(x)
+        assert self.draw is not None  # made by _groups
         gen = self.draw.dropout_generator()
         d_in = 2 / m.scaling_layer.scale
         phis, programs = [], []
@@ -355,7 +362,7 @@ class ClassifierFeatureDistance(FeatureDistance):
     _traceable: Optional[bool] = None  # None: not tried yet; False: a rule is missing (torch.func.jvp instead)
 
     @property
-    def has_linearization(self) -> bool:
+    def has_linearization(self) -> bool:  # type: ignore[override]  # read-only over FeatureDistance's attribute
         return self._traceable is not False
 
     def linearize_and_logits(self, x: torch.Tensor):

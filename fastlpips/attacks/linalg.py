@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, Tuple, cast
 
 import torch
 
@@ -57,6 +57,7 @@ class JTJ:
         self.x, self.phi, self.mode = x.detach(), phi, mode
         self.passes = {"forward": 1, "jvp": 0, "tangent": 0, "backward": 0}
         if mode == "manual":  # one primal pass serves both the graph for J^T and the linearization
+            assert manual is not None  # mode 'manual' needs the distance's linearize (checked above)
             xg = self.x.clone().requires_grad_(True)
             with torch.enable_grad():
                 value, self._lin = manual(xg)
@@ -65,7 +66,7 @@ class JTJ:
             self._vjp = self._manual_vjp
             return
         with torch.no_grad():
-            self.value, self._vjp = torch.func.vjp(phi, self.x)
+            self.value, self._vjp = cast(Tuple[Any, Callable[..., Any]], torch.func.vjp(phi, self.x))  # no aux
             if mode == "linearize":
                 _, self._lin = torch.func.linearize(phi, self.x)
                 self.passes["forward"] += 1

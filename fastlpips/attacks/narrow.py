@@ -62,7 +62,7 @@ Deliberate differences from advex-uar:
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Optional, Tuple, cast
 
 import torch
 from torch import nn
@@ -131,7 +131,8 @@ class _PixelPGD(ThreatAttack):
         check_images_and_labels(x, labels)
         x = x.detach()
         z = self._noise(x, noise, generator) if (self.random_start or noise is not None) else None
-        delta = self._start(z) if self.random_start else torch.zeros_like(x)
+        # random_start: z holds the draws of the subclass's noise_kind
+        delta = self._start(cast(torch.Tensor, z)) if self.random_start else torch.zeros_like(x)
         for it in range(self.num_iterations):
             delta.requires_grad_(True)
             with torch.enable_grad():
@@ -347,7 +348,8 @@ class JPEGLinf(ThreatAttack):
         self.model, self.num_iterations = model, num_iterations
         self.random_start, self.drop_chroma_detail = random_start, drop_chroma_detail
 
-    def apply(self, base: torch.Tensor, vy: torch.Tensor, vc: torch.Tensor) -> torch.Tensor:
+    # shadows nn.Module.apply(fn) under its public name (an incompatible override, on purpose)
+    def apply(self, base: torch.Tensor, vy: torch.Tensor, vc: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """The image for coefficient perturbation (vy, vc) (advex-uar's scale): base + the decoded
         change of v / 2 quantization steps, clamped to [0, 1]."""
         return (base + _decode_perturbation(vy / 2, vc / 2)).clamp(0, 1)
@@ -363,6 +365,7 @@ class JPEGLinf(ThreatAttack):
         x = x.detach()
         z = self._noise(x, noise, generator) if (self.random_start or noise is not None) else None
         if self.random_start:
+            assert z is not None  # noise_kind 'uniform': _noise drew (or checked) the start
             vy, vc = self.bound * z[:, :1], self.bound * z[:, 1:, :h // 2, :w // 2]
         else:
             vy, vc = x.new_zeros(x.shape[0], 1, h, w), x.new_zeros(x.shape[0], 2, h // 2, w // 2)

@@ -235,7 +235,7 @@ class LagrangePerceptualAttack(_PerceptualAttack):
     as PAT's training attack does); ``last['projection']`` the projection's result."""
 
     @property
-    def name(self) -> str:
+    def name(self) -> str:  # type: ignore[override]  # read-only over ThreatAttack's class attribute
         return "fast-lpa" if self.fast else "lpa"
 
     def __init__(self, model: nn.Module, distance: FeatureDistance, bound: float, *, num_iterations: int = 20,

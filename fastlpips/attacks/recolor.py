@@ -56,7 +56,7 @@ equal in the tests);
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, cast
 
 import torch
 from torch import nn
@@ -126,7 +126,7 @@ def cieluv_to_rgb(imgs: torch.Tensor) -> torch.Tensor:
 def _check_resolution(resolution) -> Tuple[int, int, int]:
     if isinstance(resolution, (str, bytes)) or not isinstance(resolution, Sequence) or len(resolution) != 3:
         raise ValueError(f"resolution must be three integers (L, u, v grid points), got {resolution!r}")
-    return tuple(check_positive_int(r, "resolution entries", minimum=2) for r in resolution)
+    return cast(Tuple[int, int, int], tuple(check_positive_int(r, "resolution entries", minimum=2) for r in resolution))
 
 
 def identity_color_grid(n: int, resolution: Sequence[int] = (16, 32, 32), *, dtype: torch.dtype = torch.float32,

@@ -217,6 +217,7 @@ class _MisterEdPGD(ThreatAttack):
         with torch.no_grad():
             p = project(p.detach())
             out = transform(p).clamp(0, 1).to(x.dtype)
+        assert loss is not None  # num_iterations >= 1 (checked in _setup)
         return p, out, loss.detach()
 
 

@@ -50,6 +50,7 @@ class ThreatAttack(nn.Module):
 
     name: str = "attack"
     noise_kind: Optional[str] = None
+    bound: float  # set by every subclass (a class attribute or in __init__)
 
     def __init__(self) -> None:
         super().__init__()

@@ -71,8 +71,11 @@ def _run(args, stdout, stderr) -> int:
         stdout.write(text)
         stdout.flush()
     else:
+        def write_text(tmp: str) -> None:
+            Path(tmp).write_text(text)
+
         try:
-            atomic_write(out_path, lambda tmp: Path(tmp).write_text(text))
+            atomic_write(out_path, write_text)
         except OSError as e:  # nothing lost: the results go to stdout instead
             stdout.write(text)
             stdout.flush()

@@ -12,7 +12,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 
@@ -43,7 +43,7 @@ class Picture:
     file), ``note`` is printed once it is written."""
 
     what: str
-    save: Callable[[], None]
+    save: Callable[[], object]  # its return value (e.g. the path written) is ignored
     note: Optional[str] = None
 
 
@@ -97,7 +97,7 @@ def render(res: Result, fmt: str) -> str:
     """The results as text in ``fmt`` ('table' | 'csv' | 'json'); valid for zero rows (no NaN in JSON)."""
     out = io.StringIO()
     if fmt == "json":
-        doc = {"results": [{k: json_value(v) for k, v in r.items()} for r in res.rows]}
+        doc: Dict[str, Any] = {"results": [{k: json_value(v) for k, v in r.items()} for r in res.rows]}
         if res.summary is not None:
             doc["summary"] = {k: json_value(v) for k, v in res.summary.items()}
         json.dump(doc, out, indent=2, allow_nan=False)

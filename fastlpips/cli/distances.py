@@ -178,7 +178,7 @@ def run_demo(args) -> C.Result:
 
     from ..utils import im2tensor
 
-    photo = Image.fromarray(data.astronaut()).resize((256, 256), Image.BICUBIC)
+    photo = Image.fromarray(data.astronaut()).resize((256, 256), Image.Resampling.BICUBIC)
     buf = io.BytesIO()
     photo.save(buf, format="JPEG", quality=10)
     rng = np.random.default_rng(0)

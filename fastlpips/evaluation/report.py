@@ -15,7 +15,7 @@ import html
 import io
 import math
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, cast
 
 import numpy as np
 import torch
@@ -57,10 +57,10 @@ def _png(arr: np.ndarray) -> str:
     im = Image.fromarray(arr)
     scale = THUMB / max(im.size)
     if scale < 1:
-        im = im.resize((max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale))), Image.BICUBIC)
+        im = im.resize((max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale))), Image.Resampling.BICUBIC)
     elif scale >= 2:  # small crops: enlarge by an integer factor (pixelated, as they are)
         k = int(scale)
-        im = im.resize((im.size[0] * k, im.size[1] * k), Image.NEAREST)
+        im = im.resize((im.size[0] * k, im.size[1] * k), Image.Resampling.NEAREST)
     buf = io.BytesIO()
     im.save(buf, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -131,7 +131,7 @@ def render_report(res: "EvaluationResult", ref_dir: Path, methods: Dict[str, Pat
     for s in res.metrics:
         means = {m: summary[m][s.key]["mean"] for m in res.methods if summary[m][s.key]["n"]}
         means = {m: v for m, v in means.items() if not math.isnan(v)}
-        best[s.key] = (max if s.higher_is_better else min)(means, key=means.get) if len(means) > 1 else None
+        best[s.key] = (max if s.higher_is_better else min)(means, key=means.__getitem__) if len(means) > 1 else None
     n_err = {m: sum(1 for r in res.rows if r["method"] == m and r["error"]) for m in res.methods}
     out: List[str] = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
                       "<title>fastlpips evaluation report</title>", f"<style>{_CSS}</style></head><body>",
@@ -172,8 +172,8 @@ def render_report(res: "EvaluationResult", ref_dir: Path, methods: Dict[str, Pat
         out.append(f"<h2>Worst images by {e(rank.key)}</h2>")
         for m in res.methods:
             rows = [r for r in res.rows if r["method"] == m and r.get(rank.key) is not None
-                    and math.isfinite(r[rank.key])]
-            rows.sort(key=lambda r: r[rank.key], reverse=not rank.higher_is_better)
+                    and math.isfinite(cast(float, r[rank.key]))]
+            rows.sort(key=lambda r: cast(float, r[rank.key]), reverse=not rank.higher_is_better)
             out.append(f"<h3>{e(m)}</h3><div class=worst>")
             for r in rows[:worst]:
                 out.append(_worst_figure(r, res, rank, heatmap))

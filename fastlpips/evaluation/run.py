@@ -53,7 +53,7 @@ import math
 import os
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 import torch
@@ -93,7 +93,7 @@ def match_files(ref_dir: PathLike, out_dir: PathLike, method: str) -> Tuple[List
     items, errors, used = [], [], set()
     for rel, ref in refs.items():
         if rel in outs:
-            match = rel
+            match: Optional[str] = rel
         else:
             cands = by_stem.get(rel.rsplit(".", 1)[0], [])
             if len(cands) > 1:
@@ -129,8 +129,14 @@ def _header_size(path: Path) -> Tuple[int, int]:
         return 0, 0
 
 
+def _matched_paths(it: Item) -> Tuple[Path, Path]:
+    """A matched item's (reference, output) files: ``match_files``' items have both."""
+    assert it.ref is not None and it.out is not None
+    return it.ref, it.out
+
+
 def _plan(items: Sequence[Item], batch_size: int) -> List[List[Item]]:
-    sizes = {it.file: _header_size(it.ref) for it in items}
+    sizes = {it.file: _header_size(_matched_paths(it)[0]) for it in items}
     order = {m: k for k, m in enumerate(dict.fromkeys(it.method for it in items))}
     items = sorted(items, key=lambda it: (sizes[it.file], it.file, order[it.method]))
     chunks: List[List[Item]] = []
@@ -153,22 +159,24 @@ class _Metrics:
 
     def __init__(self, specs: Sequence[MetricSpec], device: torch.device, elpips_samples: int, seed: int) -> None:
         self.specs, self.device, self.elpips_samples, self.seed = list(specs), device, elpips_samples, seed
-        self._models: Dict[object, torch.nn.Module] = {}
+        self._models: Dict[object, Union[torch.nn.Module, Exception]] = {}
 
     def lpips(self, spec: MetricSpec, spatial: bool = False):
         key = (spec.key, spatial)
         if key not in self._models:
             from ..model import LPIPS
 
+            assert spec.net is not None  # every LPIPS metric of METRICS names its network
             try:
                 # check_inputs=False: images decoded from files are finite and in [0, 1] by construction
                 m = LPIPS(net=spec.net, model_path=spec.path, spatial=spatial, verbose=False, check_inputs=False)
                 self._models[key] = m.requires_grad_(False).to(self.device)
             except Exception as e:  # a bad checkpoint: the same error for every batch, without rereading it
                 self._models[key] = e
-        if isinstance(self._models[key], Exception):
-            raise self._models[key]
-        return self._models[key]
+        model = self._models[key]
+        if isinstance(model, Exception):
+            raise model
+        return model
 
     def elpips(self, levels: int):
         key = ("elpips", levels)
@@ -215,7 +223,7 @@ class _ChunkImages(torch.utils.data.Dataset):
 
     def __getitem__(self, k: int):
         ci = self.todo[k]
-        refs: Dict[str, Optional[torch.Tensor]] = {}
+        refs: Dict[str, torch.Tensor] = {}
         ref_err: Dict[str, str] = {}
         kept, outs, idx, errors = [], [], [], {}
         for it in self.chunks[ci]:
@@ -298,7 +306,8 @@ class _Keys:
         return self._files[path]
 
     def key(self, item: Item, column: str) -> str:
-        return hashlib.sha256(f"{self.file(item.ref)}|{self.file(item.out)}|{self.columns[column]}".encode()
+        ref, out = _matched_paths(item)
+        return hashlib.sha256(f"{self.file(ref)}|{self.file(out)}|{self.columns[column]}".encode()
                               ).hexdigest()[:24]
 
 
@@ -310,7 +319,7 @@ def _try_lock(f) -> None:
         import msvcrt
 
         f.seek(0)
-        msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+        msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined,unused-ignore]  # Windows only
         return
     fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
@@ -342,7 +351,7 @@ def _lock(results: Path):
 def _check_config(results: Path, ref_dir: Path, methods: Dict[str, Path], restart: bool) -> None:
     """Refuse to mix runs of another reference folder, or a method name used for another folder."""
     cfg_path = results / CONFIG_FILE
-    cfg = {"reference": str(ref_dir.resolve()), "methods": {}}
+    cfg: Dict[str, Any] = {"reference": str(ref_dir.resolve()), "methods": {}}
     if cfg_path.exists() and not restart:
         try:
             old = json.loads(cfg_path.read_text())
@@ -362,7 +371,11 @@ def _check_config(results: Path, ref_dir: Path, methods: Dict[str, Path], restar
             p.unlink()
     cfg["methods"].update({m: str(d.resolve()) for m, d in methods.items()})
     results.mkdir(parents=True, exist_ok=True)
-    atomic_write(cfg_path, lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=2) + "\n"))
+
+    def write_cfg(tmp: str) -> None:
+        Path(tmp).write_text(json.dumps(cfg, indent=2) + "\n")
+
+    atomic_write(cfg_path, write_cfg)
 
 
 def method_names(out_dirs: Sequence[PathLike]) -> Dict[str, Path]:
@@ -396,7 +409,7 @@ def evaluate(ref_dir: PathLike, out_dirs: Sequence[PathLike], metrics: Iterable[
     batch_size = V.check_positive_int(batch_size, "batch_size")
     workers = V.check_positive_int(workers, "workers", minimum=0)
     worst = V.check_positive_int(worst, "worst", minimum=0)
-    seed = V.check_seed(seed, allow_none=False)
+    seed = cast(int, V.check_seed(seed, allow_none=False))  # allow_none=False: an int
     ref_dir = Path(ref_dir)
     if not ref_dir.is_dir():
         raise NotADirectoryError(f"reference folder {ref_dir} is not a directory")
@@ -474,7 +487,7 @@ def _evaluate(ref_dir: Path, methods: Dict[str, Path], specs: List[MetricSpec], 
     mine = [ci for ci in range(D.rank(), len(chunks), D.world_size())]
     todo = [ci for ci in mine if missing(chunks[ci])]
     res = EvaluationResult(specs, list(methods), [], [], computed=len(todo), skipped=len(mine) - len(todo),
-                           paths={(it.method, it.file): (it.ref, it.out) for it in items})
+                           paths={(it.method, it.file): _matched_paths(it) for it in items})
     if total is not None:
         total(sum(len(chunks[ci]) for ci in todo))
     computer = _Metrics(specs, device, elpips_samples, seed)
@@ -507,10 +520,10 @@ def _evaluate(ref_dir: Path, methods: Dict[str, Path], specs: List[MetricSpec], 
                         for it, x in zip(kept, v.double().cpu().tolist()):
                             if not current(it, c):
                                 new[it][c] = x
-            for it, vals in new.items():
+            for it, values in new.items():
                 log_file.write(json.dumps({"method": it.method, "file": it.file,
-                                           "values": {c: _json_float(v) for c, v in vals.items()},
-                                           "keys": {c: keys.key(it, c) for c in vals}}) + "\n")
+                                           "values": {c: _json_float(v) for c, v in values.items()},
+                                           "keys": {c: keys.key(it, c) for c in values}}) + "\n")
             log_file.flush()
             os.fsync(log_file.fileno())
             if progress is not None:
@@ -522,17 +535,17 @@ def _evaluate(ref_dir: Path, methods: Dict[str, Path], specs: List[MetricSpec], 
         return res
     done = _read_records(records)
     err_by_item: Dict[Tuple[str, str], List[str]] = defaultdict(list)
-    for e in errors:
-        if e["file"]:
-            err_by_item[(e["method"],
-                         e["file"])].append(f"{e['metric']}: {e['message']}" if e["metric"] else e["message"])
+    for err in errors:
+        if err["file"]:
+            err_by_item[(err["method"],
+                         err["file"])].append(f"{err['metric']}: {err['message']}" if err["metric"] else err["message"])
     by_key = {(it.method, it.file): it for it in items}
     order = {m: k for k, m in enumerate(methods)}
     for key in sorted(set(by_key) | set(err_by_item), key=lambda k: (order.get(k[0], len(order)), k[1])):
-        vals = done.get(key, {})
+        recorded = done.get(key, {})
         row: Dict[str, object] = {"method": key[0], "file": key[1]}
         it = by_key.get(key)
-        row.update({c: vals[c][0] if it is not None and current(it, c) else None for c in columns})
+        row.update({c: recorded[c][0] if it is not None and current(it, c) else None for c in columns})
         row["error"] = "; ".join(err_by_item.get(key, []))
         res.rows.append(row)
     _write_outputs(res, results, ref_dir, methods, computer, report, worst)
@@ -569,12 +582,20 @@ def _write_outputs(res: EvaluationResult, results: Path, ref_dir: Path, methods:
            "results": [{k: (_json_float(v) if isinstance(v, float) else v) for k, v in r.items()} for r in res.rows],
            "errors": res.errors}
     atomic_write(results / "results.csv", write_csv)
-    atomic_write(results / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1) + "\n"))
+
+    def write_json(tmp: str) -> None:
+        Path(tmp).write_text(json.dumps(doc, indent=1) + "\n")
+
+    atomic_write(results / "results.json", write_json)
     res.files.update(csv=results / "results.csv", json=results / "results.json")
     if report:
         from .report import render_report
 
         html = render_report(res, ref_dir, methods, computer.heatmap, worst=worst)
-        atomic_write(results / "report.html", lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
+
+        def write_html(tmp: str) -> None:
+            Path(tmp).write_text(html, encoding="utf-8")
+
+        atomic_write(results / "report.html", write_html)
         res.files["html"] = results / "report.html"
 
