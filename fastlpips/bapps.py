@@ -25,7 +25,7 @@ import io
 import math
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -103,7 +103,7 @@ def _load_judgment(path: str) -> torch.Tensor:
     return torch.tensor(x, dtype=torch.float32).reshape(1, 1, 1)
 
 
-def _resized_size(h: int, w: int, size: int):
+def _resized_size(h: int, w: int, size: int) -> Tuple[int, int]:
     """torchvision's ``Resize(size)`` output: the short side to ``size``, the long side scaled (truncated)."""
     if h <= w:
         return size, int(size * w / h)

@@ -68,7 +68,7 @@ _K1 = 0.01
 _K2 = 0.03
 
 
-def _check_colorspace(colorspace) -> str:
+def _check_colorspace(colorspace: str) -> str:
     if isinstance(colorspace, str):
         for c in COLORSPACES:
             if colorspace.lower() == c.lower():
@@ -179,7 +179,7 @@ def _lab_of_quantized(x: torch.Tensor) -> torch.Tensor:
     return rgb_to_lab(quantize_uint8(x) * (1.0 / 255.0))
 
 
-def _prepare(in0: torch.Tensor, in1: torch.Tensor, colorspace) -> Tuple[torch.Tensor, torch.Tensor, str]:
+def _prepare(in0: torch.Tensor, in1: torch.Tensor, colorspace: str) -> Tuple[torch.Tensor, torch.Tensor, str]:
     V.check_image(in0, "in0", hint=None, finite=True)
     V.check_image(in1, "in1", hint=None, finite=True)
     V.check_pair(in0, in1, "in0", "in1")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple, Union, cast
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -285,7 +285,7 @@ def barycenter(images: torch.Tensor, distance: Union[str, Distance] = "l2", *, s
         raise ValueError(f"a barycenter needs at least 2 images, got {k}")
     steps = V.check_positive_int(steps, "steps")
     V.check_number(lr, "lr", low=0, low_open=True)
-    seed = cast(int, V.check_seed(seed, allow_none=False))  # allow_none=False: an int
+    seed = V.check_seed(seed, allow_none=False)
     draws = V.check_positive_int(draws, "draws")
     if inputs_per_step is not None and not (isinstance(inputs_per_step, (int, np.integer)) and
                                             not isinstance(inputs_per_step, bool) and 1 <= inputs_per_step <= k):
@@ -328,7 +328,7 @@ def geodesic(a: torch.Tensor, b: torch.Tensor, distance: Union[str, Distance] = 
     frames = int(frames)
     steps = V.check_positive_int(steps, "steps")
     V.check_number(lr, "lr", low=0, low_open=True)
-    seed = cast(int, V.check_seed(seed, allow_none=False))  # allow_none=False: an int
+    seed = V.check_seed(seed, allow_none=False)
     draws = V.check_positive_int(draws, "draws")
     if init not in ("noise", "linear"):
         raise ValueError(f"init must be 'noise' or 'linear', got {init!r}")

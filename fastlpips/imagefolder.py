@@ -87,7 +87,7 @@ class ImageFolder(Dataset):
                              f"{self._shape[1]}x{self._shape[0]}; pass size= to resize every image")
         return x
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
         path, label = self.samples[index]
         return self.load(path), label
 

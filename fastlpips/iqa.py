@@ -34,7 +34,7 @@ published ones (tests/test_iqa.py checks each against scikit-image, piq 0.8.0 an
 from __future__ import annotations
 
 import math
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +62,7 @@ _HINT = "convert 0..255 images with x.float() / 255, or pass data_range=255"
 
 # --- input checks ------------------------------------------------------------------------------
 
-def _check_images(x, y, min_size: int, what: str) -> None:
+def _check_images(x: torch.Tensor, y: torch.Tensor, min_size: int, what: str) -> None:
     """Two finite floating (N, C, H, W) batches that agree (validation.check_pair), at least
     ``min_size`` on both sides for ``what``."""
     V.check_image(x, "x", channels=None, hint=_HINT, finite=True)
@@ -71,7 +71,7 @@ def _check_images(x, y, min_size: int, what: str) -> None:
     V.check_size(x, min_size, what, "x")
 
 
-def _check_reduction(reduction) -> str:
+def _check_reduction(reduction: Optional[str]) -> str:
     if reduction is None:
         return "none"
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
@@ -79,7 +79,7 @@ def _check_reduction(reduction) -> str:
     return reduction
 
 
-def _check_window(win_size, sigma) -> Tuple[int, float]:
+def _check_window(win_size: int, sigma: float) -> Tuple[int, float]:
     win_size = check_positive_int(win_size, "win_size")
     if win_size % 2 != 1:
         raise ValueError(f"win_size must be an odd integer, got {win_size}")

@@ -229,8 +229,7 @@ def train_pat(model: nn.Module, train_dataset, out_dir: PathLike, config: Option
     torch.manual_seed(cfg.seed)
     net = model.to(dev)
     if init is not None:
-        # read_state_dict takes a str too (os.fspath); its annotation says os.PathLike only
-        init_state = read_state_dict(init, "initial weights")  # type: ignore[arg-type]
+        init_state = read_state_dict(init, "initial weights")
         check_state(net, init_state, f"initial weights {init}")
         net.load_state_dict(init_state)
     if cfg.sync_batchnorm and D.is_distributed():

@@ -29,7 +29,7 @@ import statistics
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 
@@ -146,7 +146,7 @@ def _time_layer(net: str, dtype: torch.dtype, grad: bool) -> ProbeResult:
     w = (torch.randn(cout, cin, k, k, generator=g) * 0.02).contiguous(memory_format=torch.channels_last)
     inputs = {dt: (x.to(dt), w.to(dt)) for dt in (torch.float32, dtype)}
 
-    def run(dt) -> float:
+    def run(dt: torch.dtype) -> float:
         xd, wd = inputs[dt]
         t0 = time.perf_counter()
         if grad:
@@ -204,8 +204,8 @@ _ALIASES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.fl
             "half": torch.float16, "fp32": None, "float32": None}
 
 
-def resolve_dtype(dtype, device: Union[str, torch.device, None] = None, *, net: str = "vgg",
-                  grad: bool = False) -> Optional[torch.dtype]:
+def resolve_dtype(dtype: Union[str, torch.dtype, None], device: Union[str, torch.device, None] = None, *,
+                  net: str = "vgg", grad: bool = False) -> Optional[torch.dtype]:
     """The compute dtype for a ``dtype=`` argument: None / torch.float32 / 'fp32' -> None (fp32),
     torch.bfloat16 / 'bf16', torch.float16 / 'fp16', or 'auto' -> bf16 where it is faster on
     ``device`` (default CPU) for the trunk ``net`` (forward, or forward and backward with ``grad``),
@@ -250,7 +250,7 @@ def warn_if_slow(dtype: Optional[torch.dtype], device: torch.device, stacklevel:
                   stacklevel=stacklevel)
 
 
-def describe_auto(device: Union[str, torch.device] = "cpu", nets=("alex", "vgg")) -> List[str]:
+def describe_auto(device: Union[str, torch.device] = "cpu", nets: Iterable[str] = ("alex", "vgg")) -> List[str]:
     """What ``dtype='auto'`` chooses on ``device`` for each trunk of ``nets`` and why, one line each
     (``fastlpips check`` prints them); runs the probes it needs."""
     device = torch.device(device)

@@ -30,7 +30,7 @@ import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union, cast
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -307,7 +307,7 @@ def evaluate_robustness(model: nn.Module, dataset, attacks: Sequence[Union[str, 
         raise TypeError(f"model must be a torch.nn.Module (images in [0, 1] -> logits), got {type(model).__name__}")
     batch_size = check_positive_int(batch_size, "batch_size")
     workers = check_positive_int(workers, "workers", minimum=0)
-    seed = cast(int, check_seed(seed, allow_none=False))  # allow_none=False: an int
+    seed = check_seed(seed, allow_none=False)
     if iterations is not None:
         iterations = check_positive_int(iterations, "iterations")
     if max_examples is not None:

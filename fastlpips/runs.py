@@ -122,7 +122,7 @@ def plain(obj):
     return obj
 
 
-def _cell(v, fmt: Optional[str]) -> str:
+def _cell(v: object, fmt: Optional[str]) -> str:
     if isinstance(v, str):
         return v
     if isinstance(v, float):
@@ -130,7 +130,8 @@ def _cell(v, fmt: Optional[str]) -> str:
     return str(v)
 
 
-def write_log_csv(rows: Sequence[Mapping[str, object]], formats: Optional[Mapping[str, str]] = None):
+def write_log_csv(rows: Sequence[Mapping[str, object]],
+                  formats: Optional[Mapping[str, str]] = None) -> Callable[[str], None]:
     """A writer ``write(tmp_path)`` of the whole log: a header from the first row's keys, then every
     row (floats formatted by ``formats[column]``, default ``.6g``; strings as they are)."""
     formats = formats or {}

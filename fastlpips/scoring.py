@@ -192,7 +192,7 @@ def make_distance(metric: str = "alex", *, version: str = "0.1", lpips: bool = T
     assert isinstance(model, ELPIPS)  # kind 'elpips': the ELPIPS given or built above
     if sampling == "stratified" and model.transforms and draws < model.max_scale:
         raise ValueError(f"sampling='stratified' needs one draw per scale level: draws={draws} < {model.max_scale}")
-    seed = cast(int, V.check_seed(seed, allow_none=False))  # allow_none=False: an int
+    seed = V.check_seed(seed, allow_none=False)
 
     def elpips(ref: torch.Tensor, images: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         g = torch.Generator().manual_seed(_batch_seed(seed, ref))

@@ -331,8 +331,7 @@ class Trainer:
     def load_network(self, network: nn.Module, network_label: str, epoch_label: str) -> None:
         path = os.path.join(self.save_dir, f"{epoch_label}_net_{network_label}.pth")
         log.info("Loading network from %s", path)
-        # read_state_dict takes a str too (os.fspath); its annotation says os.PathLike only
-        state = read_state_dict(path, "network file")  # type: ignore[arg-type]
+        state = read_state_dict(path, "network file")
         check_state(network, state, f"network file {path}")
         network.load_state_dict(state)
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +50,7 @@ TRANSFORM_FAMILIES = ("scale", "translation", "flip", "swap", "permutation", "co
 FAMILIES = TRANSFORM_FAMILIES + ("dropout",)
 
 
-def check_families(families) -> frozenset:
+def check_families(families: Union[str, Iterable[str], None]) -> frozenset:
     """``families`` (None: all seven; else an iterable of names from ``FAMILIES``) -> a frozenset;
     unknown names raise, naming them and the valid ones."""
     if families is None:
@@ -64,7 +64,9 @@ def check_families(families) -> frozenset:
     return out
 
 
-def _neutralize(families: Optional[frozenset], scales, scale_offsets, offsets, flips, swap, perms, colors):
+def _neutralize(families: Optional[frozenset], scales: torch.Tensor, scale_offsets: torch.Tensor,
+                offsets: torch.Tensor, flips: torch.Tensor, swap: torch.Tensor, perms: torch.Tensor,
+                colors: torch.Tensor) -> None:
     """The disabled families of a draw set to their identity values (tensors changed in place; the
     random stream is drawn in full first, so enabled families are distributed as always)."""
     if families is None:
@@ -245,7 +247,7 @@ SAMPLE_DIMS = 3
 IMAGE_DIMS = 7
 
 
-def _index(u: torch.Tensor, k) -> torch.Tensor:
+def _index(u: torch.Tensor, k: Union[int, torch.Tensor]) -> torch.Tensor:
     """floor(k u) for u in [0, 1), kept in 0..k-1 (k a number or a broadcastable tensor)."""
     return torch.minimum((u * k).floor().long(), torch.as_tensor(k, dtype=torch.long) - 1).clamp_min(0)
 

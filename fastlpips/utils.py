@@ -9,16 +9,22 @@ import tempfile
 import warnings
 import zlib
 from pathlib import Path
-from typing import Callable, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Sized, Union, cast
 
 import numpy as np
 import torch
+from numpy.typing import DTypeLike
 
 from .reference import normalize_channels, spatial_average, upsample
 
 __all__ = ["im2tensor", "tensor2im", "load_image", "read_image", "read_image_tensor", "normalize_tensor",
            "spatial_average", "upsample",
            "l2", "psnr"]
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+PathLike = Union[str, os.PathLike]  # a file name: str or pathlib.Path
 
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"})  # what folder commands read
 
@@ -40,7 +46,8 @@ def normalize_tensor(in_feat: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
     return normalize_channels(in_feat, eps)
 
 
-def im2tensor(image: np.ndarray, imtype=np.uint8, cent: float = 1.0, factor: float = 255.0 / 2.0) -> torch.Tensor:
+def im2tensor(image: np.ndarray, imtype: DTypeLike = np.uint8, cent: float = 1.0,
+              factor: float = 255.0 / 2.0) -> torch.Tensor:
     """H x W x 3 array (0..255) -> 1 x 3 x H x W float32 tensor in [-1, 1]."""
     image = np.asarray(image)
     if image.ndim != 3:
@@ -48,7 +55,7 @@ def im2tensor(image: np.ndarray, imtype=np.uint8, cent: float = 1.0, factor: flo
     return torch.from_numpy(np.ascontiguousarray((image / factor - cent).transpose(2, 0, 1)[None]).astype(np.float32))
 
 
-def tensor2im(image_tensor: torch.Tensor, imtype=np.uint8, cent: float = 1.0,
+def tensor2im(image_tensor: torch.Tensor, imtype: DTypeLike = np.uint8, cent: float = 1.0,
               factor: float = 255.0 / 2.0) -> np.ndarray:
     """First image of an N x 3 x H x W tensor in [-1, 1] -> H x W x 3 array (0..255, ``imtype``)."""
     image_numpy = image_tensor[0].detach().cpu().float().numpy()
@@ -80,7 +87,7 @@ def _tiff_tag(im, tag):
     return int(value)
 
 
-def _integer_scale(im, path: str) -> tuple[float, bool, bool]:
+def _integer_scale(im: "Image.Image", path: str) -> tuple[float, bool, bool]:
     """Full-scale value of an integer image's samples from the file format (never from the pixels).
 
     Returns ``(scale, signed, unsigned32)``: samples are divided by ``scale``; ``signed`` says negative
@@ -107,7 +114,7 @@ def _integer_scale(im, path: str) -> tuple[float, bool, bool]:
                      f"{mode!r} (BitsPerSample={bits}); convert it to an 8- or 16-bit PNG or TIFF")
 
 
-def _alpha(im) -> np.ndarray | None:
+def _alpha(im: "Image.Image") -> np.ndarray | None:
     """Alpha of an 8-bit image: its alpha band, or the one PIL derives from a colour key / palette
     transparency (``im.info['transparency']``); None when the image has none."""
     if im.mode in ("RGBA", "LA", "PA"):
@@ -129,7 +136,7 @@ _PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}
 _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 
 
-def _png_header(path) -> tuple | None:
+def _png_header(path: PathLike) -> tuple | None:
     """(width, height, bit depth, colour type, interlace) of a PNG file, None for other files."""
     with open(path, "rb") as f:
         head = f.read(33)
@@ -139,7 +146,7 @@ def _png_header(path) -> tuple | None:
     return w, h, depth, ctype, interlace
 
 
-def _png_unfilter(rows: np.ndarray, bpp: int, path, band: int = 1024) -> np.ndarray:
+def _png_unfilter(rows: np.ndarray, bpp: int, path: PathLike, band: int = 1024) -> np.ndarray:
     """Reconstruct filtered scanlines ``rows`` (H, 1 + W * bpp) uint8 -> (H, W, bpp) uint8.
 
     None / Sub / Up rows alone: row by row, each row at once (Sub as a running sum). With Average or
@@ -201,7 +208,7 @@ def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(ops[orientation](arr)) if orientation in ops else arr
 
 
-def _decode_png16(path, stacklevel: int) -> np.ndarray:
+def _decode_png16(path: PathLike, stacklevel: int) -> np.ndarray:
     """A 16-bit RGB, RGBA or grey+alpha PNG as H x W x 3 float32 in [0, 1] (``v / 65535``), alpha
     dropped with a warning when not opaque (also a tRNS colour key that some pixel matches)."""
     from PIL import Image
@@ -269,7 +276,7 @@ def _decode_png16(path, stacklevel: int) -> np.ndarray:
     return (colour.astype(np.float64) / 65535.0).astype(np.float32)
 
 
-def _ppm_maxval(path) -> int:
+def _ppm_maxval(path: PathLike) -> int:
     """The maximum sample value in a binary or ASCII PPM/PGM header (255 when unreadable)."""
     with open(path, "rb") as f:
         head = f.read(512)
@@ -284,7 +291,7 @@ def _ppm_maxval(path) -> int:
         return 255
 
 
-def _decode(path, stacklevel: int) -> tuple[np.ndarray, bool]:
+def _decode(path: PathLike, stacklevel: int) -> tuple[np.ndarray, bool]:
     """Read ``path`` as H x W x 3. Returns ``(array, exact8)``: with ``exact8`` the array is the file's
     uint8 RGB data (0..255), otherwise float32 in [0, 1]. ``stacklevel`` is that of the public caller's
     caller, for the alpha warning."""
@@ -367,7 +374,7 @@ def _decode(path, stacklevel: int) -> tuple[np.ndarray, bool]:
         return np.repeat(grey[:, :, None], 3, axis=2), False
 
 
-def read_image(path) -> np.ndarray:
+def read_image(path: PathLike) -> np.ndarray:
     """Read an image file as an H x W x 3 float32 RGB array in [0, 1], at the file's full precision.
 
     Samples are divided by the full-scale value of the file's sample format, never by the image's
@@ -397,12 +404,12 @@ def read_image(path) -> np.ndarray:
     return arr
 
 
-def read_image_tensor(path) -> torch.Tensor:
+def read_image_tensor(path: PathLike) -> torch.Tensor:
     """``read_image(path)`` as a (3, H, W) float32 tensor in [0, 1] (contiguous)."""
     return torch.from_numpy(np.ascontiguousarray(read_image(path).transpose(2, 0, 1)))
 
 
-def load_image(path) -> np.ndarray:
+def load_image(path: PathLike) -> np.ndarray:
     """Read an image file as an H x W x 3 uint8 RGB array (0..255), as the ``lpips`` package does.
 
     8-bit files (modes ``1``, ``L``, ``P``, ``RGB``, ``RGBA``, ``LA``, ``CMYK``, ...) give exactly
@@ -424,7 +431,7 @@ def psnr(p0: np.ndarray, p1: np.ndarray, peak: float = 255.0) -> float:
     return 10 * np.log10(peak**2 / np.mean((1.0 * p0 - 1.0 * p1) ** 2))
 
 
-def atomic_write(path, write: Callable[[str], None]) -> None:
+def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
     """Write ``path`` through ``write(tmp_name)`` on a temporary file in the same folder, renamed
     over ``path`` only when ``write`` succeeded; the temporary file never survives a failure."""
     path = Path(path)
@@ -446,7 +453,7 @@ def atomic_write(path, write: Callable[[str], None]) -> None:
         raise
 
 
-def atomic_save(obj, path) -> None:
+def atomic_save(obj: Any, path: PathLike) -> None:
     """``torch.save(obj, path)`` through ``atomic_write`` (the folder is created): a crash or an
     error leaves the previous file, never a partial one."""
     path = Path(path)
@@ -454,7 +461,7 @@ def atomic_save(obj, path) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def file_sha256(path) -> str:
+def file_sha256(path: PathLike) -> str:
     """The sha256 of a file's bytes (hex)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -483,11 +490,11 @@ class ReportItemErrors(torch.utils.data.Dataset):
     ``ItemFailure`` values instead of exceptions: a DataLoader worker would wrap the exception in
     its own multi-line text; ``CheckedDataLoader`` re-raises the item's own exception instead."""
 
-    def __init__(self, dataset) -> None:
+    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
         self.dataset = dataset
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(cast(Sized, self.dataset))  # a map-style dataset (torch's Dataset type declares no __len__)
 
     def __getattr__(self, name):
         if name == "dataset":  # not set yet (unpickling in a worker)
@@ -535,7 +542,7 @@ class CheckedDataLoader(torch.utils.data.DataLoader):
     process, ``num_workers=0``, it is a plain DataLoader; with workers the exception comes back
     as it was raised, the worker's traceback attached as a note)."""
 
-    def __init__(self, dataset, *args, **kwargs) -> None:
+    def __init__(self, dataset: torch.utils.data.Dataset, *args: Any, **kwargs: Any) -> None:
         if kwargs.get("collate_fn") is not None:
             raise ValueError("CheckedDataLoader collates with the default collation")
         self._wrapped = kwargs.get("num_workers", 0) > 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, Optional, Tuple
+from typing import Callable, Literal, Optional, Tuple, overload
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ _LPIPS_HINT = "convert images with x.float() / 127.5 - 1 (or / 255 with normaliz
 UNIT_HINT = "convert images with x.float() / 255 (this metric takes images in [0, 1])"
 
 
-def check_image(x, name: str, *, channels: Optional[int] = 3, hint: Optional[str] = _LPIPS_HINT,
+def check_image(x: object, name: str, *, channels: Optional[int] = 3, hint: Optional[str] = _LPIPS_HINT,
                 allow_empty: bool = True, finite: bool = False) -> None:
     """Type, rank, channel count (``channels=None``: any count >= 1), dtype and, where asked, a
     non-empty batch and finite values (``finite``, one scan) of one N x C x H x W image batch."""
@@ -70,7 +70,7 @@ def check_pair(a: torch.Tensor, b: torch.Tensor, a_name: str = "in0", b_name: st
 ATTACK_BOX = "attacks take images in [0, 1] and return images in [0, 1]"
 
 
-def check_unit_images(x, name: str = "x", why: str = "") -> None:
+def check_unit_images(x: torch.Tensor, name: str = "x", why: str = "") -> None:
     """A floating (N, 3, H, W) batch with N >= 1 and finite values in [0, 1] (one device sync);
     ``why``: what needs the box, added to the message (attacks: they return images in [0, 1])."""
     check_image(x, name, hint=UNIT_HINT, allow_empty=False)
@@ -80,7 +80,8 @@ def check_unit_images(x, name: str = "x", why: str = "") -> None:
                          f"{'; ' + why if why else ''}{unit_range_hint(mn, mx)}")
 
 
-def check_images_and_labels(x, labels, name: str = "x", check_images=None) -> None:
+def check_images_and_labels(x: torch.Tensor, labels: torch.Tensor, name: str = "x",
+                            check_images: Optional[Callable[[torch.Tensor, str], None]] = None) -> None:
     """What every classifier attack checks first: ``x`` a batch in [0, 1] (``check_unit_images``,
     or ``check_images(x, name)``, e.g. a distance's own check that adds its size limits), one
     integer label per image on x's device (the class count is checked against the logits)."""
@@ -147,7 +148,7 @@ def check_values(x: torch.Tensor, name: str, lo: float, hi: float, warn_state: O
                       "this warning is shown once per model", RangeWarning, stacklevel=4)
 
 
-def check_positive_int(value, name: str, minimum: int = 1) -> int:
+def check_positive_int(value: object, name: str, minimum: int = 1) -> int:
     """An integer option >= ``minimum`` (bools and floats such as 1.5 refused by name)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
@@ -172,7 +173,7 @@ def check_finite(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} contains {bad} NaN or Inf value(s)")
 
 
-def check_number(value, name: str, *, low: Optional[float] = None, high: Optional[float] = None,
+def check_number(value: object, name: str, *, low: Optional[float] = None, high: Optional[float] = None,
                  low_open: bool = False, high_open: bool = False) -> float:
     """A finite real number (bools, strings, tensors of several values refused) within the bounds,
     as a float; ``low_open`` / ``high_open``: the bound itself excluded."""
@@ -195,17 +196,27 @@ def check_number(value, name: str, *, low: Optional[float] = None, high: Optiona
     return v
 
 
-def check_bound(value, name: str = "bound") -> float:
+def check_bound(value: object, name: str = "bound") -> float:
     """A finite number > 0 (a radius, a step, a data range)."""
     return check_number(value, name, low=0.0, low_open=True)
 
 
-def check_nonnegative(value, name: str) -> float:
+def check_nonnegative(value: object, name: str) -> float:
     """A finite number >= 0 (a weight that may be switched off)."""
     return check_number(value, name, low=0.0)
 
 
-def check_seed(seed, name: str = "seed", allow_none: bool = True) -> Optional[int]:
+@overload
+def check_seed(seed: object, name: str = ..., allow_none: Literal[True] = ...) -> Optional[int]: ...
+@overload
+def check_seed(seed: object, name: str = ..., *, allow_none: Literal[False]) -> int: ...
+@overload
+def check_seed(seed: object, name: str, allow_none: Literal[False]) -> int: ...
+@overload
+def check_seed(seed: object, name: str = ..., allow_none: bool = ...) -> Optional[int]: ...
+
+
+def check_seed(seed: object, name: str = "seed", allow_none: bool = True) -> Optional[int]:
     """A seed: an int >= 0 (numpy ints too), or None where allowed."""
     if seed is None and allow_none:
         return None
@@ -217,7 +228,7 @@ def check_seed(seed, name: str = "seed", allow_none: bool = True) -> Optional[in
     return int(seed)
 
 
-def check_fraction_values(values, name: str, low: float = 0.0, high: float = 1.0) -> np.ndarray:
+def check_fraction_values(values: object, name: str, low: float = 0.0, high: float = 1.0) -> np.ndarray:
     """A flat float64 array of finite values in [low, high] (judgments, fractions); ValueError
     naming ``name``, the count and an example otherwise."""
     try:
@@ -232,7 +243,7 @@ def check_fraction_values(values, name: str, low: float = 0.0, high: float = 1.0
     return arr
 
 
-def check_labels(labels, n: int, num_classes: Optional[int] = None, name: str = "labels") -> None:
+def check_labels(labels: object, n: int, num_classes: Optional[int] = None, name: str = "labels") -> None:
     """One integer class index per image: shape (N,), no broadcasting, 0 <= label < num_classes."""
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(labels).__name__}")
@@ -247,7 +258,7 @@ def check_labels(labels, n: int, num_classes: Optional[int] = None, name: str = 
             raise ValueError(f"{name} must {where}, got values in [{lo}, {hi}]")
 
 
-def check_logits(logits, n: int, name: str = "model(x)") -> None:
+def check_logits(logits: object, n: int, name: str = "model(x)") -> None:
     """A classifier's output: (N, K) logits with K >= 2."""
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"{name} must return a tensor of logits, got {type(logits).__name__}")

@@ -229,14 +229,14 @@ class _ChunkImages(torch.utils.data.Dataset):
         for it in self.chunks[ci]:
             if it.file not in refs and it.file not in ref_err:
                 try:
-                    refs[it.file] = read_image_tensor(it.ref)
+                    refs[it.file] = read_image_tensor(cast(Path, it.ref))  # chunks hold matched items: ref, out set
                 except Exception as e:
                     ref_err[it.file] = f"cannot read reference {it.ref}: {e}"
             if it.file in ref_err:
                 errors[it] = ref_err[it.file]
                 continue
             try:
-                out = read_image_tensor(it.out)
+                out = read_image_tensor(cast(Path, it.out))
             except Exception as e:
                 errors[it] = f"cannot read {it.out}: {e}"
                 continue
@@ -409,7 +409,7 @@ def evaluate(ref_dir: PathLike, out_dirs: Sequence[PathLike], metrics: Iterable[
     batch_size = V.check_positive_int(batch_size, "batch_size")
     workers = V.check_positive_int(workers, "workers", minimum=0)
     worst = V.check_positive_int(worst, "worst", minimum=0)
-    seed = cast(int, V.check_seed(seed, allow_none=False))  # allow_none=False: an int
+    seed = V.check_seed(seed, allow_none=False)
     ref_dir = Path(ref_dir)
     if not ref_dir.is_dir():
         raise NotADirectoryError(f"reference folder {ref_dir} is not a directory")

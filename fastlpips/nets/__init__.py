@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 from typing import Optional, Union
 
-from .trunks import build_trunk
+from .trunks import _Trunk, build_trunk
 from .weights import load_trunk_state
 
 __all__ = ["pretrained_trunk"]
 
 
-def pretrained_trunk(net: str, path: Optional[Union[str, os.PathLike]] = None):
+def pretrained_trunk(net: str, path: Optional[Union[str, os.PathLike]] = None) -> _Trunk:
     """``build_trunk(net)`` with its weights loaded strictly (from ``path`` when given: torchvision,
     DataParallel or robustness-library checkpoints of e.g. adversarially trained trunks; else
     resolved as ``fastlpips.nets.weights`` describes), in eval mode with frozen parameters: a

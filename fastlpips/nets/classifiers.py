@@ -11,7 +11,7 @@ in seconds. The stage outputs ``layer1`` ... ``layer4`` are the self-bounded dis
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -92,7 +92,7 @@ class ResNet32(nn.Module):
         return self.linear(F.adaptive_avg_pool2d(h, 1).flatten(1))
 
 
-def resnet18_32(num_classes: int = 10, **kw) -> ResNet32:
+def resnet18_32(num_classes: int = 10, **kw: Any) -> ResNet32:
     """ResNet-18 for 32x32 inputs (11.2 M parameters at 10 classes)."""
     return ResNet32(num_classes, blocks=(2, 2, 2, 2), width=64, **kw)
 

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     import weakref
 
 Tangent = Callable[[torch.Tensor], torch.Tensor]
+#: ``linearize_traced``'s tangent pass: t -> (d out[t], {kept name: d kept[t]}) (None: not reached from the input)
+TracedTangent = Callable[[torch.Tensor], Tuple[Optional[torch.Tensor], Dict[str, Optional[torch.Tensor]]]]
 
 
 def linearize_module(m: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, Tangent]:
@@ -85,7 +87,7 @@ _SAME = ("flatten", "view", "reshape", "squeeze", "unsqueeze", "permute", "trans
          "to", "float", "double", "clone")
 
 
-def _graph(module: nn.Module, leaves: Tuple[str, ...]):
+def _graph(module: nn.Module, leaves: Tuple[str, ...]) -> torch.fx.Graph:
     import weakref
 
     import torch.fx as fx
@@ -140,14 +142,16 @@ def _basic_rule(m: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, Tangent]:
     raise NotImplementedError(f"no linearization rule for {type(m).__name__}")
 
 
-def _foldable_batchnorm(module: nn.Module, node, keep):
-    """The eval-mode BatchNorm2d node that is the only user of Conv2d ``node`` (neither kept), or None."""
-    if node.target in keep or not isinstance(module.get_submodule(node.target), nn.Conv2d) or len(node.users) != 1:
+def _foldable_batchnorm(module: nn.Module, node: torch.fx.Node, keep: Tuple[str, ...]) -> Optional[torch.fx.Node]:
+    """The eval-mode BatchNorm2d node that is the only user of Conv2d ``node`` (neither kept), or None.
+    ``node`` is a call_module node: its target, as that of a call_module user, is a qualified name (str)."""
+    if (node.target in keep or not isinstance(module.get_submodule(cast(str, node.target)), nn.Conv2d)
+            or len(node.users) != 1):
         return None
     user = next(iter(node.users))
     if user.op != "call_module" or user.target in keep:
         return None
-    bn = module.get_submodule(user.target)
+    bn = module.get_submodule(cast(str, user.target))
     if not isinstance(bn, nn.BatchNorm2d) or bn.training or bn.running_var is None or user.args[0] is not node:
         return None
     return user
@@ -170,11 +174,12 @@ def _conv_bn_rule(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> Tuple
     return y, lambda t: F.conv2d(t, w, None, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
-def _is_tensor(v) -> bool:
+def _is_tensor(v: object) -> bool:
     return isinstance(v, torch.Tensor)
 
 
-def linearize_traced(module: nn.Module, x: torch.Tensor, keep: Sequence[str] = ()):
+def linearize_traced(module: nn.Module, x: torch.Tensor, keep: Sequence[str] = ()
+                     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], TracedTangent]:
     """(module(x), {name: output of submodule ``name`` for name in keep}, t -> (d out[t], {name: d kept[t]}))
     through the module's torch.fx graph (the kept submodules are traced separately)."""
     import operator
@@ -218,10 +223,11 @@ def linearize_traced(module: nn.Module, x: torch.Tensor, keep: Sequence[str] = (
                 if tangent_args:
                     program.append((node, "unary", (node.args[0], lambda t: t)))
                 continue
+            fn1: Callable[[torch.Tensor], Optional[torch.Tensor]]  # a traced submodule's tangent may be None
             bn = _foldable_batchnorm(module, node, keep)
             if bn is not None:
-                y, fn1 = _conv_bn_rule(cast(nn.Conv2d, sub), cast(nn.BatchNorm2d, module.get_submodule(bn.target)),
-                                       args[0])
+                y, fn1 = _conv_bn_rule(cast(nn.Conv2d, sub),
+                                       cast(nn.BatchNorm2d, module.get_submodule(cast(str, bn.target))), args[0])
                 folded.add(bn)
             elif node.target in keep or not isinstance(sub, _BASIC):
                 y, _, fn = linearize_traced(sub, args[0])
@@ -272,7 +278,7 @@ def linearize_traced(module: nn.Module, x: torch.Tensor, keep: Sequence[str] = (
         else:
             raise NotImplementedError(f"no linearization rule for {node.format_node()}")
 
-    def tangent(t: torch.Tensor):
+    def tangent(t: torch.Tensor) -> Tuple[Optional[torch.Tensor], Dict[str, Optional[torch.Tensor]]]:
         tenv: Dict[Any, Optional[torch.Tensor]] = {}
         for node, kind, spec in program:
             if kind == "input":

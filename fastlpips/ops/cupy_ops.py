@@ -9,12 +9,15 @@ import functools
 import glob
 import os
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import TYPE_CHECKING, Dict, List, Tuple
 
 import torch
 
 from .registry import register_head_ops
 from .torch_kernels import acc_dtype
+
+if TYPE_CHECKING:
+    import cupy
 
 _HEADERS = {  # include name -> path relative to the csrc folder
     "head_kernels.cuh": "cuda/head_kernels.cuh",
@@ -69,7 +72,7 @@ def compile_ptx(arch: str = "compute_90") -> bytes:
 
 
 @functools.lru_cache(maxsize=None)
-def _module(device_index: int):
+def _module(device_index: int) -> "cupy.RawModule":
     import tempfile
 
     import cupy
@@ -93,7 +96,7 @@ def _arr(t):
     return np.uint64(0) if t is None else cupy.from_dlpack(t.detach())
 
 
-def _launch(kind: str, f0: torch.Tensor, np_: int, *args) -> None:
+def _launch(kind: str, f0: torch.Tensor, np_: int, *args: object) -> None:
     import cupy
 
     if f0.device.type != "cuda":

@@ -21,7 +21,7 @@ import importlib
 import importlib.util
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 
@@ -177,13 +177,13 @@ def kernels(op: str, name: str) -> tuple:
     return found
 
 
-def report(device="cpu") -> Dict[str, str]:
+def report(device: Union[str, torch.device] = "cpu") -> Dict[str, str]:
     """{backend: 'available' or the reason it is not} for tensors on ``device``."""
     dt = torch.device(device).type
     return {name: (why_not(name, dt) or "available") for name in BACKENDS}
 
 
-def resolve(device, requested: Optional[str] = None, op: str = "head") -> str:
+def resolve(device: Union[str, torch.device], requested: Optional[str] = None, op: str = "head") -> str:
     """The backend to run ``op`` on ``device``: ``requested`` > ``$FASTLPIPS_BACKEND`` > auto.
     ``auto`` falls back silently; a backend named explicitly that cannot run raises
     ``BackendUnavailable``, except that a backend lacking this op (CuPy has no transform kernels)

@@ -14,7 +14,7 @@ holds the same math with plain autograd: the ground truth of the tests.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 
@@ -49,21 +49,24 @@ def dnormalize(df: torch.Tensor, n: torch.Tensor, r: torch.Tensor, eps: float) -
     return df / (r + eps) - n * _safe_ratio((df * n).sum(1, keepdim=True), r)
 
 
-def _acc(f0, f1, w):
+def _acc(f0: torch.Tensor, f1: torch.Tensor,
+         w: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     acc = acc_dtype(f0.dtype)
     if f0.dtype != acc:  # low precision: accumulate in fp32 (eps would underflow in fp16)
         f0, f1 = f0.to(acc), f1.to(acc)
     return f0, f1, None if w is None else w.reshape(-1).to(acc)
 
 
-def head_fwd(f0: torch.Tensor, f1: torch.Tensor, w: Optional[torch.Tensor], eps: float):
+def head_fwd(f0: torch.Tensor, f1: torch.Tensor, w: Optional[torch.Tensor],
+             eps: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> (m, r0, r1), each (N, 1, H, W) in the accumulation dtype."""
     f0, f1, w = _acc(f0, f1, w)
     (n0, r0), (n1, r1) = normalize_with_norm(f0, eps), normalize_with_norm(f1, eps)
     return _wsum((n0 - n1).square(), w), r0, r1
 
 
-def head_bwd(g, f0, f1, w, r0, r1, eps: float, needs: List[bool]):
+def head_bwd(g: torch.Tensor, f0: torch.Tensor, f1: torch.Tensor, w: Optional[torch.Tensor], r0: torch.Tensor,
+             r1: torch.Tensor, eps: float, needs: List[bool]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> (g0, g1, gw) (empty tensors where not needed). n and r are recomputed from f (the same
     rounding as the forward), so under autograd this is differentiable in f: double backward."""
     wdt = None if w is None else w.dtype
@@ -78,7 +81,9 @@ def head_bwd(g, f0, f1, w, r0, r1, eps: float, needs: List[bool]):
     return g0, g1, gw
 
 
-def head_jvp(f0, f1, w, r0, r1, t0, t1, tw, eps: float):
+def head_jvp(f0: torch.Tensor, f1: torch.Tensor, w: Optional[torch.Tensor], r0: torch.Tensor, r1: torch.Tensor,
+             t0: Optional[torch.Tensor], t1: Optional[torch.Tensor], tw: Optional[torch.Tensor],
+             eps: float) -> torch.Tensor:
     """Tangent of m along (t0, t1, tw) (None = zero tangent)."""
     f0a, f1a, wa = _acc(f0, f1, w)
     (n0, r0), (n1, r1) = normalize_with_norm(f0a, eps), normalize_with_norm(f1a, eps)
@@ -99,7 +104,8 @@ def _reflect(i: torch.Tensor, n: int) -> torch.Tensor:
     return torch.where(i < 0, -i, torch.where(i >= n, 2 * (n - 1) - i, i))
 
 
-def _indices(params: torch.Tensor, scale: int, batch: int, h: int, w: int, oh: int, ow: int):
+def _indices(params: torch.Tensor, scale: int, batch: int, h: int, w: int, oh: int,
+             ow: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(image, channel, rows, cols) gather indices of every output pixel's s x s box: the index
     math of csrc/include/fastlpips/transform_math.h in torch ops."""
     s = scale
