@@ -9,6 +9,7 @@ from .estimator import ELPIPSEstimate, elpips_estimate
 from .evaluation import EvaluationResult, evaluate
 from .functional import distance_matrix, get_model, lpips
 from .losses import CombinedLoss, ELPIPSLoss, LPIPSLoss, PerceptualLoss, PixelLoss, TextureLoss
+from .metrics import create_metric, list_metrics, metric_info
 from .model import LPIPS, LPIPSFeatures, NetLinLayer, ScalingLayer
 from .nets.weights import WeightError
 from .precision import PrecisionWarning
@@ -30,4 +31,6 @@ __all__ = [
     # losses for reconstruction, dataset evaluation (PSNR/SSIM/MS-SSIM/GMSD: fastlpips.iqa)
     "PerceptualLoss", "TextureLoss", "PixelLoss", "LPIPSLoss", "ELPIPSLoss", "CombinedLoss", "evaluate",
     "EvaluationResult",
+    # the metric registry: every metric by name (the commands take the same names)
+    "create_metric", "list_metrics", "metric_info",
 ]

@@ -23,7 +23,7 @@ from .transforms import (
     scale_probabilities,
 )
 
-__all__ = ["ELPIPSEstimate", "elpips_estimate", "stratified_mean", "METHODS"]
+__all__ = ["ELPIPSEstimate", "elpips_estimate", "stratified_mean", "normal_quantile", "METHODS"]
 
 METHODS = ("auto", "cv", "qmc", "stratified", "iid")
 _CV_FOLDS = 8  # cross-fitting folds of the control-variate regression
@@ -54,7 +54,8 @@ def _with_dtype(metric: ELPIPS, est: ELPIPSEstimate) -> ELPIPSEstimate:
     return est
 
 
-def _z(confidence: float) -> float:
+def normal_quantile(confidence: float) -> float:
+    """z of a two-sided normal interval at ``confidence`` (1.96 for 0.95); ValueError outside (0, 1)."""
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     return NormalDist().inv_cdf(0.5 + confidence / 2)
@@ -122,7 +123,7 @@ def elpips_estimate(x: torch.Tensor, y: torch.Tensor, *, rtol: float = DEFAULT_R
     if method == "auto":
         method = "cv" if metric.mode == "batched" and metric.transforms else "stratified"
     stratified = method != "iid"
-    z = _z(confidence)
+    z = normal_quantile(confidence)
     for name, tol in (("rtol", rtol), ("atol", atol)):
         if not isinstance(tol, (int, float)) or not tol > 0:  # refuses NaN; inf switches the criterion off
             raise ValueError(f"{name} must be a number > 0 (math.inf switches it off), got {tol!r}")

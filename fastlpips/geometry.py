@@ -1,5 +1,6 @@
 """The E-LPIPS paper's geometry (section 3.3; REFERENCE.md section 7): barycenters and discrete
-geodesics of images under a distance (L2, LPIPS, E-LPIPS with fresh draws every step).
+geodesics of images under a distance (Euclidean, LPIPS, E-LPIPS with fresh draws every step; any
+lower-better, differentiable metric of the registry).
 
 * ``barycenter(images, distance)``: argmin_x sum_i d(x, n_i)^2 over x in [0, 1];
 * ``geodesic(a, b, distance, frames)``: the ``frames`` free images x_1..x_k between fixed ends
@@ -15,7 +16,8 @@ release takes one random input per barycenter step: ``inputs_per_step=1``): for 
 each image's features are computed once per step, however many pairs it is in, the fixed images
 (inputs, geodesic ends) without a graph (and only once for deterministic LPIPS); E-LPIPS takes
 ``draws`` fresh draws per step, shared by all images of the step (``ELPIPSDistance(shared=True)``).
-Under L2 the barycenter is the pixel mean and the geodesic the linear cross-fade (tested).
+Under the Euclidean distance ('euclidean') the barycenter is the pixel mean and the geodesic the
+linear cross-fade (tested).
 """
 from __future__ import annotations
 
@@ -42,36 +44,35 @@ def release_lr(step: int, lr: float = 0.03) -> float:
     return lr / (1.0 + 0.02 * t ** 0.75)
 
 
+def _registered(name: str, draws: int, device):
+    """The registry's metric ``name`` as a geometry distance: a loss (any range; the images stay in
+    [0, 1] anyway), frozen, lower-better and differentiable, else ValueError."""
+    from .metrics import create_metric, metric_info
+
+    if not isinstance(name, str):
+        raise TypeError(f"distance must be a metric name, a callable or a FeatureDistance, got {type(name).__name__}")
+    try:
+        info = metric_info(name)
+    except ValueError as e:
+        raise ValueError(f"distance: {e}") from None
+    if not info.lower_better or not info.differentiable:
+        why = "higher is better" if not info.lower_better else "it is piecewise constant (no gradient)"
+        raise ValueError(f"distance {name!r} cannot be minimized: {why}; use a lower-better, differentiable "
+                         f"metric such as 'euclidean', 'lpips-alex', 'lpips-vgg' or 'elpips'")
+    opts = {"n_samples": V.check_positive_int(draws, "draws")} if info.family == "elpips" else {}
+    return create_metric(name, as_loss=True, device=device, **opts).requires_grad_(False)
+
+
 def make_distance(name: Union[str, Distance], *, draws: int = 1, device=None) -> Distance:
-    """A distance d(x, y) -> (N,) on images in [0, 1]: 'l2' (the Euclidean norm of the pixels),
-    'lpips' / 'lpips-alex', 'lpips-vgg' (LPIPS values), 'elpips' (E-LPIPS with ``draws`` fresh
-    draws per call: an expectation-over-transformation estimate), or a callable (returned as is)."""
+    """A distance d(x, y) -> (N,) on images in [0, 1]: a name of the metric registry
+    (``fastlpips.list_metrics()``) that is lower-better and differentiable: 'euclidean' (the
+    Euclidean norm of the pixels), 'lpips' / 'lpips-alex', 'lpips-vgg', ... (LPIPS values),
+    'elpips' (E-LPIPS with ``draws`` fresh draws per call: an expectation-over-transformation
+    estimate), 'gmsd', 'l2-rgb'; or a callable (returned as is)."""
     if callable(name):
         return name
-    if name == "l2":
-        return lambda x, y: (x - y).flatten(1).norm(dim=1)
-    if name in LPIPS_NAMES:
-        from .model import LPIPS
-
-        model = LPIPS(net=_lpips_net(name), verbose=False).eval().requires_grad_(False)
-        if device is not None:
-            model = model.to(device)
-        return lambda x, y: model(x, y, normalize=True).flatten()
-    if name == "elpips":
-        from .elpips import ELPIPS
-
-        draws = V.check_positive_int(draws, "draws")
-        metric = ELPIPS(device=device).requires_grad_(False)
-        return lambda x, y: metric(x, y, n_samples=draws)
-    raise ValueError(f"distance must be 'l2', 'lpips', 'lpips-vgg', 'lpips-squeeze', 'elpips' or a callable, "
-                     f"got {name!r}")
-
-
-LPIPS_NAMES = ("lpips", "lpips-alex", "lpips-vgg", "lpips-squeeze")
-
-
-def _lpips_net(name: str) -> str:
-    return "alex" if name == "lpips" else name.split("-", 1)[1]
+    metric = _registered(name, draws, device)
+    return lambda x, y: metric(x, y)
 
 
 def _feature_distance(name, draws: int, seed: int, device):
@@ -79,7 +80,7 @@ def _feature_distance(name, draws: int, seed: int, device):
     image's trunk runs once per step however many pairs it is in, and fixed images run without a
     graph; E-LPIPS with ``draws`` draws per step shared by all images (``shared=True``). A
     FeatureDistance is used as given (e.g. ``ELPIPSDistance(ELPIPS(families=...), shared=True)``
-    for ablations). None for 'l2' and callables (evaluated pair by pair)."""
+    for ablations). None for the other names and callables (evaluated pair by pair)."""
     from .attacks.distances import ELPIPSDistance, FeatureDistance, LPIPSDistance
 
     if isinstance(name, FeatureDistance):
@@ -87,20 +88,13 @@ def _feature_distance(name, draws: int, seed: int, device):
             raise ValueError("an ELPIPSDistance for barycenters/geodesics must have shared=True (one draw for "
                              "every image of a step, so all images are comparable with each other)")
         return name
-    if not isinstance(name, str) or name == "l2":
+    if not isinstance(name, str):
         return None
-
-    if name in LPIPS_NAMES:
-        from .model import LPIPS
-
-        model = LPIPS(net=_lpips_net(name), verbose=False).eval().requires_grad_(False)
-        return LPIPSDistance(model.to(device) if device is not None else model)
-    if name == "elpips":
-        from .elpips import ELPIPS
-
-        metric = ELPIPS(device=device).requires_grad_(False)
-        return ELPIPSDistance(metric, samples=V.check_positive_int(draws, "draws"), seed=seed, shared=True)
-    make_distance(name)  # raises the error naming the valid choices
+    metric = _registered(name, draws, device)
+    if metric.info.family == "lpips":
+        return LPIPSDistance(metric.module)
+    if metric.info.family == "elpips":
+        return ELPIPSDistance(metric.module, samples=V.check_positive_int(draws, "draws"), seed=seed, shared=True)
     return None
 
 
@@ -108,8 +102,7 @@ class _Pairs:
     """sum over pairs of d(., .)^2 for a step, each image's trunk run once per step: ``fixed``
     images (no gradient; LPIPS features cached once) and the optimized ones. E-LPIPS runs its
     fused heads on the trunk layers directly (``ELPIPS.shared_pass``), under ``draws`` draws per
-    step shared by every image; other named distances through their features; 'l2' and callables
-    pair by pair."""
+    step shared by every image; the other names and callables pair by pair."""
 
     def __init__(self, distance, draws: int, seed: int, device) -> None:
         from .attacks.distances import ELPIPSDistance
@@ -271,9 +264,9 @@ def _optimize(params: torch.Tensor, loss_fn: Callable[[int], torch.Tensor], step
     return losses
 
 
-def barycenter(images: torch.Tensor, distance: Union[str, Distance] = "l2", *, steps: int = 1000, lr: float = 0.03,
-               inputs_per_step: Optional[int] = None, init: Union[str, torch.Tensor] = "noise", seed: int = 0,
-               draws: int = 1, progress: Optional[bool] = False) -> GeometryResult:
+def barycenter(images: torch.Tensor, distance: Union[str, Distance] = "euclidean", *, steps: int = 1000,
+               lr: float = 0.03, inputs_per_step: Optional[int] = None, init: Union[str, torch.Tensor] = "noise",
+               seed: int = 0, draws: int = 1, progress: Optional[bool] = False) -> GeometryResult:
     """argmin_x sum_i d(x, n_i)^2 for ``images`` (K, 3, H, W) in [0, 1], K >= 2. Each step takes
     ``inputs_per_step`` random inputs (None: all K, in one batched call; the release: 1) and one
     Adam step. ``init``: 'noise' (the release's), 'mean' (the pixel mean) or a start image.
@@ -310,7 +303,7 @@ def barycenter(images: torch.Tensor, distance: Union[str, Distance] = "l2", *, s
     return GeometryResult(x.detach(), losses)
 
 
-def geodesic(a: torch.Tensor, b: torch.Tensor, distance: Union[str, Distance] = "l2", *, frames: int = 8,
+def geodesic(a: torch.Tensor, b: torch.Tensor, distance: Union[str, Distance] = "euclidean", *, frames: int = 8,
              steps: int = 1000, lr: float = 0.03, init: str = "noise", seed: int = 0, draws: int = 1,
              progress: Optional[bool] = False) -> GeometryResult:
     """The discrete geodesic between images ``a`` and ``b`` ((3, H, W) or (1, 3, H, W) in [0, 1]):

@@ -29,7 +29,7 @@ from .nets.trunks import build_trunk
 from .nets.weights import WeightError, load_lin_weights, load_trunk_state, read_state_dict
 from .ops.head import lpips_head_map
 from .precision import resolve_dtype, warn_if_slow
-from .reference import normalize_channels, upsample, weighted_channel_sum
+from .reference import normalize_channels, normalize_channels_root, upsample, weighted_channel_sum
 
 logger = logging.getLogger("fastlpips")
 
@@ -406,11 +406,17 @@ class LPIPS(nn.Module):
         refs = [o[:r].permute(0, 2, 3, 1).index_select(0, index).permute(0, 3, 1, 2) for o in outs]
         return self._heads(refs, [o[r:] for o in outs], images.shape[2:], False)
 
-    def features(self, x: torch.Tensor, *, normalize: bool = False, name: str = "x") -> LPIPSFeatures:
-        """Channel-normalized trunk features of ``x`` (N, 3, H, W), to compare many times."""
+    def features(self, x: torch.Tensor, *, normalize: bool = False, name: str = "x",
+                 norm: str = "lpips") -> LPIPSFeatures:
+        """Channel-normalized trunk features of ``x`` (N, 3, H, W), to compare many times.
+        ``norm``: 'lpips' (``f / (||f|| + 1e-10)``, what ``forward`` computes) or 'torchmetrics'
+        (``f / sqrt(||f||^2 + 1e-8)``, torchmetrics' LPIPS; see ``fastlpips.torchmetrics``)."""
+        if norm not in ("lpips", "torchmetrics"):
+            raise ValueError(f"norm must be 'lpips' or 'torchmetrics', got {norm!r}")
         self._check(x, name, normalize)
         outs = self._trunk(self._trunk_input(x, normalize), self._needs_graph(x))
-        return LPIPSFeatures([normalize_channels(o) for o in outs], x.shape[2:], self._feature_source)
+        fn = normalize_channels if norm == "lpips" else normalize_channels_root
+        return LPIPSFeatures([fn(o) for o in outs], x.shape[2:], self._feature_source)
 
     def _check_features(self, f, name: str) -> None:
         """Features made by a model of this trunk and version (``LPIPSFeatures``, layer shapes)."""

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from .model import LPIPS
 
 __all__ = ["two_afc_scores", "voc_ap", "jnd_map", "score_2afc_dataset", "score_jnd_dataset", "score_2afc",
-           "score_jnd", "make_distance", "TripletDistance", "ScoreResult", "score_splits", "mean_score", "METRICS"]
+           "score_jnd", "make_distance", "TripletDistance", "ScoreResult", "score_splits", "mean_score"]
 
 log = logging.getLogger(__name__)
 
@@ -138,19 +138,17 @@ def score_jnd_dataset(data_loader, func: Callable, name: str = ""):
 
 
 # -- distances -----------------------------------------------------------------------------------------
-METRICS = ("alex", "vgg", "squeeze", "elpips", "elpips-squeeze", "l2", "dssim")
-
-
-def make_distance(metric: str = "alex", *, version: str = "0.1", lpips: bool = True,
-                  model_path: Optional[Union[str, os.PathLike]] = None, draws: int = 50,
-                  colorspace: str = "Lab", device: Union[str, torch.device, None] = None,
+def make_distance(metric: str = "lpips-alex", *, draws: int = 50, device: Union[str, torch.device, None] = None,
                   backend: Optional[str] = None, seed: int = 0, model: Optional[torch.nn.Module] = None,
-                  sampling: str = "iid") -> TripletDistance:
-    """A ``TripletDistance`` for ``metric``: 'alex' / 'vgg' / 'squeeze' (LPIPS; ``lpips=False``: the
-    uncalibrated baseline; ``model_path``: a checkpoint such as R-LPIPS'), 'elpips' / 'elpips-squeeze'
-    (E-LPIPS, the mean of ``draws`` samples per triplet, p0 and p1 under the same transformations and
-    dropout; draws from ``seed`` and the batch), 'l2' / 'dssim' (``colorspace`` 'Lab' or 'RGB', as
-    lpips' L2/DSSIM). ``model``: score this LPIPS or ELPIPS module instead of building one.
+                  sampling: str = "iid", **options) -> TripletDistance:
+    """A ``TripletDistance`` for ``metric``, a name of the metric registry (``fastlpips.list_metrics()``;
+    ``options``: the metric's, e.g. ``checkpoint`` for R-LPIPS or an LPIPS checkpoint, ``calibrated=False``
+    for LPIPS' uncalibrated baseline). LPIPS runs the reference's trunk once per triplet; E-LPIPS
+    ('elpips', 'elpips-squeeze') is the mean of ``draws`` samples per triplet, p0 and p1 under the
+    same transformations and dropout, the draws from ``seed`` and the batch; lpips' baselines
+    ('l2-lab', 'dssim', ...) score the [-1, 1] patches exactly as lpips does. A metric where higher
+    is better (PSNR, SSIM) scores as its negation, so a smaller distance is always the closer image.
+    ``model``: score this LPIPS or ELPIPS module instead of building one.
     E-LPIPS draws are a function of ``seed`` and the batch's reference images alone (their bytes
     seed the draw), never of the calls made before: a split scores the same alone or after another.
     ``sampling`` (E-LPIPS): 'iid' (the release's: ``draws`` i.i.d. samples) or 'stratified' (the
@@ -160,36 +158,29 @@ def make_distance(metric: str = "alex", *, version: str = "0.1", lpips: bool = T
         raise ValueError(f"sampling must be 'iid' or 'stratified', got {sampling!r}")
     draws = V.check_positive_int(draws, "draws")
     from .elpips import ELPIPS
+    from .metrics import create_metric, metric_info
 
-    if sampling != "iid" and (metric not in ("elpips", "elpips-squeeze") if model is None
-                              else not isinstance(model, ELPIPS)):
+    info = metric_info(metric) if model is None else None
+    is_elpips = isinstance(model, ELPIPS) if info is None else info.family == "elpips"
+    if sampling != "iid" and not is_elpips:
         raise ValueError(f"sampling={sampling!r} applies to E-LPIPS draws, not to metric {metric!r}")
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    if model is not None:
-        kind = "elpips" if isinstance(model, ELPIPS) else "lpips"
-    elif metric in ("alex", "vgg", "squeeze"):
-        from .model import LPIPS
-
-        kind = "lpips"
-        model = LPIPS(net=metric, version=version, lpips=lpips, model_path=model_path, backend=backend,
-                      verbose=False)
-    elif metric in ("elpips", "elpips-squeeze"):
-        kind = "elpips"
-        model = ELPIPS(net="vgg" if metric == "elpips" else "squeeze", n_samples=draws, backend=backend)
-    elif metric in ("l2", "dssim"):
-        from . import classic
-
-        if colorspace not in ("Lab", "RGB"):
-            raise ValueError(f"colorspace must be 'Lab' or 'RGB', got {colorspace!r}")
-        fn = classic.l2 if metric == "l2" else classic.dssim
-        return lambda ref, images: [fn(ref, x, colorspace=colorspace).reshape(-1) for x in images]
-    else:
-        raise ValueError(f"unknown metric {metric!r}; one of {', '.join(METRICS)}")
+    if info is not None:
+        if backend is not None:
+            options["backend"] = backend
+        if info.family == "elpips":
+            options["n_samples"] = draws
+        built = create_metric(metric, device=dev, **options)
+        if built.module is None:  # a functional metric on lpips' [-1, 1] patches
+            sign = 1.0 if info.lower_better else -1.0
+            return lambda ref, images: [sign * built.signed(ref, x) for x in images]
+        model = built.module
+    assert model is not None
     model = model.to(dev).eval()
-    if kind == "lpips":  # sampling is 'iid' here: 'stratified' was refused above for a non-E-LPIPS model
+    if not is_elpips:  # sampling is 'iid' here: 'stratified' was refused above for a non-E-LPIPS model
         lpips_model = cast("LPIPS", model)
         return lambda ref, images: [d.reshape(-1) for d in lpips_model.distances(ref, images)]
-    assert isinstance(model, ELPIPS)  # kind 'elpips': the ELPIPS given or built above
+    assert isinstance(model, ELPIPS)
     if sampling == "stratified" and model.transforms and draws < model.max_scale:
         raise ValueError(f"sampling='stratified' needs one draw per scale level: draws={draws} < {model.max_scale}")
     seed = V.check_seed(seed, allow_none=False)

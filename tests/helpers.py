@@ -8,11 +8,15 @@ import numpy as np
 import pytest
 import torch
 
+from fastlpips.elpips import ELPIPS
+from fastlpips.transforms import PERMUTATIONS, sample_batched, scale_probabilities
+
 SHARED = Path(os.environ.get("FASTLPIPS_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 # The reference packages the tests compare against (requirements-dev.txt): a test that needs one
 # skips where it is missing, but fails under CI (CI=true, .ci/run), which must run every comparison.
-REFERENCE_PACKAGES = ("lpips", "advex_uar", "recoloradv", "piq", "torchmetrics", "skimage", "torchvision", "dill",
+REFERENCE_PACKAGES = ("lpips", "advex_uar", "recoloradv", "piq", "torchmetrics", "pytorch_lightning", "skimage",
+                      "torchvision", "dill",
                       "tifffile", "cv2", "robustness")
 
 
@@ -27,6 +31,18 @@ def require(module: str, reason: str = ""):
             pytest.fail(f"CI must run this test: {module} is a test dependency (requirements-dev.txt) but cannot "
                         f"be imported ({e})")
     return pytest.importorskip(module, reason=reason or None)
+
+
+def torchrun(*args, nproc: int = 2, timeout: int = 600):
+    """``python -m torch.distributed.run --standalone --nproc-per-node 2 ARGS...`` (a script path, or
+    ``-m fastlpips ...``) offline with one thread per process; the finished CompletedProcess."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+           *[str(a) for a in args]]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "FASTLPIPS_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
 
 
 def shared_path(*parts) -> Path:
@@ -124,3 +140,44 @@ FP32_VS_FP32 = dict(rtol=1e-5, atol=1e-6)
 # Opt-in bf16 trunk (fp32 accumulation and result) vs the float32 model on real pairs: max relative
 # error of the distance (measured 0.3-0.5% for LPIPS; benchmarks/README.md reports it per size).
 BF16_DISTANCE_REL = 0.01
+
+
+# -- the E-LPIPS estimator's stand-in metric -----------------------------------------------------------
+# An ELPIPS module (random SqueezeNet, only for its configuration) whose ``sample_distances`` returns,
+# per pair, a product of factors of the sampled transformation times (1 + 0.2 noise) from the dropout
+# generator: its expectation is known exactly (``stand_in_truth``), whatever the sampling design.
+STAND_IN_PAIRS = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
+FLIP = torch.tensor([1.0, 1.3, 0.8, 1.1], dtype=torch.float64)
+PERM = torch.tensor([1.0, 1.2, 0.9, 1.1, 0.7, 1.4], dtype=torch.float64)
+LEVEL = torch.tensor([1.0, 0.6], dtype=torch.float64)
+_PERM_CODE = {tuple(p): k for k, p in enumerate(PERMUTATIONS.tolist())}
+
+
+def estimator_stand_in(pair_from_image: bool = False) -> ELPIPS:
+    """``pair_from_image``: pair i's factor is STAND_IN_PAIRS[k] for the reference whose pixels are
+    k / 10 (``stand_in_images``), so pairs can be scored in any batches; else the batch is the 3 pairs."""
+    m = ELPIPS(net="squeeze", pnet_rand=True, max_scale=2)
+
+    def sample_distances(images, reference, samples, *, generator=None, transforms=None, draw=None):
+        t = transforms if transforms is not None else sample_batched(
+            samples, reference.shape[0], generator=generator, max_scale=m.max_scale)
+        perm = torch.tensor([[_PERM_CODE[tuple(p)] for p in row] for row in t.perms.tolist()])
+        noise = torch.randn(t.samples, t.n, generator=generator, dtype=torch.float64)
+        pairs = STAND_IN_PAIRS[(reference[:, 0, 0, 0] * 10).round().long()] if pair_from_image else STAND_IN_PAIRS
+        d = (pairs * (1 + 0.3 * t.colors.double().mean(2)) * (1 + 0.1 * t.offsets[..., 0].double() / 7)
+             * FLIP[t.flips] * PERM[perm] * (1 + 0.05 * t.swap.double())[:, None] * LEVEL[t.scales - 1][:, None]
+             * (1 + 0.2 * noise))
+        return [d.float()]
+    m.sample_distances = sample_distances
+    return m
+
+
+def stand_in_truth():
+    p = scale_probabilities(2)
+    return (STAND_IN_PAIRS * (1 + 0.3 * 0.6) * (1 + 0.1 * 3.5 / 7) * FLIP.mean() * PERM.mean() * 1.025
+            * (p * LEVEL).sum())
+
+
+def stand_in_images() -> torch.Tensor:
+    """The 3 stand-in pairs' images for ``estimator_stand_in(pair_from_image=True)``: image k holds k / 10."""
+    return torch.arange(3, dtype=torch.float32).div(10).reshape(3, 1, 1, 1).expand(3, 3, 64, 64).contiguous()

@@ -23,12 +23,12 @@ from typing import List, Optional, Sequence
 
 from ..nets.weights import WeightError
 from ..utils import atomic_write
-from . import check, distances, evaluate, geometry, judgments, robust
+from . import check, distances, evaluate, geometry, judgments, metrics, robust
 from .common import CLIError, Picture, Result, check_device, check_output_path, render, same_file
 
 __all__ = ["main", "build_parser", "CLIError", "Result", "Picture", "render"]
 
-GROUPS = (distances, judgments, geometry, robust, evaluate, check)
+GROUPS = (distances, judgments, geometry, robust, evaluate, check, metrics)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +49,7 @@ def _validate(args) -> List[Path]:
     check_device(args.device)
     if getattr(args, "allow_other_data", False) and not args.resume:
         raise CLIError("--allow-other-data applies to --resume (a new run reads whatever data it is given)")
-    if args.command != "check" and args.batch_size < 1:
+    if getattr(args, "batch_size", None) is not None and args.batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
     return args.validate(args)
 

@@ -328,6 +328,24 @@ class Parents:
         self.lpips.add_argument("--batch-size", type=int, default=32, help="images per trunk pass (default 32)")
 
 
+def metric_name(text: str) -> str:
+    """An argparse type: a registry name or alias -> the registry's name (ArgumentTypeError names the
+    known ones, or the new name of an old one)."""
+    from ..metrics import resolve_name
+
+    try:
+        return resolve_name(text)
+    except (ValueError, TypeError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def metric_argument(s, flag: str, *, default: Optional[str] = None, what: str = "the metric") -> None:
+    """A metric option (``--metric``, ``--distance``) taking the registry's names and aliases
+    (``fastlpips metrics`` lists them)."""
+    s.add_argument(flag, default=default, type=metric_name, metavar="NAME",
+                   help=f"{what}: a name of `fastlpips metrics` ({default})")
+
+
 def families_argument(s) -> None:
     """--families: the E-LPIPS random families kept (an ablation)."""
     from ..transforms import FAMILIES

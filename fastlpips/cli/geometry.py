@@ -30,7 +30,8 @@ def register(sub, parents: C.Parents) -> None:
                            help="also save the chain as an H.264 video (needs imageio-ffmpeg)")
         s.add_argument("--save", required=True, metavar="OUT.png",
                        help="the barycenter" if name == "barycenter" else "the chain, ends included, side by side")
-        s.add_argument("--distance", default="elpips", choices=["elpips", "lpips", "lpips-vgg", "l2"])
+        C.metric_argument(s, "--distance", default="elpips",
+                          what="the distance (lower-better and differentiable: elpips, lpips-vgg, euclidean, ...)")
         s.add_argument("--steps", type=int, default=1000)
         s.add_argument("--lr", type=float, default=0.03)
         s.add_argument("--draws", type=int, default=1, help="E-LPIPS draws per distance per step (1, as the release)")

@@ -14,21 +14,18 @@ from . import common as C
 
 
 def register(sub, parents: C.Parents) -> None:
-    from ..scoring import METRICS
-
     for name, what in (("score-2afc", "2AFC agreement with human judgments"), ("score-jnd", "JND mAP")):
         s = sub.add_parser(name, parents=[parents.common, parents.progress],
                            help=f"{what} of a metric on BAPPS split folders (runs under torchrun too)")
         s.add_argument("dirs", nargs="+", metavar="DIR", help="split folders (e.g. dataset/2afc/val/cnn)")
-        s.add_argument("--metric", default="alex", choices=METRICS, help="LPIPS trunk, E-LPIPS, l2 or dssim (alex)")
-        s.add_argument("--version", default="0.1", choices=["0.1", "0.0"], help="LPIPS version (0.1)")
+        C.metric_argument(s, "--metric", default="lpips-alex")
         s.add_argument("--baseline", action="store_true", help="LPIPS without the calibrated lin layers")
-        s.add_argument("--model-path", help="an LPIPS checkpoint (e.g. R-LPIPS' latest_net_linf_x0.pth)")
+        s.add_argument("--model-path", help="an LPIPS checkpoint (e.g. R-LPIPS' latest_net_linf_x0.pth; "
+                       "required by --metric rlpips)")
         s.add_argument("--draws", type=int, default=50, help="E-LPIPS samples per item (50, as the paper)")
         s.add_argument("--sampling", default="iid", choices=["iid", "stratified"],
                        help="E-LPIPS draws: i.i.d. as the paper (default) or with the scale level stratified "
                             "(the same expectation; 20 stratified draws are about as precise as 50 i.i.d.)")
-        s.add_argument("--colorspace", default="Lab", choices=["Lab", "RGB"], help="for l2 and dssim (Lab)")
         s.add_argument("--batch-size", type=int, default=50, help="items per batch (50)")
         s.add_argument("--workers", type=int, default=0, help="data loader processes (0: read in this process)")
         s.add_argument("--seed", type=int, default=0, help="seed of the E-LPIPS draws (0)")
@@ -77,8 +74,15 @@ def validate_score(args) -> List[Path]:
         raise C.CLIError(f"--draws must be >= 1, got {args.draws}")
     if args.workers < 0:
         raise C.CLIError(f"--workers must be >= 0, got {args.workers}")
-    if args.model_path is not None and args.metric not in ("alex", "vgg", "squeeze"):
+    from ..metrics import metric_info
+
+    info = metric_info(args.metric)
+    if args.model_path is not None and info.family != "lpips":
         raise C.CLIError(f"--model-path is an LPIPS checkpoint; --metric {args.metric} does not read one")
+    if args.baseline and info.family != "lpips":
+        raise C.CLIError(f"--baseline is LPIPS without its calibrated weights; --metric {args.metric} has none")
+    if info.checkpoint == "required" and args.model_path is None:
+        raise C.CLIError(f"--metric {args.metric} needs --model-path (its checkpoint; nothing is downloaded)")
     for d in args.dirs:
         if not Path(d).is_dir():
             raise C.CLIError(f"{d}: no such split folder")
@@ -106,9 +110,11 @@ def run_score(args) -> C.Result:
 
     kind = "2afc" if args.command == "score-2afc" else "jnd"
     D.init_from_env(torch.device(args.device))
-    distance = make_distance(args.metric, version=args.version, lpips=not args.baseline, model_path=args.model_path,
-                             draws=args.draws, colorspace=args.colorspace, device=args.device, seed=args.seed,
-                             sampling=args.sampling)
+    options = {"checkpoint": args.model_path} if args.model_path else {}
+    if args.baseline:
+        options["calibrated"] = False
+    distance = make_distance(args.metric, draws=args.draws, device=args.device, seed=args.seed,
+                             sampling=args.sampling, **options)
     results = score_splits(distance, args.dirs, kind, batch_size=args.batch_size, workers=args.workers,
                            device=args.device, progress=args.progress)
     name = "2afc" if kind == "2afc" else "jnd_map"

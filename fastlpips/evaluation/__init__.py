@@ -5,7 +5,7 @@ folder, torchrun sharding, CSV/JSON); ``report``: the self-contained HTML report
 docstring for the details."""
 from .report import render_report
 from .run import CONFIG_FILE, RECORDS_DIR, evaluate, match_files, method_names
-from .specs import METRICS, EvaluationResult, Item, MetricSpec, parse_metric
+from .specs import EvaluationResult, Item, MetricSpec, parse_metric
 
-__all__ = ["METRICS", "MetricSpec", "parse_metric", "EvaluationResult", "evaluate", "match_files", "Item",
+__all__ = ["MetricSpec", "parse_metric", "EvaluationResult", "evaluate", "match_files", "Item",
            "method_names", "render_report", "CONFIG_FILE", "RECORDS_DIR"]

@@ -3,18 +3,19 @@
 ``evaluate(ref_dir, out_dirs, metrics, results_dir)`` compares every image of each output folder
 (a "method": a super-resolution model, a codec setting, ...) with the reference image of the same
 relative path (another image extension is accepted when the name is otherwise unique: ``a.png``
-vs ``a.jpg``), with any of ``METRICS``:
+vs ``a.jpg``), with any metric of the registry (``fastlpips.list_metrics()``):
 
 * ``psnr``, ``ssim``, ``ms-ssim``, ``gmsd``: ``fastlpips.iqa`` (the conventions of scikit-image,
-  piq and torchmetrics, checked against them in tests/test_iqa.py), on [0, 1] images.
-* ``lpips`` (= ``lpips-alex``), ``lpips-vgg``, ``lpips-squeeze``: LPIPS v0.1; ``lpips-alex=CKPT``
-  loads a checkpoint (``LPIPS(model_path=CKPT)``).
+  piq and torchmetrics, checked against them in tests/test_iqa.py), on [0, 1] images; lpips'
+  baselines (``l2-lab``, ``dssim``, ...) and ``euclidean`` likewise, through the registry.
+* ``lpips`` (= ``lpips-alex``), ``lpips-vgg``, ``lpips-squeeze`` and the ``-v0.0`` forms;
+  ``lpips-alex=CKPT`` loads a checkpoint (``LPIPS(model_path=CKPT)``).
 * ``rlpips=CKPT``: R-LPIPS, an AlexNet LPIPS checkpoint (the R-LPIPS release's format).
-* ``elpips``: E-LPIPS-VGG to a confidence interval (``elpips_estimate``'s default 'auto' design:
-  stratified scale levels, control variates, cost-aware allocation with the deterministic area cost
-  model as the chunk's seed asks; samples until the 95% half-width is below 2.5% of the mean and
-  below 0.01, at most ``elpips_samples``); the
-  columns ``elpips`` and ``elpips_ci`` (the half-width). Scale levels by the release's rule for the
+* ``elpips`` (and ``elpips-squeeze``): E-LPIPS-VGG to a confidence interval (``elpips_estimate``'s
+  default 'auto' design: stratified scale levels, control variates, cost-aware allocation with the
+  deterministic area cost model as the chunk's seed asks; samples until the 95% half-width is below
+  2.5% of the mean and below 0.01, at most ``elpips_samples``); the columns ``elpips`` and
+  ``elpips_ci`` (the half-width). Scale levels by the release's rule for the
   image size.
 
 Work plan and determinism: the (method, file) items are sorted by the reference's image size,
@@ -59,7 +60,6 @@ import numpy as np
 import torch
 
 from .. import distributed as D
-from .. import iqa
 from .. import validation as V
 from ..utils import IMAGE_EXTS, atomic_write, file_sha256, read_image_tensor
 from .specs import EvaluationResult, Item, MetricSpec, parse_metric
@@ -166,10 +166,9 @@ class _Metrics:
         if key not in self._models:
             from ..model import LPIPS
 
-            assert spec.net is not None  # every LPIPS metric of METRICS names its network
             try:
                 # check_inputs=False: images decoded from files are finite and in [0, 1] by construction
-                m = LPIPS(net=spec.net, model_path=spec.path, spatial=spatial, verbose=False, check_inputs=False)
+                m = LPIPS(**spec.params, model_path=spec.path, spatial=spatial, verbose=False, check_inputs=False)
                 self._models[key] = m.requires_grad_(False).to(self.device)
             except Exception as e:  # a bad checkpoint: the same error for every batch, without rereading it
                 self._models[key] = e
@@ -178,12 +177,21 @@ class _Metrics:
             raise model
         return model
 
-    def elpips(self, levels: int):
-        key = ("elpips", levels)
+    def elpips(self, spec: MetricSpec, levels: int):
+        key = (spec.key, levels)
         if key not in self._models:
             from ..elpips import ELPIPS
 
-            self._models[key] = ELPIPS(max_scale=levels, device=self.device)
+            self._models[key] = ELPIPS(**spec.params, max_scale=levels, device=self.device)
+        return self._models[key]
+
+    def score(self, spec: MetricSpec):
+        """The registry's metric (built once): ``metric(outputs, references)`` -> (N,)."""
+        key = (spec.key, "score")
+        if key not in self._models:
+            from ..metrics import create_metric
+
+            self._models[key] = create_metric(spec.key, device=self.device)
         return self._models[key]
 
     def compute(self, spec: MetricSpec, refs: torch.Tensor, outs: torch.Tensor, idx: torch.Tensor,
@@ -196,11 +204,10 @@ class _Metrics:
             from ..estimator import elpips_estimate
 
             levels = scale_levels_for_size(*outs.shape[2:])
-            est = elpips_estimate(outs, refs[idx], metric=self.elpips(levels), seed=seed,
+            est = elpips_estimate(outs, refs[idx], metric=self.elpips(spec, levels), seed=seed,
                                   max_samples=self.elpips_samples, min_samples=min(10, self.elpips_samples))
             return {spec.key: est.mean, spec.key + "_ci": est.half_width}
-        fn = {"psnr": iqa.psnr, "ssim": iqa.ssim, "ms-ssim": iqa.ms_ssim, "gmsd": iqa.gmsd}[spec.kind]
-        return {spec.key: fn(outs, refs[idx])}
+        return {spec.key: self.score(spec)(outs, refs[idx])}
 
     def heatmap(self, spec: Optional[MetricSpec], ref: torch.Tensor, out: torch.Tensor) -> np.ndarray:
         """An (H, W) map of where ``out`` differs from ``ref``: the LPIPS distance map of ``spec``
@@ -396,7 +403,7 @@ def evaluate(ref_dir: PathLike, out_dirs: Sequence[PathLike], metrics: Iterable[
              elpips_samples: int = 200, seed: int = 0, restart: bool = False, report: bool = True,
              worst: int = 6, progress: Optional[Callable[[int], None]] = None,
              total: Optional[Callable[[int], None]] = None) -> EvaluationResult:
-    """Evaluate ``out_dirs`` against ``ref_dir`` with ``metrics`` (names of ``METRICS``, see
+    """Evaluate ``out_dirs`` against ``ref_dir`` with ``metrics`` (registry names, see
     ``parse_metric``), writing ``results_dir/results.csv``, ``results.json`` and (``report``)
     ``report.html`` with the ``worst`` images per method. ``progress(n)`` is called after each
     chunk with its number of items; ``total(n)`` once with the number of items to compute here.

@@ -6,34 +6,24 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-__all__ = ["METRICS", "MetricSpec", "parse_metric", "Item", "EvaluationResult"]
+__all__ = ["MetricSpec", "parse_metric", "Item", "EvaluationResult"]
 
 PathLike = Union[str, os.PathLike]
 
-# name -> (kind, net, needs a checkpoint, higher is better)
-METRICS: Dict[str, Tuple[str, Optional[str], Optional[bool], bool]] = {
-    "psnr": ("psnr", None, None, True),
-    "ssim": ("ssim", None, None, True),
-    "ms-ssim": ("ms-ssim", None, None, True),
-    "gmsd": ("gmsd", None, None, False),
-    "lpips": ("lpips", "alex", False, False),
-    "lpips-alex": ("lpips", "alex", False, False),
-    "lpips-vgg": ("lpips", "vgg", False, False),
-    "lpips-squeeze": ("lpips", "squeeze", False, False),
-    "rlpips": ("lpips", "alex", True, False),
-    "elpips": ("elpips", "vgg", None, False),
-}
 CONFIG_FILE = "evaluation.json"
 RECORDS_DIR = "records"
 
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """A metric of the evaluation: ``key`` is its column (``elpips`` adds ``elpips_ci``)."""
+    """A metric of the evaluation, a name of the metric registry (``fastlpips.list_metrics()``):
+    ``key`` is its column (``elpips`` adds ``elpips_ci``); ``kind`` 'lpips' (one trunk pass per
+    reference, distance maps), 'elpips' (to a confidence interval) or 'score' (the registry's
+    metric on the [0, 1] images); ``path`` an LPIPS checkpoint."""
 
     key: str
     kind: str
@@ -50,27 +40,34 @@ class MetricSpec:
         """Whether the metric has a distance map (the report's heat maps)."""
         return self.kind == "lpips"
 
+    @property
+    def params(self) -> Dict[str, Any]:
+        """The LPIPS / E-LPIPS module's arguments (net, version) from the registry."""
+        from ..metrics import metric_info
+
+        return dict(metric_info(self.key).params)
+
 
 def parse_metric(text: str) -> MetricSpec:
-    """``'psnr'``, ``'lpips-vgg'``, ``'lpips-alex=ckpt.pth'``, ``'rlpips=ckpt.pth'``, ... -> MetricSpec.
-    ValueError names the problem (unknown name, missing or unexpected checkpoint, missing file)."""
+    """A registry name (``'psnr'``, ``'lpips-vgg'``, ...), with ``=CHECKPOINT`` for the LPIPS metrics
+    (``'lpips-alex=ckpt.pth'``; ``'rlpips=ckpt.pth'`` needs one) -> MetricSpec. ValueError names the
+    problem (unknown name with the known ones, missing or unexpected checkpoint, missing file)."""
+    from ..metrics import metric_info
+
     name, eq, arg = str(text).strip().partition("=")
-    name = name.strip().lower()
-    if name not in METRICS:
-        raise ValueError(f"unknown metric {text!r}; known: {', '.join(METRICS)} (rlpips and lpips-NET take "
-                         f"=CHECKPOINT)")
-    kind, net, ckpt, higher = METRICS[name]
+    info = metric_info(name)
     arg = arg.strip()
-    if ckpt is None and eq:
-        raise ValueError(f"metric {name} takes no argument, got {text!r}")
+    if info.checkpoint == "none" and eq:
+        raise ValueError(f"metric {info.name} takes no argument, got {text!r}")
     if eq and not arg:
-        raise ValueError(f"metric {text!r}: '=' without a checkpoint path (write {name}=PATH, or leave '=' out)")
-    if ckpt and not arg:
-        raise ValueError(f"metric {name} needs a checkpoint: {name}=PATH (an LPIPS state dict, e.g. R-LPIPS' release)")
+        raise ValueError(f"metric {text!r}: '=' without a checkpoint path (write {info.name}=PATH, or leave '=' out)")
+    if info.checkpoint == "required" and not arg:
+        raise ValueError(f"metric {info.name} needs a checkpoint: {info.name}=PATH (an LPIPS state dict, e.g. "
+                         f"R-LPIPS' release)")
     if arg and not Path(arg).is_file():
-        raise ValueError(f"metric {name}: checkpoint {arg} does not exist")
-    key = "lpips-alex" if name == "lpips" else name
-    return MetricSpec(key, kind, net, arg or None, higher)
+        raise ValueError(f"metric {info.name}: checkpoint {arg} does not exist")
+    kind = info.family if info.family in ("lpips", "elpips") else "score"
+    return MetricSpec(info.name, kind, info.params.get("net"), arg or None, info.higher_better)
 
 
 @dataclass(frozen=True)

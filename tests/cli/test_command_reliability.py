@@ -652,7 +652,7 @@ def test_a_failed_picture_is_named(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(Image.Image, "save", no_gif)
     gif = tmp_path / "chain.gif"
-    code = cli.main(["geodesic", str(a), str(b), "--distance", "l2", "--steps", "2", "--frames", "2",
+    code = cli.main(["geodesic", str(a), str(b), "--distance", "euclidean", "--steps", "2", "--frames", "2",
                      "--save", str(tmp_path / "chain.png"), "--gif", str(gif)])
     err = capsys.readouterr().err
     assert code == 1

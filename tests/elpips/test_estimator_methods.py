@@ -16,39 +16,13 @@ import torch
 from fastlpips import ELPIPS, elpips_estimate
 from fastlpips.estimator import _cost_aware, _cv_level, _t_quantile, stratified_mean
 from fastlpips.transforms import (
-    PERMUTATIONS,
     SobolTransformSampler,
     control_features,
     sample_batched,
-    scale_probabilities,
 )
-
-PAIRS = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
-FLIP = torch.tensor([1.0, 1.3, 0.8, 1.1], dtype=torch.float64)
-PERM = torch.tensor([1.0, 1.2, 0.9, 1.1, 0.7, 1.4], dtype=torch.float64)
-LEVEL = torch.tensor([1.0, 0.6], dtype=torch.float64)
-_PERM_CODE = {tuple(p): k for k, p in enumerate(PERMUTATIONS.tolist())}
-
-
-def _stand_in():
-    m = ELPIPS(net="squeeze", pnet_rand=True, max_scale=2)
-
-    def sample_distances(images, reference, samples, *, generator=None, transforms=None, draw=None):
-        t = transforms if transforms is not None else sample_batched(
-            samples, reference.shape[0], generator=generator, max_scale=m.max_scale)
-        perm = torch.tensor([[_PERM_CODE[tuple(p)] for p in row] for row in t.perms.tolist()])
-        noise = torch.randn(t.samples, t.n, generator=generator, dtype=torch.float64)
-        d = (PAIRS * (1 + 0.3 * t.colors.double().mean(2)) * (1 + 0.1 * t.offsets[..., 0].double() / 7)
-             * FLIP[t.flips] * PERM[perm] * (1 + 0.05 * t.swap.double())[:, None] * LEVEL[t.scales - 1][:, None]
-             * (1 + 0.2 * noise))
-        return [d.float()]
-    m.sample_distances = sample_distances
-    return m
-
-
-def _truth():
-    p = scale_probabilities(2)
-    return PAIRS * (1 + 0.3 * 0.6) * (1 + 0.1 * 3.5 / 7) * FLIP.mean() * PERM.mean() * 1.025 * (p * LEVEL).sum()
+from helpers import STAND_IN_PAIRS as PAIRS
+from helpers import estimator_stand_in as _stand_in
+from helpers import stand_in_truth as _truth
 
 
 def test_t_quantile_matches_scipy():

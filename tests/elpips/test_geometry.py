@@ -21,18 +21,18 @@ def test_release_lr_schedule():
 def test_l2_barycenter_is_the_pixel_mean():
     g = torch.Generator().manual_seed(0)
     images = torch.rand(5, 3, 12, 12, generator=g)
-    r = geometry.barycenter(images, "l2", steps=1500)
+    r = geometry.barycenter(images, "euclidean", steps=1500)
     torch.testing.assert_close(r.images, images.mean(0, keepdim=True), rtol=0, atol=1e-5)
     assert r.losses[-1] < r.losses[0]
     # the release's one random input per step still lands near the mean (a stochastic estimate)
-    s = geometry.barycenter(images, "l2", steps=1500, inputs_per_step=1, seed=1)
+    s = geometry.barycenter(images, "euclidean", steps=1500, inputs_per_step=1, seed=1)
     assert float((s.images - images.mean(0, keepdim=True)).abs().mean()) < 0.05
 
 
 def test_l2_geodesic_is_the_cross_fade():
     g = torch.Generator().manual_seed(1)
     a, b = torch.rand(3, 12, 12, generator=g), torch.rand(3, 12, 12, generator=g)
-    r = geometry.geodesic(a, b, "l2", frames=4, steps=1500)
+    r = geometry.geodesic(a, b, "euclidean", frames=4, steps=1500)
     w = torch.arange(6, dtype=torch.float32).view(-1, 1, 1, 1) / 5
     torch.testing.assert_close(r.images, (1 - w) * a + w * b, rtol=0, atol=1e-5)
     assert torch.equal(r.images[0], a) and torch.equal(r.images[-1], b)
@@ -72,8 +72,12 @@ def test_bad_inputs():
         geometry.geodesic(x[0], torch.rand(3, 8, 8))
     with pytest.raises(ValueError, match="frames must be an int >= 1"):
         geometry.geodesic(x[0], x[1], frames=0)
-    with pytest.raises(ValueError, match="distance must be"):
+    with pytest.raises(ValueError, match="distance 'ssim' cannot be minimized: higher is better"):
         geometry.barycenter(x, "ssim")
+    with pytest.raises(ValueError, match="distance 'l2-lab' cannot be minimized: it is piecewise constant"):
+        geometry.barycenter(x, "l2-lab")
+    with pytest.raises(ValueError, match="'l2' is ambiguous"):
+        geometry.barycenter(x, "l2")
     with pytest.raises(ValueError, match="init must be"):
         geometry.geodesic(x[0], x[1], init="mean")
 
@@ -97,13 +101,13 @@ def test_cli_barycenter_and_geodesic(tmp_path):
 
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "fastlpips", *map(str, args)], capture_output=True, text=True)
-    p = cli("barycenter", *paths, "--distance", "l2", "--steps", "1500", "--save", tmp_path / "b.png",
+    p = cli("barycenter", *paths, "--distance", "euclidean", "--steps", "1500", "--save", tmp_path / "b.png",
             "--grid", tmp_path / "grid.png", "--format", "csv")
     assert p.returncode == 0, p.stderr
     got = np.asarray(Image.open(tmp_path / "b.png")).astype(float)
     assert np.abs(got - np.mean(arrays, axis=0)).max() <= 1.0
     assert Image.open(tmp_path / "grid.png").size == (48, 12)
-    p = cli("geodesic", paths[0], paths[1], "--distance", "l2", "--frames", "3", "--steps", "800",
+    p = cli("geodesic", paths[0], paths[1], "--distance", "euclidean", "--frames", "3", "--steps", "800",
             "--save", tmp_path / "g.png", "--gif", tmp_path / "g.gif", "--mp4", tmp_path / "g.mp4")
     assert p.returncode == 0, p.stderr
     assert Image.open(tmp_path / "g.png").size == (60, 12)
@@ -128,7 +132,8 @@ def test_cli_barycenter_and_geodesic(tmp_path):
                       (("geodesic", paths[0], paths[1], "--save", paths[0]), "input")):
         p = cli(*args)
         assert p.returncode == 1 and msg in p.stderr, (args, p.stderr)
-    p = cli("geodesic", paths[0], paths[1], "--families", "flip", "--distance", "l2", "--save", tmp_path / "x.png")
+    p = cli("geodesic", paths[0], paths[1], "--families", "flip", "--distance", "euclidean", "--save",
+            tmp_path / "x.png")
     assert p.returncode == 1 and "--families applies to --distance elpips" in p.stderr, p.stderr
     p = cli("elpips", paths[0], paths[1], "--families", "flip,colour")
     assert p.returncode == 2 and "unknown E-LPIPS transform families ['colour']" in p.stderr, p.stderr

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from fastlpips import bapps, scoring
-from helpers import model_pair, require
+from helpers import model_pair, require, torchrun
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -181,12 +181,19 @@ def test_elpips_and_classic_distances_score(synth):
     torch.testing.assert_close(d0, samples[0].mean(0).to(d0.dtype), rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(d1, samples[1].mean(0).to(d1.dtype), rtol=1e-6, atol=1e-7)
     assert not torch.equal(d0, d1)
-    for name in ("l2", "dssim"):
-        pytest.importorskip("fastlpips.classic")
+    for name in ("l2-lab", "dssim", "l2-rgb", "euclidean", "psnr", "ssim"):
         r = scoring.score_2afc(scoring.make_distance(name), roots, batch_size=16, progress=False)
         assert 0.5 < r.score <= 1.0, (name, r.score)
+    # lpips' baselines score the [-1, 1] patches as lpips.L2 / lpips.DSSIM do; higher-better metrics negated
+    from fastlpips import classic, iqa
+
+    ref, p0 = torch.rand(2, 3, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    assert torch.equal(scoring.make_distance("l2-lab")(ref, [p0])[0], classic.l2(ref, p0, "Lab"))
+    torch.testing.assert_close(scoring.make_distance("psnr")(ref, [p0])[0], -iqa.psnr((ref + 1) / 2, (p0 + 1) / 2))
     with pytest.raises(ValueError, match="unknown metric 'nope'"):
         scoring.make_distance("nope")
+    with pytest.raises(ValueError, match="unknown metric 'alex': its name is 'lpips-alex'"):
+        scoring.make_distance("alex")
 
 
 def test_elpips_stratified_sampling_scores(synth):
@@ -205,8 +212,8 @@ def test_elpips_stratified_sampling_scores(synth):
     assert np.isfinite(first.distances["d0"]).all() and (first.distances["d0"] > 0).all()
     with pytest.raises(ValueError, match="needs one draw per scale level: draws=1 < 2"):
         scoring.make_distance(model=metric, draws=1, sampling="stratified")
-    with pytest.raises(ValueError, match="applies to E-LPIPS draws, not to metric 'alex'"):
-        scoring.make_distance("alex", sampling="stratified")
+    with pytest.raises(ValueError, match="applies to E-LPIPS draws, not to metric 'lpips-alex'"):
+        scoring.make_distance("lpips-alex", sampling="stratified")
     with pytest.raises(ValueError, match="sampling must be"):
         scoring.make_distance(model=metric, sampling="qmc")
 
@@ -332,10 +339,8 @@ def test_torchrun_two_processes_give_the_one_process_score(synth, tmp_path):
     one, two = tmp_path / "one.json", tmp_path / "two.json"
     proc = _cli(["score-2afc", *roots, "--no-progress", "--format", "json", "-o", str(one), "--batch-size", "5"])
     assert proc.returncode == 0, proc.stderr
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "fastlpips",
-           "score-2afc", *roots, "--no-progress", "--format", "json", "-o", str(two), "--batch-size", "5"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "FASTLPIPS_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    proc = torchrun("-m", "fastlpips", "score-2afc", *roots, "--no-progress", "--format", "json", "-o", two,
+                    "--batch-size", "5")
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
     assert [r["items"] for r in b["results"]] == [15, 15]
@@ -371,10 +376,7 @@ def test_torchrun_ranks_share_the_items(synth, tmp_path):
     script = tmp_path / "share.py"
     script.write_text(_RANK_SHARE)
     root = synth["2afc/val"][0]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
-           str(tmp_path / "seen"), root]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "FASTLPIPS_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    proc = torchrun(script, tmp_path / "seen", root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f"seen.{k}.json").read_text()) for k in (0, 1))
     from fastlpips.bapps import TwoAFCDataset

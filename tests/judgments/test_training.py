@@ -1,8 +1,5 @@
 """lpips' trainer semantics (ranking head, BCE, Adam, clamp, dropout order, lr schedule),
 checkpoints and resume, R-LPIPS' attack and adversarial training, on a generated BAPPS-layout set."""
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -10,7 +7,7 @@ import torch
 
 import fastlpips
 from fastlpips import bapps, scoring, training
-from helpers import model_pair, require
+from helpers import model_pair, require, torchrun
 
 
 @pytest.fixture(scope="module")
@@ -164,11 +161,8 @@ def test_torchrun_training_resumes_to_the_uninterrupted_weights(synth, tmp_path)
     """2 processes (gloo, DistributedDataParallel): a run split by --stop-after 1 and --resume ends
     with the weights of the uninterrupted run; rank 0 alone writes the files."""
     def run(out, *extra):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
-               "fastlpips", "train", *synth["2afc/train"], "--out-dir", str(out), "--epochs", "1",
-               "--decay-epochs", "1", "--batch-size", "10", "--no-progress", *extra]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
-                              env={**os.environ, "FASTLPIPS_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+        proc = torchrun("-m", "fastlpips", "train", *synth["2afc/train"], "--out-dir", out, "--epochs", "1",
+                        "--decay-epochs", "1", "--batch-size", "10", "--no-progress", *extra, timeout=900)
         assert proc.returncode == 0, proc.stderr[-3000:]
 
     run(tmp_path / "full")

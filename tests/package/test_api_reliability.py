@@ -264,7 +264,7 @@ def test_geometry_takes_lpips_shaped_distances():
 ])
 def test_barycenter_arguments(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match) as e:
-        geometry.barycenter(_imgs(), "l2", steps=2, **kwargs)
+        geometry.barycenter(_imgs(), "euclidean", steps=2, **kwargs)
     assert _raised_by_fastlpips(e)
 
 
@@ -275,7 +275,7 @@ def test_geometry_stops_on_a_nan_distance_and_names_small_images():
         geometry.barycenter(_imgs(size=16), "lpips", steps=1)
     assert _raised_by_fastlpips(e)
     with pytest.raises(ValueError, match="init must be 'noise' or 'linear'"):
-        geometry.geodesic(_imgs()[0], _imgs()[1], "l2", init="zeros", steps=1)
+        geometry.geodesic(_imgs()[0], _imgs()[1], "euclidean", init="zeros", steps=1)
 
 
 # -- 7. training, PAT, estimator, evaluation --------------------------------------------------------------
@@ -357,16 +357,16 @@ _API = [
     ("iqa.ms_ssim(weights)", lambda v: iqa.ms_ssim(_X, _X, weights=v), "weights"),
     ("classic.l2(in0)", lambda v: classic.l2(v, _X), "in0"),
     ("classic.dssim(colorspace)", lambda v: classic.dssim(_X, _X, colorspace=v), "colorspace"),
-    ("scoring.make_distance(draws)", lambda v: scoring.make_distance("l2", draws=v), "draws"),
+    ("scoring.make_distance(draws)", lambda v: scoring.make_distance("l2-lab", draws=v), "draws"),
     ("scoring.make_distance(metric)", lambda v: scoring.make_distance(v), "metric"),
     ("robust.parse_attack_spec", lambda v: robust.parse_attack_spec(v), "spec|attack"),
     ("robust.evaluate_robustness(iterations)",
      lambda v: robust.evaluate_robustness(_Fixed(), _Data(2), ["linf"], iterations=v, progress=False), "iterations"),
     ("robust.evaluate_robustness(seed)",
      lambda v: robust.evaluate_robustness(_Fixed(), _Data(2), ["linf"], seed=v, progress=False), "seed"),
-    ("geometry.barycenter(steps)", lambda v: geometry.barycenter(_imgs(), "l2", steps=v), "steps"),
-    ("geometry.geodesic(frames)", lambda v: geometry.geodesic(_imgs()[0], _imgs()[1], "l2", frames=v), "frames"),
-    ("geometry.barycenter(images)", lambda v: geometry.barycenter(v, "l2", steps=1), "images"),
+    ("geometry.barycenter(steps)", lambda v: geometry.barycenter(_imgs(), "euclidean", steps=v), "steps"),
+    ("geometry.geodesic(frames)", lambda v: geometry.geodesic(_imgs()[0], _imgs()[1], "euclidean", frames=v), "frames"),
+    ("geometry.barycenter(images)", lambda v: geometry.barycenter(v, "euclidean", steps=1), "images"),
     ("estimator.elpips_estimate(max_samples)",
      lambda v: estimator.elpips_estimate(_X, _X, max_samples=v, metric=_elpips()), "max_samples"),
     ("evaluation.parse_metric", lambda v: evaluation.parse_metric(v), "metric"),
@@ -380,7 +380,7 @@ _API = [
      "y"),
     ("losses.LPIPSLoss(x)", lambda v: _model("lpipsloss", lambda: losses.LPIPSLoss(net="alex", pnet_rand=True))(v, _X),
      "x"),
-    ("scoring.score_2afc(batch_size)", lambda v: scoring.score_2afc(scoring.make_distance("l2"), [], batch_size=v),
+    ("scoring.score_2afc(batch_size)", lambda v: scoring.score_2afc(scoring.make_distance("l2-lab"), [], batch_size=v),
      "batch_size"),
     ("scoring.two_afc_scores(judge)", lambda v: scoring.two_afc_scores([0.1, 0.2], [0.2, 0.1], v), "judge"),
     ("robust.union_accuracy(correct)", lambda v: robust.union_accuracy(v, ["linf"]), "correct"),

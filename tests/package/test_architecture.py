@@ -18,7 +18,7 @@ LAYERS = [
               "fastlpips.classic", "fastlpips.imagefolder", "fastlpips.iqa", "fastlpips.runs"]),
     ("ops", ["fastlpips.ops", "fastlpips._backend"]),
     ("metrics", ["fastlpips.model", "fastlpips.elpips", "fastlpips.estimator", "fastlpips.functional",
-                 "fastlpips.losses"]),
+                 "fastlpips.losses", "fastlpips.metrics", "fastlpips.torchmetrics"]),
     ("attacks/trainers/tools", ["fastlpips.attacks", "fastlpips.selfcheck", "fastlpips.scoring",
                                 "fastlpips.training", "fastlpips.pat", "fastlpips.robust",
                                 "fastlpips.geometry", "fastlpips.evaluation"]),
