@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from . import validation as V
 from .utils import CheckedDataLoader, read_image
 
 __all__ = ["TwoAFCDataset", "JNDDataset", "bapps_loader", "load_patch", "make_synthetic_bapps", "IMAGE_EXTENSIONS",
@@ -131,8 +132,7 @@ class _BAPPSDataset(Dataset):
     what = ""
 
     def __init__(self, roots: Union[PathLike, Sequence[PathLike]], load_size: int = 64) -> None:
-        if not isinstance(load_size, int) or load_size < 1:
-            raise ValueError(f"load_size must be a positive int, got {load_size!r}")
+        load_size = V.check_positive_int(load_size, "load_size")
         self.roots = [str(r) for r in ([roots] if isinstance(roots, (str, os.PathLike)) else roots)]
         self.load_size = load_size
         self.paths = dict(zip(self.kinds, _triplets(self.roots, self.kinds, self.label, self.what)))
@@ -183,10 +183,8 @@ def bapps_loader(dataset: Dataset, batch_size: int = 50, *, shuffle: bool = Fals
     ``device`` is a GPU, and under torch.distributed (``distributed=None``: when a process group is
     initialized) a ``DistributedSampler`` giving each rank its share (shuffled with ``seed`` when
     ``shuffle``; call ``loader.sampler.set_epoch(e)`` per epoch)."""
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if not isinstance(workers, int) or workers < 0:
-        raise ValueError(f"workers must be an int >= 0, got {workers!r}")
+    batch_size = V.check_positive_int(batch_size, "batch_size")
+    workers = V.check_positive_int(workers, "workers", minimum=0)
     if distributed is None:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     sampler: Optional[torch.utils.data.Sampler] = None

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from . import validation as V
 from .bapps import _PHOTOS, IMAGE_EXTENSIONS, _photos
 from .utils import read_image
 
@@ -51,8 +52,8 @@ class ImageFolder(Dataset):
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"image folder {root} does not exist or is not a directory")
-        if size is not None and not (isinstance(size, int) and size >= 1):
-            raise ValueError(f"size must be a positive int or None, got {size!r}")
+        if size is not None:
+            size = V.check_positive_int(size, "size")
         exts = tuple(e.lower() for e in extensions)
         self.root, self.size = root, size
         self.classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -101,8 +102,7 @@ def make_example_folder(root: PathLike, *, train_per_class: int = 200, val_per_c
     from PIL import Image
 
     for name, v in (("train_per_class", train_per_class), ("val_per_class", val_per_class), ("size", size)):
-        if not (isinstance(v, int) and v >= 1):
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
+        V.check_positive_int(v, name)
     root = Path(root)
     g = np.random.default_rng(seed)
     for photo, name in zip(_photos(), EXAMPLE_CLASSES):

@@ -89,12 +89,10 @@ class PATConfig:
 def _check_config(cfg: PATConfig) -> None:
     for name in ("epochs", "batch_size"):
         v = getattr(cfg, name)
-        if not (isinstance(v, int) and v >= 1):
-            raise ValueError(f"PATConfig.{name} must be a positive int, got {v!r}")
+        V.check_positive_int(v, f"PATConfig.{name}")
     for name in ("warmup_epochs", "checkpoint_every", "workers"):
         v = getattr(cfg, name)
-        if not (isinstance(v, int) and v >= 0):
-            raise ValueError(f"PATConfig.{name} must be an int >= 0, got {v!r}")
+        V.check_positive_int(v, f"PATConfig.{name}", minimum=0)
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise ValueError(f"PATConfig.lr must be a finite number > 0, got {cfg.lr!r}")
     if cfg.clip_grad is not None and not (math.isfinite(cfg.clip_grad) and cfg.clip_grad > 0):

@@ -28,7 +28,6 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
@@ -39,7 +38,7 @@ from torch import nn
 from . import distributed as D
 from .attacks.threat import ThreatAttack
 from .utils import CheckedDataLoader
-from .validation import check_logits
+from .validation import check_logits, parse_fraction
 
 __all__ = ["NARROW", "PERCEPTUAL", "DEFAULT_BOUNDS", "PAPER_EVALUATION", "parse_attack_spec", "make_attack",
            "make_distance", "union_accuracy", "unseen_mean", "RobustResult", "evaluate_robustness",
@@ -69,13 +68,8 @@ class AttackSpec:
 
 
 def _number(text: str, spec: str) -> float:
-    try:
-        v = float(Fraction(text.strip()))
-    except (ValueError, ZeroDivisionError):
-        raise ValueError(f"attack {spec!r}: bound {text!r} is not a number (e.g. 0.5 or 8/255)") from None
-    except OverflowError:
-        raise ValueError(f"attack {spec!r}: bound {text!r} is not a finite number") from None
-    if not (math.isfinite(v) and v > 0):
+    v = parse_fraction(text, f"attack {spec!r}: bound")
+    if not v > 0:
         raise ValueError(f"attack {spec!r}: bound must be > 0, got {v}")
     return v
 
@@ -120,10 +114,13 @@ def make_distance(kind: Optional[str], model: nn.Module, layers: Optional[Sequen
     ResNet stages layer1..layer4)."""
     from .attacks.distances import ClassifierFeatureDistance, LPIPSDistance
 
-    if kind == "alexnet":
+    if kind == "alexnet":  # the registry's LPIPS-AlexNet with unit channel weights
+        from .metrics import create_metric
         from .model import LPIPS
 
-        return LPIPSDistance(LPIPS(net="alex", lpips=False, verbose=False), calibrated=False)
+        lpips = create_metric("lpips-alex", calibrated=False).module
+        assert isinstance(lpips, LPIPS)  # the registry's LPIPS family holds an LPIPS module
+        return LPIPSDistance(lpips, calibrated=False)
     if kind == "self":
         from .nets.classifiers import SELF_BOUND_LAYERS
 

@@ -416,12 +416,10 @@ def _lr(cfg: TrainConfig, epoch: int) -> float:
 def _check_config(cfg: TrainConfig) -> None:
     for name in ("epochs", "decay_epochs"):
         v = getattr(cfg, name)
-        if not isinstance(v, int) or v < 0:
-            raise ValueError(f"TrainConfig.{name} must be an int >= 0, got {v!r}")
+        V.check_positive_int(v, f"TrainConfig.{name}", minimum=0)
     if cfg.epochs + cfg.decay_epochs < 1:
         raise ValueError("TrainConfig: epochs + decay_epochs must be >= 1")
-    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
-        raise ValueError(f"TrainConfig.batch_size must be a positive int, got {cfg.batch_size!r}")
+    V.check_positive_int(cfg.batch_size, "TrainConfig.batch_size")
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
         raise ValueError(f"TrainConfig.lr must be a finite number > 0, got {cfg.lr!r}")
     if cfg.adversarial is not None and cfg.adversarial.target not in ATTACK_TARGETS:

@@ -157,6 +157,22 @@ def check_positive_int(value: object, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
+def parse_fraction(text: str, name: str) -> float:
+    """A number written as a decimal or a fraction ('0.03', '8/255', '1e-3') -> a finite float;
+    ValueError naming ``name`` otherwise (the one parser of the commands' radii and attack bounds)."""
+    from fractions import Fraction
+
+    try:
+        value = float(Fraction(str(text).strip()))
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"{name} {text!r} is not a number or fraction (e.g. 0.5 or 8/255)") from None
+    except OverflowError:
+        raise ValueError(f"{name} {text!r} is not a finite number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{name} {text!r} is not a finite number")
+    return value
+
+
 def unit_range_hint(mn: float, mx: float) -> str:
     """Why [0, 1] images are out of range, from the observed extremes."""
     if mx > 2:

@@ -249,14 +249,13 @@ def same_size_images(paths) -> torch.Tensor:
 
 
 def parse_eps(text: str) -> float:
-    """'8/255' or '0.03' -> float (argparse type)."""
+    """'8/255' or '0.03' -> float (argparse type; ``validation.parse_fraction``)."""
+    from ..validation import parse_fraction
+
     try:
-        if "/" in text:
-            a, b = text.split("/", 1)
-            return float(a) / float(b)
-        return float(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"not a number or fraction: {text!r}") from None
+        return parse_fraction(text, "value")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def image_folder(path: str, size: Optional[int]):

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .. import validation as V
+
 __all__ = ["ResNet32", "resnet18_32", "SELF_BOUND_LAYERS", "CIFAR_MEAN", "CIFAR_STD", "ARCHS", "NORMS",
            "build_classifier"]
 
@@ -64,12 +66,12 @@ class ResNet32(nn.Module):
     def __init__(self, num_classes: int = 10, *, blocks: Sequence[int] = (2, 2, 2, 2), width: int = 64,
                  norm: str = "batch", mean: Sequence[float] = CIFAR_MEAN, std: Sequence[float] = CIFAR_STD) -> None:
         super().__init__()
-        if not (isinstance(num_classes, int) and num_classes >= 2):
-            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
-        if len(blocks) != 4 or any(not isinstance(b, int) or b < 1 for b in blocks):
+        V.check_positive_int(num_classes, "num_classes", minimum=2)
+        if len(blocks) != 4:
             raise ValueError(f"blocks must be four ints >= 1, got {tuple(blocks)!r}")
-        if not (isinstance(width, int) and width >= 1):
-            raise ValueError(f"width must be a positive int, got {width!r}")
+        for i, b in enumerate(blocks):
+            V.check_positive_int(b, f"blocks[{i}]")
+        V.check_positive_int(width, "width")
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
@@ -108,8 +110,7 @@ def build_classifier(arch: str, num_classes: int, norm: str = "batch") -> ResNet
         raise ValueError(f"unknown classifier architecture {arch!r}; known: {', '.join(ARCHS)}")
     if norm not in NORMS:
         raise ValueError(f"unknown normalization {norm!r}; known: {', '.join(NORMS)}")
-    if not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"a classifier needs an int >= 2 classes, got {num_classes!r}")
+    V.check_positive_int(num_classes, "num_classes", minimum=2)
     if arch == "resnet18":
         return resnet18_32(num_classes, norm=norm)
     return ResNet32(num_classes, blocks=(1, 1, 1, 1), width=16, norm=norm)

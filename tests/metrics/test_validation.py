@@ -1,10 +1,13 @@
 """Bad input raises an error naming the problem; suspicious ranges warn once."""
+import argparse
+import re
 import warnings
 
 import pytest
 import torch
 
 import fastlpips
+from fastlpips import validation as V
 from helpers import rand_images
 
 
@@ -213,3 +216,22 @@ def test_check_inputs_off_keeps_shape_checks():
         m((GOOD * 127).to(torch.uint8), GOOD)
     with pytest.raises(ValueError, match="too small"):
         m.features(rand_images(1, 8, 8))
+
+
+def test_parse_fraction_is_the_one_parser_of_radii_and_bounds():
+    from fastlpips.cli.common import parse_eps
+    from fastlpips.robust import parse_attack_spec
+
+    assert V.parse_fraction("8/255", "eps") == 8 / 255
+    assert V.parse_fraction(" 0.03 ", "eps") == 0.03 and V.parse_fraction("1e-3", "eps") == 1e-3
+    for bad, msg in (("x", "is not a number or fraction"), ("1/0", "is not a number or fraction"),
+                     ("1e999", "is not a finite number"), ("inf", "is not a number or fraction")):
+        with pytest.raises(ValueError, match=f"eps '{re.escape(bad)}' {msg}"):
+            V.parse_fraction(bad, "eps")
+    # the command line's radii and the attack specs go through it
+    assert parse_eps("8/255") == 8 / 255
+    with pytest.raises(argparse.ArgumentTypeError, match="value '8/0' is not a number or fraction"):
+        parse_eps("8/0")
+    assert parse_attack_spec("linf=8/255").bound == 8 / 255
+    with pytest.raises(ValueError, match="attack 'linf=1e999': bound '1e999' is not a finite number"):
+        parse_attack_spec("linf=1e999")

@@ -261,7 +261,7 @@ def test_bad_inputs(example, tmp_path):
                        match=r"training images must hold values in \[0, 1\], got \[.*\]; attacks take images in "
                              r"\[0, 1\].*divide by 255"):
         pat.train_pat(_tiny(), Scaled(), tmp_path / "c", _cfg(epochs=1), progress=False)
-    with pytest.raises(ValueError, match="must be divisible|batch_size must be a positive int"):
+    with pytest.raises(ValueError, match="PATConfig.batch_size must be >= 1, got 0"):
         pat.train_pat(_tiny(), data, tmp_path / "d", _cfg(batch_size=0), progress=False)
     with pytest.raises(ValueError, match="unknown attack"):
         pat.train_pat(_tiny(), data, tmp_path / "e", _cfg(attacks=("fgsm",)), progress=False)
