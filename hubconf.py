@@ -38,3 +38,12 @@ def rlpips(checkpoint: str, **kwargs):
     from fastlpips import LPIPS
 
     return LPIPS(net="alex", model_path=checkpoint, verbose=False, **kwargs).eval()
+
+
+def dists(**kwargs):
+    """DISTS (Ding et al. 2020), ``fastlpips.DISTS(**kwargs)`` in eval mode: ``model(x, y)`` on
+    images in [0, 1] -> (N,) distances. Its alpha/beta weights are the release's, read from the
+    copy torchmetrics bundles or ``weights_path=...`` (sha256 checked; nothing is downloaded)."""
+    from fastlpips import DISTS
+
+    return DISTS(**kwargs).eval()

@@ -4,6 +4,7 @@
 """
 from ._backend import BackendUnavailable, backends
 from .classic import DSSIM, L2
+from .dists import DISTS
 from .elpips import ELPIPS, ELPIPSDraw
 from .estimator import ELPIPSEstimate, elpips_estimate
 from .evaluation import EvaluationResult, evaluate
@@ -32,5 +33,5 @@ __all__ = [
     "PerceptualLoss", "TextureLoss", "PixelLoss", "LPIPSLoss", "ELPIPSLoss", "CombinedLoss", "evaluate",
     "EvaluationResult",
     # the metric registry: every metric by name (the commands take the same names)
-    "create_metric", "list_metrics", "metric_info",
+    "create_metric", "list_metrics", "metric_info", "DISTS",
 ]

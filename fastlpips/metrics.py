@@ -31,9 +31,9 @@ __all__ = ["MetricInfo", "Metric", "create_metric", "list_metrics", "metric_info
            "FAMILIES"]
 
 INF = math.inf
-#: What a metric is made of: a learned LPIPS head, the E-LPIPS ensemble, a classic image quality
+#: What a metric is made of: a learned LPIPS head, the E-LPIPS ensemble, DISTS, a classic image quality
 #: metric (``fastlpips.iqa``), one of lpips' BAPPS baselines (``fastlpips.classic``), or pixels.
-FAMILIES = ("lpips", "elpips", "iqa", "baseline", "pixels")
+FAMILIES = ("lpips", "elpips", "dists", "iqa", "baseline", "pixels")
 WHY = "pass as_loss=True to score images outside [0, 1] (a loss sees whatever a generator produces)"
 
 
@@ -104,6 +104,9 @@ _ENTRIES: List[MetricInfo] = _lpips_entries() + [
                params={"net": "vgg"}),
     MetricInfo("elpips-squeeze", "elpips", "E-LPIPS-SqueezeNet, the release's experimental variant",
                True, (0.0, INF), True, dict(_ELPIPS_OPTIONS), params={"net": "squeeze"}),
+    MetricInfo("dists", "dists", "DISTS: structure and texture similarity of VGG16 features with L2 pooling "
+               "(Ding et al. 2020; the authors' dists-pytorch)", True, (0.0, 2.0), True,
+               {"weights_path": None, "trunk_path": None, "pnet_rand": False}),
     MetricInfo("psnr", "iqa", "peak signal-to-noise ratio in dB (inf for identical images)", False, (0.0, INF),
                True),
     MetricInfo("ssim", "iqa", "structural similarity, Gaussian window (Wang et al. 2004; scikit-image's "
@@ -289,6 +292,14 @@ def _build_elpips(info: MetricInfo, opts: Dict[str, Any], device) -> Tuple[nn.Mo
     return (model, lambda x, y, **kw: model(x, y, **kw), lambda x, y, **kw: model(_half(x), _half(y), **kw))
 
 
+def _build_dists(info: MetricInfo, opts: Dict[str, Any], device) -> Tuple[nn.Module, Callable, Callable]:
+    from .dists import DISTS
+
+    model = DISTS(weights_path=opts["weights_path"], trunk_path=opts["trunk_path"], pnet_rand=opts["pnet_rand"],
+                  check_inputs=opts["check_inputs"], device=device)
+    return (model, lambda x, y: model(x, y), lambda x, y: model(_half(x), _half(y)))
+
+
 def _build_function(info: MetricInfo, opts: Dict[str, Any]) -> Tuple[Callable, Callable]:
     from . import classic, iqa
 
@@ -345,6 +356,8 @@ def create_metric(name: str, *, as_loss: bool = False, device: Union[str, torch.
         module, unit, signed = _build_lpips(info, opts, dev)
     elif info.family == "elpips":
         module, unit, signed = _build_elpips(info, opts, dev)
+    elif info.family == "dists":
+        module, unit, signed = _build_dists(info, opts, dev)
     else:
         module = None
         unit, signed = _build_function(info, {k: opts[k] for k in info.options})

@@ -171,7 +171,7 @@ def make_distance(metric: str = "lpips-alex", *, draws: int = 50, device: Union[
         if info.family == "elpips":
             options["n_samples"] = draws
         built = create_metric(metric, device=dev, **options)
-        if built.module is None:  # a functional metric on lpips' [-1, 1] patches
+        if info.family not in ("lpips", "elpips"):  # scored pair by pair on lpips' [-1, 1] patches
             sign = 1.0 if info.lower_better else -1.0
             return lambda ref, images: [sign * built.signed(ref, x) for x in images]
         model = built.module

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .model import LPIPS
 
 __all__ = ["LearnedPerceptualImagePatchSimilarity", "learned_perceptual_image_patch_similarity", "ELPIPSMetric",
+           "DeepImageStructureAndTextureSimilarity",
            "HAVE_TORCHMETRICS", "EPS_MODES"]
 
 _MetricBase: Any = None
@@ -180,54 +181,28 @@ def _build_net(net_type: str, **kwargs) -> LPIPS:
     return net
 
 
-class LearnedPerceptualImagePatchSimilarity(_Base):
-    """torchmetrics' ``LearnedPerceptualImagePatchSimilarity`` on fastlpips.
+class _ScoreMetric(_Base):
+    """What the torchmetrics-compatible classes share: per-image scores reduced by ``reduction``
+    ('mean' / 'sum': a float64 sum and a count, constant memory; 'none' / None: the scores of each
+    update), a network that never leaves eval mode, and a differentiable batch value from calling
+    the metric while the state never holds a graph."""
 
-    Args:
-        net_type: 'alex' (default), 'vgg' or 'squeeze'.
-        reduction: 'mean' (default), 'sum', 'none' or None (the per-image scores, in update order).
-        normalize: False: images in [-1, 1]; True: images in [0, 1].
-        eps: 'lpips' (default; lpips 0.1.4's numbers) or 'torchmetrics' (torchmetrics' normalization).
-        net_kwargs: passed to ``fastlpips.LPIPS`` (e.g. ``trunk_path``, ``pnet_rand``, ``backend``).
-        kwargs: ``torchmetrics.Metric``'s keywords.
-
-    ``update(img1, img2)`` adds (N, 3, H, W) pairs; ``compute()`` returns the reduction over all pairs
-    since the last ``reset()``; calling the metric returns the batch's value and adds the batch.
-    """
-
-    is_differentiable: bool = True
-    higher_is_better: bool = False
     full_state_update: bool = False
-    plot_lower_bound: float = 0.0
-    plot_upper_bound: float = 1.0
     feature_network: str = "net"
-    score_sum: Tensor  # 'mean' / 'sum': the sum of the scores (float64) and their count
+    score_sum: Tensor
     total: Tensor
-    scores: List[Tensor]  # 'none': the scores of each update
+    scores: List[Tensor]
     _batch: Optional[Tensor] = None  # the latest update's scores with their graph (forward's value)
 
-    def __init__(self, net_type: str = "alex", reduction: Optional[str] = "mean", normalize: bool = False, *,
-                 eps: str = "lpips", net_kwargs: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        _check_args(net_type, reduction, normalize, eps)
-        self.net_type, self.reduction, self.normalize, self.eps = net_type, reduction, normalize, eps
-        self.net = _build_net(net_type, **(net_kwargs or {}))
+    def _add_states(self, reduction: Optional[str]) -> None:
+        self.reduction = reduction
         if reduction in ("mean", "sum"):
             self.add_state("score_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
             self.add_state("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         else:
             self.add_state("scores", [], dist_reduce_fx="cat")
 
-    def train(self, mode: bool = True):
-        """The metric's network never leaves eval mode (lpips' dropout stays off)."""
-        super().train(mode)
-        self.net.eval()
-        return self
-
-    def update(self, img1: Tensor, img2: Tensor) -> None:
-        """Add the LPIPS scores of the pairs (img1[i], img2[i])."""
-        _check_inputs(img1, img2, self.normalize)
-        s = _scores(self.net, img1, img2, self.normalize, self.eps)
+    def _add(self, s: Tensor) -> None:
         self._batch = s  # forward's batch value keeps its graph; the state never holds one
         if self.reduction in ("mean", "sum"):
             self.score_sum = self.score_sum + s.detach().sum().to(self.score_sum.dtype)
@@ -235,10 +210,16 @@ class LearnedPerceptualImagePatchSimilarity(_Base):
         else:
             self.scores.append(s.detach())
 
-    def forward(self, img1: Tensor, img2: Tensor) -> Tensor:
+    def train(self, mode: bool = True):
+        """The metric's network never leaves eval mode (no dropout)."""
+        super().train(mode)
+        self.net.eval()
+        return self
+
+    def forward(self, *args: Tensor) -> Tensor:
         """The batch's value (differentiable, as torchmetrics'), the batch added to the state."""
         self._batch = None
-        value = super().forward(img1, img2)
+        value = super().forward(*args)
         batch, self._batch = self._batch, None
         if batch is not None and batch.requires_grad and not getattr(self, "dist_sync_on_step", False):
             value = _reduce(batch, self.reduction)  # the same numbers, with the graph
@@ -259,6 +240,68 @@ class LearnedPerceptualImagePatchSimilarity(_Base):
         if isinstance(scores, list):
             return torch.cat([s.reshape(-1) for s in scores]) if scores else torch.zeros(0)
         return scores.reshape(-1)
+
+
+class LearnedPerceptualImagePatchSimilarity(_ScoreMetric):
+    """torchmetrics' ``LearnedPerceptualImagePatchSimilarity`` on fastlpips.
+
+    Args:
+        net_type: 'alex' (default), 'vgg' or 'squeeze'.
+        reduction: 'mean' (default), 'sum', 'none' or None (the per-image scores, in update order).
+        normalize: False: images in [-1, 1]; True: images in [0, 1].
+        eps: 'lpips' (default; lpips 0.1.4's numbers) or 'torchmetrics' (torchmetrics' normalization).
+        net_kwargs: passed to ``fastlpips.LPIPS`` (e.g. ``trunk_path``, ``pnet_rand``, ``backend``).
+        kwargs: ``torchmetrics.Metric``'s keywords.
+
+    ``update(img1, img2)`` adds (N, 3, H, W) pairs; ``compute()`` returns the reduction over all pairs
+    since the last ``reset()``; calling the metric returns the batch's value and adds the batch.
+    """
+
+    is_differentiable: bool = True
+    higher_is_better: bool = False
+    plot_lower_bound: float = 0.0
+    plot_upper_bound: float = 1.0
+
+    def __init__(self, net_type: str = "alex", reduction: Optional[str] = "mean", normalize: bool = False, *,
+                 eps: str = "lpips", net_kwargs: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        _check_args(net_type, reduction, normalize, eps)
+        self.net_type, self.normalize, self.eps = net_type, normalize, eps
+        self.net = _build_net(net_type, **(net_kwargs or {}))
+        self._add_states(reduction)
+
+    def update(self, img1: Tensor, img2: Tensor) -> None:
+        """Add the LPIPS scores of the pairs (img1[i], img2[i])."""
+        _check_inputs(img1, img2, self.normalize)
+        self._add(_scores(self.net, img1, img2, self.normalize, self.eps))
+
+
+class DeepImageStructureAndTextureSimilarity(_ScoreMetric):
+    """torchmetrics' ``DeepImageStructureAndTextureSimilarity`` on fastlpips (``fastlpips.DISTS``,
+    built once; torchmetrics builds its network again on every update).
+
+    Args: ``reduction`` 'mean' (default) or 'sum' (torchmetrics' choices and error);
+    ``dists_kwargs`` for ``fastlpips.DISTS`` (``weights_path``, ``trunk_path``, ...); torchmetrics'
+    ``Metric`` keywords. ``update(preds, target)``: (N, 3, H, W) images in [0, 1]."""
+
+    is_differentiable: bool = True
+    higher_is_better: bool = False
+    plot_lower_bound: float = 0.0
+
+    def __init__(self, reduction: Optional[str] = "mean", *, dists_kwargs: Optional[Dict[str, Any]] = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        allowed = ("mean", "sum")
+        if reduction not in allowed:
+            raise ValueError(f"Argument `reduction` expected to be one of {allowed} but got {reduction}")
+        from .dists import DISTS
+
+        self.net = DISTS(**(dists_kwargs or {}))
+        self._add_states(reduction)
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        """Add the DISTS scores of the pairs (preds[i], target[i])."""
+        self._add(self.net(preds, target))
 
 
 _NETS: Dict[Tuple[str, str, torch.dtype], LPIPS] = {}

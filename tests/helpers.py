@@ -15,7 +15,8 @@ SHARED = Path(os.environ.get("FASTLPIPS_SHARED", Path(__file__).resolve().parent
 
 # The reference packages the tests compare against (requirements-dev.txt): a test that needs one
 # skips where it is missing, but fails under CI (CI=true, .ci/run), which must run every comparison.
-REFERENCE_PACKAGES = ("lpips", "advex_uar", "recoloradv", "piq", "torchmetrics", "pytorch_lightning", "skimage",
+REFERENCE_PACKAGES = ("lpips", "advex_uar", "recoloradv", "piq", "torchmetrics", "pytorch_lightning", "DISTS_pytorch",
+                      "skimage",
                       "torchvision", "dill",
                       "tifffile", "cv2", "robustness")
 

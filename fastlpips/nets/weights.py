@@ -67,7 +67,8 @@ __all__ = [
     "WeightError", "WeightFileNotFound", "load_torch_file", "WeightCacheWarning", "content_digest", "load_npz",
     "load_lin_weights",
     "load_trunk_state", "cache_dir", "TRUNK_FILES", "TRUNK_DIGESTS", "CACHE_DIGEST_KEY", "restricted_unpickle",
-    "read_state_dict", "IMAGENET_MEAN", "IMAGENET_STD",
+    "read_state_dict", "IMAGENET_MEAN", "IMAGENET_STD", "load_dists_weights", "dists_weight_candidates",
+    "DISTS_SHA256", "DISTS_CHANNELS",
 ]
 
 _PKG_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
@@ -690,3 +691,61 @@ def load_trunk_state(trunk: torch.nn.Module, net: str, path: Union[str, os.PathL
     trunk.load_state_dict(state, strict=True)
     _save_cache(trunk.state_dict(), cached)
     return source
+
+
+# -- DISTS' alpha / beta -------------------------------------------------------------------------------
+#: sha256 of the DISTS release's weights.pt (alpha, beta: (1, 1475, 1, 1) each), as shipped by
+#: dists-pytorch 0.1 and torchmetrics 1.9.0 (``torchmetrics/functional/image/dists_models``).
+DISTS_SHA256 = "f5e65c96230b7f6ca995691647d482237e4cab8a50c5c4a5784f219ef0748218"
+DISTS_CHANNELS = (3, 64, 128, 256, 512, 512)
+
+
+def dists_weight_candidates() -> List[Path]:
+    """Where DISTS' weights are looked for, in order: the copy inside an installed torchmetrics
+    (found without importing it), then dists-pytorch's (``sys.prefix/weights.pt`` and its package)."""
+    import importlib.util
+    import sys
+
+    out = []
+    for package, parts in (("torchmetrics", ("functional", "image", "dists_models", "weights.pt")),
+                           ("DISTS_pytorch", ("weights.pt",))):
+        try:
+            spec = importlib.util.find_spec(package)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is not None and spec.submodule_search_locations:
+            out.append(Path(list(spec.submodule_search_locations)[0]).joinpath(*parts))
+    out.append(Path(sys.prefix) / "weights.pt")  # dists-pytorch installs its data file there
+    return out
+
+
+def load_dists_weights(path: Union[str, os.PathLike, None] = None,
+                       sha256: Optional[str] = DISTS_SHA256) -> Dict[str, torch.Tensor]:
+    """DISTS' ``alpha`` and ``beta`` ((1, 1475, 1, 1) float32 each), read pickle-free
+    (``load_torch_file``). ``path`` None: the first of ``dists_weight_candidates()`` that exists.
+    The file's sha256 must be ``sha256`` (the release's; None accepts other weights, e.g. your own
+    training, whose keys and shapes are still checked). WeightError names the file and the problem."""
+    from ..utils import file_sha256
+
+    if path is None:
+        tried = dists_weight_candidates()
+        found = [p for p in tried if p.is_file()]
+        if not found:
+            raise WeightError("DISTS weights not found (tried " + ", ".join(str(p) for p in tried) + "); "
+                              "install torchmetrics (pip install torchmetrics, which bundles them) or pass "
+                              "weights_path=... (the DISTS release's weights.pt)")
+        path = found[0]
+    path = Path(os.fspath(path))
+    if not path.is_file():
+        raise WeightFileNotFound(f"DISTS weights {path} does not exist")
+    if sha256 is not None:
+        got = file_sha256(path)
+        if got != sha256:
+            raise WeightError(f"DISTS weights {path} have sha256 {got}, expected {sha256} (the release's); "
+                              "nothing was loaded")
+    sd = read_state_dict(path, "DISTS weights")
+    shape = (1, sum(DISTS_CHANNELS), 1, 1)
+    if set(sd) != {"alpha", "beta"} or any(tuple(v.shape) != shape for v in sd.values()):
+        raise WeightError(f"DISTS weights {path} must hold exactly 'alpha' and 'beta' of shape {shape}, got "
+                          f"{ {k: tuple(v.shape) for k, v in sd.items()} }")
+    return {k: v.float() for k, v in sd.items()}

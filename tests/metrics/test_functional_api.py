@@ -93,8 +93,8 @@ def test_public_api_surface():
         # losses and dataset evaluation (issue 13)
         "PerceptualLoss", "TextureLoss", "PixelLoss", "LPIPSLoss", "ELPIPSLoss", "CombinedLoss", "evaluate",
         "EvaluationResult",
-        # the metric registry
-        "create_metric", "list_metrics", "metric_info",
+        # the metric registry and DISTS
+        "create_metric", "list_metrics", "metric_info", "DISTS",
     ])
     lpips = require("lpips")
     for name in ("Trainer", "BCERankingLoss", "Dist2LogitLayer", "score_2afc_dataset", "score_jnd_dataset",

@@ -49,6 +49,10 @@ def _own(name, x, y, ckpt):
         squeeze = name == "elpips-squeeze"
         m = ELPIPS(net="squeeze" if squeeze else "vgg", n_samples=2, pnet_rand=squeeze, max_scale=2)
         return m(x, y, generator=torch.Generator().manual_seed(9))
+    if name == "dists":
+        from fastlpips.dists import DISTS
+
+        return DISTS()(x, y)
     functions = {"psnr": iqa.psnr, "ssim": iqa.ssim, "ms-ssim": iqa.ms_ssim, "gmsd": iqa.gmsd}
     if name in functions:
         return functions[name](x, y)

@@ -1,0 +1,161 @@
+"""DISTS (Ding, Ma, Wang, Simoncelli, "Image Quality Assessment: Unifying Structure and Texture
+Similarity", TPAMI 2020) as the authors' release (dists-pytorch 0.1) computes it.
+
+For images x, y in [0, 1], standardized by the ImageNet mean and standard deviation, the VGG16
+trunk with every max pooling replaced by an L2 pooling (the squared map filtered by the normalized
+outer product of hanning(5)[1:-1] = (0.5, 1, 0.5), stride 2, padding 1, then sqrt(. + 1e-12))
+gives six stages: the image itself and relu1_2, relu2_2, relu3_3, relu4_3, relu5_3. Per stage k
+and channel c, with spatial means mu, variances sigma^2 and the covariance sigma_xy (population
+statistics):
+
+    S1 = (2 mu_x mu_y + c1) / (mu_x^2 + mu_y^2 + c1)              (structure of the means: "texture")
+    S2 = (2 sigma_xy + c2) / (sigma_x^2 + sigma_y^2 + c2)         (correlation: "structure")
+    DISTS(x, y) = 1 - sum_{k,c} (alpha_kc S1 + beta_kc S2),   c1 = c2 = 1e-6,
+
+alpha and beta (1475 weights each) divided by their joint sum. The weights are the release's
+(``nets.weights.load_dists_weights``: the copy bundled with torchmetrics, or a path; sha256
+checked, read pickle-free), the trunk's the ImageNet VGG16 LPIPS-VGG uses.
+"""
+from __future__ import annotations
+
+import os
+from typing import List, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import validation as V
+from .nets.trunks import VGG16
+from .nets.weights import (
+    DISTS_CHANNELS,
+    DISTS_SHA256,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    load_dists_weights,
+    load_trunk_state,
+)
+
+__all__ = ["DISTS", "L2Pool", "dists_stage", "C1", "C2"]
+
+C1 = 1e-6
+C2 = 1e-6
+_REDUCTIONS = ("none", "mean", "sum")
+
+
+class L2Pool(nn.Module):
+    """DISTS' L2 pooling: sqrt(conv(x^2, g) + 1e-12), g the normalized outer product of
+    (0.5, 1, 0.5) per channel, stride 2, padding 1 (out = ceil(in / 2))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        a = torch.tensor([0.5, 1.0, 0.5], dtype=torch.float64)
+        g = a[:, None] * a[None, :]
+        self.register_buffer("filter", (g / g.sum()).float()[None, None], persistent=False)
+        self.filter: torch.Tensor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        w = self.filter.to(x.dtype).expand(c, 1, 3, 3)
+        return (F.conv2d(x * x, w, stride=2, padding=1, groups=c) + 1e-12).sqrt()
+
+
+def dists_stage(fx: torch.Tensor, fy: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """One stage's term sum_c (alpha_c S1_c + beta_c S2_c), (N,), of feature maps (N, C, H, W)
+    (a batch of 1 broadcasts); alpha, beta: (C,) already divided by the joint sum. The pure-torch
+    definition (the release's arithmetic: the covariance as E[xy] - mu_x mu_y)."""
+    mx, my = fx.mean((2, 3), keepdim=True), fy.mean((2, 3), keepdim=True)
+    s1 = (2 * mx * my + C1) / (mx * mx + my * my + C1)
+    vx = ((fx - mx) ** 2).mean((2, 3), keepdim=True)
+    vy = ((fy - my) ** 2).mean((2, 3), keepdim=True)
+    cxy = (fx * fy).mean((2, 3), keepdim=True) - mx * my
+    s2 = (2 * cxy + C2) / (vx + vy + C2)
+    w = (alpha.reshape(1, -1, 1, 1) * s1 + beta.reshape(1, -1, 1, 1) * s2)
+    return w.sum((1, 2, 3))
+
+
+class DISTS(nn.Module):
+    """DISTS: ``forward(x, y)`` -> (N,) distances of images (N, 3, H, W) in [0, 1] (a batch of 1
+    broadcasts against N); 0 for identical images, lower is closer.
+
+    Args (keyword-only):
+        weights_path: DISTS' alpha/beta (default: the release's, bundled with torchmetrics; see
+            ``nets.weights.load_dists_weights``); ``weights_sha256``: the file's expected sha256
+            (the release's by default; None accepts other weights of the same shapes).
+        trunk_path, pnet_rand: the VGG16 trunk's weights, as for ``fastlpips.LPIPS`` (``pnet_rand``:
+            a random trunk, for tests).
+        check_inputs: scan the values (NaN/Inf and values outside [0, 1] raise ValueError; one
+            device sync per input); shape, dtype and device checks always run.
+        device: move the metric there.
+    ``forward(x, y, reduction='none')``: 'mean' / 'sum' reduce over the batch.
+    """
+
+    def __init__(self, *, weights_path: Union[str, os.PathLike, None] = None,
+                 weights_sha256: Optional[str] = DISTS_SHA256, trunk_path: Union[str, os.PathLike, None] = None,
+                 pnet_rand: bool = False, check_inputs: bool = True,
+                 device: Union[str, torch.device, None] = None) -> None:
+        super().__init__()
+        trunk = VGG16()
+        if not pnet_rand:
+            load_trunk_state(trunk, "vgg", trunk_path)
+        layers: List[nn.Module] = []
+        stages: List[int] = []  # the layer index after which each trunk stage ends (relu1_2 ... relu5_3)
+        for s in trunk.slices:
+            for m in s:
+                layers.append(L2Pool() if isinstance(m, nn.MaxPool2d) else m)
+            stages.append(len(layers))
+        self.layers = nn.ModuleList(layers)
+        self.stage_ends = stages
+        self.requires_grad_(False)
+        w = load_dists_weights(weights_path, weights_sha256)
+        self.register_buffer("alpha", w["alpha"].reshape(-1))
+        self.register_buffer("beta", w["beta"].reshape(-1))
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.alpha: torch.Tensor
+        self.beta: torch.Tensor
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
+        self.channels = DISTS_CHANNELS
+        self.check_inputs = check_inputs
+        self.eval()
+        if device is not None:
+            self.to(device)
+
+    def stage_weights(self) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """(alpha_k, beta_k) per stage, divided by the joint sum (what ``forward`` uses)."""
+        total = self.alpha.sum() + self.beta.sum()
+        return list(zip(torch.split(self.alpha / total, list(self.channels)),
+                        torch.split(self.beta / total, list(self.channels))))
+
+    def features(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """The six stages of ``x`` (in [0, 1]): the image and relu1_2 .. relu5_3."""
+        out = [x]
+        h = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        for i, m in enumerate(self.layers):
+            h = m(h)
+            if i + 1 in self.stage_ends:
+                out.append(h)
+        return out
+
+    def _check(self, x: torch.Tensor, name: str) -> None:
+        V.check_image(x, name, hint=V.UNIT_HINT)
+        V.check_model_match(x, self.alpha.device, self.mean.dtype, name)
+        if self.check_inputs and x.shape[0]:
+            V.check_unit_images(x, name)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, reduction: str = "none") -> torch.Tensor:
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        self._check(x, "x")
+        self._check(y, "y")
+        V.check_pair(x, y, "x", "y")
+        if x.shape == y.shape:  # one trunk pass for both
+            n = x.shape[0]
+            both = self.features(torch.cat([x, y]))
+            fx, fy = [f[:n] for f in both], [f[n:] for f in both]
+        else:
+            fx, fy = self.features(x), self.features(y)
+        terms = [dists_stage(a, b, al, be) for (a, b), (al, be) in zip(zip(fx, fy), self.stage_weights())]
+        d = 1 - torch.stack(terms).sum(0)
+        return d if reduction == "none" else (d.mean() if reduction == "mean" else d.sum())
