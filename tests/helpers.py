@@ -46,6 +46,18 @@ def torchrun(*args, nproc: int = 2, timeout: int = 600):
                           env={**os.environ, "FASTLPIPS_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
 
 
+def copy_convs(src: torch.nn.Module, dst: torch.nn.Module) -> None:
+    """``src``'s convolution weights into ``dst``'s, in module order (a reference model given our
+    trunk's weights: its own would be downloaded)."""
+    a = [m for m in src.modules() if isinstance(m, torch.nn.Conv2d)]
+    b = [m for m in dst.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(a) == len(b), (len(a), len(b))
+    with torch.no_grad():
+        for m, n in zip(a, b):
+            n.weight.copy_(m.weight)
+            n.bias.copy_(m.bias)
+
+
 def shared_path(*parts) -> Path:
     p = SHARED.joinpath(*parts)
     if not p.exists():

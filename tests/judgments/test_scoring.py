@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from fastlpips import bapps, scoring
-from helpers import model_pair, require, torchrun
+from helpers import copy_convs, model_pair, require, torchrun
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -194,6 +194,34 @@ def test_elpips_and_classic_distances_score(synth):
         scoring.make_distance("nope")
     with pytest.raises(ValueError, match="unknown metric 'alex': its name is 'lpips-alex'"):
         scoring.make_distance("alex")
+
+
+def test_dists_2afc_equals_the_scorer_fed_torchmetrics_distances(synth, monkeypatch):
+    """score_2afc with the registry's DISTS = the same scorer fed torchmetrics 1.9.0's DISTS (same trunk)."""
+    tmd = require("torchmetrics.functional.image.dists")
+    import torchvision
+
+    from fastlpips.dists import DISTS
+
+    roots = synth["2afc/val"][:1]
+    ours = scoring.score_2afc(scoring.make_distance("dists"), roots, batch_size=16, progress=False)
+    trunk = DISTS(weights_path=None)
+    original = torchvision.models.vgg16
+
+    def vgg16(weights=None, **kw):
+        net = original(weights=None)
+        copy_convs(trunk, net.features)
+        return net
+    monkeypatch.setattr(tmd, "vgg16", vgg16)
+
+    def theirs(ref, images):
+        with torch.no_grad():
+            return [tmd.deep_image_structure_and_texture_similarity((x + 1) / 2, (ref + 1) / 2, reduction="none")
+                    .reshape(-1) for x in images]
+    want = scoring.score_2afc(theirs, roots, batch_size=16, progress=False)
+    assert ours.count == want.count == 15
+    assert abs(ours.score - want.score) <= 1e-6
+    np.testing.assert_allclose(ours.distances["d0"], want.distances["d0"], rtol=1e-5)
 
 
 def test_elpips_stratified_sampling_scores(synth):

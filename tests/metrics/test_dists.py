@@ -10,23 +10,12 @@ import torch
 from fastlpips.dists import DISTS, L2Pool, dists_stage
 from fastlpips.metrics import create_metric, metric_info
 from fastlpips.nets.weights import DISTS_SHA256, WeightError, dists_weight_candidates
-from helpers import distort, real_images, require
+from helpers import copy_convs, distort, real_images, require
 
 
 @pytest.fixture(scope="module")
 def ours():
     return DISTS()
-
-
-def _copy_trunk(src: torch.nn.Module, dst: torch.nn.Module) -> None:
-    """Our DISTS trunk's convolutions into another model's, in order."""
-    a = [m for m in src.modules() if isinstance(m, torch.nn.Conv2d)]
-    b = [m for m in dst.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert len(a) == len(b) == 13
-    with torch.no_grad():
-        for m, n in zip(a, b):
-            n.weight.copy_(m.weight)
-            n.bias.copy_(m.bias)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +30,7 @@ def release(ours):
         ref = pt.DISTS(load_weights=True)  # alpha/beta from sys.prefix/weights.pt, as installed
     finally:
         pt.models.vgg16 = original
-    _copy_trunk(ours, ref)
+    copy_convs(ours, ref)
     return ref.eval()
 
 
@@ -58,7 +47,7 @@ def test_equals_the_release_in_fp32_and_fp64(ours, release, photos):
     assert got.shape == (4,)
     assert float(((got - want).abs() / want.abs()).max()) <= 1e-5
     o64, r64 = DISTS().double(), release.double()
-    _copy_trunk(ours, o64)
+    copy_convs(ours, o64)
     try:
         with torch.no_grad():
             got64, want64 = o64(x.double(), y.double()), r64(x.double(), y.double())
@@ -85,7 +74,7 @@ def test_equals_torchmetrics(ours, photos, monkeypatch):
 
     def vgg16(weights=None, **kw):  # torchmetrics' trunk, offline, with our weights
         net = original(weights=None)
-        _copy_trunk(ours, net.features)
+        copy_convs(ours, net.features)
         return net
     monkeypatch.setattr(tmd, "vgg16", vgg16)
     x, y = photos
@@ -171,7 +160,7 @@ def test_torchmetrics_compatible_class_equals_torchmetrics(ours, photos, monkeyp
 
     def vgg16(weights=None, **kw):
         net = original(weights=None)
-        _copy_trunk(ours, net.features)
+        copy_convs(ours, net.features)
         return net
     monkeypatch.setattr(tmd, "vgg16", vgg16)
     x, y = photos
