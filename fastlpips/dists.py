@@ -27,7 +27,6 @@ from torch import nn
 
 from . import validation as V
 from .nets.trunks import VGG16
-from .utils import channels_last
 from .nets.weights import (
     DISTS_CHANNELS,
     DISTS_SHA256,
@@ -36,6 +35,7 @@ from .nets.weights import (
     load_dists_weights,
     load_trunk_state,
 )
+from .utils import channels_last
 
 __all__ = ["DISTS", "L2Pool", "dists_stage", "C1", "C2"]
 

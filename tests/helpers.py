@@ -58,6 +58,20 @@ def copy_convs(src: torch.nn.Module, dst: torch.nn.Module) -> None:
             n.bias.copy_(m.bias)
 
 
+def vgg16_with_weights_of(model: torch.nn.Module):
+    """A stand-in for ``torchvision.models.vgg16`` (patch it into a reference package) whose
+    features carry ``model``'s convolution weights: the reference runs offline on our trunk."""
+    import torchvision
+
+    original = torchvision.models.vgg16
+
+    def vgg16(weights=None, pretrained=False, **kw):
+        net = original(weights=None)
+        copy_convs(model, net.features)
+        return net
+    return vgg16
+
+
 def shared_path(*parts) -> Path:
     p = SHARED.joinpath(*parts)
     if not p.exists():

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from fastlpips import bapps, scoring
-from helpers import copy_convs, model_pair, require, torchrun
+from helpers import model_pair, require, torchrun, vgg16_with_weights_of
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -199,20 +199,12 @@ def test_elpips_and_classic_distances_score(synth):
 def test_dists_2afc_equals_the_scorer_fed_torchmetrics_distances(synth, monkeypatch):
     """score_2afc with the registry's DISTS = the same scorer fed torchmetrics 1.9.0's DISTS (same trunk)."""
     tmd = require("torchmetrics.functional.image.dists")
-    import torchvision
-
+    require("torchvision")
     from fastlpips.dists import DISTS
 
     roots = synth["2afc/val"][:1]
     ours = scoring.score_2afc(scoring.make_distance("dists"), roots, batch_size=16, progress=False)
-    trunk = DISTS(weights_path=None)
-    original = torchvision.models.vgg16
-
-    def vgg16(weights=None, **kw):
-        net = original(weights=None)
-        copy_convs(trunk, net.features)
-        return net
-    monkeypatch.setattr(tmd, "vgg16", vgg16)
+    monkeypatch.setattr(tmd, "vgg16", vgg16_with_weights_of(DISTS()))
 
     def theirs(ref, images):
         with torch.no_grad():

@@ -10,7 +10,7 @@ import torch
 from fastlpips.dists import DISTS, L2Pool, dists_stage
 from fastlpips.metrics import create_metric, metric_info
 from fastlpips.nets.weights import DISTS_SHA256, WeightError, dists_weight_candidates
-from helpers import copy_convs, distort, real_images, require
+from helpers import copy_convs, distort, real_images, require, vgg16_with_weights_of
 
 
 @pytest.fixture(scope="module")
@@ -68,15 +68,7 @@ def test_input_gradients_match_the_release(ours, release, photos):
 
 def test_equals_torchmetrics(ours, photos, monkeypatch):
     tmd = require("torchmetrics.functional.image.dists")
-    import torchvision
-
-    original = torchvision.models.vgg16
-
-    def vgg16(weights=None, **kw):  # torchmetrics' trunk, offline, with our weights
-        net = original(weights=None)
-        copy_convs(ours, net.features)
-        return net
-    monkeypatch.setattr(tmd, "vgg16", vgg16)
+    monkeypatch.setattr(tmd, "vgg16", vgg16_with_weights_of(ours))  # torchmetrics' trunk, offline, ours
     x, y = photos
     with torch.no_grad():
         want = tmd.deep_image_structure_and_texture_similarity(x, y, reduction="none")
@@ -151,18 +143,11 @@ def test_weight_files_are_checked_before_use(tmp_path):
 
 def test_torchmetrics_compatible_class_equals_torchmetrics(ours, photos, monkeypatch):
     tmd = require("torchmetrics.functional.image.dists")
-    import torchvision
     from torchmetrics.image.dists import DeepImageStructureAndTextureSimilarity as TM
 
     from fastlpips.torchmetrics import DeepImageStructureAndTextureSimilarity as FL
 
-    original = torchvision.models.vgg16
-
-    def vgg16(weights=None, **kw):
-        net = original(weights=None)
-        copy_convs(ours, net.features)
-        return net
-    monkeypatch.setattr(tmd, "vgg16", vgg16)
+    monkeypatch.setattr(tmd, "vgg16", vgg16_with_weights_of(ours))
     x, y = photos
     for reduction in ("mean", "sum"):
         theirs, mine = TM(reduction=reduction), FL(reduction=reduction)
