@@ -11,7 +11,6 @@ from typing import Dict, List, Sequence
 import numpy as np
 import torch
 
-from ..model import LPIPS
 from . import common as C
 
 
@@ -21,13 +20,16 @@ def register(sub, parents: C.Parents) -> None:
     s.add_argument("a")
     s.add_argument("b")
     s.add_argument("--heatmap", metavar="OUT.png", help="save the spatial distance map as a picture")
+    _metric_option(s)
     s.set_defaults(func=run_pair, validate=validate)
     s = sub.add_parser("dirs", parents=lp, help="distances between same-named images of two folders")
     s.add_argument("dir0")
     s.add_argument("dir1")
+    _metric_option(s)
     s.set_defaults(func=run_dirs, validate=validate)
     s = sub.add_parser("allpairs", parents=lp, help="distances between all pairs of images in a folder")
     s.add_argument("dir")
+    _metric_option(s)
     s.set_defaults(func=run_allpairs, validate=validate)
     s = sub.add_parser("elpips", parents=lp, help="E-LPIPS of two images (or two folders) to a confidence interval")
     s.add_argument("a")
@@ -50,8 +52,25 @@ def register(sub, parents: C.Parents) -> None:
     s.set_defaults(func=run_demo, validate=validate)
 
 
+def _metric_option(s) -> None:
+    s.add_argument("--metric", default=None, type=C.metric_name, metavar="NAME",
+                   help="any name of `fastlpips metrics` (dists, psnr, elpips, ...) instead of LPIPS --net/--version; "
+                        "the column is then named after the metric")
+
+
 def validate(args) -> List[Path]:
     """pair, dirs, allpairs, demo: the LPIPS options; the inputs an output must not overwrite."""
+    if getattr(args, "metric", None) is not None:
+        if args.net is not None or args.version is not None:
+            raise C.CLIError(f"--metric {args.metric} replaces --net/--version (give one or the other; LPIPS is "
+                             f"--metric lpips-vgg, lpips-alex-v0.0, ...)")
+        from ..metrics import metric_info
+
+        info = metric_info(args.metric)
+        if getattr(args, "heatmap", None) and not info.spatial:
+            raise C.CLIError(f"--heatmap draws LPIPS' distance map; --metric {args.metric} has none")
+        if info.family == "lpips":  # the heat map's model and title
+            args.net, args.version = info.params["net"], info.params["version"]
     args.version = args.version or "0.1"
     if args.net is None:
         args.net = "both" if args.command == "demo" else "alex"
@@ -91,23 +110,37 @@ def validate_elpips(args) -> List[Path]:
 
 
 # -- running -------------------------------------------------------------------------------------------
+def _pair_function(args):
+    """(column name, f(x0, x1) -> (N,) on [-1, 1] batches, the LPIPS model when the metric is LPIPS)."""
+    if args.metric is None:
+        model = C.lpips_model(args)
+        return "distance", lambda x0, x1: model(x0, x1).reshape(-1), model
+    from ..metrics import create_metric
+
+    metric = create_metric(args.metric, device=args.device)
+    metric.requires_grad_(False)
+    lpips = metric.module if metric.info.family == "lpips" else None
+    return args.metric, metric.signed, lpips
+
+
 def run_pair(args) -> C.Result:
     a, b = C.load_lpips(Path(args.a)), C.load_lpips(Path(args.b))
     C.check_same_size(args.a, a, args.b, b)
     dev = torch.device(args.device)
-    res = C.Result(["image0", "image1", "distance"])
+    column, fn, _ = _pair_function(args)
+    res = C.Result(["image0", "image1", column])
     with torch.no_grad():
-        dist = C.lpips_model(args)(a.to(dev), b.to(dev)).item()
+        dist = fn(a.to(dev), b.to(dev)).item()
         if args.heatmap:
             dmap = C.lpips_model(args, spatial=True)(a.to(dev), b.to(dev))
             title = f"LPIPS {args.net} v{args.version}: {dist:.4f}"
             res.pictures.append(C.Picture(f"the heat map --heatmap {args.heatmap}",
                                         lambda: C.save_heatmap(dmap[0, 0], args.heatmap, title, (a[0], b[0]))))
-    res.rows.append({"image0": args.a, "image1": args.b, "distance": dist})
+    res.rows.append({"image0": args.a, "image1": args.b, column: dist})
     return res
 
 
-def _batched(model: LPIPS, pairs: Sequence, batch_size: int, device, progress) -> List[float]:
+def _batched(model, pairs: Sequence, batch_size: int, device, progress) -> List[float]:
     """Distances for (path0, path1) pairs, batching images of equal size."""
     loaded = []
     for p0, p1 in pairs:
@@ -135,16 +168,16 @@ def run_dirs(args) -> C.Result:
     listed = C.list_images(d0)
     C.list_images(d1)
     files = [p for p in listed if (d1 / p.name).is_file()]
-    res = C.Result(["file", "distance"])
+    column, fn, _ = _pair_function(args)
+    res = C.Result(["file", column])
     missing = len(listed) - len(files)
     if missing:
         res.notes.append(f"warning: {missing} file(s) of {d0} have no counterpart in {d1}")
     dists: List[float] = []
     if files:
         with C.progress_bar(len(files), "dirs", args.progress) as bar:
-            dists = _batched(C.lpips_model(args), [(p, d1 / p.name) for p in files], args.batch_size,
-                             torch.device(args.device), bar)
-    res.rows = [{"file": p.name, "distance": d} for p, d in zip(files, dists)]
+            dists = _batched(fn, [(p, d1 / p.name) for p in files], args.batch_size, torch.device(args.device), bar)
+    res.rows = [{"file": p.name, column: d} for p, d in zip(files, dists)]
     res.summary = {"pairs": len(res.rows), "mean": float(np.mean(dists)) if dists else None}
     return res
 
@@ -156,14 +189,25 @@ def run_allpairs(args) -> C.Result:
     ims = [C.load_lpips(p) for p in files]
     for p, t in zip(files[1:], ims[1:]):
         C.check_same_size(files[0], ims[0], p, t)
-    model = C.lpips_model(args)
+    column, fn, model = _pair_function(args)
     x = torch.cat(ims).to(args.device)
-    with torch.no_grad(), C.progress_bar(len(files), "features", args.progress) as bar:
-        D = model.pairwise(x, batch_size=args.batch_size, progress=bar.update).cpu()
-    res = C.Result(["image0", "image1", "distance"])
-    res.rows = [{"image0": files[i].name, "image1": files[j].name, "distance": float(D[i, j])}
-                for i in range(len(files)) for j in range(i + 1, len(files))]
-    res.summary = {"pairs": len(res.rows), "mean": float(np.mean([r["distance"] for r in res.rows]))}
+    pairs = [(i, j) for i in range(len(files)) for j in range(i + 1, len(files))]
+    if model is not None:  # LPIPS: every image through the trunk once
+        with torch.no_grad(), C.progress_bar(len(files), "features", args.progress) as bar:
+            D = model.pairwise(x, batch_size=args.batch_size, progress=bar.update).cpu()
+        values = [float(D[i, j]) for i, j in pairs]
+    else:  # any other metric, pair by pair in batches
+        values = []
+        with torch.no_grad(), C.progress_bar(len(pairs), "pairs", args.progress) as bar:
+            for s in range(0, len(pairs), args.batch_size):
+                chunk = pairs[s:s + args.batch_size]
+                i0 = torch.tensor([i for i, _ in chunk], device=x.device)
+                i1 = torch.tensor([j for _, j in chunk], device=x.device)
+                values += fn(x[i0], x[i1]).reshape(-1).tolist()
+                bar.update(len(chunk))
+    res = C.Result(["image0", "image1", column])
+    res.rows = [{"image0": files[i].name, "image1": files[j].name, column: v} for (i, j), v in zip(pairs, values)]
+    res.summary = {"pairs": len(res.rows), "mean": float(np.mean(values))}
     return res
 
 

@@ -88,6 +88,41 @@ def test_allpairs_matches_pair(folders, capsys):
     assert dup[0]["distance"] == pytest.approx(0.0, abs=1e-7)
 
 
+def _unit(path):
+    """An image file as (1, 3, H, W) in [0, 1]."""
+    return torch.from_numpy(fastlpips.read_image(path)).permute(2, 0, 1)[None]
+
+
+def test_pair_dirs_allpairs_take_any_registry_metric(folders, tmp_path, capsys):
+    """--metric NAME: the registry's metric on the files (column named after it); LPIPS through
+    --metric equals --net/--version; --metric with --net, or --heatmap without a map, is refused."""
+    d0, d1 = folders
+    a, b = d0 / "im1.png", d1 / "im1.png"
+    dists = fastlpips.DISTS()
+    with torch.no_grad():
+        want = float(dists(_unit(a), _unit(b)))
+    out = json.loads(_run(["pair", str(a), str(b), "--metric", "dists", "--format", "json"], capsys).out)
+    assert out["results"][0]["dists"] == pytest.approx(want, rel=1e-5)
+    vgg = json.loads(_run(["pair", str(a), str(b), "--metric", "lpips-vgg", "--format", "json",
+                           "--heatmap", str(tmp_path / "h.png")], capsys).out)
+    assert vgg["results"][0]["lpips-vgg"] == pytest.approx(_expected(a, b, "vgg"), rel=1e-5)
+    rows = list(csv.DictReader(io.StringIO(_run(["dirs", str(d0), str(d1), "--metric", "psnr", "--format", "csv",
+                                                 "--batch-size", "3", "--no-progress"], capsys).out)))
+    for r in rows:
+        want = float(fastlpips.metrics.create_metric("psnr")(_unit(d0 / r["file"]), _unit(d1 / r["file"])))
+        assert float(r["psnr"]) == pytest.approx(want, rel=1e-5)
+    pairs = json.loads(_run(["allpairs", str(d0), "--metric", "dists", "--format", "json", "--batch-size", "3",
+                             "--no-progress"], capsys).out)
+    assert pairs["summary"]["pairs"] == 10
+    for r in pairs["results"][:4]:
+        with torch.no_grad():
+            want = float(dists(_unit(d0 / r["image0"]), _unit(d0 / r["image1"])))
+        assert r["dists"] == pytest.approx(want, rel=1e-5)
+    _fails(["pair", str(a), str(b), "--metric", "dists", "--net", "vgg"], capsys, "replaces --net/--version")
+    _fails(["pair", str(a), str(b), "--metric", "psnr", "--heatmap", str(tmp_path / "x.png")], capsys,
+           "--metric psnr has none")
+
+
 def _fails(argv, capsys, match):
     """The command fails cleanly: exit code 1, one error message on stderr, no traceback."""
     assert cli.main(argv) == 1
