@@ -35,13 +35,12 @@ from .nets.weights import (
     load_dists_weights,
     load_trunk_state,
 )
-from .utils import channels_last
+from .utils import channels_last, reduce_batch
 
 __all__ = ["DISTS", "L2Pool", "dists_stage", "C1", "C2"]
 
 C1 = 1e-6
 C2 = 1e-6
-_REDUCTIONS = ("none", "mean", "sum")
 
 
 class L2Pool(nn.Module):
@@ -148,8 +147,7 @@ class DISTS(nn.Module):
             V.check_unit_images(x, name)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, reduction: str = "none") -> torch.Tensor:
-        if reduction not in _REDUCTIONS:
-            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        reduction = V.check_reduction(reduction)
         self._check(x, "x")
         self._check(y, "y")
         V.check_pair(x, y, "x", "y")
@@ -163,4 +161,4 @@ class DISTS(nn.Module):
             fx, fy = self.features(x), self.features(y)
         terms = [dists_stage(a, b, al, be) for (a, b), (al, be) in zip(zip(fx, fy), self.stage_weights())]
         d = 1 - torch.stack(terms).sum(0)
-        return d if reduction == "none" else (d.mean() if reduction == "mean" else d.sum())
+        return reduce_batch(d, reduction)

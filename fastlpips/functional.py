@@ -6,13 +6,14 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from . import validation as V
 from .model import LPIPS
+from .utils import reduce_batch
 
 __all__ = ["lpips", "distance_matrix", "get_model"]
 
 _MODELS: Dict[Tuple, LPIPS] = {}
 _LOCK = threading.Lock()
-_REDUCTIONS = ("none", "mean", "sum")
 
 
 def get_model(net: str = "alex", version: str = "0.1", *, lpips: bool = True, spatial: bool = False,
@@ -30,17 +31,6 @@ def get_model(net: str = "alex", version: str = "0.1", *, lpips: bool = True, sp
     return model
 
 
-def _reduce(d: torch.Tensor, reduction: str) -> torch.Tensor:
-    if reduction == "none":
-        return d
-    return d.mean() if reduction == "mean" else d.sum()
-
-
-def _check_reduction(reduction: str) -> None:
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-
-
 def lpips(img1: torch.Tensor, img2: torch.Tensor, *, net: str = "alex", version: str = "0.1",
           normalize: bool = False, reduction: str = "none") -> torch.Tensor:
     """LPIPS distance between image batches, differentiable with respect to both.
@@ -55,11 +45,11 @@ def lpips(img1: torch.Tensor, img2: torch.Tensor, *, net: str = "alex", version:
 
         >>> d = fastlpips.lpips(x, y, net='vgg', normalize=True, reduction='mean')
     """
-    _check_reduction(reduction)
+    reduction = V.check_reduction(reduction)
     if not isinstance(img1, torch.Tensor):
         raise TypeError(f"img1 must be a torch.Tensor, got {type(img1).__name__}")
     model = get_model(net, version, device=img1.device, dtype=img1.dtype if img1.is_floating_point() else torch.float32)
-    return _reduce(model(img1, img2, normalize=normalize).reshape(-1), reduction)
+    return reduce_batch(model(img1, img2, normalize=normalize).reshape(-1), reduction)
 
 
 def distance_matrix(x: torch.Tensor, y: Optional[torch.Tensor] = None, *, net: str = "alex", version: str = "0.1",

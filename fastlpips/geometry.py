@@ -75,26 +75,28 @@ def make_distance(name: Union[str, Distance], *, draws: int = 1, device=None) ->
     return lambda x, y: metric(x, y)
 
 
-def _feature_distance(name, draws: int, seed: int, device):
-    """The named perceptual distances as feature maps (``fastlpips.attacks`` distances): every
-    image's trunk runs once per step however many pairs it is in, and fixed images run without a
-    graph; E-LPIPS with ``draws`` draws per step shared by all images (``shared=True``). A
-    FeatureDistance is used as given (e.g. ``ELPIPSDistance(ELPIPS(families=...), shared=True)``
-    for ablations). None for the other names and callables (evaluated pair by pair)."""
+def _feature_distance(distance, draws: int, seed: int):
+    """The perceptual distances as feature maps (``fastlpips.attacks`` distances): every image's
+    trunk runs once per step however many pairs it is in, and fixed images run without a graph;
+    E-LPIPS with ``draws`` draws per step shared by all images (``shared=True``). ``distance``: a
+    registry metric (``_registered``), a FeatureDistance used as given (e.g.
+    ``ELPIPSDistance(ELPIPS(families=...), shared=True)`` for ablations) or a callable. None for
+    the registry's other metrics and callables (evaluated pair by pair)."""
     from .attacks.distances import ELPIPSDistance, FeatureDistance, LPIPSDistance
+    from .metrics import Metric
 
-    if isinstance(name, FeatureDistance):
-        if isinstance(name, ELPIPSDistance) and not name.shared:
+    if isinstance(distance, FeatureDistance):
+        if isinstance(distance, ELPIPSDistance) and not distance.shared:
             raise ValueError("an ELPIPSDistance for barycenters/geodesics must have shared=True (one draw for "
                              "every image of a step, so all images are comparable with each other)")
-        return name
-    if not isinstance(name, str):
-        return None
-    metric = _registered(name, draws, device)
-    if metric.info.family == "lpips":
-        return LPIPSDistance(metric.module)
-    if metric.info.family == "elpips":
-        return ELPIPSDistance(metric.module, samples=V.check_positive_int(draws, "draws"), seed=seed, shared=True)
+        return distance
+    if isinstance(distance, Metric) and distance.info.family == "lpips":
+        from .model import LPIPS
+
+        assert isinstance(distance.module, LPIPS)  # the registry's LPIPS family holds an LPIPS module
+        return LPIPSDistance(distance.module)
+    if isinstance(distance, Metric) and distance.info.family == "elpips":
+        return ELPIPSDistance(distance.module, samples=V.check_positive_int(draws, "draws"), seed=seed, shared=True)
     return None
 
 
@@ -107,8 +109,10 @@ class _Pairs:
     def __init__(self, distance, draws: int, seed: int, device) -> None:
         from .attacks.distances import ELPIPSDistance
 
-        self.fd = _feature_distance(distance, draws, seed, device)
-        self.d = _contract(make_distance(distance, draws=draws, device=device)) if self.fd is None else None
+        if not callable(distance):  # a name: the registry's metric, built once (TypeError for anything else)
+            distance = _registered(distance, draws, device)
+        self.fd = _feature_distance(distance, draws, seed)
+        self.d = _contract(distance) if self.fd is None else None
         self.elpips = self.fd if isinstance(self.fd, ELPIPSDistance) else None
         self._cache: Optional[torch.Tensor] = None
         self._step = 0

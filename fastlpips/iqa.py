@@ -34,12 +34,13 @@ published ones (tests/test_iqa.py checks each against scikit-image, piq 0.8.0 an
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from . import validation as V
+from .utils import reduce_batch
 from .validation import check_positive_int
 
 __all__ = ["psnr", "ssim", "ms_ssim", "ms_ssim_min_size", "gmsd", "MS_SSIM_WEIGHTS", "GMSD_C", "GMSD_MIN_SIZE",
@@ -52,8 +53,8 @@ GMSD_C: float = 170.0 / 255.0 ** 2
 #: The smallest height/width :func:`gmsd` accepts: after the 2 x 2 downsampling a 1 x 1 map has no
 #: gradient (GMSD would be 0, "identical", for any two images).
 GMSD_MIN_SIZE = 3
-#: Reductions over the batch: ``'none'`` returns ``(N,)``.
-REDUCTIONS: Tuple[str, ...] = ("none", "mean", "sum")
+#: Reductions over the batch: ``'none'`` returns ``(N,)`` (``validation.REDUCTIONS``).
+REDUCTIONS = V.REDUCTIONS
 
 # ITU-R BT.601 luma, the Y of YIQ (piq.rgb2yiq and GMSD's MATLAB code)
 _LUMA = (0.299, 0.587, 0.114)
@@ -69,14 +70,6 @@ def _check_images(x: torch.Tensor, y: torch.Tensor, min_size: int, what: str) ->
     V.check_image(y, "y", channels=None, hint=_HINT, finite=True)
     V.check_pair(x, y, "x", "y")
     V.check_size(x, min_size, what, "x")
-
-
-def _check_reduction(reduction: Optional[str]) -> str:
-    if reduction is None:
-        return "none"
-    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {list(REDUCTIONS)}, got {reduction!r}")
-    return reduction
 
 
 def _check_window(win_size: int, sigma: float) -> Tuple[int, float]:
@@ -96,11 +89,7 @@ def _prepare(x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tens
 
 
 def _reduce(v: torch.Tensor, reduction: str, out_dtype: torch.dtype) -> torch.Tensor:
-    if reduction == "mean":
-        v = v.mean()
-    elif reduction == "sum":
-        v = v.sum()
-    return v.to(out_dtype)
+    return reduce_batch(v, reduction).to(out_dtype)
 
 
 def _safe_sqrt(v: torch.Tensor) -> torch.Tensor:
@@ -122,7 +111,7 @@ def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, *, reduction
     helper for 0..255 arrays.
     """
     data_range = V.check_bound(data_range, "data_range")
-    reduction = _check_reduction(reduction)
+    reduction = V.check_reduction(reduction, allow_none=True)
     _check_images(x, y, 1, "PSNR")
     x, y, out_dtype = _prepare(x, y)
     mse = ((x - y) ** 2).mean(dim=(1, 2, 3))
@@ -201,7 +190,8 @@ def _ssim_args(data_range, win_size, sigma, k1, k2, reduction):
     data_range = V.check_bound(data_range, "data_range")
     win_size, sigma = _check_window(win_size, sigma)
     k1, k2 = V.check_bound(k1, "k1"), V.check_bound(k2, "k2")
-    return data_range, win_size, sigma, (k1 * data_range) ** 2, (k2 * data_range) ** 2, _check_reduction(reduction)
+    return (data_range, win_size, sigma, (k1 * data_range) ** 2, (k2 * data_range) ** 2,
+            V.check_reduction(reduction, allow_none=True))
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, *, win_size: int = 11, sigma: float = 1.5,
@@ -325,7 +315,7 @@ def gmsd(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, *, c: float 
     """
     data_range = V.check_bound(data_range, "data_range")
     c = V.check_bound(c, "c")
-    reduction = _check_reduction(reduction)
+    reduction = V.check_reduction(reduction, allow_none=True)
     _check_images(x, y, GMSD_MIN_SIZE, "GMSD (the 2 x 2 downsampled map must be at least 2 x 2 for a gradient)")
     if x.shape[1] not in (1, 3):
         raise ValueError(f"x and y must have 1 (luminance) or 3 (RGB) channels for GMSD, got shape {tuple(x.shape)}")

@@ -27,11 +27,12 @@ What differs from torchmetrics, on purpose:
 """
 from __future__ import annotations
 
-import threading
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import torch
 from torch import Tensor, nn
+
+from .utils import reduce_batch
 
 if TYPE_CHECKING:
     from .elpips import ELPIPS
@@ -165,14 +166,6 @@ def _scores(net: LPIPS, img1: Tensor, img2: Tensor, normalize: bool, eps: str) -
     return net.compare_features(f1, f2).reshape(-1)
 
 
-def _reduce(scores: Tensor, reduction: Optional[str]) -> Tensor:
-    if reduction == "mean":
-        return scores.mean()
-    if reduction == "sum":
-        return scores.sum()
-    return scores
-
-
 def _build_net(net_type: str, **kwargs) -> LPIPS:
     from .model import LPIPS
 
@@ -222,7 +215,7 @@ class _ScoreMetric(_Base):
         value = super().forward(*args)
         batch, self._batch = self._batch, None
         if batch is not None and batch.requires_grad and not getattr(self, "dist_sync_on_step", False):
-            value = _reduce(batch, self.reduction)  # the same numbers, with the graph
+            value = reduce_batch(batch, self.reduction)  # the same numbers, with the graph
         return value
 
     def compute(self) -> Tensor:
@@ -304,33 +297,19 @@ class DeepImageStructureAndTextureSimilarity(_ScoreMetric):
         self._add(self.net(preds, target))
 
 
-_NETS: Dict[Tuple[str, str, torch.dtype], LPIPS] = {}
-_LOCK = threading.Lock()
-
-
-def _cached_net(net_type: str, device: torch.device, dtype: torch.dtype) -> LPIPS:
-    key = (net_type, str(device), dtype)
-    with _LOCK:
-        net = _NETS.get(key)
-        if net is None:
-            net = _NETS[key] = _build_net(net_type).to(device=device, dtype=dtype)
-    return net
-
-
 def learned_perceptual_image_patch_similarity(img1: Tensor, img2: Tensor, net_type: str = "alex",
                                               reduction: Optional[str] = "mean", normalize: bool = False, *,
                                               eps: str = "lpips") -> Tensor:
     """torchmetrics' functional LPIPS on fastlpips: the network is built once per (net_type,
-    device, dtype) and reused; differentiable with respect to the images."""
+    device, dtype) and reused (``fastlpips.get_model``'s cache); differentiable with respect to
+    the images."""
+    from .functional import get_model
+
     _check_args(net_type, reduction, normalize, eps)
     _check_inputs(img1, img2, normalize)
     dtype = img1.dtype if img1.is_floating_point() else torch.float32
-    return _reduce(_scores(_cached_net(net_type, img1.device, dtype), img1, img2, normalize, eps), reduction)
-
-
-def cached_networks() -> List[Tuple[str, str, torch.dtype]]:
-    """The (net_type, device, dtype) keys of the functional form's networks built so far."""
-    return list(_NETS)
+    return reduce_batch(_scores(get_model(net_type, device=img1.device, dtype=dtype), img1, img2, normalize, eps),
+                        reduction)
 
 
 class ELPIPSMetric(_Base):
@@ -408,8 +387,7 @@ class ELPIPSMetric(_Base):
 
         V.check_image(x, "x", hint=V.UNIT_HINT)
         V.check_pair(x, y, "x", "y")
-        if x.shape != y.shape:
-            raise ValueError(f"x and y must have one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        V.check_same_shape(x, y, "x", "y")  # no broadcasting: one estimate per pair
         means, variances = [], []
         for i in range(x.shape[0]):
             est = elpips_estimate(x[i:i + 1], y[i:i + 1], metric=self.metric, confidence=self.confidence,

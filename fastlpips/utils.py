@@ -29,6 +29,15 @@ PathLike = Union[str, os.PathLike]  # a file name: str or pathlib.Path
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"})  # what folder commands read
 
 
+def reduce_batch(values: torch.Tensor, reduction: Optional[str]) -> torch.Tensor:
+    """Per-image values (N,) reduced over the batch: 'mean', 'sum', or 'none' / None (as they are)."""
+    if reduction == "mean":
+        return values.mean()
+    if reduction == "sum":
+        return values.sum()
+    return values
+
+
 def channels_last(t: torch.Tensor) -> torch.Tensor:
     """A 4-D batch in channels_last memory format (the convolutions' fast layout on CPU: 1.5-3x
     for the small convolutions of 32x32 classifiers here); anything else, and tensors inside vmap

@@ -15,7 +15,7 @@ import torch
 __all__ = ["check_image", "check_pair", "check_unit_images", "check_images_and_labels", "check_same_shape",
            "check_model_match", "check_size", "check_values", "check_positive_int", "check_finite", "check_number",
            "check_bound", "check_nonnegative", "check_seed", "check_fraction_values", "check_labels", "check_logits",
-           "RangeWarning", "UNIT_HINT", "ATTACK_BOX", "NONFINITE_RULE"]
+           "check_reduction", "REDUCTIONS", "RangeWarning", "UNIT_HINT", "ATTACK_BOX", "NONFINITE_RULE"]
 
 # The one rule for non-finite inputs, for every metric (iqa, classic, losses, LPIPS, E-LPIPS): a NaN
 # or Inf pixel raises ValueError naming the argument; no metric returns a score for such an image.
@@ -155,6 +155,19 @@ def check_positive_int(value: object, name: str, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
+
+
+#: Reductions over the batch: ``'none'`` keeps one value per image.
+REDUCTIONS: Tuple[str, ...] = ("none", "mean", "sum")
+
+
+def check_reduction(reduction: object, allow_none: bool = False) -> str:
+    """One of ``REDUCTIONS`` (``None`` means 'none' where ``allow_none``); ValueError otherwise."""
+    if reduction is None and allow_none:
+        return "none"
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {list(REDUCTIONS)}, got {reduction!r}")
+    return reduction
 
 
 def parse_fraction(text: str, name: str) -> float:

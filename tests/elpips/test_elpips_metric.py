@@ -69,5 +69,5 @@ def test_arguments_are_checked():
         ELPIPSMetric(metric=m, estimate_kwargs={"seed": 1})
     with pytest.raises(TypeError, match="seed"):
         ELPIPSMetric(metric=m, seed="one")
-    with pytest.raises(ValueError, match="x and y must have one shape"):
+    with pytest.raises(ValueError, match="x and y must have the same shape"):
         ELPIPSMetric(metric=m).update(torch.zeros(2, 3, 64, 64), torch.zeros(1, 3, 64, 64))
