@@ -49,7 +49,7 @@ def native_extensions():
         site = Path(torch.__file__).resolve().parent.parent
         late = [f"-idirafter{p}" for p in sorted(site.glob("nvidia/cu*/include"))]
         sources += ["csrc/cuda/head_cuda.cu", "csrc/cuda/head_cuda_glue.cpp", "csrc/cuda/transform_cuda.cu",
-                    "csrc/cuda/transform_cuda_glue.cpp"]
+                    "csrc/cuda/transform_cuda_glue.cpp", "csrc/cuda/stats_cuda.cu", "csrc/cuda/stats_cuda_glue.cpp"]
         ext = CUDAExtension("fastlpips._C", sources, include_dirs=include_dirs,
                             define_macros=macros + [("FASTLPIPS_WITH_CUDA", "1")],
                             extra_compile_args={"cxx": cxx + late, "nvcc": ["-O3"]},

@@ -42,6 +42,11 @@ TORCH_LIBRARY(fastlpips_native, m) {
   m.def("transform_fwd(Tensor x, Tensor params, Tensor colors, int scale, int out_h, int out_w) -> Tensor");
   m.def("transform_bwd(Tensor grad, Tensor params, Tensor colors, int scale, int batch, int in_h, int in_w)"
         " -> Tensor");
+  // DISTS' per-stage statistics (csrc/include/fastlpips/dists_math.h): t (N), s (N, C, 5) and the
+  // feature gradients.
+  m.def("stats_fwd(Tensor fx, Tensor fy, Tensor alpha, Tensor beta, float c1, float c2) -> (Tensor, Tensor)");
+  m.def("stats_bwd(Tensor g, Tensor fx, Tensor fy, Tensor alpha, Tensor beta, Tensor s, float c1, float c2,"
+        " bool[2] needs) -> (Tensor, Tensor)");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

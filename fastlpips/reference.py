@@ -1,4 +1,5 @@
-"""Pure-PyTorch ground truth of the LPIPS per-layer head (also the CPU fallback).
+"""Pure-PyTorch ground truth of the LPIPS per-layer head (also the CPU fallback) and of DISTS'
+per-stage statistics term (``dists_stage``, the release's arithmetic).
 
 For one trunk layer with features ``f0, f1`` of shape (N, C, H, W)::
 
@@ -22,9 +23,13 @@ EPS = 1e-10
 #: torchmetrics' normalization adds its epsilon inside the square root: f / sqrt(||f||^2 + 1e-8).
 ROOT_EPS = 1e-8
 
-__all__ = ["EPS", "ROOT_EPS", "safe_norm", "normalize_with_norm", "normalize_channels", "normalize_channels_root",
-           "lpips_head", "weighted_channel_sum",
-           "spatial_average", "upsample"]
+#: DISTS' stabilizing constants of both similarity terms (the release's c1 = c2 = 1e-6).
+DISTS_C1 = 1e-6
+DISTS_C2 = 1e-6
+
+__all__ = ["EPS", "ROOT_EPS", "DISTS_C1", "DISTS_C2", "safe_norm", "normalize_with_norm", "normalize_channels",
+           "normalize_channels_root", "lpips_head", "weighted_channel_sum", "spatial_average", "upsample",
+           "dists_stage"]
 
 
 def safe_norm(f: torch.Tensor, dim: int = 1) -> torch.Tensor:
@@ -92,3 +97,23 @@ def weighted_channel_sum(d: torch.Tensor, weight: Optional[torch.Tensor] = None)
     if weight is None:
         return d.sum(1, keepdim=True)
     return F.conv2d(d, weight.reshape(1, -1, 1, 1).to(d.dtype))
+
+
+def dists_stage(fx: torch.Tensor, fy: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
+                c1: float = DISTS_C1, c2: float = DISTS_C2) -> torch.Tensor:
+    """One DISTS stage's term sum_c (alpha_c S1_c + beta_c S2_c), (N,), of feature maps (N, C, H, W)
+    (a batch of 1 broadcasts); alpha, beta: (C,) already divided by the joint sum. Per channel, with
+    population statistics over the pixels::
+
+        S1 = (2 mu_x mu_y + c1) / (mu_x^2 + mu_y^2 + c1),   S2 = (2 sigma_xy + c2) / (sigma_x^2 + sigma_y^2 + c2)
+
+    The release's arithmetic (dists-pytorch 0.1: the covariance as E[xy] - mu_x mu_y) with plain
+    torch autograd: the ground truth of the statistics op (``fastlpips.ops.stats``)."""
+    mx, my = fx.mean((2, 3), keepdim=True), fy.mean((2, 3), keepdim=True)
+    s1 = (2 * mx * my + c1) / (mx * mx + my * my + c1)
+    vx = ((fx - mx) ** 2).mean((2, 3), keepdim=True)
+    vy = ((fy - my) ** 2).mean((2, 3), keepdim=True)
+    cxy = (fx * fy).mean((2, 3), keepdim=True) - mx * my
+    s2 = (2 * cxy + c2) / (vx + vy + c2)
+    w = alpha.reshape(1, -1, 1, 1) * s1 + beta.reshape(1, -1, 1, 1) * s2
+    return w.sum((1, 2, 3))

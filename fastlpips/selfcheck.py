@@ -22,6 +22,12 @@ backend that reports itself available a ``FAIL`` row with the exception text. Th
     adjoint (the gradient with respect to the images for a random grad_output). Images (B, 3, H, W)
     and scale level: 2x19x23 at level 2 (3 samples, both swap groups); unless ``quick`` also
     1x33x40 at level 4 and 2x20x20 at level 1 (4 samples).
+``stats <dtype>``
+    DISTS' per-stage statistics op ``ops.stats.dists_stage_term`` against ``reference.dists_stage``
+    (plain autograd, float64): the terms, the gradients of both feature maps and of alpha and beta
+    for one random grad_output, and the jvp. Shapes (N0 vs N1, C, H, W): 1 vs 3 (batch 1
+    broadcast), 3, 9, 7 with fy channels_last; unless ``quick`` 2, 70, 11, 13 (C not a multiple of
+    the kernels' channel blocks) and a VGG stage 2, 128, 16, 16 (channels_last).
 ``lpips <dtype>``
     ``LPIPS(net='alex', pnet_rand=True, backend=b)`` with one seeded random trunk for every backend,
     on 2 random 64x64 pairs: distances and the gradients of both inputs against the unfused
@@ -161,6 +167,51 @@ class _Check:
     skip: Callable[[str], Optional[str]] = lambda backend: None
 
 
+def _differentiable_op_check(title: str, dtype: torch.dtype, labels: List[str], inputs: Callable,
+                              reference_fn: Callable, backend_fn: Callable[[str], Callable],
+                              names: Callable[[int], List[str]],
+                              skip: Optional[Callable[[str], Optional[str]]] = None) -> _Check:
+    """A check of a differentiable op: per label, its value, the gradients of all its inputs for
+    one random grad_output and its jvp (``inputs(label)`` -> (args, tangents)), through
+    ``reference_fn`` (plain autograd) on float64 copies and through ``backend_fn(backend)``."""
+    def run(fn, args, tangents) -> List[torch.Tensor]:
+        out = fn(*args)
+        grads = _grads(out, args, _SEED + 5)
+        tout = torch.func.jvp(fn, tuple(a.detach() for a in args), tuple(tangents))[1]
+        return [out] + grads + [tout]
+
+    def reference():
+        ref = {}
+        for label in labels:
+            args, tangents = inputs(label)
+            args = [a.detach().double().contiguous().requires_grad_() for a in args]
+            ref[label] = [t.detach() for t in run(reference_fn, args, [t.double().contiguous() for t in tangents])]
+        return ref
+
+    def compare(backend, ref) -> Pairs:
+        pairs: Pairs = {}
+        fn = backend_fn(backend)
+        for label in labels:
+            args, tangents = inputs(label)
+            got = run(fn, [a.requires_grad_() for a in args], tangents)
+            for name, value, want in zip(names(len(args)), got, ref[label]):
+                pairs[f"{label} {name}"] = (value, want)
+        return pairs
+
+    return _Check(title, dtype, reference, compare, skip or (lambda backend: None))
+
+
+def _skip_without(op: str, what: str, caller: str) -> Callable[[str], Optional[str]]:
+    """A check's skip rule: a backend without kernels for ``op`` (its caller hands the op on)."""
+    from .ops import table
+
+    def skip(backend: str) -> Optional[str]:
+        if op not in table.BACKENDS[backend].ops:
+            return f"no {backend} {what} kernels ({caller} hands it to the next backend of 'auto')"
+        return None
+    return skip
+
+
 # -- 1. the head op --------------------------------------------------------------------------------
 # label -> (N0, N1, C, H, W, weighted, f0 channels_last, f1 channels_last)
 _HEAD_QUICK = {"1v3x13x5x7": (1, 3, 13, 5, 7, True, False, True)}
@@ -194,35 +245,17 @@ def _head_check(device: torch.device, dtype: torch.dtype, quick: bool) -> _Check
         g = _gen(seed + 3)
         return args, [_rand(a.shape, g, dtype, device, normal=True) for a in args]
 
-    def reference():
-        ref = {}
-        for label in shapes:
-            args, tangents = inputs(label)
-            args = [a.detach().double().contiguous().requires_grad_() for a in args]
-            fn = lambda *a: lpips_head(a[0], a[1], a[2] if len(a) > 2 else None, spatial=True)  # noqa: E731
-            out = fn(*args)
-            grads = _grads(out, args, _SEED + 5)
-            tangents = tuple(t.double().contiguous() for t in tangents)
-            tout = torch.func.jvp(fn, tuple(a.detach() for a in args), tangents)[1]
-            ref[label] = [out.detach()] + grads + [tout]
-        return ref
+    def reference_fn(*a):
+        return lpips_head(a[0], a[1], a[2] if len(a) > 2 else None, spatial=True)
 
-    def compare(backend, ref) -> Pairs:
-        pairs: Pairs = {}
-        for label in shapes:
-            args, tangents = inputs(label)
-            args = [a.requires_grad_() for a in args]
-            fn = lambda *a: head_op.lpips_head_map(a[0], a[1], a[2] if len(a) > 2 else None,  # noqa: E731
-                                                   backend=backend)
-            out = fn(*args)
-            grads = _grads(out, args, _SEED + 5)
-            tout = torch.func.jvp(fn, tuple(a.detach() for a in args), tuple(tangents))[1]
-            names = ["forward", "grad_f0", "grad_f1", "grad_w"][:1 + len(args)] + ["jvp"]
-            for name, got, want in zip(names, [out] + grads + [tout], ref[label]):
-                pairs[f"{label} {name}"] = (got, want)
-        return pairs
+    def backend_fn(backend):
+        return lambda *a: head_op.lpips_head_map(a[0], a[1], a[2] if len(a) > 2 else None, backend=backend)
 
-    return _Check(f"head {_dtype_name(dtype)}", dtype, reference, compare)
+    def names(count):
+        return ["forward", "grad_f0", "grad_f1", "grad_w"][:1 + count] + ["jvp"]
+
+    return _differentiable_op_check(f"head {_dtype_name(dtype)}", dtype, list(shapes), inputs, reference_fn,
+                                    backend_fn, names)
 
 
 # -- 2. the transform op ---------------------------------------------------------------------------
@@ -232,7 +265,6 @@ _TRANSFORM_FULL = {"1x33x40 s4": (1, 33, 40, 4, 2), "2x20x20 s1": (2, 20, 20, 1,
 
 
 def _transform_check(device: torch.device, dtype: torch.dtype, quick: bool) -> _Check:
-    from .ops import table
     from .ops import transform as transform_op
     from .transforms import apply_transform, sample_batched
 
@@ -271,15 +303,42 @@ def _transform_check(device: torch.device, dtype: torch.dtype, quick: bool) -> _
                 pairs[f"{label} group{k} adjoint"] = (gx, want_gx)
         return pairs
 
-    def skip(backend):
-        if "transform" not in table.BACKENDS[backend].ops:
-            return f"no {backend} transform kernels (batched_transform hands it to the next backend of 'auto')"
-        return None
-
-    return _Check(f"transform {_dtype_name(dtype)}", dtype, reference, compare, skip)
+    return _Check(f"transform {_dtype_name(dtype)}", dtype, reference, compare,
+                  _skip_without("transform", "transform", "batched_transform"))
 
 
-# -- 3. LPIPS --------------------------------------------------------------------------------------
+# -- 3. DISTS' statistics op -----------------------------------------------------------------------
+# label -> (N0, N1, C, H, W, fx channels_last, fy channels_last)
+_STATS_QUICK = {"1v3x3x9x7": (1, 3, 3, 9, 7, False, True)}
+_STATS_FULL = {"2x70x11x13": (2, 2, 70, 11, 13, False, False), "vgg 2x128x16x16": (2, 2, 128, 16, 16, True, True)}
+
+
+def _stats_check(device: torch.device, dtype: torch.dtype, quick: bool) -> _Check:
+    from .ops.stats import dists_stage_term
+    from .reference import dists_stage
+
+    shapes = dict(_STATS_QUICK, **({} if quick else _STATS_FULL))
+
+    def inputs(label):
+        n0, n1, c, h, w, cl0, cl1 = shapes[label]
+        seed = _SEED + 10 * list(shapes).index(label)
+        w_ = _rand((2, c), _gen(seed + 2), torch.float64, torch.device("cpu"))
+        w_ = (w_ / w_.sum()).to(device=device, dtype=dtype)
+        args = [_features(n0, c, h, w, seed, dtype, device, cl0), _features(n1, c, h, w, seed + 1, dtype, device, cl1),
+                w_[0], w_[1]]
+        g = _gen(seed + 3)
+        return args, [_rand(a.shape, g, dtype, device, normal=True) for a in args]
+
+    def backend_fn(backend):
+        return lambda *a: dists_stage_term(*a, backend=backend)
+
+    return _differentiable_op_check(f"stats {_dtype_name(dtype)}", dtype, list(shapes), inputs, dists_stage,
+                                    backend_fn, lambda count: ["forward", "grad_fx", "grad_fy", "grad_alpha",
+                                                               "grad_beta", "jvp"],
+                                    _skip_without("stats", "statistics", "DISTS"))
+
+
+# -- 4. LPIPS --------------------------------------------------------------------------------------
 def _lpips_check(device: torch.device, dtype: torch.dtype, quick: bool) -> _Check:
     from .model import LPIPS
 
@@ -313,7 +372,7 @@ def _lpips_check(device: torch.device, dtype: torch.dtype, quick: bool) -> _Chec
     return _Check(f"lpips {_dtype_name(dtype)}", dtype, reference, compare)
 
 
-# -- 4. E-LPIPS ------------------------------------------------------------------------------------
+# -- 5. E-LPIPS ------------------------------------------------------------------------------------
 def _elpips_reference_distances(metric, x: torch.Tensor, y: torch.Tensor, tset) -> torch.Tensor:
     """(samples, N) E-LPIPS distances without dropout, in the release's order: ``apply_transform``
     per sample, the trunk, ``reference.lpips_head`` per layer (``metric`` has dropout off)."""
@@ -385,7 +444,7 @@ def _elpips_check(device: torch.device, dtype: torch.dtype, quick: bool) -> _Che
 # -- running ---------------------------------------------------------------------------------------
 def _plan(device: torch.device, quick: bool) -> List[_Check]:
     ops = _dtypes(device, quick)
-    checks = [make(device, dtype, quick) for make in (_head_check, _transform_check) for dtype in ops]
+    checks = [make(device, dtype, quick) for make in (_head_check, _transform_check, _stats_check) for dtype in ops]
     # The models in float32, the dtype they run in (float64 convolutions are slow on CPU); unless
     # quick also LPIPS in float64, and E-LPIPS (a VGG16 trunk) in float64 on CUDA.
     f64 = () if quick else (torch.float64,)

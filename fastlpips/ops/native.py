@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from .. import _C  # type: ignore[attr-defined]  # noqa: F401  (the compiled extension: loads the schemas)
-from .registry import fake_bwd, fake_fwd, fake_jvp
+from .registry import fake_bwd, fake_fwd, fake_jvp, fake_stats_bwd, fake_stats_fwd
 
 NAMESPACE = "fastlpips_native"
 DEPRECATED_NAMESPACE = "fastlpips_cpp"
@@ -29,7 +29,8 @@ def _transform_bwd_fake(grad, params, colors, scale, batch, in_h, in_w):
 
 
 FAKES = {"head_fwd": fake_fwd, "head_bwd": fake_bwd, "head_jvp": fake_jvp,
-         "transform_fwd": _transform_fwd_fake, "transform_bwd": _transform_bwd_fake}
+         "transform_fwd": _transform_fwd_fake, "transform_bwd": _transform_bwd_fake,
+         "stats_fwd": fake_stats_fwd, "stats_bwd": fake_stats_bwd}
 
 for _name, _fake in FAKES.items():
     torch.library.register_fake(f"{NAMESPACE}::{_name}")(_fake)

@@ -1,4 +1,5 @@
-"""Register a backend's three head kernels (fwd, bwd, jvp) as torch.library custom ops.
+"""Register a backend's three head kernels (fwd, bwd, jvp) as torch.library custom ops, and the
+fake (meta) kernels of the head and statistics ops that every namespace shares.
 
 Going through the dispatcher lets torch.func transforms, fake tensors and torch.compile see
 plain tensors and a fake implementation; the kernels themselves know nothing of this.
@@ -30,6 +31,23 @@ def fake_bwd(g, f0, f1, w, r0, r1, eps, needs):
 def fake_jvp(f0, f1, w, r0, r1, t0, t1, tw, eps):
     n, _, h, wd = f0.shape
     return f0.new_empty((n, 1, h, wd), dtype=_acc(f0.dtype))
+
+
+def fake_stats_fwd(fx, fy, alpha, beta, c1, c2):
+    """The statistics op's forward: t (N,) and s (N, C, 5) in the accumulation dtype."""
+    n, c = fx.shape[:2]
+    acc = _acc(fx.dtype)
+    return fx.new_empty((n,), dtype=acc), fx.new_empty((n, c, 5), dtype=acc)
+
+
+def fake_stats_bwd(g, fx, fy, alpha, beta, s, c1, c2, needs):
+    """The statistics op's backward: full channels_last feature gradients where needed, else empty."""
+    def grad(need, f):
+        if not need:
+            return f.new_empty((0,))
+        return torch.empty(f.shape, dtype=f.dtype, device=f.device, memory_format=torch.channels_last)
+
+    return grad(needs[0], fx), grad(needs[1], fy)
 
 
 def register_head_ops(namespace: str, fwd: Callable, bwd: Callable, jvp: Callable) -> None:

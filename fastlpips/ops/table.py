@@ -7,10 +7,12 @@ reason it is not) and, per op, how to load its kernels:
   ``fwd(f0, f1, w, eps) -> (m, r0, r1)``, ``bwd(g, f0, f1, w, r0, r1, eps, needs) -> (g0, g1, gw)``,
   ``jvp(f0, f1, w, r0, r1, t0, t1, tw, eps) -> tm``;
 * ``transform``: ``(fwd, bwd)`` — ``fwd(x, params, colors, scale, out_h, out_w)`` and the adjoint
-  ``bwd(grad, params, colors, scale, batch, in_h, in_w)``.
+  ``bwd(grad, params, colors, scale, batch, in_h, in_w)``;
+* ``stats`` (DISTS' per-stage statistics): ``(fwd, bwd)`` — ``fwd(fx, fy, alpha, beta, c1, c2) ->
+  (t, s)`` and ``bwd(g, fx, fy, alpha, beta, s, c1, c2, needs) -> (gx, gy)``.
 
 Kernels are plain functions or torch.library ops with no autograd of their own; each op has one
-``autograd.Function`` (``fastlpips.ops.head`` / ``fastlpips.ops.transform``) that calls them.
+``autograd.Function`` (``fastlpips.ops.head`` / ``transform`` / ``stats``) that calls them.
 Backend choice (``resolve``), ``fastlpips.backends()`` and ``fastlpips check`` read this table.
 Adding a backend = one ``Backend`` entry here plus its kernels. Nothing is imported until a
 backend is first probed or used.
@@ -28,7 +30,7 @@ import torch
 __all__ = ["OPS", "BACKENDS", "Backend", "BackendUnavailable", "ENV_VAR", "why_not", "kernels", "resolve",
            "report"]
 
-OPS = ("head", "transform")
+OPS = ("head", "transform", "stats")
 ENV_VAR = "FASTLPIPS_BACKEND"
 
 
@@ -121,8 +123,15 @@ def _torch_transform():
     return k.transform_fwd, k.transform_bwd
 
 
+def _torch_stats():
+    from . import torch_kernels as k
+
+    return k.stats_fwd, k.stats_bwd
+
+
 _HEAD = ("head_fwd", "head_bwd", "head_jvp")
 _TRANSFORM = ("transform_fwd", "transform_bwd")
+_STATS = ("stats_fwd", "stats_bwd")
 
 
 def _library(namespace: str, names: Tuple[str, ...], register: Optional[str] = None) -> Callable[[], tuple]:
@@ -136,14 +145,18 @@ def _library(namespace: str, names: Tuple[str, ...], register: Optional[str] = N
 
 
 BACKENDS: Dict[str, Backend] = {b.name: b for b in (
-    Backend("torch", ("cpu", "cuda"), _probe_torch, {"head": _torch_head, "transform": _torch_transform}),
+    Backend("torch", ("cpu", "cuda"), _probe_torch, {"head": _torch_head, "transform": _torch_transform,
+                                                     "stats": _torch_stats}),
     Backend("cpp", ("cpu",), _probe_cpp, {"head": _library("fastlpips_native", _HEAD),
-                                          "transform": _library("fastlpips_native", _TRANSFORM)}),
+                                          "transform": _library("fastlpips_native", _TRANSFORM),
+                                          "stats": _library("fastlpips_native", _STATS)}),
     Backend("triton", ("cpu", "cuda"), _probe_triton, {"head": _library("fastlpips_triton", _HEAD, ".triton_ops"),
                                                        "transform": _library("fastlpips_triton", _TRANSFORM,
-                                                                             ".triton_ops")}),
+                                                                             ".triton_ops"),
+                                                       "stats": _library("fastlpips_triton", _STATS, ".triton_ops")}),
     Backend("cuda", ("cuda",), _probe_cuda, {"head": _library("fastlpips_native", _HEAD),
-                                             "transform": _library("fastlpips_native", _TRANSFORM)}),
+                                             "transform": _library("fastlpips_native", _TRANSFORM),
+                                             "stats": _library("fastlpips_native", _STATS)}),
     Backend("cupy", ("cuda",), _probe_cupy, {"head": _library("fastlpips_cupy", _HEAD, ".cupy_ops")}),
 )}
 

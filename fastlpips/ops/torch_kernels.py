@@ -11,6 +11,17 @@ Head, for features f0, f1 (N, C, H, W) and weights w (C,) (None = unit weights):
 with dn(v; n, r) = v / (r + eps) - n <v, n>_c / r the derivative of f / (||f|| + eps) (its
 norm term 0 where r == 0: the exact one-sided derivative I / eps at f = 0). ``reference.py``
 holds the same math with plain autograd: the ground truth of the tests.
+
+DISTS' stage statistics, for features fx, fy (N, C, H, W) of M = H W pixels and weights alpha,
+beta (C,): per (n, c) the means mx, my, the variances vx, vy and the covariance cxy (population,
+two-pass: centred sums), S1 = (2 mx my + c1) / B, B = mx^2 + my^2 + c1, S2 = (2 cxy + c2) / Q,
+Q = vx + vy + c2, and t[n] = sum_c alpha_c S1 + beta_c S2 (fwd, which also returns the statistics
+s (N, C, 5) = (mx, my, vx, vy, cxy)). The backward of g (N,) is, with dx = fx - mx, dy = fy - my::
+
+    gx = g/M (alpha 2 (my - S1 mx) / B - 2 beta S2 / Q dx + 2 beta / Q dy)       (bwd)
+    gy = g/M (alpha 2 (mx - S1 my) / B - 2 beta S2 / Q dy + 2 beta / Q dx)
+
+``reference.dists_stage`` is the ground truth (the release's arithmetic).
 """
 from __future__ import annotations
 
@@ -21,7 +32,8 @@ import torch
 from ..reference import normalize_with_norm
 from ..transforms import MAX_OFFSET, downscaled_size
 
-__all__ = ["head_fwd", "head_bwd", "head_jvp", "transform_fwd", "transform_bwd", "acc_dtype"]
+__all__ = ["head_fwd", "head_bwd", "head_jvp", "transform_fwd", "transform_bwd", "stats_fwd", "stats_bwd",
+           "stats_jvp", "stats_weight_grads", "acc_dtype"]
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -150,3 +162,88 @@ def transform_bwd(grad: torch.Tensor, params: torch.Tensor, colors: torch.Tensor
     val = val[..., None, None].expand(n, 3, oh, ow, scale, scale)
     gx = grad.new_zeros((batch, 3, in_h, in_w))
     return gx.index_put(idx, val, accumulate=True)
+
+
+# -- DISTS stage statistics ------------------------------------------------------------------------
+def _moments(fx: torch.Tensor, fy: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """(mx, my, vx, vy, cxy) (N, C) and the centred maps dx, dy of features in the accumulation dtype."""
+    mx, my = fx.mean((2, 3)), fy.mean((2, 3))
+    dx, dy = fx - mx[..., None, None], fy - my[..., None, None]
+    return mx, my, dx.square().mean((2, 3)), dy.square().mean((2, 3)), (dx * dy).mean((2, 3)), dx, dy
+
+
+def _similarities(mx: torch.Tensor, my: torch.Tensor, vx: torch.Tensor, vy: torch.Tensor, cxy: torch.Tensor,
+                  c1: float, c2: float) -> Tuple[torch.Tensor, ...]:
+    """(S1, B, S2, Q) per (n, c)."""
+    b = mx * mx + my * my + c1
+    q = vx + vy + c2
+    return (2 * mx * my + c1) / b, b, (2 * cxy + c2) / q, q
+
+
+def _stats_acc(fx: torch.Tensor, fy: torch.Tensor, alpha: torch.Tensor,
+               beta: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    acc = acc_dtype(fx.dtype)
+    return fx.to(acc), fy.to(acc), alpha.reshape(1, -1).to(acc), beta.reshape(1, -1).to(acc)
+
+
+def stats_fwd(fx: torch.Tensor, fy: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, c1: float,
+              c2: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """-> (t (N,), s (N, C, 5)) in the accumulation dtype (see the module docstring)."""
+    fx, fy, a, b = _stats_acc(fx, fy, alpha, beta)
+    mx, my, vx, vy, cxy, _, _ = _moments(fx, fy)
+    s1, _, s2, _ = _similarities(mx, my, vx, vy, cxy, c1, c2)
+    return (a * s1 + b * s2).sum(1), torch.stack([mx, my, vx, vy, cxy], -1)
+
+
+def stats_bwd(g: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
+              s: torch.Tensor, c1: float, c2: float, needs: List[bool]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """-> (gx, gy) (N, C, H, W) in the features' dtype (empty where not needed). The statistics are
+    recomputed from the features (differentiable in them: double backward)."""
+    fxa, fya, a, b = _stats_acc(fx, fy, alpha, beta)
+    mx, my, vx, vy, cxy, dx, dy = _moments(fxa, fya)
+    s1, bb, s2, q = _similarities(mx, my, vx, vy, cxy, c1, c2)
+    gm = g.to(fxa.dtype).reshape(-1, 1) / (fx.shape[2] * fx.shape[3])
+    k1, k2 = (-2 * gm * b * s2 / q)[..., None, None], (2 * gm * b / q)[..., None, None]
+    empty = fx.new_empty((0,))
+    gx = (gm * a * 2 * (my - s1 * mx) / bb)[..., None, None] + k1 * dx + k2 * dy if needs[0] else None
+    gy = (gm * a * 2 * (mx - s1 * my) / bb)[..., None, None] + k1 * dy + k2 * dx if needs[1] else None
+    return (empty if gx is None else gx.to(fx.dtype)), (empty if gy is None else gy.to(fy.dtype))
+
+
+def stats_weight_grads(g: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor, s: Optional[torch.Tensor], c1: float,
+                       c2: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of alpha and beta, (sum_n g S1, sum_n g S2) (C,), from the saved statistics ``s``
+    (None: recomputed from the features, differentiable in them)."""
+    if s is None:
+        acc = acc_dtype(fx.dtype)
+        mx, my, vx, vy, cxy, _, _ = _moments(fx.to(acc), fy.to(acc))
+    else:
+        mx, my, vx, vy, cxy = s.unbind(-1)
+    s1, _, s2, _ = _similarities(mx, my, vx, vy, cxy, c1, c2)
+    gg = g.to(s1.dtype).reshape(-1, 1)
+    return (gg * s1).sum(0), (gg * s2).sum(0)
+
+
+def stats_jvp(fx: torch.Tensor, fy: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
+              tx: Optional[torch.Tensor], ty: Optional[torch.Tensor], ta: Optional[torch.Tensor],
+              tb: Optional[torch.Tensor], c1: float, c2: float) -> torch.Tensor:
+    """Tangent of t (N,) along (tx, ty, ta, tb) (None = zero tangent)."""
+    fxa, fya, a, b = _stats_acc(fx, fy, alpha, beta)
+    mx, my, vx, vy, cxy, dx, dy = _moments(fxa, fya)
+    s1, bb, s2, q = _similarities(mx, my, vx, vy, cxy, c1, c2)
+    zero = torch.zeros_like(mx)
+    tx_ = None if tx is None else tx.to(fxa.dtype)
+    ty_ = None if ty is None else ty.to(fya.dtype)
+    dmx = zero if tx_ is None else tx_.mean((2, 3))
+    dmy = zero if ty_ is None else ty_.mean((2, 3))
+    dvx = zero if tx_ is None else 2 * (dx * tx_).mean((2, 3))
+    dvy = zero if ty_ is None else 2 * (dy * ty_).mean((2, 3))
+    dc = (zero if tx_ is None else (tx_ * dy).mean((2, 3))) + (zero if ty_ is None else (ty_ * dx).mean((2, 3)))
+    ts1 = (2 * (my - s1 * mx) * dmx + 2 * (mx - s1 * my) * dmy) / bb
+    ts2 = (2 * dc - s2 * (dvx + dvy)) / q
+    out = a * ts1 + b * ts2
+    if ta is not None:
+        out = out + ta.reshape(1, -1).to(s1.dtype) * s1
+    if tb is not None:
+        out = out + tb.reshape(1, -1).to(s2.dtype) * s2
+    return out.sum(1)

@@ -32,7 +32,7 @@ def test_cu_compiles(cu, arch, tmp_path):
 
 
 def test_cu_files_found():
-    assert {p.name for p in CU_FILES} == {"head_cuda.cu", "head_rtc.cu", "transform_cuda.cu"}
+    assert {p.name for p in CU_FILES} == {"head_cuda.cu", "head_rtc.cu", "stats_cuda.cu", "transform_cuda.cu"}
 
 
 @pytest.mark.parametrize("arch", ["compute_80", "compute_90"])

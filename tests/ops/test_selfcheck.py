@@ -19,7 +19,7 @@ from fastlpips.selfcheck import CheckResult, run_checks
 CPU = torch.device("cpu")
 REPORT = fastlpips.backends("cpu")
 AVAILABLE = [b for b, why in REPORT.items() if why == "available"]
-KINDS = ("head", "transform", "lpips", "elpips")
+KINDS = ("head", "transform", "stats", "lpips", "elpips")
 # the fastest non-torch backend here, for the failure-injection tests
 NATIVE = next((b for b in ("cpp", "triton") if b in AVAILABLE), None)
 
@@ -90,6 +90,30 @@ def _patch_native_head_fwd(monkeypatch, change):
 
 
 @pytest.mark.skipif(NATIVE is None, reason="neither the cpp nor the triton backend is available")
+def test_perturbed_statistics_gradient_fails(monkeypatch):
+    """The statistics op's backward kernel 0.1% off: only its stats row FAILs, naming the gradients."""
+    real = table.kernels
+
+    def patched(op, backend):
+        if op != "stats" or backend != NATIVE:
+            return real(op, backend)
+        fwd, bwd = real(op, backend)
+
+        def bad_bwd(*args):
+            gx, gy = bwd(*args)
+            return gx * 1.001, gy
+        return fwd, bad_bwd
+
+    monkeypatch.setattr(table, "kernels", patched)
+    rows = run_checks(CPU, quick=True, backends=(NATIVE,))
+    for r in rows:
+        if _kind(r) == "stats":
+            assert r.status == "FAIL" and "grad_fx" in r.detail and "grad_fy" not in r.detail, r.as_row()
+        else:
+            assert r.status == "pass", r.as_row()
+
+
+@pytest.mark.skipif(NATIVE is None, reason="neither the cpp nor the triton backend is available")
 def test_perturbed_head_kernel_fails(monkeypatch):
     """A head kernel 1e-3 off: its head, LPIPS and E-LPIPS rows FAIL, everything else passes."""
     _patch_native_head_fwd(monkeypatch, lambda m: m + 1e-3)
@@ -98,7 +122,7 @@ def test_perturbed_head_kernel_fails(monkeypatch):
     for r in _by(rows, "torch"):
         assert r.status == "pass", r.as_row()
     for r in _by(rows, NATIVE):
-        if _kind(r) == "transform":
+        if _kind(r) in ("transform", "stats"):
             assert r.status == "pass", r.as_row()
         else:
             assert r.status == "FAIL" and r.max_error > r.tolerance, r.as_row()

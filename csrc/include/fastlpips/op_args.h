@@ -12,6 +12,7 @@
 #include <tuple>
 
 #include "fastlpips/checks.h"
+#include "fastlpips/dists_math.h"
 #include "fastlpips/pixel_geometry.h"
 #include "fastlpips/transform_math.h"
 
@@ -172,6 +173,56 @@ inline TransformArgs transform_bwd_args(const at::Tensor& grad, const at::Tensor
       {batch, grad.size(0), int(in_h), int(in_w), int(scale), int(grad.size(2)), int(grad.size(3))});
   a.out = at::zeros({batch, 3, in_h, in_w}, a.in.options().dtype(a.colors.scalar_type()));
   return a;
+}
+
+// -- DISTS stage statistics ops (csrc/include/fastlpips/dists_math.h) --
+
+// Checked arguments of stats_fwd / stats_bwd: the features as full (N, C, H, W) channels_last
+// tensors (an expanded batch materialized), alpha and beta as contiguous C-vectors in the
+// accumulation type, and the image count, channels and pixels per channel.
+struct StatsArgs {
+  at::ScalarType acc;
+  at::Tensor fx, fy, alpha, beta;
+  int64_t N, C, M;
+};
+
+inline StatsArgs stats_args(const at::Tensor& fx, const at::Tensor& fy, const at::Tensor& alpha,
+                            const at::Tensor& beta) {
+  check_features(fx, fy);
+  const auto acc = at::toOpMathType(fx.scalar_type());
+  const int64_t C = fx.size(1);
+  TORCH_CHECK(alpha.numel() == C && beta.numel() == C, "fastlpips: alpha and beta must have C = ", C,
+              " elements, got ", alpha.sizes(), " and ", beta.sizes());
+  FASTLPIPS_CHECK_DEVICE(fx, alpha);
+  FASTLPIPS_CHECK_DEVICE(fx, beta);
+  const int64_t M = fx.size(2) * fx.size(3);
+  TORCH_CHECK(M > 0, "fastlpips: the features have no pixels: ", fx.sizes());
+  return {acc, full_channels_last(fx), full_channels_last(fy), alpha.reshape({C}).to(acc).contiguous(),
+          beta.reshape({C}).to(acc).contiguous(), fx.size(0), C, M};
+}
+
+// stats_fwd's outputs: t (N) and the statistics s (N, C, kStats), in the accumulation type.
+inline std::tuple<at::Tensor, at::Tensor> stats_fwd_outputs(const StatsArgs& a) {
+  const auto opt = a.fx.options().dtype(a.acc);
+  return {at::empty({a.N}, opt), at::empty({a.N, a.C, dists::kStats}, opt)};
+}
+
+// stats_bwd's upstream gradient g (N) and saved statistics s (N, C, kStats), checked and contiguous
+// in the accumulation type.
+inline std::tuple<at::Tensor, at::Tensor> stats_bwd_inputs(const StatsArgs& a, const at::Tensor& g,
+                                                           const at::Tensor& s) {
+  TORCH_CHECK(g.numel() == a.N, "fastlpips: g must have N = ", a.N, " elements, got ", g.sizes());
+  TORCH_CHECK(s.dim() == 3 && s.size(0) == a.N && s.size(1) == a.C && s.size(2) == dists::kStats,
+              "fastlpips: the statistics must be (N, C, ", int(dists::kStats), ") = (", a.N, ", ", a.C, ", ",
+              int(dists::kStats), "), got ", s.sizes());
+  FASTLPIPS_CHECK_DEVICE(a.fx, g);
+  FASTLPIPS_CHECK_DEVICE(a.fx, s);
+  return {g.reshape({a.N}).to(a.acc).contiguous(), s.to(a.acc).contiguous()};
+}
+
+// A feature gradient (full channels_last, the features' dtype) where needed, else empty.
+inline at::Tensor stats_grad_output(bool need, const at::Tensor& f) {
+  return need ? at::empty(f.sizes(), f.options(), at::MemoryFormat::ChannelsLast) : at::empty({0}, f.options());
 }
 
 }  // namespace fastlpips
