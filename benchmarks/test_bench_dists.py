@@ -6,6 +6,11 @@ images 256x256. Each point checks that the numbers agree (1e-5 relative). Target
 
 torchmetrics' metric class and functional form build a new network on every update/call; this
 benchmark times its network module built once, the fair per-forward comparison.
+
+``test_dists_statistics`` times the six stages' statistics alone on the same inputs' features:
+the op (``fastlpips.ops.stats``, auto backend) vs the release's arithmetic in plain torch
+(``reference.dists_stage``), forward and forward+backward; its time over the whole forward's is
+the op's share of DISTS (benchmarks/README.md).
 """
 import pytest
 import torch
@@ -80,3 +85,37 @@ def test_dists(benchmark, provider, mode, size, n, rounds):
         got = _call(provider, model, x, y, False).reshape(-1)
         want = models["fastlpips"](x, y)
     assert float(((got - want).abs() / want.abs()).max()) <= 1e-5
+
+
+@pytest.mark.parametrize("provider", ["release-arithmetic", "fastlpips-op"])
+@pytest.mark.parametrize("mode", ["forward", "forward+backward"])
+@pytest.mark.parametrize("size,n,rounds", GRID, ids=[f"{s}x{s}-N{n}" for s, n, _ in GRID])
+def test_dists_statistics(benchmark, provider, mode, size, n, rounds):
+    from fastlpips.reference import dists_stage
+
+    model = _models()["fastlpips"]
+    x, y = (images(n, size, 0) + 1) / 2, (images(n, size, 1) + 1) / 2
+    with torch.no_grad():
+        fx, fy = model.features(x), model.features(y)
+    weights = model.stage_weights()
+    grad = mode == "forward+backward"
+
+    def stats(a, b):
+        if provider == "fastlpips-op":
+            return model.from_features(a, b)
+        return 1 - torch.stack([dists_stage(p, q, al, be) for p, q, (al, be) in zip(a, b, weights)]).sum(0)
+
+    def run():
+        if grad:
+            ys = [f.clone().requires_grad_(True) for f in fy]
+            stats(fx, ys).sum().backward()
+            return ys[0].grad
+        with torch.no_grad():
+            return stats(fx, fy)
+
+    benchmark.group = f"DISTS statistics {mode} {size}x{size} N={n}"
+    benchmark.extra_info.update(provider=provider, size=size, batch=n, mode=mode)
+    benchmark.pedantic(run, rounds=rounds * 3, iterations=1, warmup_rounds=1)
+    with torch.no_grad():
+        want = 1 - torch.stack([dists_stage(p, q, al, be) for p, q, (al, be) in zip(fx, fy, weights)]).sum(0)
+        assert float(((stats(fx, fy) - want).abs() / want.abs()).max()) <= 1e-5

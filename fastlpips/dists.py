@@ -12,14 +12,16 @@ statistics):
     S2 = (2 sigma_xy + c2) / (sigma_x^2 + sigma_y^2 + c2)         (correlation: "structure")
     DISTS(x, y) = 1 - sum_{k,c} (alpha_kc S1 + beta_kc S2),   c1 = c2 = 1e-6,
 
-alpha and beta (1475 weights each) divided by their joint sum. The weights are the release's
+alpha and beta (1475 weights each) divided by their joint sum. Each stage's statistics and term
+run as one op of the op table (``fastlpips.ops.stats``: torch, cpp, triton and cuda kernels;
+``reference.dists_stage`` is its ground truth). The weights are the release's
 (``nets.weights.load_dists_weights``: the copy bundled with torchmetrics, or a path; sha256
 checked, read pickle-free), the trunk's the ImageNet VGG16 LPIPS-VGG uses.
 """
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -35,13 +37,13 @@ from .nets.weights import (
     load_dists_weights,
     load_trunk_state,
 )
+from .ops.stats import dists_stage_term
+from .reference import DISTS_C1 as C1
+from .reference import DISTS_C2 as C2
+from .reference import dists_stage
 from .utils import channels_last, reduce_batch
 
-__all__ = ["DISTS", "L2Pool", "dists_stage", "C1", "C2"]
-
-C1 = 1e-6
-C2 = 1e-6
-
+__all__ = ["DISTS", "L2Pool", "dists_stage", "C1", "C2", "MIN_SIZE"]
 
 class L2Pool(nn.Module):
     """DISTS' L2 pooling: sqrt(conv(x^2, g) + 1e-12), g the normalized outer product of
@@ -61,18 +63,9 @@ class L2Pool(nn.Module):
         return (F.conv2d(x * x, w, stride=2, padding=1, groups=c) + 1e-12).sqrt()
 
 
-def dists_stage(fx: torch.Tensor, fy: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """One stage's term sum_c (alpha_c S1_c + beta_c S2_c), (N,), of feature maps (N, C, H, W)
-    (a batch of 1 broadcasts); alpha, beta: (C,) already divided by the joint sum. The pure-torch
-    definition (the release's arithmetic: the covariance as E[xy] - mu_x mu_y)."""
-    mx, my = fx.mean((2, 3), keepdim=True), fy.mean((2, 3), keepdim=True)
-    s1 = (2 * mx * my + C1) / (mx * mx + my * my + C1)
-    vx = ((fx - mx) ** 2).mean((2, 3), keepdim=True)
-    vy = ((fy - my) ** 2).mean((2, 3), keepdim=True)
-    cxy = (fx * fy).mean((2, 3), keepdim=True) - mx * my
-    s2 = (2 * cxy + C2) / (vx + vy + C2)
-    w = (alpha.reshape(1, -1, 1, 1) * s1 + beta.reshape(1, -1, 1, 1) * s2)
-    return w.sum((1, 2, 3))
+#: The smallest image side: the deepest stage (relu5_3, after four poolings that halve rounding up)
+#: keeps 2x2 pixels, so each of its channels has a variance and a covariance.
+MIN_SIZE = 17
 
 
 class DISTS(nn.Module):
@@ -87,13 +80,15 @@ class DISTS(nn.Module):
             a random trunk, for tests).
         check_inputs: scan the values (NaN/Inf and values outside [0, 1] raise ValueError; one
             device sync per input); shape, dtype and device checks always run.
+        backend: the statistics kernels, 'auto' (default; or ``$FASTLPIPS_BACKEND``) | 'torch' |
+            'cpp' | 'triton' | 'cuda' (see ``fastlpips.backends()``).
         device: move the metric there.
     ``forward(x, y, reduction='none')``: 'mean' / 'sum' reduce over the batch.
     """
 
     def __init__(self, *, weights_path: Union[str, os.PathLike, None] = None,
                  weights_sha256: Optional[str] = DISTS_SHA256, trunk_path: Union[str, os.PathLike, None] = None,
-                 pnet_rand: bool = False, check_inputs: bool = True,
+                 pnet_rand: bool = False, check_inputs: bool = True, backend: Optional[str] = None,
                  device: Union[str, torch.device, None] = None) -> None:
         super().__init__()
         trunk = VGG16()
@@ -120,6 +115,7 @@ class DISTS(nn.Module):
         self.std: torch.Tensor
         self.channels = DISTS_CHANNELS
         self.check_inputs = check_inputs
+        self.backend = backend
         self.eval()
         if device is not None:
             self.to(device)
@@ -140,8 +136,13 @@ class DISTS(nn.Module):
                 out.append(h)
         return out
 
+    def check_size(self, x: torch.Tensor, name: str) -> None:
+        """Both sides of ``x`` at least ``MIN_SIZE`` (ValueError naming ``name``)."""
+        V.check_size(x, MIN_SIZE, "DISTS (its deepest stage needs 2x2 pixels)", name)
+
     def _check(self, x: torch.Tensor, name: str) -> None:
         V.check_image(x, name, hint=V.UNIT_HINT)
+        self.check_size(x, name)
         V.check_model_match(x, self.alpha.device, self.mean.dtype, name)
         if self.check_inputs and x.shape[0]:
             V.check_unit_images(x, name)
@@ -159,6 +160,10 @@ class DISTS(nn.Module):
             fx, fy = [f[:n] for f in both], [f[n:] for f in both]
         else:
             fx, fy = self.features(x), self.features(y)
-        terms = [dists_stage(a, b, al, be) for (a, b), (al, be) in zip(zip(fx, fy), self.stage_weights())]
-        d = 1 - torch.stack(terms).sum(0)
-        return reduce_batch(d, reduction)
+        return reduce_batch(self.from_features(fx, fy), reduction)
+
+    def from_features(self, fx: Sequence[torch.Tensor], fy: Sequence[torch.Tensor]) -> torch.Tensor:
+        """DISTS (N,) of two images' six stages (``features``; a batch of 1 broadcasts)."""
+        terms = [dists_stage_term(a, b, al, be, backend=self.backend)
+                 for (a, b), (al, be) in zip(zip(fx, fy), self.stage_weights())]
+        return (1 - torch.stack(terms).sum(0)).to(fx[0].dtype)

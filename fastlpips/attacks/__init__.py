@@ -1,7 +1,7 @@
 """Perceptual attacks on the fastlpips engine: distances, exact J^T J products, PPGD, LPA, Fast-LPA,
 attacks on the metrics themselves (E-LPIPS A1/A2, R-LPIPS OPT, 2AFC PGD), and the narrow threat
 models of robust evaluation (L_inf / L_2 PGD, JPEG, StAdv, ReColorAdv) on one protocol (``threat``)."""
-from .distances import ClassifierFeatureDistance, ELPIPSDistance, FeatureDistance, LPIPSDistance
+from .distances import ClassifierFeatureDistance, DISTSDistance, ELPIPSDistance, FeatureDistance, LPIPSDistance
 from .linalg import (
     JTJ,
     CGResult,
@@ -35,7 +35,8 @@ from .recolor import ReColorAdv
 from .stadv import StAdv
 from .threat import NoAttack, ThreatAttack, draw_noise
 
-__all__ = ["FeatureDistance", "LPIPSDistance", "ELPIPSDistance", "ClassifierFeatureDistance", "JTJ", "CGResult",
+__all__ = ["FeatureDistance", "LPIPSDistance", "ELPIPSDistance", "ClassifierFeatureDistance", "DISTSDistance",
+           "JTJ", "CGResult",
            "conjugate_gradient", "jtj_matvec", "lanczos_extremes", "lanczos_spectrum", "power_iteration",
            "hutchinson_moments", "PerceptualPGD",
            "LagrangePerceptualAttack", "FastLagrangePerceptualAttack", "Projected", "margin_loss",

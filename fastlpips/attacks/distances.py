@@ -13,6 +13,10 @@
 * ``ClassifierFeatureDistance(model, layers)``: self-bounded distances from a classifier's own
   feature layers, named as in ``model.named_modules()`` and captured with forward hooks (4-D
   activations are normalized per pixel and divided by sqrt(H W), 2-D ones per vector).
+* ``DISTSDistance(model)``: DISTS, which is not a feature norm: ``from_features`` computes DISTS
+  itself from the six stages, and ``metric_features`` is the map whose Jacobian gives DISTS'
+  local length (its second-order expansion at the current image), which the attacks' steps and
+  J^T J products use; ``squared=True`` (DISTS grows like ||J v||^2).
 """
 from __future__ import annotations
 
@@ -92,7 +96,10 @@ class FeatureDistance(nn.Module):
     * ``stochastic`` and ``resample()``: phi depends on random draws (E-LPIPS), which the attacks
       renew at every step; a no-op for deterministic distances;
     * ``has_linearization`` and ``linearize(x)`` -> (phi(x), v -> J v): an exact kept
-      linearization (tangent-only passes); without one the attacks use ``torch.func.jvp``.
+      linearization (tangent-only passes); without one the attacks use ``torch.func.jvp``;
+    * ``metric_features(x)``: the map whose Jacobian J measures lengths, d(x, x + v) ~ ||J v||
+      (or its square); ``features`` itself for a feature norm, another map for a distance that
+      is not one (DISTS), whose ``from_features`` then computes the distance.
     """
 
     squared: bool = False
@@ -105,6 +112,10 @@ class FeatureDistance(nn.Module):
 
     def resample(self, seed: Optional[int] = None) -> None:
         """Draw new random numbers (stochastic distances); nothing to do for deterministic ones."""
+
+    def metric_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The map whose Jacobian the attacks use for lengths (``features`` for a feature norm)."""
+        return self.features(x)
 
     def linearize(self, x: torch.Tensor):
         raise NotImplementedError(f"{type(self).__name__} has no kept linearization (has_linearization=False)")
@@ -397,3 +408,68 @@ class ClassifierFeatureDistance(FeatureDistance):
             xd = x.detach()
             return phi, lambda v: torch.func.jvp(self.features, (xd,), (v,))[1]
         return phi, jvp
+
+
+class DISTSDistance(FeatureDistance):
+    """DISTS (``fastlpips.DISTS``) as the attacks' distance, on DISTS' own scale (``squared=True``).
+
+    ``features(x)`` -> (N, D): the six stages flattened (image, relu1_2 .. relu5_3);
+    ``from_features`` computes DISTS from two such rows (the statistics op, exact gradients).
+    DISTS is not a norm of a feature difference, but it is a sum of squares: per stage and channel,
+    alpha (mx - my)^2 / (mx^2 + my^2 + c1) + beta Var(fx - fy) / (vx + vy + c2). Its expansion at
+    an image x is therefore ||W J v||^2 with J the stages' Jacobian and W the per-channel scales
+    sqrt(alpha / (2 mx^2 + c1)) (on the mean) and sqrt(beta / (M (2 vx + c2))) (on the centred map,
+    M pixels): ``metric_features`` applies W (computed at the image and held constant) to the
+    stages, so the attacks' J v, J^T J products and step lengths measure DISTS' local length."""
+
+    squared = True
+
+    def __init__(self, model=None) -> None:
+        super().__init__()
+        if model is None:
+            from ..dists import DISTS
+
+            model = DISTS()
+        self.model = model.eval()
+        self._layouts: Dict[int, List[Tuple[int, ...]]] = {}
+
+    def _check_size(self, x: torch.Tensor, name: str) -> None:
+        self.model.check_size(x, name)
+
+    def _stages(self, x: torch.Tensor) -> List[torch.Tensor]:
+        return self.model.features(x.to(self.model.mean.dtype))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        stages = self._stages(x)
+        flat = torch.cat([f.reshape(f.shape[0], -1) for f in stages], 1)
+        self._layouts[flat.shape[1]] = [tuple(f.shape[1:]) for f in stages]
+        return flat
+
+    def _unflatten(self, f: torch.Tensor) -> List[torch.Tensor]:
+        layout = self._layouts.get(f.shape[1])
+        if layout is None:
+            raise ValueError(f"DISTSDistance.from_features got rows of {f.shape[1]} values, which no call of "
+                             f"features() produced; pass rows made by features()")
+        out, start = [], 0
+        for shape in layout:
+            size = shape[0] * shape[1] * shape[2]
+            out.append(f[:, start:start + size].reshape(f.shape[0], *shape))
+            start += size
+        return out
+
+    def from_features(self, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
+        return self.model.from_features(self._unflatten(fx), self._unflatten(fy))
+
+    def metric_features(self, x: torch.Tensor) -> torch.Tensor:
+        from ..reference import DISTS_C1, DISTS_C2
+
+        out = []
+        for f, (alpha, beta) in zip(self._stages(x), self.model.stage_weights()):
+            m = f.mean((2, 3), keepdim=True)
+            centred = f - m
+            # W at this image, held constant (detached: no tangent either): J of this map is W J
+            md, v = m.detach(), centred.detach().square().mean((2, 3), keepdim=True)
+            wm = (alpha.view(1, -1, 1, 1) / (2 * md * md + DISTS_C1)).sqrt()
+            wc = (beta.view(1, -1, 1, 1) / (f.shape[2] * f.shape[3] * (2 * v + DISTS_C2))).sqrt()
+            out += [(wm * m).flatten(1), (wc * centred).flatten(1)]
+        return torch.cat(out, 1)

@@ -53,7 +53,7 @@ class JTJ:
         if mode not in ("jvp", "linearize", "manual") or (mode == "manual" and manual is None):
             raise ValueError(f"mode must be 'auto', 'jvp', 'linearize' or 'manual' (with a distance that has "
                              f"linearize), got {mode!r}")
-        phi = owner.features if phi is owner else phi
+        phi = owner.metric_features if phi is owner else phi
         self.x, self.phi, self.mode = x.detach(), phi, mode
         self.passes = {"forward": 1, "jvp": 0, "tangent": 0, "backward": 0}
         if mode == "manual":  # one primal pass serves both the graph for J^T and the linearization

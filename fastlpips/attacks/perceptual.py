@@ -198,7 +198,7 @@ class PerceptualPGD(_PerceptualAttack):
         a = adv.detach().requires_grad_(True)
         loss = margin_loss(self.model(a), labels, self.kappa, self.targeted)
         (g,) = torch.autograd.grad(loss.sum(), a)
-        op = JTJ(self.distance.features, adv)
+        op = JTJ(self.distance.metric_features, adv)
         cg = conjugate_gradient(op, g, iterations=self.cg_iterations)
         jd = op.J(cg.x)
         length = jd.flatten(1).norm(dim=1)
@@ -289,7 +289,8 @@ class LagrangePerceptualAttack(_PerceptualAttack):
                 (g,) = torch.autograd.grad(loss.sum(), a)
                 gn = g / _bcast(g.flatten(1).norm(dim=1) + 1e-8, g)
                 with torch.no_grad():  # exact ||J g||: a tangent pass on this forward's linearization
-                    jg = jvp(gn) if jvp is not None else torch.func.jvp(self.distance.features, (a.detach(),), (gn,))[1]
+                    jg = jvp(gn) if jvp is not None else \
+                        torch.func.jvp(self.distance.metric_features, (a.detach(),), (gn,))[1]
                 length = jg.flatten(1).norm(dim=1)
                 new = (a.detach() - _bcast(eta / (length + 1e-8), gn) * gn).clamp(0, 1)
                 adv[idx] = torch.where(_bcast(rows, new), new, a.detach())

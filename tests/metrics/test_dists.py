@@ -114,6 +114,9 @@ def test_bad_input_raises_clearly(ours, photos):
         ours(x, y[..., :32])
     with pytest.raises(ValueError, match="reduction must be one of"):
         ours(x, y, reduction="max")
+    with pytest.raises(ValueError, match=r"x of spatial size 16x16 is too small for DISTS.*at least 17x17"):
+        ours(x[..., :16, :16], y[..., :16, :16])
+    assert ours(x[..., :17, :17], y[..., :17, :17]).shape == (4,)
     with pytest.raises(ValueError, match=r"x must be .*\(N, 3, H, W\)|x must have 3 channels|x must be a 4-D"):
         ours(x[:, :1], y[:, :1])
 
