@@ -38,6 +38,7 @@ from .nets.weights import (
     load_trunk_state,
 )
 from .ops.stats import dists_stage_term
+from .precision import resolve_dtype, warn_if_slow
 from .reference import DISTS_C1 as C1
 from .reference import DISTS_C2 as C2
 from .reference import dists_stage
@@ -82,15 +83,21 @@ class DISTS(nn.Module):
             device sync per input); shape, dtype and device checks always run.
         backend: the statistics kernels, 'auto' (default; or ``$FASTLPIPS_BACKEND``) | 'torch' |
             'cpp' | 'triton' | 'cuda' (see ``fastlpips.backends()``).
-        device: move the metric there.
+        dtype: reduced precision for the trunk, as ``fastlpips.LPIPS``: ``'bf16'`` / ``'fp16'``
+            (the convolutions in that dtype, the statistics accumulated in fp32, inputs and result
+            fp32), ``'auto'`` (bf16 only where it is measured faster on ``device``, else fp32;
+            ``fastlpips.precision``), None / ``'fp32'`` (default).
+        device: move the metric there; also the device ``dtype='auto'`` decides for.
     ``forward(x, y, reduction='none')``: 'mean' / 'sum' reduce over the batch.
     """
 
     def __init__(self, *, weights_path: Union[str, os.PathLike, None] = None,
                  weights_sha256: Optional[str] = DISTS_SHA256, trunk_path: Union[str, os.PathLike, None] = None,
                  pnet_rand: bool = False, check_inputs: bool = True, backend: Optional[str] = None,
+                 dtype: Union[torch.dtype, str, None] = None,
                  device: Union[str, torch.device, None] = None) -> None:
         super().__init__()
+        self.compute_dtype = resolve_dtype(dtype, device, net="vgg")
         trunk = VGG16()
         if not pnet_rand:
             load_trunk_state(trunk, "vgg", trunk_path)
@@ -102,6 +109,8 @@ class DISTS(nn.Module):
             stages.append(len(layers))
         self.layers = nn.ModuleList(layers)
         self.layers.to(memory_format=torch.channels_last)  # the convolutions' fast layout (utils.channels_last)
+        if self.compute_dtype is not None:
+            self.layers.to(self.compute_dtype)
         self.stage_ends = stages
         self.requires_grad_(False)
         w = load_dists_weights(weights_path, weights_sha256)
@@ -130,6 +139,8 @@ class DISTS(nn.Module):
         """The six stages of ``x`` (in [0, 1]): the image and relu1_2 .. relu5_3."""
         out = [x]
         h = channels_last((x - self.mean.to(x.dtype)) / self.std.to(x.dtype))
+        if self.compute_dtype is not None:
+            h = h.to(self.compute_dtype)
         for i, m in enumerate(self.layers):
             h = m(h)
             if i + 1 in self.stage_ends:
@@ -149,6 +160,8 @@ class DISTS(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, reduction: str = "none") -> torch.Tensor:
         reduction = V.check_reduction(reduction)
+        if self.compute_dtype is not None:
+            warn_if_slow(self.compute_dtype, x.device, net="vgg")
         self._check(x, "x")
         self._check(y, "y")
         V.check_pair(x, y, "x", "y")

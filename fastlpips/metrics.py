@@ -106,7 +106,7 @@ _ENTRIES: List[MetricInfo] = _lpips_entries() + [
                True, (0.0, INF), True, dict(_ELPIPS_OPTIONS), params={"net": "squeeze"}),
     MetricInfo("dists", "dists", "DISTS: structure and texture similarity of VGG16 features with L2 pooling "
                "(Ding et al. 2020; the authors' dists-pytorch)", True, (0.0, 2.0), True,
-               {"weights_path": None, "trunk_path": None, "pnet_rand": False}),
+               {"weights_path": None, "trunk_path": None, "pnet_rand": False, "backend": None, "dtype": None}),
     MetricInfo("psnr", "iqa", "peak signal-to-noise ratio in dB (inf for identical images)", False, (0.0, INF),
                True),
     MetricInfo("ssim", "iqa", "structural similarity, Gaussian window (Wang et al. 2004; scikit-image's "
@@ -296,7 +296,7 @@ def _build_dists(info: MetricInfo, opts: Dict[str, Any], device) -> Tuple[nn.Mod
     from .dists import DISTS
 
     model = DISTS(weights_path=opts["weights_path"], trunk_path=opts["trunk_path"], pnet_rand=opts["pnet_rand"],
-                  check_inputs=opts["check_inputs"], device=device)
+                  check_inputs=opts["check_inputs"], backend=opts["backend"], dtype=opts["dtype"], device=device)
     return (model, lambda x, y: model(x, y), lambda x, y: model(_half(x), _half(y)))
 
 
