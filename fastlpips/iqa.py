@@ -1,4 +1,4 @@
-"""Classic full-reference image quality metrics on batches: PSNR, SSIM, MS-SSIM and GMSD.
+"""Classic full-reference image quality metrics on batches: PSNR, SSIM, MS-SSIM, GMSD and UQI.
 
 Pure torch, differentiable, on the inputs' device. Every function takes two batches ``x`` and
 ``y`` of shape ``(N, C, H, W)`` (a batch of 1 broadcasts against N) with values in
@@ -30,6 +30,10 @@ published ones (tests/test_iqa.py checks each against scikit-image, piq 0.8.0 an
   ``0.299 R + 0.587 G + 0.114 B``, 2 x 2 average downsampling (an odd last row/column averaged
   with zeros), Prewitt gradients with zero padding, ``c = 170 / 255**2`` on [0, 1] data, and the
   population standard deviation of the similarity map.
+* :func:`uqi`: Wang & Bovik 2002, the universal image quality index, as the authors' MATLAB
+  ``img_qi.m``: an 8 x 8 sliding window over the valid region, ``Q = 4 s_xy m_x m_y / ((s_x^2 +
+  s_y^2)(m_x^2 + m_y^2))`` with its two special cases (flat windows), averaged per channel, then
+  over channels; ``window='gaussian', win_size=11`` is torchmetrics' variant.
 """
 from __future__ import annotations
 
@@ -43,8 +47,8 @@ from . import validation as V
 from .utils import reduce_batch
 from .validation import check_positive_int
 
-__all__ = ["psnr", "ssim", "ms_ssim", "ms_ssim_min_size", "gmsd", "MS_SSIM_WEIGHTS", "GMSD_C", "GMSD_MIN_SIZE",
-           "REDUCTIONS"]
+__all__ = ["psnr", "ssim", "ms_ssim", "ms_ssim_min_size", "gmsd", "uqi", "UQI_WINDOWS", "MS_SSIM_WEIGHTS", "GMSD_C",
+           "GMSD_MIN_SIZE", "REDUCTIONS"]
 
 #: MS-SSIM scale weights (exponents), finest scale first (Wang, Simoncelli & Bovik 2003).
 MS_SSIM_WEIGHTS: Tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -337,3 +341,58 @@ def gmsd(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, *, c: float 
     gms = (2.0 * mx * my + c) / (mx * mx + my * my + c)  # exactly 1 where mx == my
     dev = gms - gms.mean(dim=(1, 2, 3), keepdim=True)
     return _reduce(_safe_sqrt((dev * dev).mean(dim=(1, 2, 3))), reduction, out_dtype)
+
+
+# --- UQI -----------------------------------------------------------------------------------------
+
+#: UQI's window shapes: the paper's uniform (box) window and torchmetrics' Gaussian one.
+UQI_WINDOWS = ("uniform", "gaussian")
+
+
+def uqi(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, *, win_size: int = 8, window: str = "uniform",
+        sigma: float = 1.5, reduction: str = "none") -> torch.Tensor:
+    """Universal image quality index per image, ``(N,)`` (Wang & Bovik 2002); 1 for identical images.
+
+    Per channel and window position (the valid region: a ``win_size`` window never leaves the
+    image), with the window's means m, variances s^2 and covariance s_xy (population statistics)::
+
+        Q = 4 s_xy m_x m_y / ((s_x^2 + s_y^2) (m_x^2 + m_y^2))
+
+    and, as the authors' ``img_qi.m``: ``Q = 2 m_x m_y / (m_x^2 + m_y^2)`` where both windows are
+    flat (s_x^2 + s_y^2 = 0) but not both zero, ``Q = 1`` where both are zero. The map's mean per
+    channel, then the mean over channels. Computed in float64 (the window statistics of flat
+    regions cancel in float32), the result in the input's dtype.
+
+    ``window='uniform'`` (default, the paper's 8 x 8 box); ``window='gaussian'`` with ``win_size=11,
+    sigma=1.5`` is ``torchmetrics.functional.universal_image_quality_index`` (which pads by
+    reflection and crops back to the same valid region, and adds float eps to its denominator
+    instead of the special cases). sewar's ``uqi`` drops the last row and column of this map
+    (scipy's even-sized window is off centre). UQI is scale-free: ``data_range`` only checks.
+    """
+    V.check_bound(data_range, "data_range")
+    reduction = V.check_reduction(reduction, allow_none=True)
+    if window not in UQI_WINDOWS:
+        raise ValueError(f"window must be one of {UQI_WINDOWS}, got {window!r}")
+    win_size = check_positive_int(win_size, "win_size")
+    if window == "gaussian":
+        win_size, sigma = _check_window(win_size, sigma)
+    _check_images(x, y, win_size, f"UQI's {win_size} x {win_size} window")
+    x, y, out_dtype = _prepare(x, y)
+    if x.shape[0] == 0:
+        return _reduce(x.new_zeros((0,)), reduction, out_dtype)
+    x, y = x.double(), y.double()
+    g = (_gaussian_window(win_size, sigma, x.dtype, x.device) if window == "gaussian"
+         else torch.full((win_size,), 1.0 / win_size, dtype=x.dtype, device=x.device))
+    c = x.shape[1]
+    shift = (0.5 * (x.mean(dim=(2, 3), keepdim=True) + y.mean(dim=(2, 3), keepdim=True))).detach()
+    xs, ys = x - shift, y - shift  # (co)variances unchanged; fewer digits lost (as in SSIM)
+    mx, my, mxx, myy, mxy = _filter_valid(torch.cat((xs, ys, xs * xs, ys * ys, xs * ys), dim=1), g).split(c, dim=1)
+    vsum = (mxx - mx * mx) + (myy - my * my)
+    vxy = mxy - mx * my
+    ux, uy = mx + shift, my + shift
+    msum = ux * ux + uy * uy
+    one = torch.ones_like(msum)
+    flat = torch.where(msum != 0, 2 * ux * uy / torch.where(msum != 0, msum, one), one)
+    den = vsum * msum
+    q = torch.where(den != 0, 4 * vxy * ux * uy / torch.where(den != 0, den, one), flat)
+    return _reduce(q.mean(dim=(2, 3)).mean(dim=1), reduction, out_dtype)

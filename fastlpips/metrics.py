@@ -115,6 +115,8 @@ _ENTRIES: List[MetricInfo] = _lpips_entries() + [
                dict(_SSIM_OPTIONS)),
     MetricInfo("gmsd", "iqa", "gradient magnitude similarity deviation (Xue et al. 2014; as piq)", True,
                (0.0, 1.0), True),
+    MetricInfo("uqi", "iqa", "universal image quality index, 8 x 8 sliding window (Wang & Bovik 2002; the authors' "
+               "img_qi.m)", False, (-1.0, 1.0), True, {"win_size": 8, "window": "uniform", "sigma": 1.5}),
     MetricInfo("l2-lab", "baseline", "lpips' L2 baseline: half the mean squared difference of the 8-bit images "
                "in CIELAB / 100 (lpips.L2(colorspace='Lab'))", True, (0.0, INF), False),
     MetricInfo("l2-rgb", "baseline", "lpips' L2 baseline in RGB: the mean squared difference of the images "
@@ -304,7 +306,7 @@ def _build_function(info: MetricInfo, opts: Dict[str, Any]) -> Tuple[Callable, C
     from . import classic, iqa
 
     if info.family == "iqa":
-        fn = {"psnr": iqa.psnr, "ssim": iqa.ssim, "ms-ssim": iqa.ms_ssim, "gmsd": iqa.gmsd}[info.name]
+        fn = {"psnr": iqa.psnr, "ssim": iqa.ssim, "ms-ssim": iqa.ms_ssim, "gmsd": iqa.gmsd, "uqi": iqa.uqi}[info.name]
 
         def unit(x, y):
             return fn(x, y, 1.0, **opts)

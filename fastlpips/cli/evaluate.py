@@ -17,7 +17,8 @@ def register(sub, parents: C.Parents) -> None:
     s.add_argument("ref_dir", help="folder of reference images (searched recursively)")
     s.add_argument("out_dirs", nargs="+", help="folders of outputs, one per method; files matched by relative path")
     s.add_argument("--metrics", nargs="+", default=["psnr,ssim,lpips"],
-                   help="comma-separated names of `fastlpips metrics` (psnr, ssim, ms-ssim, gmsd, lpips, lpips-vgg, "
+                   help="comma-separated names of `fastlpips metrics` (psnr, ssim, ms-ssim, gmsd, uqi, lpips, "
+                        "lpips-vgg, "
                         "elpips, ...); rlpips=CKPT and lpips-NET=CKPT read a checkpoint (default psnr,ssim,lpips)")
     s.add_argument("--results", default="evaluation", help="folder for records, results.csv/json, report.html "
                    "(default ./evaluation; a rerun resumes there)")

@@ -5,7 +5,7 @@
 relative path (another image extension is accepted when the name is otherwise unique: ``a.png``
 vs ``a.jpg``), with any metric of the registry (``fastlpips.list_metrics()``):
 
-* ``psnr``, ``ssim``, ``ms-ssim``, ``gmsd``: ``fastlpips.iqa`` (the conventions of scikit-image,
+* ``psnr``, ``ssim``, ``ms-ssim``, ``gmsd``, ``uqi``: ``fastlpips.iqa`` (the conventions of scikit-image,
   piq and torchmetrics, checked against them in tests/test_iqa.py), on [0, 1] images; lpips'
   baselines (``l2-lab``, ``dssim``, ...) and ``euclidean`` likewise, through the registry.
 * ``lpips`` (= ``lpips-alex``), ``lpips-vgg``, ``lpips-squeeze`` and the ``-v0.0`` forms;

@@ -68,9 +68,9 @@ def _cli(*args, torchrun=0):
 
 def test_values_equal_direct_computations(data, tmp_path):
     """Every CSV value equals the metric run directly on that one pair (batching, the shared
-    reference features and the file matching change nothing): PSNR/SSIM/GMSD from fastlpips.iqa
+    reference features and the file matching change nothing): PSNR/SSIM/GMSD/UQI from fastlpips.iqa
     (itself checked against scikit-image/piq in test_iqa.py) and LPIPS from the lpips package."""
-    r = evaluate(data / "ref", [data / "noisy", data / "blur"], ["psnr", "ssim", "gmsd", "lpips"], tmp_path,
+    r = evaluate(data / "ref", [data / "noisy", data / "blur"], ["psnr", "ssim", "gmsd", "uqi", "lpips"], tmp_path,
                  batch_size=4, report=False, workers=2)  # images read in 2 worker processes
     assert not r.errors and r.methods == ["noisy", "blur"]
     rows = _rows(tmp_path / "results.csv")
@@ -82,7 +82,7 @@ def test_values_equal_direct_computations(data, tmp_path):
     _, ref_model = model_pair("alex")  # the lpips package's LPIPS-Alex on the same ImageNet trunk
     for x in rows:
         a, b = _t(data / "ref" / x["file"]), _t(data / x["method"] / x["file"])
-        for col, fn in (("psnr", iqa.psnr), ("ssim", iqa.ssim), ("gmsd", iqa.gmsd)):
+        for col, fn in (("psnr", iqa.psnr), ("ssim", iqa.ssim), ("gmsd", iqa.gmsd), ("uqi", iqa.uqi)):
             assert float(x[col]) == pytest.approx(float(fn(b, a)), rel=1e-5, abs=1e-7), (col, x["file"])
         with torch.no_grad():
             want = float(ref_model(b, a, normalize=True))

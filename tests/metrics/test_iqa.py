@@ -278,6 +278,7 @@ METRICS = {
     "ssim": (iqa.ssim, {}),
     "ms_ssim": (iqa.ms_ssim, {"win_size": 3, "weights": (0.3, 0.4, 0.3)}),
     "gmsd": (iqa.gmsd, {}),
+    "uqi": (iqa.uqi, {}),
 }
 
 
@@ -407,3 +408,71 @@ def test_bad_options(fn, kw, exc, msg):
 def test_gmsd_refuses_other_channel_counts():
     with pytest.raises(ValueError, match=r"1 \(luminance\) or 3 \(RGB\) channels for GMSD"):
         iqa.gmsd(_rand(1, 4, 16, 16), _rand(1, 4, 16, 16))
+
+
+
+# --- UQI ---------------------------------------------------------------------------------------
+
+def _uqi_loop(a: np.ndarray, b: np.ndarray, k: int = 8) -> float:
+    """Wang & Bovik's definition written out: every k x k window inside the image, population
+    statistics, Q = 4 s_xy m_x m_y / ((s_x^2 + s_y^2)(m_x^2 + m_y^2)); the mean over windows."""
+    h, w = a.shape
+    vals = []
+    for i in range(h - k + 1):
+        for j in range(w - k + 1):
+            p, q = a[i:i + k, j:j + k].ravel(), b[i:i + k, j:j + k].ravel()
+            mp, mq = p.mean(), q.mean()
+            vals.append(4 * ((p - mp) * (q - mq)).mean() * mp * mq / ((p.var() + q.var()) * (mp * mp + mq * mq)))
+    return float(np.mean(vals))
+
+
+def test_uqi_is_the_papers_definition():
+    x, y, xs, ys = pairs(24, 27, every=False)
+    got = iqa.uqi(x, y)
+    want = [np.mean([_uqi_loop(a[..., c], b[..., c]) for c in range(3)]) for a, b in zip(xs, ys)]
+    assert_close(got, want, atol=1e-12, what="uqi vs the window loop")
+    assert_close(iqa.uqi(x, x), torch.ones(len(x)), atol=1e-12, what="identical")
+
+
+def test_uqi_flat_windows_follow_img_qi():
+    flat = torch.full((1, 1, 12, 12), 0.25, dtype=torch.float64)
+    assert iqa.uqi(flat, flat).item() == 1.0
+    assert iqa.uqi(flat, flat * 2).item() == pytest.approx(2 * 0.25 * 0.5 / (0.25 ** 2 + 0.5 ** 2), rel=1e-12)
+    assert iqa.uqi(flat * 0, flat * 0).item() == 1.0
+
+
+def test_uqi_gaussian_variant_equals_torchmetrics(tm):
+    x, y, _, _ = pairs(48, 40)
+    want = torch.stack([tm.universal_image_quality_index(y[i:i + 1], x[i:i + 1]) for i in range(len(x))])
+    assert_close(iqa.uqi(x, y, window="gaussian", win_size=11, sigma=1.5), want, atol=1e-10,
+                 what="uqi gaussian vs torchmetrics (float64: its eps is 2e-16)")
+
+
+def test_uqi_against_sewar_and_why_it_differs(monkeypatch):
+    """sewar's uqi puts window means where img_qi.m puts window sums (scipy's uniform_filter is a
+    mean), so its number is not UQI; given the sums it is ours over all windows but the last row and
+    column (its 8-wide window is off centre). Both shown here on real photos."""
+    full_ref = require("sewar.full_ref", reason="sewar 0.4.10 is a test dependency (requirements-dev.txt)")
+    x, y, xs, ys = pairs(40, 44, every=False)
+    as_released = [full_ref.uqi(a, b) for a, b in zip(xs, ys)]
+    ours = iqa.uqi(x, y)
+    assert (torch.tensor(as_released) - ours).abs().min() > 0.1  # not the same number
+    sums = functools.partial(lambda f, a, size: f(a, size) * size * size, full_ref.uniform_filter)
+    monkeypatch.setattr(full_ref, "uniform_filter", sums)
+    with_sums = [full_ref.uqi(a, b) for a, b in zip(xs, ys)]
+    # ours without the last window row/column, per channel
+    xd, yd = x.double(), y.double()
+    g = torch.full((8,), 1 / 8, dtype=torch.float64)
+    mx, my, mxx, myy, mxy = iqa._filter_valid(torch.cat((xd, yd, xd * xd, yd * yd, xd * yd), 1), g).split(3, 1)
+    q = 4 * (mxy - mx * my) * mx * my / ((mxx - mx * mx + myy - my * my) * (mx * mx + my * my))
+    assert_close(with_sums, q[..., :-1, :-1].mean((2, 3)).mean(1), atol=1e-9, what="sewar with sums")
+
+
+def test_uqi_options():
+    x = _rand(1, 3, 16, 16)
+    with pytest.raises(ValueError, match="window must be one of"):
+        iqa.uqi(x, x, window="box")
+    with pytest.raises(ValueError, match=r"too small for UQI's 8 x 8 window"):
+        iqa.uqi(x[..., :7, :7], x[..., :7, :7])
+    with pytest.raises(ValueError, match="win_size must be an odd integer"):
+        iqa.uqi(x, x, window="gaussian", win_size=8)

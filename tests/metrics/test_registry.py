@@ -53,7 +53,7 @@ def _own(name, x, y, ckpt):
         from fastlpips.dists import DISTS
 
         return DISTS()(x, y)
-    functions = {"psnr": iqa.psnr, "ssim": iqa.ssim, "ms-ssim": iqa.ms_ssim, "gmsd": iqa.gmsd}
+    functions = {"psnr": iqa.psnr, "ssim": iqa.ssim, "ms-ssim": iqa.ms_ssim, "gmsd": iqa.gmsd, "uqi": iqa.uqi}
     if name in functions:
         return functions[name](x, y)
     if name in ("l2-lab", "l2-rgb"):
