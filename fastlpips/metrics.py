@@ -117,6 +117,8 @@ _ENTRIES: List[MetricInfo] = _lpips_entries() + [
                (0.0, 1.0), True),
     MetricInfo("uqi", "iqa", "universal image quality index, 8 x 8 sliding window (Wang & Bovik 2002; the authors' "
                "img_qi.m)", False, (-1.0, 1.0), True, {"win_size": 8, "window": "uniform", "sigma": 1.5}),
+    MetricInfo("ifc", "iqa", "information fidelity criterion on the luma (Sheikh, Bovik & de Veciana 2005; the "
+               "authors' ifcvec.m; needs pyrtools' filters)", False, (0.0, INF), False),
     MetricInfo("l2-lab", "baseline", "lpips' L2 baseline: half the mean squared difference of the 8-bit images "
                "in CIELAB / 100 (lpips.L2(colorspace='Lab'))", True, (0.0, INF), False),
     MetricInfo("l2-rgb", "baseline", "lpips' L2 baseline in RGB: the mean squared difference of the images "
@@ -203,10 +205,12 @@ def _load(images: ImagesOrPaths, name: str, device: Optional[torch.device]) -> t
 
 class Metric(nn.Module):
     """A registered metric: ``forward(x, y)`` -> (N,) scores of images in [0, 1] (tensors or
-    paths). ``info`` says what it is; ``module`` is the underlying ``LPIPS`` / ``ELPIPS`` module
-    (None for the functional metrics). ``signed(x, y)`` scores images in [-1, 1] (lpips'
-    convention: BAPPS data) without converting them to [0, 1] and back, so the 8-bit baselines
-    quantize exactly as lpips does; it checks no range."""
+    paths); for the one asymmetric metric, IFC, ``x`` is the output and ``y`` its reference (as
+    ``evaluate`` and torchmetrics' ``(preds, target)``). ``info`` says what it is; ``module`` is the
+    underlying ``LPIPS`` / ``ELPIPS`` / ``DISTS`` module (None for the functional metrics).
+    ``signed(x, y)`` scores images in [-1, 1] (lpips' convention: BAPPS data) without converting
+    them to [0, 1] and back, so the 8-bit baselines quantize exactly as lpips does; it checks no
+    range."""
 
     def __init__(self, info: MetricInfo, unit: Callable[..., torch.Tensor], signed: Callable[..., torch.Tensor],
                  module: Optional[nn.Module] = None, as_loss: bool = False,
@@ -304,9 +308,11 @@ def _build_dists(info: MetricInfo, opts: Dict[str, Any], device) -> Tuple[nn.Mod
 
 def _build_function(info: MetricInfo, opts: Dict[str, Any]) -> Tuple[Callable, Callable]:
     from . import classic, iqa
+    from .ifc import ifc
 
     if info.family == "iqa":
-        fn = {"psnr": iqa.psnr, "ssim": iqa.ssim, "ms-ssim": iqa.ms_ssim, "gmsd": iqa.gmsd, "uqi": iqa.uqi}[info.name]
+        fn = {"psnr": iqa.psnr, "ssim": iqa.ssim, "ms-ssim": iqa.ms_ssim, "gmsd": iqa.gmsd, "uqi": iqa.uqi,
+              "ifc": lambda out, ref, *a, **k: ifc(ref, out, *a, **k)}[info.name]
 
         def unit(x, y):
             return fn(x, y, 1.0, **opts)

@@ -8,6 +8,7 @@ import torch
 import fastlpips
 from fastlpips import classic, iqa
 from fastlpips.elpips import ELPIPS
+from fastlpips.ifc import ifc
 from fastlpips.metrics import create_metric, list_metrics, metric_info
 from fastlpips.model import LPIPS
 from helpers import distort, real_images
@@ -53,7 +54,8 @@ def _own(name, x, y, ckpt):
         from fastlpips.dists import DISTS
 
         return DISTS()(x, y)
-    functions = {"psnr": iqa.psnr, "ssim": iqa.ssim, "ms-ssim": iqa.ms_ssim, "gmsd": iqa.gmsd, "uqi": iqa.uqi}
+    functions = {"psnr": iqa.psnr, "ssim": iqa.ssim, "ms-ssim": iqa.ms_ssim, "gmsd": iqa.gmsd, "uqi": iqa.uqi,
+                 "ifc": lambda out, ref: ifc(ref, out)}
     if name in functions:
         return functions[name](x, y)
     if name in ("l2-lab", "l2-rgb"):
