@@ -15,7 +15,7 @@ LAYERS = [
     ("kernels", ["fastlpips.kernels", "fastlpips._C"]),
     ("core", ["fastlpips.reference", "fastlpips.transforms", "fastlpips.validation", "fastlpips.precision",
               "fastlpips.nets", "fastlpips.utils", "fastlpips.bapps", "fastlpips.distributed",
-              "fastlpips.classic", "fastlpips.imagefolder", "fastlpips.iqa", "fastlpips.runs"]),
+              "fastlpips.classic", "fastlpips.imagefolder", "fastlpips.iqa", "fastlpips.ifc", "fastlpips.runs"]),
     ("ops", ["fastlpips.ops", "fastlpips._backend"]),
     ("metrics", ["fastlpips.model", "fastlpips.elpips", "fastlpips.estimator", "fastlpips.functional",
                  "fastlpips.losses", "fastlpips.metrics", "fastlpips.torchmetrics",
