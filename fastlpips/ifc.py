@@ -99,9 +99,9 @@ def rgb_to_y(x: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
 def _box_blocks(v: torch.Tensor, size: int) -> torch.Tensor:
     """Sums over ``size`` x ``size`` windows ('reflect1' edges) centred on the middle pixel of every
     M x M block (``corrDn(v, ones(size), 'reflect1', [M M], [2 2], ...)`` of the release)."""
-    taps = torch.ones((1, 1, size, size), dtype=v.dtype, device=v.device)
-    full = _corr(v, taps)
-    return full[..., _M // 2::_M, _M // 2::_M]
+    p = (size - 1) // 2
+    padded = F.pad(v, (p, p, p, p), mode="reflect")[..., _M // 2:, _M // 2:]  # windows from the first centre
+    return F.avg_pool2d(padded, size, stride=_M) * (size * size)
 
 
 def _distortion_channel(x: torch.Tensor, y: torch.Tensor, size: int) -> Tuple[torch.Tensor, torch.Tensor]:
