@@ -51,7 +51,7 @@ from .robust import make_attack, parse_attack_spec
 from .runs import CheckpointError, RunFolder, check_data, data_record, read_log_csv, write_log_csv
 from .utils import CheckedDataLoader, channels_last, file_sha256
 
-__all__ = ["PATConfig", "train_pat", "learning_rate", "step_seed", "read_model_folder", "PAT_FILES"]
+__all__ = ["PATConfig", "train_pat", "learning_rate", "step_seed", "read_model_folder", "load_classifier", "PAT_FILES"]
 
 PAT_FILES = ("checkpoint.pt", "model.pt", "model.json", "log.csv")
 
@@ -446,3 +446,32 @@ def read_model_folder(folder: PathLike):
         raise ValueError(f"{weights} is not the model {meta_path} describes (its sha256 differs from the one "
                          "recorded): the folder mixes two runs; rerun or resume pat-train there")
     return meta, read_state_dict(weights, "model file")
+
+
+def load_classifier(folder: PathLike, device: Union[str, torch.device] = "cpu"):
+    """``(model, metadata)`` of a folder written by ``fastlpips pat-train``: ``model.json`` checked
+    field by field (architecture, normalization, classes, image size, attacks), ``model.pt`` read
+    pickle-free (``read_model_folder``) and loaded strictly into the architecture it names; the
+    model in eval mode on ``device``. Errors (FileNotFoundError, ValueError, RuntimeError) name the
+    file and the field."""
+    from .nets.classifiers import ARCHS, NORMS, build_classifier
+    from .nets.weights import check_state
+
+    meta, state = read_model_folder(folder)
+    where = Path(folder) / "model.json"
+    expected = {"arch": f"one of {', '.join(ARCHS)}", "norm": f"one of {', '.join(NORMS)}",
+                "classes": "a list of two or more class names", "size": "null or an image side >= 1",
+                "attacks": "a list of attack specs"}
+    checks = {"arch": lambda v: v in ARCHS, "norm": lambda v: v in NORMS,
+              "classes": lambda v: isinstance(v, list) and len(v) >= 2 and all(isinstance(c, str) for c in v),
+              "size": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+              "attacks": lambda v: isinstance(v, list) and all(isinstance(a, str) for a in v)}
+    for key, ok in checks.items():
+        if key not in meta:
+            raise ValueError(f"{where} lacks {key!r} ({expected[key]}); it was not written by fastlpips pat-train")
+        if not ok(meta[key]):
+            raise ValueError(f"{where}: {key} must be {expected[key]}, got {meta[key]!r}")
+    model = build_classifier(meta["arch"], len(meta["classes"]), meta["norm"])
+    check_state(model, state, f"model file {Path(folder) / 'model.pt'}")
+    model.load_state_dict(state)
+    return model.to(device).eval(), meta

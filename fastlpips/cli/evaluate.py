@@ -17,7 +17,7 @@ def register(sub, parents: C.Parents) -> None:
     s.add_argument("ref_dir", help="folder of reference images (searched recursively)")
     s.add_argument("out_dirs", nargs="+", help="folders of outputs, one per method; files matched by relative path")
     s.add_argument("--metrics", nargs="+", default=["psnr,ssim,lpips"],
-                   help="comma-separated names of `fastlpips metrics` (psnr, ssim, ms-ssim, gmsd, uqi, lpips, "
+                   help="comma-separated names of `fastlpips metrics` (psnr, ssim, ms-ssim, gmsd, uqi, ifc, lpips, "
                         "lpips-vgg, "
                         "elpips, ...); rlpips=CKPT and lpips-NET=CKPT read a checkpoint (default psnr,ssim,lpips)")
     s.add_argument("--results", default="evaluation", help="folder for records, results.csv/json, report.html "
@@ -29,6 +29,8 @@ def register(sub, parents: C.Parents) -> None:
     s.add_argument("--seed", type=int, default=0, help="seed of E-LPIPS' draws (default 0)")
     s.add_argument("--worst", type=int, default=6, help="worst images shown per method in the report (default 6)")
     s.add_argument("--no-report", action="store_true", help="write no report.html")
+    s.add_argument("--labels", help="CSV with columns file,label (a class name or index) for top1=MODEL_DIR "
+                   "metrics; default: each reference's class subfolder")
     s.set_defaults(func=run, validate=validate)
 
 
@@ -42,7 +44,9 @@ def validate(args) -> List[Path]:
     for d in [args.ref_dir] + list(args.out_dirs):
         if res_dir.exists() and Path(d).exists() and C.same_file(res_dir, Path(d)):
             raise C.CLIError(f"--results {res_dir} is an input folder; give another folder")
-    return []
+    if args.labels is not None and not Path(args.labels).is_file():
+        raise C.CLIError(f"--labels {args.labels} does not exist")
+    return [Path(args.labels)] if args.labels is not None else []
 
 
 # -- running -------------------------------------------------------------------------------------------
@@ -62,7 +66,7 @@ def run(args) -> C.Result:
             r = evaluate(args.ref_dir, args.out_dirs, metrics, args.results, batch_size=args.batch_size,
                          device=args.device, workers=args.workers, elpips_samples=args.elpips_samples, seed=args.seed,
                          restart=args.restart, report=not args.no_report, worst=args.worst, progress=bar.update,
-                         total=total)
+                         total=total, labels=args.labels)
         except (ValueError, OSError) as e:  # unusable folders or options: nothing to evaluate
             raise C.CLIError(str(e)) from None
     summary = r.summary()

@@ -116,36 +116,13 @@ def run_pat_train(args) -> C.Result:
 
 
 def _load_classifier(model_dir: str, device):
-    """A pat-train folder's model: model.json checked field by field, model.pt pickle-free and
-    checked to be the weights model.json describes."""
-    from ..nets.classifiers import ARCHS, NORMS
-    from ..nets.weights import check_state
-    from ..pat import read_model_folder
+    """A pat-train folder's model (``pat.load_classifier``), its errors as one-line CLI errors."""
+    from ..pat import load_classifier
 
     try:
-        meta, state = read_model_folder(model_dir)
+        return load_classifier(model_dir, device)
     except (OSError, ValueError, RuntimeError) as e:
         raise C.CLIError(str(e)) from None
-    where = Path(model_dir) / "model.json"
-    expected = {"arch": f"one of {', '.join(ARCHS)}", "norm": f"one of {', '.join(NORMS)}",
-                "classes": "a list of two or more class names", "size": "null or an image side >= 1",
-                "attacks": "a list of attack specs"}
-    checks = {"arch": lambda v: v in ARCHS, "norm": lambda v: v in NORMS,
-              "classes": lambda v: isinstance(v, list) and len(v) >= 2 and all(isinstance(c, str) for c in v),
-              "size": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
-              "attacks": lambda v: isinstance(v, list) and all(isinstance(a, str) for a in v)}
-    for key, ok in checks.items():
-        if key not in meta:
-            raise C.CLIError(f"{where} lacks {key!r} ({expected[key]}); it was not written by fastlpips pat-train")
-        if not ok(meta[key]):
-            raise C.CLIError(f"{where}: {key} must be {expected[key]}, got {meta[key]!r}")
-    model = build_classifier(meta["arch"], len(meta["classes"]), meta["norm"])
-    try:
-        check_state(model, state, f"model file {Path(model_dir) / 'model.pt'}")
-    except RuntimeError as e:
-        raise C.CLIError(str(e)) from None
-    model.load_state_dict(state)
-    return model.to(device).eval(), meta
 
 
 def run_robust_eval(args) -> C.Result:

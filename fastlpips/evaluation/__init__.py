@@ -4,8 +4,8 @@ run (file matching, deterministic batches, content-keyed records and resume, one
 folder, torchrun sharding, CSV/JSON); ``report``: the self-contained HTML report. See ``run``'s
 docstring for the details."""
 from .report import render_report
-from .run import CONFIG_FILE, RECORDS_DIR, evaluate, match_files, method_names
+from .run import CONFIG_FILE, RECORDS_DIR, evaluate, match_files, method_names, read_labels
 from .specs import EvaluationResult, Item, MetricSpec, parse_metric
 
 __all__ = ["MetricSpec", "parse_metric", "EvaluationResult", "evaluate", "match_files", "Item",
-           "method_names", "render_report", "CONFIG_FILE", "RECORDS_DIR"]
+           "method_names", "read_labels", "render_report", "CONFIG_FILE", "RECORDS_DIR"]

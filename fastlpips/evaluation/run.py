@@ -157,9 +157,64 @@ def _chunk_seed(seed: int, chunk: Sequence[Item]) -> int:
 class _Metrics:
     """The metric modules, built once, and one chunk's computation."""
 
-    def __init__(self, specs: Sequence[MetricSpec], device: torch.device, elpips_samples: int, seed: int) -> None:
+    def __init__(self, specs: Sequence[MetricSpec], device: torch.device, elpips_samples: int, seed: int,
+                 labels: Optional[Dict[str, str]] = None, labels_file: Optional[Path] = None) -> None:
         self.specs, self.device, self.elpips_samples, self.seed = list(specs), device, elpips_samples, seed
+        self.labels, self.labels_file = labels, labels_file
         self._models: Dict[object, Union[torch.nn.Module, Exception]] = {}
+        self._classifiers: Dict[str, Any] = {}
+
+    def classifier(self, spec: MetricSpec):
+        """(model, metadata) of a ``top1=MODEL_DIR`` spec, loaded once (``pat.load_classifier``); a
+        folder that does not load raises the same error for every batch."""
+        if spec.key not in self._classifiers:
+            from ..pat import load_classifier
+
+            try:
+                self._classifiers[spec.key] = load_classifier(cast(str, spec.path), self.device)
+            except (OSError, ValueError, RuntimeError) as e:
+                self._classifiers[spec.key] = e
+        got = self._classifiers[spec.key]
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+    def label(self, spec: MetricSpec, file: str) -> Union[int, str]:
+        """The class index of reference ``file`` for the classifier of ``spec``, or why there is none:
+        from the labels file (a class name of the classifier or an index), else the reference's
+        class subfolder (its first path component)."""
+        classes = self.classifier(spec)[1]["classes"]
+        if self.labels is not None:
+            text = self.labels.get(file)
+            if text is None:
+                return f"no label for {file} in {self.labels_file}"
+            where = f"label {text!r} of {file} in {self.labels_file}"
+        else:
+            if "/" not in file:
+                return (f"no label for {file}: it is not in a class subfolder of the reference folder and no labels "
+                        "file was given")
+            text = file.split("/", 1)[0]
+            where = f"class folder {text!r} of {file}"
+        if text in classes:
+            return classes.index(text)
+        if text.isdigit() and int(text) < len(classes):
+            return int(text)
+        return f"{where} is not one of the classifier's classes {classes} (or an index below {len(classes)})"
+
+    def classify(self, spec: MetricSpec, refs: torch.Tensor, outs: torch.Tensor, idx: torch.Tensor,
+                 labels: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Top-1 errors (1.0 wrong, 0.0 right) of the outputs and of their references; images are
+        resized to the classifier's size (bilinear, antialiased) when it has one."""
+        model, meta = self.classifier(spec)
+        size = meta.get("size")
+
+        def errors(x: torch.Tensor) -> torch.Tensor:
+            if size is not None and tuple(x.shape[2:]) != (size, size):
+                x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
+                                                    align_corners=False)
+            return (model(x).argmax(1) != labels).double()
+
+        return {spec.key: errors(outs), spec.key + "_ref": errors(refs[idx])}
 
     def lpips(self, spec: MetricSpec, spatial: bool = False):
         key = (spec.key, spatial)
@@ -294,11 +349,18 @@ class _Keys:
     """What each value is computed from: the files' sha256 (each file hashed once per run) and the
     metric's identity (name, checkpoint sha256, E-LPIPS seed and sample budget)."""
 
-    def __init__(self, specs: Sequence[MetricSpec], seed: int, elpips_samples: int) -> None:
+    def __init__(self, specs: Sequence[MetricSpec], seed: int, elpips_samples: int,
+                 labels: Optional[Path] = None) -> None:
         self._files: Dict[Path, str] = {}
         self.columns: Dict[str, str] = {}
         for s in specs:
-            ident = [s.key, file_sha256(s.path) if s.path else ""]
+            if s.kind == "classifier":  # its weights and where the labels come from
+                assert s.path is not None  # parse_metric requires the folder
+                weights = Path(s.path) / "model.pt"  # a folder without it fails per file, when computed
+                ident = [s.key, file_sha256(weights) if weights.is_file() else "missing",
+                         file_sha256(labels) if labels else "folders"]
+            else:
+                ident = [s.key, file_sha256(s.path) if s.path else ""]
             if s.kind == "elpips":
                 ident += [str(seed), str(elpips_samples)]
             for c in s.columns:
@@ -402,13 +464,16 @@ def evaluate(ref_dir: PathLike, out_dirs: Sequence[PathLike], metrics: Iterable[
              batch_size: int = 16, device: Union[str, torch.device] = "cpu", workers: int = 0,
              elpips_samples: int = 200, seed: int = 0, restart: bool = False, report: bool = True,
              worst: int = 6, progress: Optional[Callable[[int], None]] = None,
-             total: Optional[Callable[[int], None]] = None) -> EvaluationResult:
+             total: Optional[Callable[[int], None]] = None, labels: Optional[PathLike] = None) -> EvaluationResult:
     """Evaluate ``out_dirs`` against ``ref_dir`` with ``metrics`` (registry names, see
     ``parse_metric``), writing ``results_dir/results.csv``, ``results.json`` and (``report``)
     ``report.html`` with the ``worst`` images per method. ``progress(n)`` is called after each
     chunk with its number of items; ``total(n)`` once with the number of items to compute here.
     Under torchrun, call it in every process (``distributed.init_from_env`` first). ``out_dirs``
-    may be one folder (a path) and ``metrics`` one comma-separated string."""
+    may be one folder (a path) and ``metrics`` one comma-separated string. ``labels``: a CSV file
+    (columns ``file``, the reference's path relative to ``ref_dir``, and ``label``, a class name of
+    the classifier or its index) for the ``top1=MODEL_DIR`` metrics; without it, each reference's
+    class is its subfolder (``ref_dir/<class>/...``)."""
     if isinstance(out_dirs, (str, os.PathLike)):
         out_dirs = [out_dirs]
     if isinstance(metrics, str):
@@ -427,6 +492,7 @@ def evaluate(ref_dir: PathLike, out_dirs: Sequence[PathLike], metrics: Iterable[
         if not d.is_dir():
             raise NotADirectoryError(f"output folder {d} is not a directory")
     elpips_samples = V.check_positive_int(elpips_samples, "elpips_samples (2 per scale level)", minimum=16)
+    label_map = read_labels(labels) if labels is not None else None
     device = torch.device(device)
     errors: List[Dict[str, str]] = []
     specs: List[MetricSpec] = []
@@ -461,7 +527,8 @@ def evaluate(ref_dir: PathLike, out_dirs: Sequence[PathLike], metrics: Iterable[
     try:
         return _evaluate(ref_dir, methods, specs, errors, results, batch_size=batch_size, device=device,
                          workers=workers, elpips_samples=elpips_samples, seed=seed, report=report, worst=worst,
-                         progress=progress, total=total)
+                         progress=progress, total=total, labels=label_map,
+                         labels_file=Path(labels) if labels is not None else None)
     finally:
         if lock is not None:
             lock.close()
@@ -469,7 +536,8 @@ def evaluate(ref_dir: PathLike, out_dirs: Sequence[PathLike], metrics: Iterable[
 
 def _evaluate(ref_dir: Path, methods: Dict[str, Path], specs: List[MetricSpec], errors: List[Dict[str, str]],
               results: Path, *, batch_size: int, device: torch.device, workers: int, elpips_samples: int, seed: int,
-              report: bool, worst: int, progress, total) -> EvaluationResult:
+              report: bool, worst: int, progress, total, labels: Optional[Dict[str, str]] = None,
+              labels_file: Optional[Path] = None) -> EvaluationResult:
     records = results / RECORDS_DIR
     records.mkdir(parents=True, exist_ok=True)
 
@@ -482,7 +550,7 @@ def _evaluate(ref_dir: Path, methods: Dict[str, Path], specs: List[MetricSpec], 
     done = _read_records(records)
     D.barrier()  # every process has read the records before any appends
     columns = [c for s in specs for c in s.columns]
-    keys = _Keys(specs, seed, elpips_samples)
+    keys = _Keys(specs, seed, elpips_samples, labels_file)
 
     def current(it: Item, c: str) -> bool:
         rec = done.get((it.method, it.file), {}).get(c)
@@ -497,7 +565,7 @@ def _evaluate(ref_dir: Path, methods: Dict[str, Path], specs: List[MetricSpec], 
                            paths={(it.method, it.file): _matched_paths(it) for it in items})
     if total is not None:
         total(sum(len(chunks[ci]) for ci in todo))
-    computer = _Metrics(specs, device, elpips_samples, seed)
+    computer = _Metrics(specs, device, elpips_samples, seed, labels, labels_file)
     my_errors: List[Dict[str, str]] = []
     dataset = _ChunkImages(chunks, todo)
     if workers > 0:
@@ -516,15 +584,28 @@ def _evaluate(ref_dir: Path, methods: Dict[str, Path], specs: List[MetricSpec], 
             for refs, outs, idx, kept in groups:
                 refs, outs = refs.to(device), outs.to(device)
                 for spec in missing(kept):
+                    these = kept
                     try:
-                        vals = computer.compute(spec, refs, outs, idx.to(device), _chunk_seed(seed, chunks[ci]))
+                        if spec.kind == "classifier":  # the images with a label
+                            class_of = [computer.label(spec, it.file) for it in kept]
+                            my_errors += [{"method": it.method, "file": it.file, "metric": spec.key, "message": lab}
+                                          for it, lab in zip(kept, class_of) if isinstance(lab, str)]
+                            sel = [k for k, lab in enumerate(class_of) if not isinstance(lab, str)]
+                            if not sel:
+                                continue
+                            these = [kept[k] for k in sel]
+                            pick = torch.tensor(sel, dtype=torch.long, device=device)
+                            vals = computer.classify(spec, refs, outs[pick], idx.to(device)[pick],
+                                                     torch.tensor([class_of[k] for k in sel], device=device))
+                        else:
+                            vals = computer.compute(spec, refs, outs, idx.to(device), _chunk_seed(seed, chunks[ci]))
                     except Exception as e:  # e.g. an image too small for the metric: per file, the run goes on
                         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
                         my_errors += [{"method": it.method, "file": it.file, "metric": spec.key, "message": msg}
                                       for it in kept]
                         continue
                     for c, v in vals.items():
-                        for it, x in zip(kept, v.double().cpu().tolist()):
+                        for it, x in zip(these, v.double().cpu().tolist()):
                             if not current(it, c):
                                 new[it][c] = x
             for it, values in new.items():
@@ -557,6 +638,30 @@ def _evaluate(ref_dir: Path, methods: Dict[str, Path], specs: List[MetricSpec], 
         res.rows.append(row)
     _write_outputs(res, results, ref_dir, methods, computer, report, worst)
     return res
+
+
+def read_labels(path: PathLike) -> Dict[str, str]:
+    """{reference file (posix, relative to the reference folder): label} of a labels CSV with the
+    header columns ``file`` and ``label`` (other columns ignored). Errors name the file and line:
+    missing file, missing columns, an empty field, one file given two labels."""
+    import csv
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"labels file {p} does not exist")
+    out: Dict[str, str] = {}
+    with open(p, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"file", "label"} <= set(reader.fieldnames):
+            raise ValueError(f"labels file {p} needs the header columns 'file' and 'label', got {reader.fieldnames}")
+        for line, row in enumerate(reader, start=2):
+            file, label = (row.get("file") or "").strip().replace("\\", "/"), (row.get("label") or "").strip()
+            if not file or not label:
+                raise ValueError(f"labels file {p}, line {line}: empty file or label")
+            if out.get(file, label) != label:
+                raise ValueError(f"labels file {p}, line {line}: {file} has two labels, {out[file]!r} and {label!r}")
+            out[file] = label
+    return out
 
 
 def _identity(x):

@@ -15,6 +15,8 @@ __all__ = ["MetricSpec", "parse_metric", "Item", "EvaluationResult"]
 PathLike = Union[str, os.PathLike]
 
 CONFIG_FILE = "evaluation.json"
+#: The classifier-error column's name: ``top1=MODEL_DIR``.
+CLASSIFIER = "top1"
 RECORDS_DIR = "records"
 
 
@@ -22,8 +24,10 @@ RECORDS_DIR = "records"
 class MetricSpec:
     """A metric of the evaluation, a name of the metric registry (``fastlpips.list_metrics()``):
     ``key`` is its column (``elpips`` adds ``elpips_ci``); ``kind`` 'lpips' (one trunk pass per
-    reference, distance maps), 'elpips' (to a confidence interval) or 'score' (the registry's
-    metric on the [0, 1] images); ``path`` an LPIPS checkpoint."""
+    reference, distance maps), 'elpips' (to a confidence interval), 'score' (the registry's
+    metric on the [0, 1] images) or 'classifier' (``top1=MODEL_DIR``: a classifier's top-1 error,
+    1 or 0 per image, on the output (column ``top1-NAME``) and on its reference (``top1-NAME_ref``));
+    ``path`` an LPIPS checkpoint or the classifier's folder."""
 
     key: str
     kind: str
@@ -33,6 +37,8 @@ class MetricSpec:
 
     @property
     def columns(self) -> List[str]:
+        if self.kind == "classifier":
+            return [self.key, self.key + "_ref"]
         return [self.key, self.key + "_ci"] if self.kind == "elpips" else [self.key]
 
     @property
@@ -50,13 +56,21 @@ class MetricSpec:
 
 def parse_metric(text: str) -> MetricSpec:
     """A registry name (``'psnr'``, ``'lpips-vgg'``, ...), with ``=CHECKPOINT`` for the LPIPS metrics
-    (``'lpips-alex=ckpt.pth'``; ``'rlpips=ckpt.pth'`` needs one) -> MetricSpec. ValueError names the
+    (``'lpips-alex=ckpt.pth'``; ``'rlpips=ckpt.pth'`` needs one), or ``'top1=MODEL_DIR'`` (a
+    classifier's error) -> MetricSpec. ValueError names the
     problem (unknown name with the known ones, missing or unexpected checkpoint, missing file)."""
     from ..metrics import metric_info
 
     name, eq, arg = str(text).strip().partition("=")
-    info = metric_info(name)
     arg = arg.strip()
+    if name.strip() == CLASSIFIER:
+        if not arg:
+            raise ValueError(f"metric {CLASSIFIER} needs a classifier: {CLASSIFIER}=MODEL_DIR (a folder written by "
+                             "fastlpips pat-train)")
+        if not Path(arg).is_dir():
+            raise ValueError(f"metric {CLASSIFIER}: classifier folder {arg} does not exist")
+        return MetricSpec(f"{CLASSIFIER}-{Path(arg).resolve().name}", "classifier", path=arg)
+    info = metric_info(name)
     if info.checkpoint == "none" and eq:
         raise ValueError(f"metric {info.name} takes no argument, got {text!r}")
     if eq and not arg:
