@@ -132,3 +132,17 @@ def test_bad_classifier_and_label_files(setup, tmp_path):
                  labels=odd)
     assert r.errors and "label 'zebra'" in r.errors[0]["message"] and "is not one of the classifier's classes" \
         in r.errors[0]["message"]
+
+
+def test_command_line(setup, tmp_path, capsys):
+    from fastlpips import cli
+
+    root, _, _ = setup
+    args = ["evaluate", str(root / "data" / "val"), str(root / "noisy"), "--metrics", f"psnr,top1={root / 'clf'}",
+            "--results", str(tmp_path / "res"), "--no-report", "--no-progress"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "top1-clf" in out and "top1-clf_ref" in out
+    assert cli.main(args[:-4] + ["--labels", str(tmp_path / "none.csv"), "--results", str(tmp_path / "r2")]) == 1
+    err = capsys.readouterr().err
+    assert "--labels" in err and "none.csv does not exist" in err
