@@ -2,10 +2,13 @@
 ``data:`` URI, no script, no external address), readable offline and safe to mail or attach.
 
 Sections: the summary table (per method: mean ± standard deviation of every metric, the best
-method per metric marked, error count), the distributions (a box plot per metric with every
-image as a point; matplotlib, when installed), the worst images per method (reference, output
-and a heat map of where they differ: the LPIPS distance map of the report's ranking metric when
-it is an LPIPS metric, else the absolute difference), and every error with its file.
+method per metric marked, error count; a classifier's error on the references beside its error on
+the outputs), the compact table (means only, in the order of Uelwer et al.'s Table 2: PSNR, SSIM,
+UQI, IFC, GMSD, LPIPS, R-LPIPS, then the classifier errors; arrows for better), the
+distributions (a box plot per metric with every image as a point; matplotlib, when installed),
+the worst images per method (reference, output and a heat map of where they differ: the LPIPS
+distance map of the report's ranking metric when it is an LPIPS metric, else the absolute
+difference), and every error with its file.
 """
 from __future__ import annotations
 
@@ -154,13 +157,18 @@ def render_report(res: "EvaluationResult", ref_dir: Path, methods: Dict[str, Pat
             cell = f"{_fmt(st['mean'])} ± {_fmt(st['std'])}" if st["n"] else "–"
             if s.kind == "elpips" and st["n"]:
                 cell += f" <small>(CI ±{_fmt(summary[m][s.key + '_ci']['mean'])})</small>"
+            if s.kind == "classifier" and summary[m][s.key + "_ref"]["n"]:
+                cell += f" <small>(references {_fmt(summary[m][s.key + '_ref']['mean'])})</small>"
             if st["nonfinite"]:
                 cell += f" <small>({st['nonfinite']} non-finite)</small>"
             out.append(f"<td{' class=best' if best[s.key] == m else ''}>{cell}</td>")
         out.append(f"<td{' class=bad' if n_err[m] else ''}>{n_err[m]}</td></tr>")
     out.append("</table><p class=meta>mean ± standard deviation over the images (finite values); best method per "
                "metric in green." + (" E-LPIPS: mean 95% interval half-width in brackets." if any(
-                   s.kind == "elpips" for s in res.metrics) else "") + "</p>")
+                   s.kind == "elpips" for s in res.metrics) else "") + (
+                   " Classifier columns: top-1 error on the outputs, on their references in brackets." if any(
+                       s.kind == "classifier" for s in res.metrics) else "") + "</p>")
+    out += _compact_table(res, summary, best)
     # distributions
     out.append("<h2>Distributions</h2>")
     dist = _distributions(res) if res.rows else None
@@ -193,6 +201,37 @@ def render_report(res: "EvaluationResult", ref_dir: Path, methods: Dict[str, Pat
         out.append("<p>none</p>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
+
+
+#: The compact table's column order (Uelwer et al., "Evaluating Robust Perceptual Losses for Image
+#: Reconstruction", Table 2), then every other metric, then the classifier errors.
+PAPER_ORDER = ("psnr", "ssim", "uqi", "ifc", "gmsd", "lpips-alex", "lpips-vgg", "rlpips")
+
+
+def _compact_table(res: "EvaluationResult", summary, best: Dict[str, Optional[str]]) -> List[str]:
+    """Means only, one row per method, columns in ``PAPER_ORDER`` (the best method per column bold)."""
+    rank = {k: i for i, k in enumerate(PAPER_ORDER)}
+    specs = sorted(res.metrics, key=lambda s: (s.kind == "classifier", rank.get(s.key, len(rank))))
+    cols = []  # (column, title, higher is better, best method)
+    for s in specs:
+        arrow = "↑" if s.higher_is_better else "↓"
+        cols.append((s.key, f"{s.key} {arrow}", best[s.key]))
+        if s.kind == "classifier":
+            cols.append((s.key + "_ref", f"{s.key} on references {arrow}", None))
+    out = ["<h2>Compact table</h2>", "<table><tr><th class=l>method</th>"]
+    out += [f"<th>{html.escape(title)}</th>" for _, title, _ in cols]
+    out.append("</tr>")
+    for m in res.methods:
+        out.append(f"<tr><td class=l>{html.escape(m)}</td>")
+        for c, _, top in cols:
+            st = summary[m][c]
+            cell = _fmt(st["mean"]) if st["n"] else "–"
+            out.append(f"<td>{'<b>' + cell + '</b>' if top == m else cell}</td>")
+        out.append("</tr>")
+    out.append("</table><p class=meta>means over the images; the columns in the order of Uelwer et al.'s Table 2 "
+               "(PSNR, SSIM, UQI, IFC, GMSD, LPIPS, R-LPIPS), then the other metrics and the classifier errors; best "
+               "method per column in bold.</p>")
+    return out
 
 
 def _worst_figure(row, res, rank, heatmap) -> str:

@@ -146,3 +146,27 @@ def test_command_line(setup, tmp_path, capsys):
     assert cli.main(args[:-4] + ["--labels", str(tmp_path / "none.csv"), "--results", str(tmp_path / "r2")]) == 1
     err = capsys.readouterr().err
     assert "--labels" in err and "none.csv does not exist" in err
+
+
+def test_report_tables(setup, tmp_path):
+    """The summary shows the references' error beside the outputs'; the compact table orders the
+    columns as the robust-loss paper's Table 2 (whatever order --metrics gave) with the means."""
+    import re
+
+    from fastlpips.evaluation.report import _fmt
+
+    root, _, _ = setup
+    r = evaluate(root / "data" / "val", [root / "noisy", root / "data" / "val"],
+                 [f"top1={root / 'clf'}", "gmsd", "uqi", "ssim", "psnr"], tmp_path / "res", worst=0)
+    page = (tmp_path / "res" / "report.html").read_text()
+    compact = page[page.index("<h2>Compact table</h2>"):page.index("<h2>Distributions</h2>")]
+    heads = re.findall(r"<th>([^<]*)</th>", compact)
+    assert heads == ["psnr ↑", "ssim ↑", "uqi ↑", "gmsd ↓", "top1-clf ↓", "top1-clf on references ↓"]
+    s = r.summary()
+    for m in ("noisy", "val"):
+        row = compact[compact.index(f"<td class=l>{m}</td>"):]
+        row = row[:row.index("</tr>")]
+        cells = [c.replace("<b>", "").replace("</b>", "") for c in re.findall(r"<td>(.*?)</td>", row)]
+        want = [s[m][c]["mean"] for c in ("psnr", "ssim", "uqi", "gmsd", "top1-clf", "top1-clf_ref")]
+        assert cells == [_fmt(v) for v in want]
+    assert "(references " in page
