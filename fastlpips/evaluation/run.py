@@ -165,13 +165,18 @@ class _Metrics:
         self._classifiers: Dict[str, Any] = {}
 
     def classifier(self, spec: MetricSpec):
-        """(model, metadata) of a ``top1=MODEL_DIR`` spec, loaded once (``pat.load_classifier``); a
-        folder that does not load raises the same error for every batch."""
+        """(model, metadata) of a ``top1=`` spec, loaded once: a pat-train folder
+        (``pat.load_classifier``) or an ImageNet ResNet-50's weights file
+        (``nets.classifiers.load_imagenet_classifier``); one that does not load raises the same
+        error for every batch."""
         if spec.key not in self._classifiers:
+            from ..nets.classifiers import load_imagenet_classifier
             from ..pat import load_classifier
 
+            path = cast(str, spec.path)
             try:
-                self._classifiers[spec.key] = load_classifier(cast(str, spec.path), self.device)
+                load = load_classifier if Path(path).is_dir() else load_imagenet_classifier
+                self._classifiers[spec.key] = load(path, self.device)
             except (OSError, ValueError, RuntimeError) as e:
                 self._classifiers[spec.key] = e
         got = self._classifiers[spec.key]
@@ -355,8 +360,9 @@ class _Keys:
         self.columns: Dict[str, str] = {}
         for s in specs:
             if s.kind == "classifier":  # its weights and where the labels come from
-                assert s.path is not None  # parse_metric requires the folder
-                weights = Path(s.path) / "model.pt"  # a folder without it fails per file, when computed
+                assert s.path is not None  # parse_metric requires the folder or file
+                weights = Path(s.path) / "model.pt" if Path(s.path).is_dir() else Path(s.path)
+                # (a folder without model.pt fails per file, when computed)
                 ident = [s.key, file_sha256(weights) if weights.is_file() else "missing",
                          file_sha256(labels) if labels else "folders"]
             else:

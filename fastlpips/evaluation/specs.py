@@ -25,7 +25,8 @@ class MetricSpec:
     """A metric of the evaluation, a name of the metric registry (``fastlpips.list_metrics()``):
     ``key`` is its column (``elpips`` adds ``elpips_ci``); ``kind`` 'lpips' (one trunk pass per
     reference, distance maps), 'elpips' (to a confidence interval), 'score' (the registry's
-    metric on the [0, 1] images) or 'classifier' (``top1=MODEL_DIR``: a classifier's top-1 error,
+    metric on the [0, 1] images) or 'classifier' (``top1=MODEL_DIR`` or ``top1=WEIGHTS``: a
+    classifier's top-1 error,
     1 or 0 per image, on the output (column ``top1-NAME``) and on its reference (``top1-NAME_ref``));
     ``path`` an LPIPS checkpoint or the classifier's folder."""
 
@@ -66,10 +67,12 @@ def parse_metric(text: str) -> MetricSpec:
     if name.strip() == CLASSIFIER:
         if not arg:
             raise ValueError(f"metric {CLASSIFIER} needs a classifier: {CLASSIFIER}=MODEL_DIR (a folder written by "
-                             "fastlpips pat-train)")
-        if not Path(arg).is_dir():
-            raise ValueError(f"metric {CLASSIFIER}: classifier folder {arg} does not exist")
-        return MetricSpec(f"{CLASSIFIER}-{Path(arg).resolve().name}", "classifier", path=arg)
+                             f"fastlpips pat-train) or {CLASSIFIER}=WEIGHTS (an ImageNet ResNet-50: torchvision or "
+                             "robustness-library checkpoint)")
+        p = Path(arg)
+        if not p.exists():
+            raise ValueError(f"metric {CLASSIFIER}: classifier {arg} does not exist")
+        return MetricSpec(f"{CLASSIFIER}-{p.resolve().name if p.is_dir() else p.stem}", "classifier", path=arg)
     info = metric_info(name)
     if info.checkpoint == "none" and eq:
         raise ValueError(f"metric {info.name} takes no argument, got {text!r}")

@@ -8,10 +8,17 @@ average pool, linear head), with the input normalization inside the model so it 
 ``ResNet32(blocks=(1, 1, 1, 1), width=8)`` is the tiny one the tests and the worked example train
 in seconds. The stage outputs ``layer1`` ... ``layer4`` are the self-bounded distance's layers
 (``SELF_BOUND_LAYERS``, as perceptual-advex's CifarResNetFeatureModel).
+
+``ResNet50`` is torchvision's ImageNet ResNet-50 (v1.5: the stride in the 3x3 convolution) with the
+same parameter names, and ImageNet's input normalization inside, so it takes [0, 1] images;
+``load_imagenet_classifier(path)`` reads its weights pickle-free from a torchvision state dict,
+a DataParallel or ``{'model' | 'state_dict': ...}`` checkpoint, or the robustness library's
+``AttackerModel`` checkpoints (Uelwer et al.'s robust and standard ResNet-50s).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import os
+from typing import Any, Dict, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -20,7 +27,7 @@ from torch.nn import functional as F
 from .. import validation as V
 
 __all__ = ["ResNet32", "resnet18_32", "SELF_BOUND_LAYERS", "CIFAR_MEAN", "CIFAR_STD", "ARCHS", "NORMS",
-           "build_classifier"]
+           "build_classifier", "ResNet50", "load_imagenet_classifier"]
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
@@ -114,3 +121,83 @@ def build_classifier(arch: str, num_classes: int, norm: str = "batch") -> ResNet
     if arch == "resnet18":
         return resnet18_32(num_classes, norm=norm)
     return ResNet32(num_classes, blocks=(1, 1, 1, 1), width=16, norm=norm)
+
+
+class _Bottleneck(nn.Module):
+    """torchvision's Bottleneck: 1x1, 3x3 (carrying the stride), 1x1 x4, batch norms, a projection
+    of the shortcut where the shape changes."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or inplanes != planes * 4:
+            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride=stride, bias=False),
+                                            nn.BatchNorm2d(planes * 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class ResNet50(nn.Module):
+    """torchvision's ResNet-50 (same parameter names) taking [0, 1] images: ImageNet's mean and
+    standard deviation are applied inside (non-persistent buffers: the state dict is torchvision's)."""
+
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        from .weights import IMAGENET_MEAN, IMAGENET_STD
+
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        inplanes = 64
+        for i, (planes, blocks, stride) in enumerate(((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)), start=1):
+            layer = []
+            for b in range(blocks):
+                layer.append(_Bottleneck(inplanes, planes, stride if b == 0 else 1))
+                inplanes = planes * 4
+            setattr(self, f"layer{i}", nn.Sequential(*layer))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2048, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for i in range(1, 5):
+            x = getattr(self, f"layer{i}")(x)
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def load_imagenet_classifier(path: Union[str, os.PathLike],
+                             device: Union[str, torch.device] = "cpu") -> Tuple[nn.Module, Dict[str, Any]]:
+    """``(model, metadata)`` of a ResNet-50 weights file (see the module docstring), in eval mode on
+    ``device``; metadata ``{'arch': 'resnet50', 'classes': ['0', ..., 'K-1'], 'size': None}`` (class
+    indices as names; the number of classes from the file's ``fc``). Loaded strictly: WeightError
+    names the file and the keys that do not fit."""
+    from .weights import load_torch_file, module_state
+
+    fc = None
+    obj = load_torch_file(str(path), "classifier file")
+    for v in (obj.get("model"), obj.get("state_dict"), obj) if isinstance(obj, dict) else ():
+        if isinstance(v, dict):
+            fc = next((t for k, t in v.items() if isinstance(k, str) and k.endswith("fc.weight")), None)
+            if fc is not None:
+                break
+    classes = int(fc.shape[0]) if isinstance(fc, torch.Tensor) and fc.dim() == 2 else 1000
+    model = ResNet50(classes)
+    model.load_state_dict(module_state(model, path, "classifier file"))
+    return model.to(device).eval(), {"arch": "resnet50", "classes": [str(i) for i in range(classes)], "size": None}

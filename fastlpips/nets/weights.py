@@ -68,7 +68,7 @@ __all__ = [
     "load_lin_weights",
     "load_trunk_state", "cache_dir", "TRUNK_FILES", "TRUNK_DIGESTS", "CACHE_DIGEST_KEY", "restricted_unpickle",
     "read_state_dict", "IMAGENET_MEAN", "IMAGENET_STD", "load_dists_weights", "dists_weight_candidates",
-    "DISTS_SHA256", "DISTS_CHANNELS",
+    "DISTS_SHA256", "DISTS_CHANNELS", "module_state",
 ]
 
 _PKG_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
@@ -270,8 +270,14 @@ def _check_normalizer(sd: Mapping, normalizer: List[Tuple[str, str]], unexpected
                 "state dict and pass that file")
 
 
-def _from_checkpoint(trunk: torch.nn.Module, obj: Mapping, path: Path) -> Dict[str, torch.Tensor]:
-    """The trunk's state from a torch file in one of the layouts of the module docstring."""
+def _unwrap(obj: Mapping, path: Path) -> Tuple[Mapping, Dict[str, Any], List[str], str, str, bool]:
+    """A checkpoint's state dict in one of the layouts of the module docstring, unwrapped:
+    ``(sd, names, other, where, shown_prefix, plain)``: the dict holding the tensors, {key without
+    the wrappers' prefixes: key in the file} of the model's own entries, keys that belong to no
+    layout (so far), the file (and entry) for messages, the prefix stripped from the keys, and
+    whether the file is a plain state dict (no entry, no prefix, no robustness wrapper). The
+    robustness library's normalizers are checked to be ImageNet's, the attacker's copy of the model
+    to equal the model."""
     sd, entry = obj, None
     for name in ("model", "state_dict"):
         if isinstance(obj.get(name), Mapping):
@@ -284,8 +290,6 @@ def _from_checkpoint(trunk: torch.nn.Module, obj: Mapping, path: Path) -> Dict[s
     names = {k[len(prefix):]: k for k in keys}  # key without the prefix -> key in the file
     robust = any(n.startswith(_ROBUST_PREFIXES) for n in names)
     plain = entry is None and not prefix and not robust
-    if plain and not any(n.startswith("features.") for n in names):
-        return _from_torchvision(trunk, sd)  # an lpips / fastlpips state dict (slice keys), as ever
     if robust:
         model, attacker, normalizer = {}, {}, []
         for n, k in names.items():
@@ -304,28 +308,61 @@ def _from_checkpoint(trunk: torch.nn.Module, obj: Mapping, path: Path) -> Dict[s
                                          and torch.equal(sd[k], sd[twin])):
                 raise WeightError(f"{where}: {k} differs from {twin} (the attacker's copy of the model must be "
                                   "the model itself)")
-        names, shown_prefix = model, prefix + "model."
-    else:
-        shown_prefix = prefix
+        return sd, model, other, where, prefix + "model.", plain
+    return sd, names, other, where, prefix, plain
+
+
+def _fit(sd: Mapping, targets: Mapping[str, str],
+         own: Mapping[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """({target: tensor}, problems) of the file's entries ``sd[key]`` for ``targets`` {key: name in
+    ``own``}: each must be a tensor of the shape ``own[name]`` has."""
+    state, bad = {}, []
+    for k, n in targets.items():
+        v = sd[k]
+        if not isinstance(v, torch.Tensor):
+            bad.append(f"{k}: a {type(v).__name__}, not a tensor")
+        elif tuple(v.shape) != tuple(own[n].shape):
+            bad.append(f"{k}: {tuple(v.shape)} (expected {tuple(own[n].shape)})")
+        else:
+            state[n] = v
+    return state, bad
+
+
+def module_state(module: torch.nn.Module, path: Union[str, os.PathLike], what: str) -> Dict[str, torch.Tensor]:
+    """The state of a whole ``module`` (a classifier with torchvision's key names, e.g.
+    ``nets.classifiers.ResNet50``) from a torch file, read pickle-free (``read_state_dict``): a
+    plain state dict, a ``{'model' | 'state_dict': ...}`` entry, DataParallel's ``module.``
+    prefix, or the robustness library's ``AttackerModel`` (as the module docstring says). Every
+    key of ``module`` must be present with its shape and nothing else may be left; WeightError
+    names the file and the keys."""
+    p = Path(path)
+    obj = load_torch_file(str(p), what)
+    if not isinstance(obj, Mapping):
+        raise WeightError(f"{what} {p} holds a {type(obj).__name__}, not a state dict")
+    sd, names, other, where, shown, _ = _unwrap(obj, p)
+    own = module.state_dict()
+    other += [k for n, k in names.items() if n not in own]
+    state, bad = _fit(sd, {k: n for n, k in names.items() if n in own}, own)
+    missing = sorted(shown + n for n in own if n not in names)
+    problems = _misfit(missing, sorted(other), sorted(bad), limit=20)
+    if problems:
+        raise WeightError(f"{where} does not fit {type(module).__name__}: {problems}")
+    return state
+
+
+def _from_checkpoint(trunk: torch.nn.Module, obj: Mapping, path: Path) -> Dict[str, torch.Tensor]:
+    """The trunk's state from a torch file in one of the layouts of the module docstring."""
+    sd, names, other, where, shown_prefix, plain = _unwrap(obj, path)
+    if plain and not any(n.startswith("features.") for n in names):
+        return _from_torchvision(trunk, sd)  # an lpips / fastlpips state dict (slice keys), as ever
     want = _torchvision_keys(trunk)
     found = {n: k for n, k in names.items() if n.startswith("features.")}
     if not plain:  # everything must be the trunk's, a head's or the wrapper's
         other += [k for n, k in names.items() if not n.startswith(("features.",) + _HEAD_PREFIXES)]
     else:
         other = []
-    own = trunk.state_dict()
-    state, bad = {}, []
-    for n, k in found.items():
-        if n not in want:
-            other.append(k)
-            continue
-        v = sd[k]
-        if not isinstance(v, torch.Tensor):
-            bad.append(f"{k}: a {type(v).__name__}, not a tensor")
-        elif tuple(v.shape) != tuple(own[want[n]].shape):
-            bad.append(f"{k}: {tuple(v.shape)} (expected {tuple(own[want[n]].shape)})")
-        else:
-            state[want[n]] = v
+    other += [k for n, k in found.items() if n not in want]
+    state, bad = _fit(sd, {k: want[n] for n, k in found.items() if n in want}, trunk.state_dict())
     missing = sorted(shown_prefix + n for n in want if n not in found)
     problems = _misfit(missing, sorted(other), sorted(bad), limit=20)
     if problems:

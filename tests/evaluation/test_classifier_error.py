@@ -106,7 +106,7 @@ def test_errors_equal_a_direct_loop(setup, tmp_path):
 
 def test_bad_classifier_and_label_files(setup, tmp_path):
     root, _, _ = setup
-    with pytest.raises(ValueError, match="classifier folder .*nowhere does not exist"):
+    with pytest.raises(ValueError, match="classifier .*nowhere does not exist"):
         parse_metric(f"top1={tmp_path / 'nowhere'}")
     with pytest.raises(ValueError, match="needs a classifier: top1=MODEL_DIR"):
         parse_metric("top1")
@@ -170,3 +170,57 @@ def test_report_tables(setup, tmp_path):
         want = [s[m][c]["mean"] for c in ("psnr", "ssim", "uqi", "gmsd", "top1-clf", "top1-clf_ref")]
         assert cells == [_fmt(v) for v in want]
     assert "(references " in page
+
+
+def test_imagenet_resnet50_checkpoints(setup, tmp_path):
+    """torchvision's ResNet-50 (random weights, shuffled batch-norm statistics) saved as a state dict,
+    a DataParallel checkpoint and a robustness-library AttackerModel checkpoint: all three load into
+    nets.classifiers.ResNet50 with torchvision's logits exactly, and top1=WEIGHTS equals a direct
+    loop with torchvision's model; a file of another model is named in the per-file error."""
+    from fastlpips.nets.classifiers import load_imagenet_classifier
+    from helpers import require
+
+    tvm = require("torchvision.models")
+    torch.manual_seed(0)
+    tv = tvm.resnet50(weights=None, num_classes=4).eval()
+    for m in tv.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    sd = tv.state_dict()
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    robust = {f"module.{p}{k}": v for k, v in sd.items() for p in ("model.", "attacker.model.")}
+    robust.update({f"module.{n}.{b}": t for n in ("normalizer", "attacker.normalize")
+                   for b, t in (("new_mean", mean), ("new_std", std))})
+    files = {"plain.pth": sd, "dp.pth": {"state_dict": {"module." + k: v for k, v in sd.items()}},
+             "robust.pt": {"model": robust, "epoch": 90}}
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = tv((x - mean) / std)
+    for name, obj in files.items():
+        torch.save(obj, tmp_path / name)
+        model, meta = load_imagenet_classifier(tmp_path / name)
+        assert meta["classes"] == ["0", "1", "2", "3"] and meta["size"] is None
+        with torch.no_grad():
+            assert torch.equal(model(x), want), name
+
+    # evaluate: classes are indices (subfolders named 0..3); 64x64 crops of the example photos
+    root, _, _ = setup
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    want_err = {}
+    for k, p in enumerate(sorted((root / "data" / "val").rglob("*.png"))[:6]):
+        a = np.asarray(Image.open(p).resize((64, 64)))
+        rel = f"{k % 4}/{p.name[:-4]}_{k}.png"
+        for d, arr in ((ref, a), (out, np.ascontiguousarray(a[::-1]))):  # outputs: upside down
+            (d / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr).save(d / rel)
+        xo = torch.from_numpy(np.ascontiguousarray(a[::-1]) / np.float32(255)).permute(2, 0, 1)[None].float()
+        with torch.no_grad():
+            want_err[rel] = float(int(tv((xo - mean) / std).argmax(1)) != k % 4)
+    r = evaluate(ref, [out], [f"top1={tmp_path / 'robust.pt'}"], tmp_path / "res", report=False)
+    assert not r.errors
+    rows = _csv(tmp_path / "res" / "results.csv")
+    assert {f: float(rows[("out", f)]["top1-robust"]) for f in want_err} == want_err
+    r = evaluate(ref, [out], [f"top1={root / 'clf' / 'model.pt'}"], tmp_path / "bad", report=False)
+    assert r.errors and all(f"{root / 'clf' / 'model.pt'} does not fit ResNet50" in e["message"] for e in r.errors)
