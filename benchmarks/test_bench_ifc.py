@@ -7,9 +7,10 @@
 * ``test_uqi``: ``fastlpips.iqa.uqi`` on the same pairs vs sewar's ``uqi`` (numpy, per image), the
   package people use today; the values differ by definition (sewar puts window means where the
   authors put sums), so only times are compared.
-* ``test_evaluate_paper_metrics``: ``fastlpips.evaluate`` with PSNR, SSIM, UQI, IFC, GMSD and
-  LPIPS-Alex on ``N`` 256x256 references and one method (x4 bicubic down-and-up: the SR setting):
-  images/s of the whole call (file matching, records, CSV/JSON; no HTML report).
+* ``test_evaluate_paper_metrics``: ``fastlpips.evaluate`` with PSNR, SSIM, UQI, IFC, GMSD,
+  LPIPS-Alex, R-LPIPS and an ImageNet ResNet-50's top-1 error (outputs and references) on ``N``
+  256x256 references and one method (x4 bicubic down-and-up: the SR setting): images/s of the
+  whole call (file matching, records, CSV/JSON; no HTML report).
 
 Run: ``FASTLPIPS_OFFLINE=1 .venv/bin/python -m pytest -q benchmarks/test_bench_ifc.py
 --benchmark-json=benchmarks/results/ifc.json``; ``FASTLPIPS_BENCH_SMOKE=1``: 4 images.
@@ -97,14 +98,36 @@ def test_uqi(benchmark, provider):
     benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
 
 
+def _paper_models(tmp: Path):
+    """An R-LPIPS-format checkpoint (LPIPS-Alex with scaled lin weights) and an ImageNet ResNet-50
+    weights file (random weights: times only; the classes come from a labels file)."""
+    import fastlpips
+    from fastlpips.nets.classifiers import ResNet50
+
+    lp = fastlpips.LPIPS(net="alex", verbose=False)
+    with torch.no_grad():
+        for lin in lp.lins:
+            lin.weight.mul_(1.1)
+    torch.save(lp.state_dict(), tmp / "rlpips.pth")
+    torch.manual_seed(0)
+    torch.save(ResNet50().state_dict(), tmp / "resnet50.pth")
+    with open(tmp / "labels.csv", "w") as f:
+        f.write("file,label\n" + "".join(f"{k:03d}.png,{k % 1000}\n" for k in range(N)))
+    return tmp / "rlpips.pth", tmp / "resnet50.pth", tmp / "labels.csv"
+
+
 def test_evaluate_paper_metrics(benchmark, tmp_path):
+    """All of Uelwer et al.'s columns: PSNR, SSIM, UQI, IFC, GMSD, LPIPS, R-LPIPS and a ResNet-50's
+    top-1 error on outputs and references."""
     from fastlpips.evaluation import evaluate
 
     root = data()
-    metrics = ["psnr", "ssim", "uqi", "ifc", "gmsd", "lpips"]
+    rlpips, resnet, labels = _paper_models(tmp_path)
+    metrics = ["psnr", "ssim", "uqi", "ifc", "gmsd", "lpips", f"rlpips={rlpips}", f"top1={resnet}"]
 
     def run():
-        return evaluate(root / "ref", [root / "sr4"], metrics, tmp_path / "res", restart=True, report=False)
+        return evaluate(root / "ref", [root / "sr4"], metrics, tmp_path / "res", restart=True, report=False,
+                        labels=labels)
 
     benchmark.group = f"evaluate {N} images {SIZE}x{SIZE}"
     benchmark.extra_info.update(provider="fastlpips", images=N, size=SIZE, metrics=",".join(metrics))
