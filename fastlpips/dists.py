@@ -60,8 +60,11 @@ class L2Pool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]
-        w = self.filter.to(x.dtype).expand(c, 1, 3, 3)
-        return (F.conv2d(x * x, w, stride=2, padding=1, groups=c) + 1e-12).sqrt()
+        half = x.dtype == torch.float16  # 1e-12 underflows to 0 (sqrt(0): infinite gradients), x*x overflows
+        h = x.float() if half else x
+        w = self.filter.to(h.dtype).expand(c, 1, 3, 3)
+        out = (F.conv2d(h * h, w, stride=2, padding=1, groups=c) + 1e-12).sqrt()
+        return out.to(x.dtype) if half else out
 
 
 #: The smallest image side: the deepest stage (relu5_3, after four poolings that halve rounding up)

@@ -133,7 +133,9 @@ def _reference_gsm(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     centred = u - u.mean(2, keepdim=True)
     cu = centred @ centred.transpose(1, 2) / u.shape[2]
     blocks = F.unfold(x, _M, stride=_M)  # (N, M^2, non-overlapping blocks), row-major positions
-    ss = (blocks * torch.linalg.solve(cu, blocks)).sum(1) / (_M * _M)
+    sol, info = torch.linalg.solve_ex(cu, blocks)  # singular (a flat subband): NaN, as the release's inv
+    sol = torch.where((info != 0).view(-1, 1, 1), torch.full_like(sol, float("nan")), sol)
+    ss = (blocks * sol).sum(1) / (_M * _M)
     return ss.view(n, 1, h // _M, w // _M), torch.linalg.eigvalsh(cu)
 
 

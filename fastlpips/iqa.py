@@ -361,7 +361,8 @@ def uqi(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, *, win_size: 
     and, as the authors' ``img_qi.m``: ``Q = 2 m_x m_y / (m_x^2 + m_y^2)`` where both windows are
     flat (s_x^2 + s_y^2 = 0) but not both zero, ``Q = 1`` where both are zero. The map's mean per
     channel, then the mean over channels. Computed in float64 (the window statistics of flat
-    regions cancel in float32), the result in the input's dtype.
+    regions cancel in float32; windows flat in both images are found exactly, by their extremes), the
+    result in the input's dtype.
 
     ``window='uniform'`` (default, the paper's 8 x 8 box); ``window='gaussian'`` with ``win_size=11,
     sigma=1.5`` is ``torchmetrics.functional.universal_image_quality_index`` (which pads by
@@ -382,8 +383,7 @@ def uqi(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, *, win_size: 
         return _reduce(x.new_zeros((0,)), reduction, out_dtype)
     g = _gaussian_window(win_size, sigma, torch.float64, x.device) if window == "gaussian" else None
     per = max(1, _SSIM_CHUNK_BYTES // max(1, 2 * x[:1].numel() * 8))  # images per pass: cache-sized, as SSIM
-    q = torch.cat([_uqi_chunk(x[i:i + per].double(), y[i:i + per].double(), win_size, g)
-                   for i in range(0, x.shape[0], per)])
+    q = torch.cat([_uqi_chunk(x[i:i + per], y[i:i + per], win_size, g) for i in range(0, x.shape[0], per)])
     return _reduce(q, reduction, out_dtype)
 
 
@@ -399,7 +399,10 @@ def _box_mean_valid(maps: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _uqi_chunk(x: torch.Tensor, y: torch.Tensor, win_size: int, g: Optional[torch.Tensor]) -> torch.Tensor:
-    """UQI (N,) of float64 images (see ``uqi``); ``g`` the Gaussian taps, None for the box window."""
+    """UQI (N,) of images (see ``uqi``; the statistics in float64, the flatness test in the images'
+    own dtype: exact, and 2x cheaper for float32); ``g`` the Gaussian taps, None for the box window."""
+    both = torch.cat((x, y), dim=1)
+    x, y = x.double(), y.double()
     c = x.shape[1]
     shift = (0.5 * (x.mean(dim=(2, 3), keepdim=True) + y.mean(dim=(2, 3), keepdim=True))).detach()
     xs, ys = x - shift, y - shift  # (co)variances unchanged; fewer digits lost (as in SSIM)
@@ -408,7 +411,30 @@ def _uqi_chunk(x: torch.Tensor, y: torch.Tensor, win_size: int, g: Optional[torc
     mx, my, mxx, myy, mxy = filtered.split(c, dim=1)
     vsum = (mxx - mx * mx) + (myy - my * my)
     vxy = mxy - mx * my
+    # windows flat in both images: exactly (max == min), not from the statistics, which carry the
+    # sums' rounding there (noise / noise would be any number); img_qi.m's cases then apply
+    k = win_size
+    def window_max(t: torch.Tensor) -> torch.Tensor:
+        """Maxima of the k x k windows: per axis, maxima of doubling spans (log2 k elementwise
+        passes; 8x faster than max_pool2d here)."""
+        for dim in (3, 2):
+            w = 1
+            while w < k:
+                s = min(w, k - w)
+                n = t.shape[dim] - s
+                t = torch.maximum(t.narrow(dim, 0, n), t.narrow(dim, s, n))
+                w += s
+        return t
+
+    top = window_max(both)
+    flat2 = top == -window_max(-both)
+    flat_both = flat2[:, :c] & flat2[:, c:]
+    vsum = torch.where(flat_both, torch.zeros_like(vsum), vsum)
+    vxy = torch.where(flat_both, torch.zeros_like(vxy), vxy)
     ux, uy = mx + shift, my + shift
+    # a flat window's mean is its value, exactly (the running sums' is off by their rounding)
+    ux = torch.where(flat_both, top[:, :c].double(), ux)
+    uy = torch.where(flat_both, top[:, c:].double(), uy)
     msum = ux * ux + uy * uy
     one = torch.ones_like(msum)
     flat = torch.where(msum != 0, 2 * ux * uy / torch.where(msum != 0, msum, one), one)

@@ -92,8 +92,8 @@ def _stats_fwd(fx, fy, alpha, beta, consts, s, terms, C, M, ACC: tl.constexpr, B
 @triton.jit
 def _stats_bwd(g, fx, fy, alpha, beta, consts, s, gx, gy, C, M, NEEDX: tl.constexpr, NEEDY: tl.constexpr,
                ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    n = tl.program_id(0)
-    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)  # axis 0: up to 2^31 - 1 tiles (1 and 2: 65535)
+    n = tl.program_id(1)
     c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = c < C
     row = s + (n.to(tl.int64) * C + c) * 5  # masked-out channels read zeros: B = c1, Q = c2 (finite)
@@ -189,7 +189,7 @@ def stats_bwd(g: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor, alpha: torch.
         consts = torch.tensor([c1, c2], dtype=acc, device=fx.device)
         gv = g.reshape(-1).to(acc).contiguous()
         sv = s.to(acc).contiguous()
-        _launch(_BWD, fx, (n, triton.cdiv(m, bp), triton.cdiv(c, bc)),
+        _launch(_BWD, fx, (triton.cdiv(m, bp), n, triton.cdiv(c, bc)),
                 gv, fx, fy, a, b, consts, sv, gx if needs[0] else fx, gy if needs[1] else fy, c, m,
                 NEEDX=bool(needs[0]), NEEDY=bool(needs[1]), ACC=tl_acc, BLOCK_P=bp, BLOCK_C=bc)
     return gx, gy

@@ -608,7 +608,7 @@ def _evaluate(ref_dir: Path, methods: Dict[str, Path], specs: List[MetricSpec], 
                     except Exception as e:  # e.g. an image too small for the metric: per file, the run goes on
                         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
                         my_errors += [{"method": it.method, "file": it.file, "metric": spec.key, "message": msg}
-                                      for it in kept]
+                                      for it in these]
                         continue
                     for c, v in vals.items():
                         for it, x in zip(these, v.double().cpu().tolist()):
@@ -656,7 +656,7 @@ def read_labels(path: PathLike) -> Dict[str, str]:
     if not p.is_file():
         raise FileNotFoundError(f"labels file {p} does not exist")
     out: Dict[str, str] = {}
-    with open(p, newline="", encoding="utf-8") as f:
+    with open(p, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets write a byte-order mark
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"file", "label"} <= set(reader.fieldnames):
             raise ValueError(f"labels file {p} needs the header columns 'file' and 'label', got {reader.fieldnames}")

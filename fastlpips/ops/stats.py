@@ -91,7 +91,7 @@ def dists_stage_term(fx: torch.Tensor, fy: torch.Tensor, alpha: torch.Tensor, be
     if fx.shape[2] * fx.shape[3] == 0:
         raise ValueError(f"features have no pixels: {tuple(fx.shape)}")
     if fx.shape[0] != fy.shape[0]:
-        n = max(fx.shape[0], fy.shape[0])
+        n = 0 if 0 in (fx.shape[0], fy.shape[0]) else max(fx.shape[0], fy.shape[0])
         fx, fy = fx.expand(n, *fx.shape[1:]), fy.expand(n, *fy.shape[1:])
     name = table.resolve(fx.device, backend, "stats")
     return StageStats.apply(fx, fy, alpha.reshape(-1), beta.reshape(-1), float(c1), float(c2), name)[0]

@@ -119,6 +119,8 @@ def test_bad_classifier_and_label_files(setup, tmp_path):
     bad.write_text("name,class\na.png,0\n")
     with pytest.raises(ValueError, match=r"labels file .*bad.csv needs the header columns 'file' and 'label'"):
         read_labels(bad)
+    bad.write_text("\ufefffile,label\na.png,0\n", encoding="utf-8")  # a spreadsheet's byte-order mark
+    assert read_labels(bad) == {"a.png": "0"}
     bad.write_text("file,label\na.png,0\na.png,1\n")
     with pytest.raises(ValueError, match=r"bad.csv, line 3: a.png has two labels"):
         read_labels(bad)

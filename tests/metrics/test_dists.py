@@ -203,3 +203,17 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_float16_trunk_keeps_finite_gradients(ours, photos):
+    """In float16 the L2 pooling's 1e-12 would underflow (sqrt(0): infinite gradients where a ReLU
+    neighbourhood is all zero) and x*x overflow: it runs in float32."""
+    x, y = photos
+    half = DISTS(dtype="fp16")
+    copy_convs(ours, half)
+    xg = x[:2].clone().requires_grad_(True)
+    with pytest.warns(Warning) if not _bf16_native() else _nothing():
+        d = half(xg, y[:2])
+    d.sum().backward()
+    assert torch.isfinite(d).all() and torch.isfinite(xg.grad).all() and xg.grad.abs().sum() > 0
+    assert float(((d - ours(x[:2], y[:2])).abs() / ours(x[:2], y[:2])).max()) <= 0.05

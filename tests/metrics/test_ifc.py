@@ -108,3 +108,12 @@ def test_evaluate_reports_the_releases_numbers(octave, tmp_path):
     for p in rgb:
         name, kind = p["distorted"][:-4].split("_")
         assert float(rows[(kind, p["reference"])]["ifc"]) == pytest.approx(p["ifc"], rel=1e-6)
+
+
+def test_a_flat_reference_is_nan_and_does_not_stop_the_batch():
+    """A flat reference has singular neighbourhood covariances: NaN for that image (the release's
+    inv gives Inf, its IFC NaN), the other images of the batch are computed."""
+    x, y = _png("coffee.png"), _png("coffee_noise.png")
+    flat = torch.full_like(x, 0.5)
+    got = ifc(torch.cat([x, flat]), torch.cat([y, y]))
+    assert torch.isnan(got[1]) and float(got[0]) == pytest.approx(float(ifc(x, y)), rel=1e-12)

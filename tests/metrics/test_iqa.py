@@ -415,13 +415,17 @@ def test_gmsd_refuses_other_channel_counts():
 
 def _uqi_loop(a: np.ndarray, b: np.ndarray, k: int = 8) -> float:
     """Wang & Bovik's definition written out: every k x k window inside the image, population
-    statistics, Q = 4 s_xy m_x m_y / ((s_x^2 + s_y^2)(m_x^2 + m_y^2)); the mean over windows."""
+    statistics, Q = 4 s_xy m_x m_y / ((s_x^2 + s_y^2)(m_x^2 + m_y^2)), img_qi.m's cases where both
+    windows are flat (2 m_x m_y / (m_x^2 + m_y^2), or 1 when both are 0); the mean over windows."""
     h, w = a.shape
     vals = []
     for i in range(h - k + 1):
         for j in range(w - k + 1):
             p, q = a[i:i + k, j:j + k].ravel(), b[i:i + k, j:j + k].ravel()
             mp, mq = p.mean(), q.mean()
+            if p.min() == p.max() and q.min() == q.max():
+                vals.append(2 * mp * mq / (mp * mp + mq * mq) if mp * mp + mq * mq else 1.0)
+                continue
             vals.append(4 * ((p - mp) * (q - mq)).mean() * mp * mq / ((p.var() + q.var()) * (mp * mp + mq * mq)))
     return float(np.mean(vals))
 
@@ -432,6 +436,20 @@ def test_uqi_is_the_papers_definition():
     want = [np.mean([_uqi_loop(a[..., c], b[..., c]) for c in range(3)]) for a, b in zip(xs, ys)]
     assert_close(got, want, atol=1e-12, what="uqi vs the window loop")
     assert_close(iqa.uqi(x, x), torch.ones(len(x)), atol=1e-12, what="identical")
+
+
+def test_uqi_flat_regions_inside_textured_images():
+    """Saturated and black regions (both images clipped alike) inside a photo: the running sums leave
+    rounding noise in those windows' statistics; they must still take img_qi.m's flat cases."""
+    x, y, xs, ys = pairs(40, 44, every=False)
+    x, y = x.clone(), y.clone()
+    x[..., 5:25, 8:30] = 1.0
+    y[..., 5:25, 8:30] = 1.0
+    x[..., 26:40, 0:12] = 0.0
+    y[..., 26:40, 0:12] = 0.0
+    got = iqa.uqi(x, y)
+    want = [np.mean([_uqi_loop(a[c].numpy(), b[c].numpy()) for c in range(3)]) for a, b in zip(x, y)]
+    assert_close(got, want, atol=1e-12, what="uqi with flat regions vs the window loop")
 
 
 def test_uqi_flat_windows_follow_img_qi():

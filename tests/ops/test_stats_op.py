@@ -78,6 +78,13 @@ def test_a_batch_of_one_broadcasts(backend):
     assert torch.autograd.gradcheck(lambda x: dists_stage_term(x, fy, alpha, beta, backend=backend), (x1,))
 
 
+def test_an_empty_batch_against_a_batch_of_one_is_empty():
+    fx, fy, alpha, beta = _inputs((1, 4, 3, 3))
+    for backend in CPU_BACKENDS:
+        assert dists_stage_term(fx[:0], fy, alpha, beta, backend=backend).shape == (0,)
+        assert dists_stage_term(fx, fy[:0], alpha, beta, backend=backend).shape == (0,)
+
+
 def test_identical_maps_score_the_weight_sum_and_constant_maps_stay_finite():
     fx, _, alpha, beta = _inputs((2, 6, 5, 5))
     for backend in CPU_BACKENDS:
