@@ -204,7 +204,8 @@ class _Metrics:
             return classes.index(text)
         if text.isdigit() and int(text) < len(classes):
             return int(text)
-        return f"{where} is not one of the classifier's classes {classes} (or an index below {len(classes)})"
+        shown = classes if len(classes) <= 10 else classes[:5] + ["..."] + classes[-2:]
+        return f"{where} is not one of the classifier's classes {shown} (or an index below {len(classes)})"
 
     def classify(self, spec: MetricSpec, refs: torch.Tensor, outs: torch.Tensor, idx: torch.Tensor,
                  labels: torch.Tensor) -> Dict[str, torch.Tensor]:
