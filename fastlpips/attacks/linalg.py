@@ -47,7 +47,13 @@ class JTJ:
 
         owner = phi if isinstance(phi, FeatureDistance) else getattr(phi, "__self__", None)
         owner = owner if isinstance(owner, FeatureDistance) else None
-        manual = owner.linearize if (owner is not None and owner.has_linearization) else None
+        # the kept linearization is of ``features``: not usable for a distance whose lengths come
+        # from its own ``metric_features`` (asked for by passing the distance or that method)
+        wants_metric = owner is not None and (phi is owner or getattr(phi, "__func__", None)
+                                              is type(owner).metric_features)
+        own_metric = owner is not None and type(owner).metric_features is not FeatureDistance.metric_features
+        manual = owner.linearize if (owner is not None and owner.has_linearization
+                                     and not (wants_metric and own_metric)) else None
         if mode == "auto":
             mode = "manual" if manual is not None else "jvp"
         if mode not in ("jvp", "linearize", "manual") or (mode == "manual" and manual is None):

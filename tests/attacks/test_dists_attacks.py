@@ -91,3 +91,26 @@ def test_ppgd_and_lpa_under_a_dists_bound_keep_it(attack_demo):
         torch.set_num_threads(old)
     print(f"\nDISTS <= {bound}: PPGD success {rate(adv):.3f}, LPA {rate(lpa):.3f}; L2-PGD at the median pixel "
           f"budget {float(size.median()):.3f}: {rate(base):.3f}")
+
+
+def test_a_kept_linearization_is_not_used_for_another_metric_map():
+    """JTJ uses a distance's kept linearization (of ``features``) only when the lengths are those of
+    ``features``: a distance with its own ``metric_features`` gets forward-mode AD of that map."""
+    class Scaled(FeatureDistance):
+        has_linearization = True
+
+        def features(self, x):
+            return x.flatten(1)
+
+        def linearize(self, x):
+            return self.features(x), lambda v: v.flatten(1)
+
+        def metric_features(self, x):
+            return 2 * x.flatten(1)
+
+    d = Scaled()
+    x = torch.rand(1, 3, 4, 4, dtype=torch.float64)
+    v = torch.rand_like(x)
+    assert JTJ(d, x).mode == "jvp" and JTJ(d.metric_features, x).mode == "jvp"
+    torch.testing.assert_close(JTJ(d, x)(v), 4 * v)
+    assert JTJ(d.features, x).mode == "manual"  # the features themselves: their kept linearization
