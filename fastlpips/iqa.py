@@ -38,7 +38,7 @@ published ones (tests/test_iqa.py checks each against scikit-image, piq 0.8.0 an
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -174,20 +174,25 @@ def _ssim_cs(x: torch.Tensor, y: torch.Tensor, g: torch.Tensor, c1: float, c2: f
 
 def _ssim_cs_chunk(x: torch.Tensor, y: torch.Tensor, g: torch.Tensor, c1: float, c2: float
                    ) -> Tuple[torch.Tensor, torch.Tensor]:
-    c = x.shape[1]
-    # shift both images by one per-image, per-channel constant: (co)variances do not change and
-    # E[x^2] - E[x]^2 loses far fewer digits in float32 (the means are shifted back below). The
-    # shift is detached: the value does not depend on it, so neither does the gradient.
-    shift = (0.5 * (x.mean(dim=(2, 3), keepdim=True) + y.mean(dim=(2, 3), keepdim=True))).detach()
-    xs, ys = x - shift, y - shift
-    mx, my, mxx, myy, mxy = _filter_valid(torch.cat((xs, ys, xs * xs, ys * ys, xs * ys), dim=1), g).split(c, dim=1)
-    vx = mxx - mx * mx
-    vy = myy - my * my
-    vxy = mxy - mx * my
-    ux, uy = mx + shift, my + shift
+    ux, uy, vx, vy, vxy = _window_moments(x, y, lambda maps: _filter_valid(maps, g))
     cs = (2.0 * vxy + c2) / (vx + vy + c2)
     lum = (2.0 * ux * uy + c1) / (ux * ux + uy * uy + c1)
     return (lum * cs).mean(dim=(2, 3)), cs.mean(dim=(2, 3))
+
+
+def _window_moments(x: torch.Tensor, y: torch.Tensor, filt: Callable[[torch.Tensor], torch.Tensor]
+                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The window means ux, uy, variances vx, vy and covariance vxy of every channel (``filt``: the
+    window's weighted mean over the valid region of (N, 5C, H, W) maps), as SSIM and UQI use them.
+
+    Both images are shifted by one per-image, per-channel constant first: (co)variances do not
+    change and E[x^2] - E[x]^2 loses far fewer digits (the means are shifted back). The shift is
+    detached: the value does not depend on it, so neither does the gradient."""
+    c = x.shape[1]
+    shift = (0.5 * (x.mean(dim=(2, 3), keepdim=True) + y.mean(dim=(2, 3), keepdim=True))).detach()
+    xs, ys = x - shift, y - shift
+    mx, my, mxx, myy, mxy = filt(torch.cat((xs, ys, xs * xs, ys * ys, xs * ys), dim=1)).split(c, dim=1)
+    return mx + shift, my + shift, mxx - mx * mx, myy - my * my, mxy - mx * my
 
 
 def _ssim_args(data_range, win_size, sigma, k1, k2, reduction):
@@ -404,13 +409,11 @@ def _uqi_chunk(x: torch.Tensor, y: torch.Tensor, win_size: int, g: Optional[torc
     both = torch.cat((x, y), dim=1)
     x, y = x.double(), y.double()
     c = x.shape[1]
-    shift = (0.5 * (x.mean(dim=(2, 3), keepdim=True) + y.mean(dim=(2, 3), keepdim=True))).detach()
-    xs, ys = x - shift, y - shift  # (co)variances unchanged; fewer digits lost (as in SSIM)
-    maps = torch.cat((xs, ys, xs * xs, ys * ys, xs * ys), dim=1)
-    filtered = _filter_valid(maps, g) if g is not None else _box_mean_valid(maps, win_size)
-    mx, my, mxx, myy, mxy = filtered.split(c, dim=1)
-    vsum = (mxx - mx * mx) + (myy - my * my)
-    vxy = mxy - mx * my
+    def filt(maps: torch.Tensor) -> torch.Tensor:
+        return _filter_valid(maps, g) if g is not None else _box_mean_valid(maps, win_size)
+
+    ux, uy, vx, vy, vxy = _window_moments(x, y, filt)
+    vsum = vx + vy
     # windows flat in both images: exactly (max == min), not from the statistics, which carry the
     # sums' rounding there (noise / noise would be any number); img_qi.m's cases then apply
     k = win_size
@@ -431,7 +434,6 @@ def _uqi_chunk(x: torch.Tensor, y: torch.Tensor, win_size: int, g: Optional[torc
     flat_both = flat2[:, :c] & flat2[:, c:]
     vsum = torch.where(flat_both, torch.zeros_like(vsum), vsum)
     vxy = torch.where(flat_both, torch.zeros_like(vxy), vxy)
-    ux, uy = mx + shift, my + shift
     # a flat window's mean is its value, exactly (the running sums' is off by their rounding)
     ux = torch.where(flat_both, top[:, :c].double(), ux)
     uy = torch.where(flat_both, top[:, c:].double(), uy)

@@ -18,7 +18,7 @@ a DataParallel or ``{'model' | 'state_dict': ...}`` checkpoint, or the robustnes
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Sequence, Tuple, Union
+from typing import Any, Dict, Sequence, Tuple, Union, cast
 
 import torch
 from torch import nn
@@ -188,16 +188,12 @@ def load_imagenet_classifier(path: Union[str, os.PathLike],
     ``device``; metadata ``{'arch': 'resnet50', 'classes': ['0', ..., 'K-1'], 'size': None}`` (class
     indices as names; the number of classes from the file's ``fc``). Loaded strictly: WeightError
     names the file and the keys that do not fit."""
-    from .weights import load_torch_file, module_state
+    from .weights import load_module
 
-    fc = None
-    obj = load_torch_file(str(path), "classifier file")
-    for v in (obj.get("model"), obj.get("state_dict"), obj) if isinstance(obj, dict) else ():
-        if isinstance(v, dict):
-            fc = next((t for k, t in v.items() if isinstance(k, str) and k.endswith("fc.weight")), None)
-            if fc is not None:
-                break
-    classes = int(fc.shape[0]) if isinstance(fc, torch.Tensor) and fc.dim() == 2 else 1000
-    model = ResNet50(classes)
-    model.load_state_dict(module_state(model, path, "classifier file"))
+    def build(entry):
+        fc = entry("fc.weight")  # the number of classes from the file's head (checked strictly below)
+        return ResNet50(int(fc.shape[0]) if fc is not None and fc.dim() == 2 else 1000)
+
+    model = cast(ResNet50, load_module(build, path, "classifier file"))
+    classes = model.fc.out_features
     return model.to(device).eval(), {"arch": "resnet50", "classes": [str(i) for i in range(classes)], "size": None}

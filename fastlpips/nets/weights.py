@@ -68,7 +68,7 @@ __all__ = [
     "load_lin_weights",
     "load_trunk_state", "cache_dir", "TRUNK_FILES", "TRUNK_DIGESTS", "CACHE_DIGEST_KEY", "restricted_unpickle",
     "read_state_dict", "IMAGENET_MEAN", "IMAGENET_STD", "load_dists_weights", "dists_weight_candidates",
-    "DISTS_SHA256", "DISTS_CHANNELS", "module_state",
+    "DISTS_SHA256", "DISTS_CHANNELS", "load_module",
 ]
 
 _PKG_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
@@ -328,18 +328,26 @@ def _fit(sd: Mapping, targets: Mapping[str, str],
     return state, bad
 
 
-def module_state(module: torch.nn.Module, path: Union[str, os.PathLike], what: str) -> Dict[str, torch.Tensor]:
-    """The state of a whole ``module`` (a classifier with torchvision's key names, e.g.
-    ``nets.classifiers.ResNet50``) from a torch file, read pickle-free (``read_state_dict``): a
-    plain state dict, a ``{'model' | 'state_dict': ...}`` entry, DataParallel's ``module.``
-    prefix, or the robustness library's ``AttackerModel`` (as the module docstring says). Every
-    key of ``module`` must be present with its shape and nothing else may be left; WeightError
-    names the file and the keys."""
+def load_module(build: Callable[[Callable[[str], Optional[torch.Tensor]]], torch.nn.Module],
+                path: Union[str, os.PathLike], what: str) -> torch.nn.Module:
+    """A whole module (a classifier with torchvision's key names, e.g. ``nets.classifiers.ResNet50``)
+    loaded strictly from a torch file read once, pickle-free: a plain state dict, a ``{'model' |
+    'state_dict': ...}`` entry, DataParallel's ``module.`` prefix, or the robustness library's
+    ``AttackerModel`` (as the module docstring says). ``build(entry)`` makes the module, ``entry(name)``
+    giving the file's tensor for a model key (None if absent; e.g. the head's shape). Every key of the
+    module must be present with its shape and nothing else may be left; WeightError names the file
+    and the keys."""
     p = Path(path)
     obj = load_torch_file(str(p), what)
     if not isinstance(obj, Mapping):
         raise WeightError(f"{what} {p} holds a {type(obj).__name__}, not a state dict")
     sd, names, other, where, shown, _ = _unwrap(obj, p)
+
+    def entry(name: str) -> Optional[torch.Tensor]:
+        v = sd.get(names[name]) if name in names else None
+        return v if isinstance(v, torch.Tensor) else None
+
+    module = build(entry)
     own = module.state_dict()
     other += [k for n, k in names.items() if n not in own]
     state, bad = _fit(sd, {k: n for n, k in names.items() if n in own}, own)
@@ -347,7 +355,8 @@ def module_state(module: torch.nn.Module, path: Union[str, os.PathLike], what: s
     problems = _misfit(missing, sorted(other), sorted(bad), limit=20)
     if problems:
         raise WeightError(f"{where} does not fit {type(module).__name__}: {problems}")
-    return state
+    module.load_state_dict(state)
+    return module
 
 
 def _from_checkpoint(trunk: torch.nn.Module, obj: Mapping, path: Path) -> Dict[str, torch.Tensor]:
