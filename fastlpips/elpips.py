@@ -49,8 +49,9 @@ from .transforms import (
     sample_official,
 )
 
-__all__ = ["ELPIPS", "ELPIPSDraw", "scale_levels_for_size", "dropout_positions", "zero_at", "dropout_conv",
-           "DEFAULT_RTOL", "DEFAULT_ATOL", "BF16_RELATIVE_BIAS", "BF16_ABSOLUTE_BIAS", "bf16_bias_allowed",
+__all__ = ["ELPIPS", "ELPIPSDraw", "scale_levels_for_size", "max_scale_for_size", "dropout_positions", "zero_at",
+           "dropout_conv", "DEFAULT_RTOL", "DEFAULT_ATOL", "BF16_RELATIVE_BIAS", "BF16_ABSOLUTE_BIAS",
+           "bf16_bias_allowed",
            "resolve_elpips_dtype"]
 
 #: The estimator's default stopping rule (``elpips_estimate``): the 95% half-width below 2.5% of the
@@ -84,6 +85,18 @@ def resolve_elpips_dtype(dtype, device=None, net: str = "vgg", grad: bool = Fals
 def scale_levels_for_size(height: int, width: int) -> int:
     """The release's rule (set_scale_levels_by_image_size): max(1, min(H, W) // 64) levels."""
     return max(1, min(MAX_SCALE, min(height, width) // 64))
+
+
+def max_scale_for_size(height: int, width: int, net: str = "vgg") -> int:
+    """The largest ``max_scale`` (1..8) that images of height x width fit (``ELPIPS.check_size``:
+    the downscaled image >= 8 px, and >= 16 px (VGG) or 31 px (SqueezeNet) with the 7 px of offset
+    padding): 4 for 32 x 32 images, 8 from 64 px (VGG). 1 when none fits (check_size then says why)."""
+    from .transforms import downscaled_size, min_size_for_scale
+
+    side, need = min(height, width), 16 if net == "vgg" else 31
+    fits = [s for s in range(1, MAX_SCALE + 1)
+            if side >= min_size_for_scale(s) and downscaled_size(side, s) + 7 >= need]
+    return max(fits) if fits else 1
 
 
 def _bernoulli_positions(count: int, p: float, generator: Optional[torch.Generator]) -> torch.Tensor:

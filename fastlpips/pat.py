@@ -44,6 +44,7 @@ from torch.nn import functional as F
 from . import distributed as D
 from . import validation as V
 from .attacks.distances import ClassifierFeatureDistance
+from .attacks.narrow import trades_loss
 from .attacks.perceptual import LagrangePerceptualAttack
 from .attacks.threat import draw_noise
 from .nets.weights import check_state, read_state_dict
@@ -84,6 +85,10 @@ class PATConfig:
     workers: int = 0
     checkpoint_every: int = 0  # steps; 0: at the end of every epoch only
     sync_batchnorm: bool = False
+    # 'ce': cross-entropy on the attacks' examples (PAT, AT); 'trades': TRADES (Zhang et al. 2019),
+    # CE on the clean batch + beta KL(p(x) || p(x')) against its own KL attack (the 'trades' spec)
+    objective: str = "ce"
+    beta: float = 6.0
 
 
 def _check_config(cfg: PATConfig) -> None:
@@ -97,6 +102,10 @@ def _check_config(cfg: PATConfig) -> None:
         raise ValueError(f"PATConfig.lr must be a finite number > 0, got {cfg.lr!r}")
     if cfg.clip_grad is not None and not (math.isfinite(cfg.clip_grad) and cfg.clip_grad > 0):
         raise ValueError(f"PATConfig.clip_grad must be > 0 or None, got {cfg.clip_grad!r}")
+    if cfg.objective not in ("ce", "trades"):
+        raise ValueError(f"PATConfig.objective must be 'ce' or 'trades', got {cfg.objective!r}")
+    if not (isinstance(cfg.beta, (int, float)) and math.isfinite(cfg.beta) and cfg.beta >= 0):
+        raise ValueError(f"PATConfig.beta must be a finite number >= 0, got {cfg.beta!r}")
     if cfg.mix not in ("all", "random", "max"):
         raise ValueError(f"PATConfig.mix must be 'all', 'random' or 'max', got {cfg.mix!r}")
     if isinstance(cfg.attacks, str):
@@ -106,6 +115,9 @@ def _check_config(cfg: PATConfig) -> None:
                          "for clean training")
     for a in cfg.attacks:
         parse_attack_spec(a)  # raises naming the bad spec
+    if cfg.objective == "trades" and [parse_attack_spec(a).name for a in cfg.attacks] != ["trades"]:
+        raise ValueError(f"PATConfig.objective 'trades' trains against TRADES' own KL attack: give attacks="
+                         f"('trades=0.031',) (its L_inf bound), not {tuple(cfg.attacks)}")
     if cfg.batch_size % D.world_size():
         raise ValueError(f"PATConfig.batch_size {cfg.batch_size} (the global batch) must be divisible by the "
                          f"{D.world_size()} processes")
@@ -255,6 +267,7 @@ def train_pat(model: nn.Module, train_dataset, out_dir: PathLike, config: Option
         state = run.load(("model", "optimizer", "epoch", "step_in_epoch", "config", "rng", "stats"))
         mine = {k: v for k, v in asdict(cfg).items() if k not in ("workers", "checkpoint_every")}
         saved = {k: v for k, v in state["config"].items() if k not in ("workers", "checkpoint_every")}
+        saved = {"objective": "ce", "beta": 6.0, **saved}  # checkpoints from before the TRADES objective
         if {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()} != mine:
             raise ValueError(f"{ckpt_path} was written with another configuration ({saved}); this run has {mine}")
         saved_meta = state.get("metadata")
@@ -282,9 +295,11 @@ def train_pat(model: nn.Module, train_dataset, out_dir: PathLike, config: Option
         torch.set_rng_state(state["rng"][rank])
         if D.is_main():
             run.write_derived(derived())  # a kill after the checkpoint can leave them one save behind
-    trained = net
+    # TRADES passes the clean and the adversarial batch through the model separately (BatchNorm
+    # statistics of each, as the authors'), inside one forward call (one DDP forward per backward)
+    trained: nn.Module = _Halves(net) if cfg.objective == "trades" else net
     if D.is_distributed():
-        trained = nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
+        trained = nn.parallel.DistributedDataParallel(trained, device_ids=[dev.index] if dev.type == "cuda" else None)
     distances: dict = {}
     attacks = [make_attack(a, net, iterations=cfg.attack_iterations, layers=cfg.feature_layers, distances=distances)
                for a in cfg.attacks]
@@ -370,10 +385,15 @@ def train_pat(model: nn.Module, train_dataset, out_dir: PathLike, config: Option
             if not advs:
                 advs = [x]
             net.train()
-            out_logits = trained(torch.cat(advs))
-            ys = y.repeat(len(advs))
-            per = F.cross_entropy(out_logits, ys, reduction="none")
-            loss = per.view(len(advs), -1).amax(0).mean() if cfg.mix == "max" else per.mean()
+            if cfg.objective == "trades":
+                clean_logits, out_logits = trained(torch.cat([x, advs[0]])).chunk(2)
+                loss = trades_loss(clean_logits, out_logits, y, cfg.beta)
+                ys = y
+            else:
+                out_logits = trained(torch.cat(advs))
+                ys = y.repeat(len(advs))
+                per = F.cross_entropy(out_logits, ys, reduction="none")
+                loss = per.view(len(advs), -1).amax(0).mean() if cfg.mix == "max" else per.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip_grad is not None:
@@ -409,6 +429,17 @@ def train_pat(model: nn.Module, train_dataset, out_dir: PathLike, config: Option
             log.info("epoch %d/%d: %s", epoch, cfg.epochs, ", ".join(f"{k} {v:.4g}" for k, v in row.items()
                                                                    if k != "epoch"))
     return net.eval()
+
+
+class _Halves(nn.Module):
+    """``net`` applied to each half of the batch separately (TRADES' clean and adversarial passes)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.net(h) for h in x.chunk(2)])
 
 
 def _epoch_row(epoch: int, lr: float, stats: Dict[str, List[float]], names: Sequence[str]) -> dict:

@@ -12,7 +12,13 @@ section 6; perceptual-advex's evaluate_trained_model.py):
 Attacks are named by specs ``name[:distance][=bound]`` (``make_attack``): 'linf=8/255', 'l2',
 'jpeg', 'stadv', 'recolor', 'ppgd', 'lpa' (AlexNet-bounded, 40 iterations, bound 0.5 on
 perceptual-advex's scale by default), 'fast-lpa:self=0.5' / 'fast-lpa:alexnet=1.0' (training),
-'none' (clean examples: an undefended model's training).
+'trades' (TRADES' L_inf KL attack, bound 0.031: training), 'linf-aa' / 'l2-aa' (AutoAttack
+standard: APGD-CE, APGD-T, FAB-T, Square; the evaluation reviewers ask for where 'linf' / 'l2' are
+plain PGD), 'none' (clean examples: an undefended model's training).
+
+``PAPER_TABLES['cifar']``: the attacks and the layout of the paper's CIFAR-10 table (union and
+unseen mean over L_inf and L_2 AutoAttack, StAdv and ReColorAdv; clean; each attack;
+``paper_table_rows``).
 Every attack output is checked against its bound (``ThreatAttack.within_bound``); an output
 outside is not a valid adversarial example: the clean image is scored in its place and the count
 is reported (``violations``) with a warning. Under torchrun each process evaluates its share and
@@ -29,7 +35,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -40,21 +46,44 @@ from .attacks.threat import ThreatAttack
 from .utils import CheckedDataLoader
 from .validation import check_logits, parse_fraction
 
-__all__ = ["NARROW", "PERCEPTUAL", "DEFAULT_BOUNDS", "PAPER_EVALUATION", "parse_attack_spec", "make_attack",
-           "make_distance", "union_accuracy", "unseen_mean", "RobustResult", "evaluate_robustness",
-           "plot_robustness"]
+__all__ = ["NARROW", "PERCEPTUAL", "DEFAULT_BOUNDS", "PAPER_EVALUATION", "PAPER_TABLES", "PaperTable",
+           "parse_attack_spec", "make_attack", "make_distance", "union_accuracy", "unseen_mean", "RobustResult",
+           "evaluate_robustness", "plot_robustness", "paper_table_rows", "verify_outputs"]
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 
 NARROW = ("linf", "l2", "jpeg", "stadv", "recolor")
 PERCEPTUAL = ("ppgd", "lpa")
+AUTOATTACK = ("linf-aa", "l2-aa")
 # CIFAR-10 bounds of the paper / perceptual-advex (images in [0, 1]; perceptual bounds on
-# perceptual-advex's uncalibrated AlexNet scale; 'fast-lpa' self-bounded 0.5, AlexNet-bounded 1.0)
+# perceptual-advex's uncalibrated AlexNet scale; 'fast-lpa' self-bounded 0.5, AlexNet-bounded 1.0;
+# AutoAttack at the paper's L_inf / L_2 bounds, RobustBench's L_2 bound is 0.5)
 DEFAULT_BOUNDS = {"linf": 8 / 255, "l2": 1.0, "jpeg": 0.25, "stadv": 0.05, "recolor": 0.06, "ppgd": 0.5,
-                  "lpa": 0.5, "fast-lpa:self": 0.5, "fast-lpa:alexnet": 1.0}
+                  "lpa": 0.5, "fast-lpa:self": 0.5, "fast-lpa:alexnet": 1.0, "linf-aa": 8 / 255, "l2-aa": 1.0,
+                  "trades": 0.031}
 PAPER_EVALUATION = NARROW + PERCEPTUAL
-ATTACK_NAMES = NARROW + PERCEPTUAL + ("fast-lpa", "none")
+ATTACK_NAMES = NARROW + PERCEPTUAL + AUTOATTACK + ("fast-lpa", "trades", "none")
+# training attacks that see a narrow threat model under another name (TRADES' KL attack is L_inf)
+SEEN_AS = {"trades": "linf"}
+
+
+@dataclass(frozen=True)
+class PaperTable:
+    """A paper's evaluation: the attack specs, the narrow threat models its union and unseen
+    mean range over, and its column order (after 'model')."""
+
+    attacks: Tuple[str, ...]
+    narrow: Tuple[str, ...]
+    columns: Tuple[str, ...]
+
+
+# Laidlaw et al., Table 2 (CIFAR-10): L_inf and L_2 by AutoAttack, StAdv, ReColorAdv, PPGD and LPA
+# (AlexNet-bounded, 40 iterations) at the paper's bounds; union and unseen mean over the four narrow ones
+PAPER_TABLES = {"cifar": PaperTable(
+    attacks=("linf-aa=8/255", "l2-aa=1", "stadv=0.05", "recolor=0.06", "ppgd=0.5", "lpa=0.5"),
+    narrow=("linf-aa", "l2-aa", "stadv", "recolor"),
+    columns=("union", "unseen_mean", "clean", "linf-aa", "l2-aa", "stadv", "recolor", "ppgd", "lpa"))}
 
 
 @dataclass(frozen=True)
@@ -74,14 +103,60 @@ def _number(text: str, spec: str) -> float:
     return v
 
 
+DISTANCE_FAMILIES = ("lpips", "elpips", "dists")  # registry families the perceptual attacks can be bounded by
+
+
+def _is_number(text: str) -> bool:
+    try:
+        parse_fraction(text, "bound")
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+def _metric_distance(text: str, spec: str) -> str:
+    """A perceptual attack's distance other than 'self' / 'alexnet': a registry metric of the LPIPS,
+    E-LPIPS or DISTS family, with ``=CHECKPOINT`` where it takes one (``rlpips=CKPT``); returned
+    as its registered name (and checkpoint)."""
+    from .evaluation.specs import parse_metric
+    from .metrics import list_metrics, metric_info
+
+    choices = ["self", "alexnet"] + [n for n in list_metrics() if metric_info(n).family in DISTANCE_FAMILIES]
+    try:
+        m = parse_metric(text)
+    except ValueError as e:
+        raise ValueError(f"attack {spec!r}: distance {text!r}: {e}; distances: {', '.join(choices)} "
+                         "(rlpips=CHECKPOINT)") from None
+    info = metric_info(m.key) if m.kind != "classifier" else None
+    if info is None or info.family not in DISTANCE_FAMILIES or not info.differentiable:
+        raise ValueError(f"attack {spec!r}: {text!r} cannot bound a perceptual attack (it needs a differentiable "
+                         f"feature distance); distances: {', '.join(choices)} (rlpips=CHECKPOINT)")
+    return m.key + (f"={m.path}" if m.path else "")
+
+
 def parse_attack_spec(spec: str) -> AttackSpec:
-    """'name[:distance][=bound]' -> AttackSpec (bounds may be fractions: 'linf=8/255'); the
-    distance ('self' or 'alexnet') applies to the perceptual attacks (default 'alexnet'; Fast-LPA
-    'self')."""
+    """'name[:distance][=bound]' -> AttackSpec (bounds may be fractions: 'linf=8/255'). The
+    distance applies to the perceptual attacks (ppgd, lpa, fast-lpa): 'self', 'alexnet' (default;
+    Fast-LPA 'self'), or a metric of the registry's LPIPS, E-LPIPS or DISTS family, with its
+    checkpoint where it takes one: 'ppgd:rlpips=CKPT=0.5', 'lpa:dists=0.1', 'ppgd:elpips=0.05'.
+    A metric's bound is on its own scale (the LPIPS, E-LPIPS or DISTS value) and must be given;
+    the bound is the text after the last '=' when that is a number (so a checkpoint whose name is
+    a number needs a path such as './0.5')."""
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"an attack spec must be a non-empty string, got {spec!r}")
-    head, eq, bound = spec.strip().partition("=")
-    name, colon, distance = head.partition(":")
+    text = spec.strip()
+    colon_at, eq_at = text.find(":"), text.find("=")
+    if colon_at >= 0 and (eq_at < 0 or colon_at < eq_at):
+        name, _, rest = text.partition(":")
+        head, eq, tail = rest.rpartition("=")
+        if eq and (_is_number(tail) or not tail.strip() or head.strip().lower() in ("self", "alexnet")):
+            distance, bound = head, tail
+        else:
+            distance, eq, bound = rest, "", ""
+        colon = ":"
+    else:
+        head, eq, bound = text.partition("=")
+        name, colon, distance = head.partition(":")
     name = name.strip().lower()
     if eq and not bound.strip():
         raise ValueError(f"attack {spec!r}: '=' without a bound (write e.g. {name}=0.5, or leave '=' out for the "
@@ -92,13 +167,19 @@ def parse_attack_spec(spec: str) -> AttackSpec:
     if name not in ATTACK_NAMES:
         raise ValueError(f"unknown attack {name!r} in {spec!r}; choose among {', '.join(ATTACK_NAMES)}")
     perceptual = name in PERCEPTUAL or name == "fast-lpa"
-    dist: Optional[str] = distance.strip().lower() or None
+    dist: Optional[str] = distance.strip() or None
     if dist is not None and not perceptual:
-        raise ValueError(f"attack {spec!r}: only the perceptual attacks take a distance (':self' / ':alexnet')")
+        raise ValueError(f"attack {spec!r}: only the perceptual attacks take a distance (':self', ':alexnet' or "
+                         "a metric)")
     if perceptual:
         dist = dist or ("self" if name == "fast-lpa" else "alexnet")
-        if dist not in ("self", "alexnet"):
-            raise ValueError(f"attack {spec!r}: distance must be 'self' or 'alexnet', got {dist!r}")
+        if dist.lower() in ("self", "alexnet"):
+            dist = dist.lower()
+        else:
+            dist = _metric_distance(dist, spec)
+            if not bound:
+                raise ValueError(f"attack {spec!r}: give the bound on the scale of {dist.split('=')[0]}, e.g. "
+                                 f"{name}:{dist}=0.1 (the defaults are on perceptual-advex's AlexNet scale)")
     if name == "none":
         if bound:
             raise ValueError(f"attack {spec!r}: 'none' (clean examples) takes no bound")
@@ -108,16 +189,20 @@ def parse_attack_spec(spec: str) -> AttackSpec:
     return AttackSpec(name, dist, value)
 
 
-def make_distance(kind: Optional[str], model: nn.Module, layers: Optional[Sequence[str]] = None):
+def make_distance(kind: Optional[str], model: nn.Module, layers: Optional[Sequence[str]] = None,
+                  *, samples: int = 8, image_size: Optional[Tuple[int, int]] = None):
     """The perceptual attacks' distance: 'alexnet' (perceptual-advex's scale: the AlexNet trunk,
-    unit weights, sqrt of uncalibrated LPIPS) or 'self' (``model``'s own ``layers``, default the
-    ResNet stages layer1..layer4)."""
-    from .attacks.distances import ClassifierFeatureDistance, LPIPSDistance
+    unit weights, sqrt of uncalibrated LPIPS), 'self' (``model``'s own ``layers``, default the
+    ResNet stages layer1..layer4), or a registry metric of the LPIPS, E-LPIPS or DISTS family
+    ('rlpips=CKPT', 'lpips-vgg', 'elpips', 'dists'), on the metric's own scale (calibrated LPIPS,
+    E-LPIPS over ``samples`` draws renewed every step, at the largest scale level ``image_size``
+    (H, W) allows: ``elpips.max_scale_for_size``, 4 for 32 x 32 images; DISTS); such a distance
+    keeps the metric as ``bounding_metric``, which robust evaluation checks every output with."""
+    from .attacks.distances import ClassifierFeatureDistance, DISTSDistance, ELPIPSDistance, LPIPSDistance
+    from .metrics import create_metric, metric_info
+    from .model import LPIPS
 
     if kind == "alexnet":  # the registry's LPIPS-AlexNet with unit channel weights
-        from .metrics import create_metric
-        from .model import LPIPS
-
         lpips = create_metric("lpips-alex", calibrated=False).module
         assert isinstance(lpips, LPIPS)  # the registry's LPIPS family holds an LPIPS module
         return LPIPSDistance(lpips, calibrated=False)
@@ -125,19 +210,46 @@ def make_distance(kind: Optional[str], model: nn.Module, layers: Optional[Sequen
         from .nets.classifiers import SELF_BOUND_LAYERS
 
         return ClassifierFeatureDistance(model, list(layers) if layers else list(SELF_BOUND_LAYERS))
-    raise ValueError(f"distance must be 'self' or 'alexnet', got {kind!r}")
+    if not isinstance(kind, str):
+        raise ValueError(f"distance must be 'self', 'alexnet' or a metric name, got {kind!r}")
+    name, _, ckpt = _metric_distance(kind, kind).partition("=")
+    family = metric_info(name).family
+    options: Dict[str, Any] = {"checkpoint": ckpt} if ckpt else {}
+    if family == "elpips" and image_size is not None:
+        from .elpips import max_scale_for_size
+
+        options["max_scale"] = max_scale_for_size(*image_size, net=metric_info(name).params["net"])
+    metric = create_metric(name, **options)
+    dist: Any
+    if family == "lpips":
+        assert isinstance(metric.module, LPIPS)  # the registry's LPIPS family holds an LPIPS module
+        dist = LPIPSDistance(metric.module, calibrated=True)
+    elif family == "elpips":
+        dist = ELPIPSDistance(metric.module, samples=samples)
+    else:
+        dist = DISTSDistance(metric.module)
+    dist.bounding_metric = metric
+    return dist
 
 
 def make_attack(spec: Union[str, AttackSpec], model: nn.Module, *, iterations: Optional[int] = None,
-                layers: Optional[Sequence[str]] = None, distances: Optional[dict] = None) -> ThreatAttack:
+                layers: Optional[Sequence[str]] = None, distances: Optional[dict] = None,
+                image_size: Optional[Tuple[int, int]] = None) -> ThreatAttack:
     """The attack a spec names, on ``model``. ``iterations``: the attack's step count (defaults:
     perceptual-advex's 20 for the narrow attacks, the paper's 40 for PPGD/LPA evaluation, 10 for
-    Fast-LPA). ``distances``: a dict shared between calls so one AlexNet is built once."""
+    Fast-LPA). ``distances``: a dict shared between calls so one AlexNet is built once.
+    ``image_size``: (H, W) of the images, for an E-LPIPS bound (its scale levels)."""
     s = parse_attack_spec(spec) if isinstance(spec, str) else spec
     kw: Dict[str, Any] = {} if iterations is None else {"num_iterations": iterations}
     if s.name == "none":
         from .attacks.threat import NoAttack
         return NoAttack(model)
+    if s.name in AUTOATTACK:
+        from .attacks.autoattack import AutoAttack
+        return AutoAttack(model, s.name[:-3], s.bound, **kw)
+    if s.name == "trades":
+        from .attacks.narrow import TradesLinf
+        return TradesLinf(model, s.bound, **kw)
     if s.name == "linf":
         from .attacks.narrow import LinfPGD
         return LinfPGD(model, s.bound, **kw)
@@ -158,7 +270,7 @@ def make_attack(spec: Union[str, AttackSpec], model: nn.Module, *, iterations: O
     cache = distances if distances is not None else {}
     key = (s.distance, id(model) if s.distance == "self" else None)
     if key not in cache:
-        cache[key] = make_distance(s.distance, model, layers)
+        cache[key] = make_distance(s.distance, model, layers, image_size=image_size)
     dist = cache[key]
     if s.name == "ppgd":
         return PerceptualPGD(model, dist, s.bound, num_iterations=iterations or 40)
@@ -228,6 +340,12 @@ class RobustResult:
     seconds: Dict[str, float]
     seen: Sequence[str] = ()
     summary: Dict[str, float] = field(default_factory=dict)
+    narrow: Sequence[str] = NARROW  # the threat models of the union and the unseen mean
+    # per attack and example: the output's size on the bound's scale as verified (``verify_outputs``)
+    # and, for E-LPIPS bounds, the half-width of its confidence interval (NaN elsewhere)
+    sizes: Dict[str, np.ndarray] = field(default_factory=dict)
+    half_widths: Dict[str, np.ndarray] = field(default_factory=dict)
+    checked_with: Dict[str, str] = field(default_factory=dict)  # attack -> what verified its bound
 
     @property
     def n(self) -> int:
@@ -239,24 +357,32 @@ class RobustResult:
     def finish(self) -> "RobustResult":
         acc = self.accuracy()
         self.summary = dict(acc)
-        if all(a in self.correct for a in NARROW):
-            self.summary["union"] = union_accuracy(self.correct)
-            self.summary["unseen_mean"] = unseen_mean(acc, [s for s in self.seen if s in NARROW])
+        if all(a in self.correct for a in self.narrow):
+            self.summary["union"] = union_accuracy(self.correct, self.narrow)
+            self.summary["unseen_mean"] = unseen_mean(acc, _seen_among(self.seen, self.narrow), self.narrow)
         return self
 
     def rows(self) -> List[dict]:
-        """One row per attack: attack, spec, accuracy, violations, seconds, images/s; then union
-        and unseen mean when every narrow attack ran."""
+        """One row per attack: attack, spec, accuracy, violations, the largest verified size of an
+        output (and the half-width of its interval, E-LPIPS bounds), what verified the bound,
+        seconds, images/s; then union and unseen mean when every narrow attack ran."""
         out = []
         for a in ["clean"] + self.attacks:
             sec = self.seconds.get(a, math.nan)
+            size = self.sizes.get(a, np.zeros(0))
+            half = self.half_widths.get(a, np.full(len(size), math.nan))
+            top = int(np.nanargmax(size)) if len(size) and not np.isnan(size).all() else None
             out.append({"attack": a, "spec": self.specs.get(a, "-"), "accuracy": self.summary[a],
-                        "violations": self.violations.get(a, 0), "seconds": sec,
+                        "violations": self.violations.get(a, 0),
+                        "max_size": float(size[top]) if top is not None else math.nan,
+                        "max_size_ci": float(half[top]) if top is not None else math.nan,
+                        "checked_with": self.checked_with.get(a, "-"), "seconds": sec,
                         "images_per_s": self.n / sec if sec and sec > 0 else math.nan})
         for k in ("union", "unseen_mean"):
             if k in self.summary:
-                out.append({"attack": k, "spec": "narrow: " + ",".join(NARROW), "accuracy": self.summary[k],
-                            "violations": 0, "seconds": math.nan, "images_per_s": math.nan})
+                out.append({"attack": k, "spec": "narrow: " + ",".join(self.narrow), "accuracy": self.summary[k],
+                            "violations": 0, "max_size": math.nan, "max_size_ci": math.nan, "checked_with": "-",
+                            "seconds": math.nan, "images_per_s": math.nan})
         return out
 
     def save(self, path: PathLike) -> Path:
@@ -272,6 +398,10 @@ class RobustResult:
                     w.writerows(self.rows())
         elif path.suffix.lower() == ".json":
             doc = {"n": self.n, "rows": self.rows(), "summary": self.summary, "seen": list(self.seen),
+                   "narrow": list(self.narrow), "checked_with": self.checked_with,
+                   "sizes": {k: [None if math.isnan(v) else float(v) for v in a] for k, a in self.sizes.items()},
+                   "half_widths": {k: [None if math.isnan(v) else float(v) for v in a]
+                                   for k, a in self.half_widths.items()},
                    "per_example": {k: v.astype(int).tolist() for k, v in self.correct.items()}}
 
             def write(tmp):
@@ -282,6 +412,58 @@ class RobustResult:
         return path
 
 
+def _seen_among(seen: Sequence[str], narrow: Sequence[str]) -> List[str]:
+    """The threat models of ``narrow`` seen in training: named in ``seen``, or, for an AutoAttack
+    column ('linf-aa'), its norm's PGD ('linf': the same threat model, a weaker attack)."""
+    names = {SEEN_AS.get(s, s) for s in seen}
+    return [n for n in narrow if n in names or (n in AUTOATTACK and n[:-3] in names)]
+
+
+def _labels(specs: Sequence[AttackSpec]) -> List[str]:
+    """Each attack's column: its name ('ppgd'); where several share a name, the name and the
+    distance's metric ('ppgd:alexnet', 'ppgd:rlpips'); where those repeat too, the whole spec."""
+    def short(s: AttackSpec) -> str:
+        return f"{s.name}:{s.distance.split('=')[0]}" if s.distance else s.name
+
+    out = []
+    for s in specs:
+        if [t.name for t in specs].count(s.name) == 1:
+            out.append(s.name)
+        elif [short(t) for t in specs].count(short(s)) == 1:
+            out.append(short(s))
+        else:
+            out.append(str(s))
+    return out
+
+
+def verify_outputs(attack: ThreatAttack, x: torch.Tensor, adv: torch.Tensor, *, seed: int = 0,
+                   samples: int = 256):
+    """``(ok, size, half_width, checked_with)`` of an attack's outputs ``adv`` for images ``x``:
+    the size on the bound's scale, measured by the bounding metric itself where the attack's
+    distance has one (``make_distance``: the registry metric's own forward pass, independent of
+    the attack's feature path), else the attack's own ``last['size']``. An E-LPIPS bound is
+    checked with fresh draws (``elpips_estimate`` seeded with ``seed``, independent of the
+    attack's, up to ``samples`` draws per image, at least 32 or ``samples`` if fewer): the size is
+    the estimate, ``half_width`` its 95% interval's half-width, and an
+    output violates the bound only when the whole interval lies above it; elsewhere
+    ``half_width`` is None."""
+    metric = getattr(getattr(attack, "distance", None), "bounding_metric", None)
+    if metric is None:
+        if "size" not in attack.last:
+            return torch.ones(x.shape[0], dtype=torch.bool), torch.zeros(x.shape[0]), None, "-"
+        return attack.within_bound().cpu(), attack.last["size"].detach().cpu(), None, "attack"
+    with torch.no_grad():
+        if metric.info.family == "elpips":
+            from .estimator import elpips_estimate
+
+            est = elpips_estimate(adv, x, metric=metric.module, seed=seed, min_samples=min(32, samples),
+                                  max_samples=samples)
+            size, half = est.mean.detach().cpu(), est.half_width.detach().cpu()
+            return attack.within_bound(size - half).cpu(), size, half, f"{metric.name} (fresh draws)"
+        size = metric(adv, x).detach().float().cpu()
+    return attack.within_bound(size).cpu(), size, None, metric.name
+
+
 def _batch_generator(seed: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, index]).generate_state(1)[0]))
 
@@ -290,10 +472,15 @@ def evaluate_robustness(model: nn.Module, dataset, attacks: Sequence[Union[str, 
                         batch_size: int = 100, device=None, iterations: Optional[int] = None,
                         layers: Optional[Sequence[str]] = None, seen: Sequence[str] = (), seed: int = 0,
                         max_examples: Optional[int] = None, workers: int = 0,
-                        progress: Optional[bool] = True) -> RobustResult:
+                        progress: Optional[bool] = True, narrow: Sequence[str] = NARROW,
+                        check_samples: int = 256) -> RobustResult:
     """Clean accuracy and accuracy under each attack of ``attacks`` (specs, see ``make_attack``) on
     ``dataset`` ((image in [0, 1], label) pairs, e.g. ``ImageFolder``); ``seen``: the threat
-    models the model was trained against (for the unseen mean). The model is put in eval mode.
+    models the model was trained against (for the unseen mean); ``narrow``: the threat models of
+    the union and the unseen mean (the five of ``NARROW``, or a paper table's). Every output is
+    checked against its bound (``verify_outputs``; an E-LPIPS bound with up to ``check_samples``
+    fresh draws per image); one outside is replaced by the clean image and counted. The model is
+    put in eval mode.
     Random starts are seeded per batch (``seed``), so results do not depend on the process count."""
     from torch.utils.data import Subset
     from tqdm import tqdm
@@ -305,6 +492,7 @@ def evaluate_robustness(model: nn.Module, dataset, attacks: Sequence[Union[str, 
     batch_size = check_positive_int(batch_size, "batch_size")
     workers = check_positive_int(workers, "workers", minimum=0)
     seed = check_seed(seed, allow_none=False)
+    check_samples = check_positive_int(check_samples, "check_samples")
     if iterations is not None:
         iterations = check_positive_int(iterations, "iterations")
     if max_examples is not None:
@@ -313,6 +501,9 @@ def evaluate_robustness(model: nn.Module, dataset, attacks: Sequence[Union[str, 
         attacks = [attacks]
     if isinstance(seen, str):
         seen = [seen]
+    if isinstance(narrow, str) or not len(narrow) or any(a not in ATTACK_NAMES for a in narrow):
+        raise ValueError(f"narrow must be a non-empty sequence of threat model names ({', '.join(ATTACK_NAMES)}), "
+                         f"got {narrow!r}")
     unknown = [s for s in seen if s not in ATTACK_NAMES]
     if unknown:
         raise ValueError(f"seen names threat models {unknown} that do not exist; names: {', '.join(ATTACK_NAMES)} "
@@ -325,14 +516,18 @@ def evaluate_robustness(model: nn.Module, dataset, attacks: Sequence[Union[str, 
     if size == 0:
         raise ValueError("dataset is empty: no examples to evaluate")
     specs = [parse_attack_spec(a) if isinstance(a, str) else a for a in attacks]
-    names = [s.name if s.name not in [t.name for t in specs if t is not s] else str(s) for s in specs]
+    names = _labels(specs)
     if len(set(names)) != len(names):
         raise ValueError(f"attacks {[str(s) for s in specs]} repeat a threat model")
     first = next(iter(model.parameters()), None)
     dev = torch.device(device) if device is not None else (first.device if first is not None else torch.device("cpu"))
     model = model.to(dev).eval()
     cache: dict = {}
-    built = [make_attack(s, model, iterations=iterations, layers=layers, distances=cache) for s in specs]
+    image = dataset[0][0]
+    image_size = (int(image.shape[-2]), int(image.shape[-1])) if isinstance(image, torch.Tensor) and image.dim() >= 2 \
+        else None
+    built = [make_attack(s, model, iterations=iterations, layers=layers, distances=cache, image_size=image_size)
+             for s in specs]
     for m in cache.values():
         m.to(dev)
     n = size if max_examples is None else min(size, max_examples)
@@ -343,6 +538,9 @@ def evaluate_robustness(model: nn.Module, dataset, attacks: Sequence[Union[str, 
     correct: Dict[str, List[torch.Tensor]] = {k: [] for k in ["clean"] + names}
     index: Dict[str, List[int]] = {k: [] for k in ["clean"]}
     violations = {k: 0 for k in names}
+    sizes: Dict[str, List[torch.Tensor]] = {k: [] for k in names}
+    halves: Dict[str, List[torch.Tensor]] = {k: [] for k in names}
+    checked: Dict[str, str] = {k: "-" for k in names}
     seconds = {k: 0.0 for k in ["clean"] + names}
     disable = True if (progress is False or not D.is_main()) else (None if progress is None else False)
     for b, (x, y) in enumerate(tqdm(loader, desc="robust-eval", unit="batch", disable=disable)):
@@ -361,7 +559,12 @@ def evaluate_robustness(model: nn.Module, dataset, attacks: Sequence[Union[str, 
         for name, attack in zip(names, built):
             t = time.perf_counter()
             adv = attack(x, y, generator=_batch_generator(seed, mine[start]))
-            ok = attack.within_bound().to(adv.device) if "size" in attack.last else torch.ones_like(y, dtype=torch.bool)
+            verify_seed = int(np.random.SeedSequence([seed, mine[start], 1]).generate_state(1)[0])
+            ok, size, half, how = verify_outputs(attack, x, adv, seed=verify_seed, samples=check_samples)
+            sizes[name].append(size.float())
+            halves[name].append(half.float() if half is not None else torch.full_like(size.float(), math.nan))
+            checked[name] = how
+            ok = ok.to(adv.device)
             if not bool(ok.all()):
                 violations[name] += int((~ok).sum())
                 adv = torch.where(ok.view(-1, 1, 1, 1), adv, x)
@@ -369,7 +572,9 @@ def evaluate_robustness(model: nn.Module, dataset, attacks: Sequence[Union[str, 
                 correct[name].append((model(adv).argmax(1) == y).cpu())
             seconds[name] += time.perf_counter() - t
     local = {k: torch.cat(v).numpy() if v else np.zeros(0, bool) for k, v in correct.items()}
-    gathered = D.gather_objects((index["clean"], local, violations, seconds))
+    local_sizes = {k: (torch.cat(sizes[k]).numpy() if sizes[k] else np.zeros(0),
+                       torch.cat(halves[k]).numpy() if halves[k] else np.zeros(0)) for k in names}
+    gathered = D.gather_objects((index["clean"], local, violations, seconds, local_sizes))
     order = np.argsort(np.concatenate([np.asarray(g[0], dtype=np.int64) for g in gathered]), kind="stable")
     merged = {k: np.concatenate([g[1][k] for g in gathered])[order] for k in local}
     viol = {k: sum(g[2][k] for g in gathered) for k in violations}
@@ -378,7 +583,11 @@ def evaluate_robustness(model: nn.Module, dataset, attacks: Sequence[Union[str, 
         if v:
             warnings.warn(f"robust evaluation: {v} output(s) of attack {k!r} exceeded its bound; the clean images "
                           "were scored in their place", RuntimeWarning, stacklevel=2)
-    return RobustResult(names, {k: str(s) for k, s in zip(names, specs)}, merged, viol, secs, tuple(seen)).finish()
+    merged_sizes = {k: np.concatenate([g[4][k][0] for g in gathered])[order] for k in names}
+    merged_halves = {k: np.concatenate([g[4][k][1] for g in gathered])[order] for k in names}
+    return RobustResult(names, {k: str(s) for k, s in zip(names, specs)}, merged, viol, secs, tuple(seen),
+                        narrow=tuple(narrow), sizes=merged_sizes, half_widths=merged_halves,
+                        checked_with=checked).finish()
 
 
 def plot_robustness(results: Dict[str, RobustResult], path: PathLike) -> Path:
@@ -412,3 +621,19 @@ def plot_robustness(results: Dict[str, RobustResult], path: PathLike) -> Path:
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png"))
     plt.close(fig)
     return path
+
+
+def paper_table_rows(results: Mapping[str, RobustResult], table: Union[str, PaperTable] = "cifar") -> List[dict]:
+    """One row per model of ``results`` ({model name: result of ``evaluate_robustness`` with the
+    table's attacks and ``narrow``}) in the table's column order (accuracies as fractions)."""
+    if isinstance(table, str) and table not in PAPER_TABLES:
+        raise ValueError(f"unknown paper table {table!r}; tables: {', '.join(PAPER_TABLES)}")
+    t = PAPER_TABLES[table] if isinstance(table, str) else table
+    rows = []
+    for name, r in results.items():
+        missing = [c for c in t.columns if c not in r.summary]
+        if missing:
+            raise ValueError(f"the result of {name!r} lacks {missing} (evaluate with the table's attacks "
+                             f"{list(t.attacks)} and narrow={list(t.narrow)})")
+        rows.append({"model": name, **{c: r.summary[c] for c in t.columns}})
+    return rows

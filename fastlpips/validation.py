@@ -15,7 +15,7 @@ import torch
 __all__ = ["check_image", "check_pair", "check_unit_images", "check_images_and_labels", "check_same_shape",
            "check_model_match", "check_size", "check_values", "check_positive_int", "check_finite", "check_number",
            "check_bound", "check_nonnegative", "check_seed", "check_fraction_values", "check_labels", "check_logits",
-           "check_reduction", "REDUCTIONS", "RangeWarning", "UNIT_HINT", "ATTACK_BOX", "NONFINITE_RULE"]
+           "check_reduction", "check_norm", "REDUCTIONS", "RangeWarning", "UNIT_HINT", "ATTACK_BOX", "NONFINITE_RULE"]
 
 # The one rule for non-finite inputs, for every metric (iqa, classic, losses, LPIPS, E-LPIPS): a NaN
 # or Inf pixel raises ValueError naming the argument; no metric returns a score for such an image.
@@ -223,6 +223,13 @@ def check_number(value: object, name: str, *, low: Optional[float] = None, high:
     if high is not None and (v > high or (high_open and v == high)):
         raise ValueError(f"{name} must be {'<' if high_open else '<='} {high:g}, got {value!r}")
     return v
+
+
+def check_norm(norm: object, name: str = "norm") -> str:
+    """A pixel norm of the L_p attacks: 'linf' or 'l2' (any case), returned lower case."""
+    if not isinstance(norm, str) or norm.lower() not in ("linf", "l2"):
+        raise ValueError(f"{name} must be 'linf' or 'l2', got {norm!r}")
+    return norm.lower()
 
 
 def check_bound(value: object, name: str = "bound") -> float:

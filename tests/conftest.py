@@ -24,7 +24,7 @@ AREAS = ("metrics", "elpips", "ops", "attacks", "robust", "judgments", "evaluati
 # slow, so make test-quick keeps their cheap siblings (the C++ and torch backends, AlexNet).
 SLOW_PARAMS = ("triton", "vgg")
 # Expensive fixtures (seconds each) whose tests make test keeps on one pytest-xdist worker.
-SHARED_FIXTURES = ("attack_demo", "quick_rows", "long_run_mean")
+SHARED_FIXTURES = ("attack_demo", "quick_rows", "long_run_mean", "small_runs")
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # make test runs two workers on two cores: one torch thread each, not two workers fighting over both.

@@ -1,4 +1,5 @@
-"""Narrow threat models: L_inf PGD, L_2 PGD and the JPEG L_inf attack of Kang et al. ("Testing
+"""Narrow threat models: L_inf PGD, L_2 PGD (and TRADES' KL variant of L_inf PGD, ``TradesLinf``,
+with its objective ``trades_loss``) and the JPEG L_inf attack of Kang et al. ("Testing
 Robustness Against Unforeseen Adversaries"), written on plain PyTorch with the semantics of
 advex-uar's ``PGDAttack`` / ``JPEGAttack`` as perceptual-advex 0.2.6 runs them (``LinfAttack``,
 ``L2Attack``, ``JPEGLinfAttack``: ``num_iterations=20``, ``step = bound / sqrt(num_iterations)``,
@@ -71,8 +72,8 @@ from torch.nn import functional as F
 from ..validation import check_bound, check_images_and_labels, check_labels, check_logits, check_positive_int
 from .threat import ThreatAttack
 
-__all__ = ["LinfPGD", "L2PGD", "JPEGLinf", "rgb_to_ycbcr", "ycbcr_to_rgb", "block_dct", "block_idct",
-           "jpeg_encode", "jpeg_decode", "JPEG_Y_TABLE", "JPEG_C_TABLE"]
+__all__ = ["LinfPGD", "L2PGD", "TradesLinf", "trades_loss", "JPEGLinf", "rgb_to_ycbcr", "ycbcr_to_rgb", "block_dct",
+           "block_idct",           "jpeg_encode", "jpeg_decode", "JPEG_Y_TABLE", "JPEG_C_TABLE"]
 
 # --------------------------------------------------------------------------------------------------
 # Shared pieces
@@ -195,6 +196,54 @@ class L2PGD(_PixelPGD):
 
     def _size(self, d):
         return d.flatten(1).norm(dim=1)
+
+
+class TradesLinf(ThreatAttack):
+    """TRADES' inner maximization (Zhang et al. 2019, the authors' ``trades_loss``): L_inf PGD on
+    the KL divergence ``KL(p(x) || p(x'))`` between the model's clean and perturbed class
+    probabilities (labels are not used), from ``x + 0.001 z`` (z ~ N(0, 1) per pixel, not clamped
+    before the first gradient, as there), ``num_iterations`` sign steps of ``step`` (default
+    ``bound * 0.007 / 0.031``: the authors' CIFAR-10 step for their bound 0.031), each projected onto
+    the ball and the box. ``last['size']`` = max |adv - x| per image."""
+
+    name = "trades"
+    noise_kind = "normal"
+
+    def __init__(self, model: nn.Module, bound: float = 0.031, *, num_iterations: int = 10,
+                 step: Optional[float] = None) -> None:
+        super().__init__()
+        self.bound = check_bound(bound)
+        self.num_iterations = check_positive_int(num_iterations, "num_iterations")
+        self.step = self.bound * 0.007 / 0.031 if step is None else check_bound(step, "step")
+        self.model = model
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor, *, noise: Optional[torch.Tensor] = None,
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        check_images_and_labels(x, labels)
+        x = x.detach()
+        with torch.no_grad():
+            logits = self.model(x)
+        check_logits(logits, x.shape[0])
+        p_clean = F.softmax(logits, dim=1)
+        adv = x + 0.001 * cast(torch.Tensor, self._noise(x, noise, generator))
+        for _ in range(self.num_iterations):
+            adv.requires_grad_(True)
+            with torch.enable_grad():
+                kl = F.kl_div(F.log_softmax(self.model(adv), dim=1), p_clean, reduction="sum")
+                (g,) = torch.autograd.grad(kl, adv)
+            with torch.no_grad():
+                adv = adv.detach() + self.step * g.sign()
+                adv = torch.min(torch.max(adv, x - self.bound), x + self.bound).clamp(0, 1)
+        self.last = {"size": (adv - x).flatten(1).abs().amax(1)}
+        return adv.detach()
+
+
+def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, labels: torch.Tensor,
+                beta: float = 6.0) -> torch.Tensor:
+    """TRADES' training objective: cross-entropy on the clean batch plus ``beta`` times the batch
+    mean of ``KL(p(x) || p(x'))`` (gradients flow through both distributions, as the authors')."""
+    robust = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_clean, dim=1), reduction="sum")
+    return F.cross_entropy(logits_clean, labels) + beta * robust / labels.shape[0]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 threat model, union, unseen mean)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import List
 
@@ -35,6 +36,10 @@ def register(sub, parents: C.Parents) -> None:
                    "fast-lpa:alexnet=1.0, linf=8/255 (repeat to mix); none: clean training")
     s.add_argument("--attack-iterations", type=int, help="steps of each training attack (Fast-LPA: 10)")
     s.add_argument("--init", help="start from these weights (e.g. another run's model.pt)")
+    s.add_argument("--objective", default="ce", choices=["ce", "trades"], help="ce: cross-entropy on the attacks' "
+                   "examples (PAT, adversarial training); trades: TRADES, clean cross-entropy + beta KL against "
+                   "its own L_inf KL attack (--attack trades=BOUND, default trades=0.031)")
+    s.add_argument("--beta", type=float, default=6.0, help="TRADES' weight of the KL term (6)")
     s.add_argument("--mix", default="all", choices=["all", "random", "max"], help="how several attacks combine")
     s.add_argument("--only-attack-correct", action="store_true", help="attack only correctly classified inputs")
     s.add_argument("--epochs", type=int, default=100)
@@ -57,6 +62,9 @@ def register(sub, parents: C.Parents) -> None:
     s.add_argument("data", help="evaluation image folder, one subfolder per class")
     s.add_argument("--model-dir", action="append", required=True, help="a pat-train --out-dir (repeat to compare)")
     s.add_argument("--attack", action="append", help="attack spec (repeat; default: the paper's seven)")
+    s.add_argument("--paper-table", choices=["cifar"], help="run the attacks of the PAT paper's CIFAR-10 table "
+                   "(L_inf/L_2 AutoAttack, StAdv, ReColorAdv, PPGD, LPA) and write its layout: one row per model "
+                   "with union, unseen mean, clean and each attack")
     s.add_argument("--seen", nargs="*", help="threat models seen in training (default: from model.json)")
     s.add_argument("--iterations", type=int, help="steps of every attack (default: each attack's own)")
     s.add_argument("--max-examples", type=int, help="evaluate the first N examples only")
@@ -71,7 +79,11 @@ def validate(args) -> List[Path]:
     C.check_minimum(args, ("epochs", "iterations", "max_examples", "attack_iterations", "train_per_class",
                            "val_per_class", "size", "stop_after_steps"), 1)
     C.check_minimum(args, ("workers", "checkpoint_every", "warmup_epochs"), 0)
+    if args.command == "pat-train" and not (math.isfinite(args.beta) and args.beta >= 0):
+        raise C.CLIError(f"--beta must be a finite number >= 0, got {args.beta}")
     if args.command == "robust-eval":
+        if args.paper_table and args.attack:
+            raise C.CLIError(f"--paper-table {args.paper_table} runs the table's own attacks; leave out --attack")
         if args.plot:
             C.check_output_path(args.plot, "--plot", [])
         if args.per_example:
@@ -93,14 +105,15 @@ def run_pat_train(args) -> C.Result:
     val = C.image_folder(args.val, args.size) if args.val else None
     out = Path(args.out_dir)
     meta = {"arch": args.arch, "norm": args.norm, "classes": data.classes, "size": args.size,
-            "attacks": args.attack or ["fast-lpa:self=0.5"]}
+            "attacks": args.attack or (["trades=0.031"] if args.objective == "trades" else ["fast-lpa:self=0.5"])}
     torch.manual_seed(args.seed)  # the initial weights (every process builds the same ones)
     model = build_classifier(args.arch, data.num_classes, args.norm)
     cfg = PATConfig(attacks=tuple(meta["attacks"]), attack_iterations=args.attack_iterations, mix=args.mix,
                     only_attack_correct=args.only_attack_correct, epochs=args.epochs, batch_size=args.batch_size,
                     lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
                     lr_drops=tuple(args.lr_drops), clip_grad=args.clip_grad, augment=not args.no_augment,
-                    seed=args.seed, workers=args.workers, checkpoint_every=args.checkpoint_every)
+                    seed=args.seed, workers=args.workers, checkpoint_every=args.checkpoint_every,
+                    objective=args.objective, beta=args.beta)
     train_pat(model, data, out, cfg, val_dataset=val, val_attacks=args.val_attack or [], device=args.device,
               init=args.init, metadata=meta, resume=args.resume, overwrite=args.overwrite,
               allow_other_data=args.allow_other_data, stop_after_steps=args.stop_after_steps, progress=args.progress)
@@ -128,16 +141,26 @@ def _load_classifier(model_dir: str, device):
 def run_robust_eval(args) -> C.Result:
     """Clean, per-attack, union and unseen-mean accuracy of classifiers (Laidlaw et al.'s evaluation)."""
     from .. import distributed as D
-    from ..robust import PAPER_EVALUATION, evaluate_robustness, parse_attack_spec, plot_robustness
+    from ..robust import (
+        NARROW,
+        PAPER_EVALUATION,
+        PAPER_TABLES,
+        evaluate_robustness,
+        paper_table_rows,
+        parse_attack_spec,
+        plot_robustness,
+    )
 
     D.init_from_env(torch.device(args.device))
-    attacks = args.attack or list(PAPER_EVALUATION)
+    table = PAPER_TABLES[args.paper_table] if args.paper_table else None
+    attacks = list(table.attacks) if table else (args.attack or list(PAPER_EVALUATION))
     for a in attacks + (args.seen or []):
         try:
             parse_attack_spec(a)
         except ValueError as e:
             raise C.CLIError(str(e)) from None
-    results, res = {}, C.Result(["model", "attack", "spec", "accuracy", "violations", "seconds", "images_per_s"])
+    results, res = {}, C.Result(["model", "attack", "spec", "accuracy", "violations", "max_size", "max_size_ci",
+                                 "checked_with", "seconds", "images_per_s"])
     for model_dir in args.model_dir:
         model, meta = _load_classifier(model_dir, args.device)
         data = C.image_folder(args.data, meta.get("size"))
@@ -146,7 +169,7 @@ def run_robust_eval(args) -> C.Result:
         seen = [parse_attack_spec(a).name for a in (args.seen if args.seen is not None else meta.get("attacks", []))]
         r = evaluate_robustness(model, data, attacks, batch_size=args.batch_size, device=args.device,
                                 iterations=args.iterations, seen=seen, seed=args.seed, max_examples=args.max_examples,
-                                progress=args.progress)
+                                progress=args.progress, narrow=table.narrow if table else NARROW)
         name = Path(model_dir).name
         results[name] = r
         res.rows += [dict(model=name, **row) for row in r.rows()]
@@ -155,6 +178,11 @@ def run_robust_eval(args) -> C.Result:
             target = path if len(args.model_dir) == 1 else path.with_name(f"{path.stem}-{name}{path.suffix}")
             r.save(target)
             res.notes.append(f"per-example results written to {target}")
+    if table is not None:
+        res.notes.append("accuracies as fractions; union and unseen mean over " + ", ".join(table.narrow))
+        res.notes += [f"{row['model']}: {row['violations']} output(s) of {row['attack']} exceeded the bound (the clean "
+                      "images were scored)" for row in res.rows if row["violations"]]
+        res.columns, res.rows = ["model", *table.columns], paper_table_rows(results, table)
     if args.plot and D.is_main():
         res.pictures.append(C.Picture(f"the plot --plot {args.plot}", lambda: plot_robustness(results, args.plot),
                                     f"plot written to {args.plot}"))

@@ -25,3 +25,13 @@ def attack_demo():
     finally:
         torch.set_num_threads(old)
     return types.SimpleNamespace(module=module, clf=clf, crops=module.crops)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small CPU models: one intra-op thread is faster (on a busy 2-core machine, 3-4x), restored
+    after (``pytestmark = pytest.mark.usefixtures("one_thread")`` in a module)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -56,13 +56,7 @@ def rand_images(n, h=32, w=32, dtype=torch.float64, seed=0, saturate=True):
     return x
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small CPU models: one intra-op thread is faster (on a busy 2-core machine, 3-4x), restored after."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

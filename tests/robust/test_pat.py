@@ -7,14 +7,17 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from fastlpips import pat, robust
 from fastlpips.imagefolder import ImageFolder, make_example_folder
 from fastlpips.nets.classifiers import ResNet32
+from fastlpips.utils import channels_last
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +55,14 @@ def test_attack_specs():
     assert robust.parse_attack_spec("fast-lpa").distance == "self" and robust.parse_attack_spec("fast-lpa").bound == 0.5
     assert robust.parse_attack_spec("fast-lpa:alexnet").bound == 1.0
     assert robust.parse_attack_spec("lpa").distance == "alexnet"
+    assert str(robust.parse_attack_spec("trades")) == "trades=0.031"
+    assert str(robust.parse_attack_spec("ppgd:dists=1/10")) == "ppgd:dists=0.1"
+    assert robust.parse_attack_spec("LPA:AlexNet=0.25").distance == "alexnet"
     for bad, msg in (("nope", "unknown attack 'nope'"), ("linf=x", "bound 'x' is not a number"),
-                     ("linf:self", "only the perceptual attacks take a distance"), ("lpa:vgg", "distance must be"),
+                     ("linf:self", "only the perceptual attacks take a distance"),
+                     ("lpa:vgg", "its name is 'lpips-vgg'; distances: self, alexnet, lpips-alex"),
+                     ("ppgd:psnr=1", "'psnr' cannot bound a perceptual attack"), ("lpa:dists", "give the bound"),
+                     ("linf-aa:self", "only the perceptual attacks take a distance"),
                      ("l2=-1", "bound must be > 0"), ("", "non-empty string")):
         with pytest.raises(ValueError, match=msg):
             robust.parse_attack_spec(bad)
@@ -294,13 +303,29 @@ def test_cli_example_train_eval(tmp_path):
                           capture_output=True, text=True, env=_ENV)
     assert proc.returncode == 0, proc.stderr
     rows = (tmp_path / "r.csv").read_text().splitlines()
-    assert rows[0] == "model,attack,spec,accuracy,violations,seconds,images_per_s"
+    assert rows[0] == "model,attack,spec,accuracy,violations,max_size,max_size_ci,checked_with,seconds,images_per_s"
     assert [r.split(",")[1] for r in rows[1:]] == ["clean", "linf", "l2"]
     doc = json.loads((tmp_path / "r.json").read_text())
     assert doc["n"] == 20 and set(doc["per_example"]) == {"clean", "linf", "l2"}
     acc = {r["attack"]: r["accuracy"] for r in doc["rows"]}
     assert acc["linf"] <= acc["clean"] and acc["l2"] <= acc["clean"]
     assert (tmp_path / "r.png").stat().st_size > 1000
+    # the paper's CIFAR-10 table (every attack at 2 steps): one row per model, union and unseen mean first
+    proc = subprocess.run(_cli("robust-eval", data / "val", "--model-dir", tmp_path / "m", "--paper-table", "cifar",
+                               "--iterations", "2", "--max-examples", "8", "--format", "json", "-o",
+                               tmp_path / "table.json", "--plot", tmp_path / "table.png", "--no-progress"),
+                          capture_output=True, text=True, env=_ENV)
+    assert proc.returncode == 0, proc.stderr
+    table = json.loads((tmp_path / "table.json").read_text())
+    assert list(table["results"][0]) == ["model", "union", "unseen_mean", "clean", "linf-aa", "l2-aa", "stadv",
+                                         "recolor", "ppgd", "lpa"]
+    row = table["results"][0]
+    assert row["union"] <= min(row[k] for k in ("linf-aa", "l2-aa", "stadv", "recolor")) <= row["clean"]
+    assert row["unseen_mean"] == pytest.approx(sum(row[k] for k in ("linf-aa", "l2-aa", "stadv", "recolor")) / 4)
+    assert (tmp_path / "table.png").stat().st_size > 1000
+    bad = subprocess.run(_cli("robust-eval", data / "val", "--model-dir", tmp_path / "m", "--paper-table", "cifar",
+                              "--attack", "linf"), capture_output=True, text=True, env=_ENV)
+    assert bad.returncode == 1 and "leave out --attack" in bad.stderr
     bad = subprocess.run(_cli("robust-eval", data / "val", "--model-dir", tmp_path / "nope"), capture_output=True,
                          text=True, env=_ENV)
     assert bad.returncode == 1 and "model.json does not exist" in bad.stderr
@@ -313,8 +338,24 @@ def test_cli_example_train_eval(tmp_path):
     assert bad.returncode == 1 and "has no class subfolders" in bad.stderr
 
 
+_SMALL_RUN = dict(attack_iterations=3, epochs=10, batch_size=20, lr=0.1, warmup_epochs=1, lr_drops=(7,))
+
+
+@pytest.fixture(scope="session")
+def small_runs(tmp_path_factory):
+    """The defence tests' data (200 training crops, 80 validation crops) and their undefended
+    baselines (clean training, seeds 0-3, the small run's settings), trained once per run."""
+    root = tmp_path_factory.mktemp("defences")
+    make_example_folder(root, train_per_class=40, val_per_class=16, seed=0)
+    train, val = ImageFolder(root / "train"), ImageFolder(root / "val")
+    undefended = {seed: pat.train_pat(_tiny(norm="batch", seed=seed), train, root / f"undefended-{seed}",
+                                      pat.PATConfig(attacks=("none",), seed=seed, **_SMALL_RUN), progress=False)
+                  for seed in range(4)}
+    return types.SimpleNamespace(root=root, train=train, val=val, undefended=undefended)
+
+
 @pytest.mark.slow
-def test_pat_raises_lpa_accuracy_over_an_undefended_model(tmp_path):
+def test_pat_raises_lpa_accuracy_over_an_undefended_model(small_runs):
     """Same model, data, seed and steps (10 epochs x 10 steps of 20 on 200 crops): PAT with
     self-bounded Fast-LPA (3 iterations) vs clean training; AlexNet-bounded LPA (bound 0.5, 10
     iterations) on 80 validation crops, for four seeds (initial weights, order, attack starts).
@@ -323,23 +364,98 @@ def test_pat_raises_lpa_accuracy_over_an_undefended_model(tmp_path):
     0.09, 0.20, 0.11 (mean 0.12); 1 thread (make test's workers): -0.025, 0.06, 0.06, 0.23
     (mean 0.08; seed 4: 0.16). The test asks for a mean gain of 0.05 (4 crops) and a gain in at
     least 3 of the 4 seeds. The full-size run (examples/pat_demo.py) is reported in the README."""
-    make_example_folder(tmp_path, train_per_class=40, val_per_class=16, seed=0)
-    train, val = ImageFolder(tmp_path / "train"), ImageFolder(tmp_path / "val")
     gains, accs = [], []
     for seed in (0, 1, 2, 3):
         acc = {}
-        for name, attacks in (("undefended", ("none",)), ("pat", ("fast-lpa:self=0.5",))):
-            cfg = pat.PATConfig(attacks=attacks, attack_iterations=3, epochs=10, batch_size=20, lr=0.1,
-                                warmup_epochs=1, lr_drops=(7,), seed=seed)
-            net = pat.train_pat(_tiny(norm="batch", seed=seed), train, tmp_path / f"run-{name}-{seed}", cfg,
-                                progress=False)
-            r = robust.evaluate_robustness(net, val, ["lpa"], iterations=10, batch_size=40, progress=False)
+        cfg = pat.PATConfig(attacks=("fast-lpa:self=0.5",), seed=seed, **_SMALL_RUN)
+        nets = {"undefended": small_runs.undefended[seed],
+                "pat": pat.train_pat(_tiny(norm="batch", seed=seed), small_runs.train, small_runs.root / f"pat-{seed}",
+                                     cfg, progress=False)}
+        for name, net in nets.items():
+            r = robust.evaluate_robustness(net, small_runs.val, ["lpa"], iterations=10, batch_size=40, progress=False)
             acc[name] = r.accuracy()
             assert r.violations["lpa"] == 0
         gains.append(acc["pat"]["lpa"] - acc["undefended"]["lpa"])
         accs.append(acc)
     assert sum(g > 0 for g in gains) >= 3, (gains, accs)
     assert sum(gains) / len(gains) >= 0.05, (gains, accs)
+
+
+@pytest.mark.slow
+def test_trades_raises_linf_accuracy_over_an_undefended_model(small_runs):
+    """TRADES (beta 6, its KL attack at 8/255 with 3 steps) vs the same clean-trained baselines,
+    L_inf PGD accuracy (8/255, 20 steps) on the 80 validation crops, seeds 0-2. Measured here
+    (1 thread): undefended -> TRADES 0.425 -> 0.5375, 0.3875 -> 0.4375, 0.375 -> 0.3875."""
+    gains, accs = [], []
+    for seed in (0, 1, 2):
+        cfg = pat.PATConfig(attacks=("trades=8/255",), objective="trades", seed=seed, **_SMALL_RUN)
+        net = pat.train_pat(_tiny(norm="batch", seed=seed), small_runs.train, small_runs.root / f"trades-{seed}", cfg,
+                            progress=False)
+        acc = {name: robust.evaluate_robustness(m, small_runs.val, ["linf=8/255"], batch_size=80,
+                                                progress=False).accuracy()
+               for name, m in (("undefended", small_runs.undefended[seed]), ("trades", net))}
+        gains.append(acc["trades"]["linf"] - acc["undefended"]["linf"])
+        accs.append(acc)
+    assert all(g > 0 for g in gains), (gains, accs)
+
+
+def _trades_transcription(model, x_natural, y, z, *, epsilon, step_size, perturb_steps, beta):
+    """The TRADES paper's objective as its authors' trades_loss computes it (their code's
+    arithmetic, written out here; size_average=False is reduction='sum'), with the start noise z."""
+    criterion_kl = nn.KLDivLoss(reduction="sum")
+    model.eval()
+    x_adv = x_natural.detach() + 0.001 * z
+    for _ in range(perturb_steps):
+        x_adv.requires_grad_()
+        with torch.enable_grad():
+            loss_kl = criterion_kl(F.log_softmax(model(x_adv), dim=1), F.softmax(model(x_natural), dim=1))
+        grad = torch.autograd.grad(loss_kl, [x_adv])[0]
+        x_adv = x_adv.detach() + step_size * torch.sign(grad.detach())
+        x_adv = torch.min(torch.max(x_adv, x_natural - epsilon), x_natural + epsilon)
+        x_adv = torch.clamp(x_adv, 0.0, 1.0)
+    model.train()
+    logits = model(x_natural)
+    loss_natural = F.cross_entropy(logits, y)
+    loss_robust = (1.0 / len(x_natural)) * criterion_kl(F.log_softmax(model(x_adv), dim=1),
+                                                         F.softmax(model(x_natural), dim=1))
+    return loss_natural + beta * loss_robust, x_adv
+
+
+def test_trades_step_is_the_papers_objective(example, tmp_path):
+    """One trainer step (no augmentation) logs the loss of the authors' trades_loss on the same
+    batch, start noise and initial weights (BatchNorm: the clean and adversarial batches pass
+    separately, as there), to 1e-6; the attack alone returns the authors' x_adv."""
+    data = ImageFolder(example / "train")
+    cfg = _cfg(attacks=("trades=0.031",), objective="trades", attack_iterations=4, augment=False, batch_size=20)
+    pat.train_pat(_tiny(norm="batch"), data, tmp_path / "t", cfg, progress=False, stop_after_steps=1)
+    logged = torch.load(tmp_path / "t" / "checkpoint.pt", weights_only=False)["stats"][0]["loss"]
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(pat.step_seed(cfg.seed, 0, stream=1)))
+    x = torch.stack([data[int(i)][0] for i in order[:20]])
+    y = torch.tensor([data[int(i)][1] for i in order[:20]])
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(pat.step_seed(cfg.seed, 0)))
+    # the trainer's layout (values equal; the sign steps would amplify another layout's round-off)
+    x = channels_last(x)
+    model = _tiny(norm="batch")
+    expected, x_adv = _trades_transcription(model, x, y, z, epsilon=0.031, step_size=0.007, perturb_steps=4, beta=6.0)
+    assert logged == pytest.approx([expected.item()], rel=1e-6, abs=1e-6)
+    from fastlpips.attacks import TradesLinf, trades_loss
+
+    ours = TradesLinf(_tiny(norm="batch").eval(), 0.031, num_iterations=4)(x, y, noise=z)
+    torch.testing.assert_close(ours, x_adv, rtol=0, atol=1e-6)
+    assert bool(ours.sub(x).abs().amax() <= 0.031 + 1e-6)
+    logits = torch.randn(6, 5, generator=torch.Generator().manual_seed(1))
+    adv_logits = logits + torch.randn(6, 5, generator=torch.Generator().manual_seed(2))
+    labels = torch.tensor([0, 1, 2, 3, 4, 0])
+    direct = F.cross_entropy(logits, labels) + 2.5 / 6 * nn.KLDivLoss(reduction="sum")(
+        F.log_softmax(adv_logits, dim=1), F.softmax(logits, dim=1))
+    torch.testing.assert_close(trades_loss(logits, adv_logits, labels, 2.5), direct, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="objective 'trades' trains against TRADES' own KL attack"):
+        pat.train_pat(_tiny(), data, tmp_path / "u", _cfg(objective="trades"), progress=False)
+    with pytest.raises(ValueError, match="objective must be 'ce' or 'trades'"):
+        pat.train_pat(_tiny(), data, tmp_path / "v", _cfg(objective="kl"), progress=False)
+    with pytest.raises(ValueError, match="beta must be a finite number >= 0"):
+        pat.train_pat(_tiny(), data, tmp_path / "w", _cfg(attacks=("trades",), objective="trades", beta=-1.0),
+                      progress=False)
 
 
 def test_only_attack_correct_attacks_the_correct_inputs_and_trains_the_rest_clean(tmp_path, monkeypatch):
