@@ -7,7 +7,9 @@ against 20-step PGD.
   ``Square`` with the same budgets and seed (what its ``AutoAttack(version='standard')`` builds,
   at the original budgets; its own default runs 10 steps), on the same model and images: the
   examples/attack_demo.py CNN (4 classes, 32x32 crops). ``EPS`` 2/255 leaves part of the batch
-  robust after APGD-CE, so every component runs. Outputs are compared per example (same verdict).
+  robust after APGD-CE, so every component runs. ``fastlpips`` attacks in channels_last (the
+  default), ``fastlpips-as-given`` in the caller's layout (torchattacks' arithmetic); the verdicts
+  of both are compared with the reference's per example (``same_verdicts``).
 * ``test_autoattack_vs_pgd``: robust accuracy under ``linf-aa`` and under ``linf`` (20-step PGD)
   at the same bound, seeds 0-2, on the demo CNN and on a PAT-trained tiny ResNet of the example
   data (self-bounded Fast-LPA, 10 epochs); recorded in ``extra_info`` (``accuracy``), one round.
@@ -59,13 +61,14 @@ def _pat_resnet():
     return _CACHE["pat"]
 
 
-@pytest.mark.parametrize("provider", ["fastlpips", "torchattacks"])
+@pytest.mark.parametrize("provider", ["fastlpips", "fastlpips-as-given", "torchattacks"])
 def test_autoattack_speed(benchmark, provider):
     model, x, y = _demo()
-    if provider == "fastlpips":
+    if provider.startswith("fastlpips"):
         from fastlpips.attacks import AutoAttack
 
-        attack = AutoAttack(model, "linf", EPS, num_iterations=STEPS, seed=0)
+        attack = AutoAttack(model, "linf", EPS, num_iterations=STEPS, seed=0,
+                            layout="as_given" if provider.endswith("as-given") else "channels_last")
         run = lambda: attack(x, y)  # noqa: E731
     else:
         ta = pytest.importorskip("torchattacks")
@@ -83,9 +86,9 @@ def test_autoattack_speed(benchmark, provider):
     benchmark.extra_info.update(provider=provider, images=N, steps=STEPS, queries=QUERIES,
                                 robust_accuracy=float(robust.float().mean()),
                                 images_per_s=N / benchmark.stats.stats.mean)
-    if len(_CACHE["verdicts"]) == 2:
-        a, b = _CACHE["verdicts"].values()
-        benchmark.extra_info["same_verdicts_as_reference"] = bool(torch.equal(a, b))
+    if provider == "torchattacks":
+        benchmark.extra_info["same_verdicts"] = {k: bool(torch.equal(v, robust)) for k, v in _CACHE["verdicts"].items()
+                                                 if k != provider}
 
 
 @pytest.mark.parametrize("which", ["demo-cnn", "pat-resnet"])

@@ -50,7 +50,7 @@ from .attacks.threat import draw_noise
 from .nets.weights import check_state, read_state_dict
 from .robust import make_attack, parse_attack_spec
 from .runs import CheckpointError, RunFolder, check_data, data_record, read_log_csv, write_log_csv
-from .utils import CheckedDataLoader, channels_last, file_sha256
+from .utils import CheckedDataLoader, channels_last, file_sha256, takes_channels_last
 
 __all__ = ["PATConfig", "train_pat", "learning_rate", "step_seed", "read_model_folder", "load_classifier", "PAT_FILES"]
 
@@ -169,23 +169,6 @@ def _augment_batch(x: torch.Tensor, draws: Tuple[torch.Tensor, torch.Tensor, tor
     cols = dx.long()[:, None] + torch.where(flip.bool()[:, None], w - 1 - j, j)  # (N, w)
     n = torch.arange(x.shape[0], device=x.device)[:, None, None]
     return padded[n, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-
-
-def _takes_channels_last(net: nn.Module, x: torch.Tensor) -> bool:
-    """Whether ``net`` runs on a channels_last batch (one image, eval mode, no graph); models that
-    ``.view`` a feature map flat cannot, and train in the layout they are given."""
-    was = net.training
-    net.eval()
-    try:
-        with torch.no_grad():
-            net(channels_last(x[:1]))
-        return True
-    except RuntimeError as e:
-        log.info("training in the input's memory layout: the model fails on channels_last batches (%s)",
-                 str(e).splitlines()[0] if str(e) else type(e).__name__)
-        return False
-    finally:
-        net.train(was)
 
 
 def train_pat(model: nn.Module, train_dataset, out_dir: PathLike, config: Optional[PATConfig] = None, *,
@@ -347,7 +330,7 @@ def train_pat(model: nn.Module, train_dataset, out_dir: PathLike, config: Option
                          torch.randint(0, 9, (cfg.batch_size,), generator=g))
                 x = _augment_batch(x, (draws[0][rows], draws[1][rows], draws[2][rows]))
             if layout_ok is None:  # once: can the model take channels_last batches (a .view of a map cannot)?
-                layout_ok = _takes_channels_last(net, x)
+                layout_ok = takes_channels_last(net, x)
             # the convolutions' fast layout (attacks and update alike), or the standard one for a model
             # that cannot take it (the augmentation's gather returns channels_last); values unchanged
             x = channels_last(x) if layout_ok else x.contiguous()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import struct
 import tempfile
@@ -18,7 +19,7 @@ from numpy.typing import DTypeLike
 from .reference import normalize_channels, spatial_average, upsample
 
 __all__ = ["im2tensor", "tensor2im", "load_image", "read_image", "read_image_tensor", "normalize_tensor",
-           "spatial_average", "upsample",
+           "takes_channels_last", "spatial_average", "upsample",
            "l2", "psnr"]
 
 if TYPE_CHECKING:
@@ -48,6 +49,23 @@ def channels_last(t: torch.Tensor) -> torch.Tensor:
         return t.contiguous(memory_format=torch.channels_last)
     except RuntimeError:
         return t
+
+
+def takes_channels_last(net: torch.nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``net`` runs on a channels_last batch (one image, eval mode, no graph); models that
+    ``.view`` a feature map flat cannot, and run (train, are attacked) in the layout they are given."""
+    was = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            net(channels_last(x[:1]))
+        return True
+    except RuntimeError as e:
+        logging.getLogger(__name__).info("running in the input's memory layout: the model fails on channels_last "
+                                         "batches (%s)", str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return False
+    finally:
+        net.train(was)
 
 
 def normalize_tensor(in_feat: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:

