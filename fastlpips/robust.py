@@ -623,17 +623,30 @@ def plot_robustness(results: Dict[str, RobustResult], path: PathLike) -> Path:
     return path
 
 
-def paper_table_rows(results: Mapping[str, RobustResult], table: Union[str, PaperTable] = "cifar") -> List[dict]:
+def paper_table_rows(results: Mapping[str, RobustResult], table: Union[str, PaperTable] = "cifar", *,
+                     extra: bool = False) -> List[dict]:
     """One row per model of ``results`` ({model name: result of ``evaluate_robustness`` with the
-    table's attacks and ``narrow``}) in the table's column order (accuracies as fractions)."""
+    table's attacks and ``narrow``}) in the table's column order (accuracies as fractions);
+    ``extra``: the accuracies under any further attacks the results hold, after the table's
+    columns (e.g. R-LPIPS-bounded PPGD beside the table's AlexNet-bounded one)."""
     if isinstance(table, str) and table not in PAPER_TABLES:
         raise ValueError(f"unknown paper table {table!r}; tables: {', '.join(PAPER_TABLES)}")
     t = PAPER_TABLES[table] if isinstance(table, str) else table
     rows = []
     for name, r in results.items():
-        missing = [c for c in t.columns if c not in r.summary]
+        # the table's attack columns by spec (a column keeps its name when extra attacks share it)
+        by_spec = {spec: label for label, spec in r.specs.items()}
+        label = {}
+        for a in t.attacks:
+            s = parse_attack_spec(a)
+            label[s.name] = by_spec.get(str(s), s.name)
+        missing = [c for c in t.columns if label.get(c, c) not in r.summary]
         if missing:
             raise ValueError(f"the result of {name!r} lacks {missing} (evaluate with the table's attacks "
                              f"{list(t.attacks)} and narrow={list(t.narrow)})")
-        rows.append({"model": name, **{c: r.summary[c] for c in t.columns}})
+        row = {"model": name, **{c: r.summary[label.get(c, c)] for c in t.columns}}
+        if extra:
+            used = set(label.values())
+            row.update({a: r.summary[a] for a in r.attacks if a not in used})
+        rows.append(row)
     return rows

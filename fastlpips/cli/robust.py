@@ -67,7 +67,7 @@ def register(sub, parents: C.Parents) -> None:
                    "bounded attack: rlpips=CKPT, lpips-vgg, elpips, dists, ...)")
     s.add_argument("--paper-table", choices=["cifar"], help="run the attacks of the PAT paper's CIFAR-10 table "
                    "(L_inf/L_2 AutoAttack, StAdv, ReColorAdv, PPGD, LPA) and write its layout: one row per model "
-                   "with union, unseen mean, clean and each attack")
+                   "with union, unseen mean, clean and each attack; --attack adds columns after them")
     s.add_argument("--seen", nargs="*", help="threat models seen in training (default: from model.json)")
     s.add_argument("--iterations", type=int, help="steps of every attack (default: each attack's own)")
     s.add_argument("--max-examples", type=int, help="evaluate the first N examples only")
@@ -85,8 +85,6 @@ def validate(args) -> List[Path]:
     if args.command == "pat-train" and not (math.isfinite(args.beta) and args.beta >= 0):
         raise C.CLIError(f"--beta must be a finite number >= 0, got {args.beta}")
     if args.command == "robust-eval":
-        if args.paper_table and args.attack:
-            raise C.CLIError(f"--paper-table {args.paper_table} runs the table's own attacks; leave out --attack")
         if args.plot:
             C.check_output_path(args.plot, "--plot", [])
         if args.per_example:
@@ -156,7 +154,8 @@ def run_robust_eval(args) -> C.Result:
 
     D.init_from_env(torch.device(args.device))
     table = PAPER_TABLES[args.paper_table] if args.paper_table else None
-    attacks = list(table.attacks) if table else (args.attack or list(PAPER_EVALUATION))
+    # a paper table: its attacks, then any --attack as extra columns (e.g. R-LPIPS-bounded PPGD / LPA)
+    attacks = list(table.attacks) + (args.attack or []) if table else (args.attack or list(PAPER_EVALUATION))
     for a in attacks + (args.seen or []):
         try:
             parse_attack_spec(a)
@@ -185,7 +184,8 @@ def run_robust_eval(args) -> C.Result:
         res.notes.append("accuracies as fractions; union and unseen mean over " + ", ".join(table.narrow))
         res.notes += [f"{row['model']}: {row['violations']} output(s) of {row['attack']} exceeded the bound (the clean "
                       "images were scored)" for row in res.rows if row["violations"]]
-        res.columns, res.rows = ["model", *table.columns], paper_table_rows(results, table)
+        res.rows = paper_table_rows(results, table, extra=True)
+        res.columns = list(res.rows[0]) if res.rows else ["model", *table.columns]
     if args.plot and D.is_main():
         res.pictures.append(C.Picture(f"the plot --plot {args.plot}", lambda: plot_robustness(results, args.plot),
                                     f"plot written to {args.plot}"))
