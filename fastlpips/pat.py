@@ -104,8 +104,7 @@ def _check_config(cfg: PATConfig) -> None:
         raise ValueError(f"PATConfig.clip_grad must be > 0 or None, got {cfg.clip_grad!r}")
     if cfg.objective not in ("ce", "trades"):
         raise ValueError(f"PATConfig.objective must be 'ce' or 'trades', got {cfg.objective!r}")
-    if not (isinstance(cfg.beta, (int, float)) and math.isfinite(cfg.beta) and cfg.beta >= 0):
-        raise ValueError(f"PATConfig.beta must be a finite number >= 0, got {cfg.beta!r}")
+    V.check_nonnegative(cfg.beta, "PATConfig.beta")
     if cfg.mix not in ("all", "random", "max"):
         raise ValueError(f"PATConfig.mix must be 'all', 'random' or 'max', got {cfg.mix!r}")
     if isinstance(cfg.attacks, str):
