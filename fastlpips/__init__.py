@@ -12,6 +12,7 @@ from .functional import distance_matrix, get_model, lpips
 from .losses import CombinedLoss, ELPIPSLoss, LPIPSLoss, PerceptualLoss, PixelLoss, TextureLoss
 from .metrics import create_metric, list_metrics, metric_info
 from .model import LPIPS, LPIPSFeatures, NetLinLayer, ScalingLayer
+from .nets.tiling import TileBudgetError
 from .nets.weights import WeightError
 from .precision import PrecisionWarning
 from .scoring import score_2afc_dataset, score_jnd_dataset, voc_ap
@@ -24,7 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "lpips", "distance_matrix", "get_model", "backends", "BackendUnavailable", "ELPIPS", "ELPIPSDraw", "ELPIPSEstimate",
     "elpips_estimate", "LPIPS", "LPIPSFeatures", "NetLinLayer", "ScalingLayer", "WeightError", "RangeWarning",
-    "PrecisionWarning",
+    "PrecisionWarning", "TileBudgetError",
     "im2tensor", "tensor2im", "load_image", "read_image", "normalize_tensor", "spatial_average", "upsample", "l2",
     "psnr",
     "score_2afc_dataset", "score_jnd_dataset", "voc_ap", "L2", "DSSIM", "Trainer",

@@ -24,11 +24,11 @@ import os
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import validation as V
-from .nets.trunks import VGG16
+from .nets import tiling
+from .nets.trunks import VGG16, L2Pool
 from .nets.weights import (
     DISTS_CHANNELS,
     DISTS_SHA256,
@@ -38,6 +38,7 @@ from .nets.weights import (
     load_trunk_state,
 )
 from .ops.stats import dists_stage_term
+from .ops.torch_kernels import stage_term
 from .precision import resolve_dtype, warn_if_slow
 from .reference import DISTS_C1 as C1
 from .reference import DISTS_C2 as C2
@@ -45,27 +46,6 @@ from .reference import dists_stage
 from .utils import channels_last, reduce_batch
 
 __all__ = ["DISTS", "L2Pool", "dists_stage", "C1", "C2", "MIN_SIZE"]
-
-class L2Pool(nn.Module):
-    """DISTS' L2 pooling: sqrt(conv(x^2, g) + 1e-12), g the normalized outer product of
-    (0.5, 1, 0.5) per channel, stride 2, padding 1 (out = ceil(in / 2)). A depthwise convolution:
-    in channels_last it is 2x faster on the CPU than separable strided sums (measured here)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        a = torch.tensor([0.5, 1.0, 0.5], dtype=torch.float64)
-        g = a[:, None] * a[None, :]
-        self.register_buffer("filter", (g / g.sum()).float()[None, None], persistent=False)
-        self.filter: torch.Tensor
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = x.shape[1]
-        half = x.dtype == torch.float16  # 1e-12 underflows to 0 (sqrt(0): infinite gradients), x*x overflows
-        h = x.float() if half else x
-        w = self.filter.to(h.dtype).expand(c, 1, 3, 3)
-        out = (F.conv2d(h * h, w, stride=2, padding=1, groups=c) + 1e-12).sqrt()
-        return out.to(x.dtype) if half else out
-
 
 #: The smallest image side: the deepest stage (relu5_3, after four poolings that halve rounding up)
 #: keeps 2x2 pixels, so each of its channels has a variance and a covariance.
@@ -91,6 +71,11 @@ class DISTS(nn.Module):
             fp32), ``'auto'`` (bf16 only where it is measured faster on ``device``, else fp32;
             ``fastlpips.precision``), None / ``'fp32'`` (default).
         device: move the metric there; also the device ``dtype='auto'`` decides for.
+        memory_budget, max_tile: as for ``fastlpips.LPIPS``: a pair whose trunk pass would take
+            more than ``memory_budget`` bytes of activations (default ``nets.tiling.default_budget``),
+            or whose images are larger than ``max_tile``, runs tiled: each tile's stage maps are
+            reduced to per-channel sums (float64) from which the statistics and the terms follow,
+            the same DISTS to rounding; gradients through per-tile recomputation.
     ``forward(x, y, reduction='none')``: 'mean' / 'sum' reduce over the batch.
     """
 
@@ -98,8 +83,12 @@ class DISTS(nn.Module):
                  weights_sha256: Optional[str] = DISTS_SHA256, trunk_path: Union[str, os.PathLike, None] = None,
                  pnet_rand: bool = False, check_inputs: bool = True, backend: Optional[str] = None,
                  dtype: Union[torch.dtype, str, None] = None,
-                 device: Union[str, torch.device, None] = None) -> None:
+                 device: Union[str, torch.device, None] = None, memory_budget: Optional[int] = None,
+                 max_tile: Union[int, Tuple[int, int], None] = None) -> None:
         super().__init__()
+        self.memory_budget = V.check_budget(memory_budget)
+        self.max_tile = V.check_tile(max_tile)
+        self._stack: Optional[tiling.LocalStack] = None
         self.compute_dtype = resolve_dtype(dtype, device, net="vgg")
         trunk = VGG16()
         if not pnet_rand:
@@ -169,6 +158,10 @@ class DISTS(nn.Module):
         self._check(y, "y")
         V.check_pair(x, y, "x", "y")
         grad = torch.is_grad_enabled()
+        graph = grad and (x.requires_grad or y.requires_grad)
+        tile = self._tile(x.shape[2], x.shape[3], 2 * max(x.shape[0], y.shape[0]), graph, x.device)
+        if tile is not None:
+            return reduce_batch(self._tiled(x, y, tile, graph), reduction)
         if x.shape == y.shape and (grad and x.requires_grad) == (grad and y.requires_grad):
             # one trunk pass for both; an input without a gradient never joins one that has one
             n = x.shape[0]
@@ -177,6 +170,55 @@ class DISTS(nn.Module):
         else:
             fx, fy = self.features(x), self.features(y)
         return reduce_batch(self.from_features(fx, fy), reduction)
+
+    # -- tiled passes (large images) --------------------------------------------------------------
+    def local_stack(self) -> tiling.LocalStack:
+        """The trunk as ``nets.tiling`` runs it; compared: the input (stage 0) and the stage ends."""
+        if self._stack is None:  # made once: it remembers its tile choices
+            self._stack = tiling.LocalStack(list(self.layers), [0] + list(self.stage_ends), reduce=6.0)
+        return self._stack
+
+    def _tile(self, height: int, width: int, batch: int, grad: bool, device) -> Optional[Tuple[int, int]]:
+        return self.local_stack().tile_for(height, width, batch, (self.compute_dtype or self.mean.dtype).itemsize,
+                                           grad, max_tile=self.max_tile, budget=self.memory_budget, device=device,
+                                           what="the DISTS trunk")
+
+    def _tiled(self, x: torch.Tensor, y: torch.Tensor, tile: Tuple[int, int], grad: bool) -> torch.Tensor:
+        """DISTS (N,) from per-tile sums of every stage's maps and their products (float64)."""
+        n = max(x.shape[0], y.shape[0])
+        x, y = x.expand(n, -1, -1, -1), y.expand(n, -1, -1, -1)
+        stack = self.local_stack()
+        sizes, tiles = stack.sizes(x.shape[2], x.shape[3]), stack.plan(x.shape[2], x.shape[3], tile)
+
+        def one_tile(t: tiling.Tile, a: torch.Tensor, b: torch.Tensor) -> List[torch.Tensor]:
+            sums: List[Optional[torch.Tensor]] = [None] * len(stack.outputs)
+
+            def source(r, c) -> torch.Tensor:
+                h = torch.cat([a[:, :, r[0]:r[1], c[0]:c[1]], b[:, :, r[0]:r[1], c[0]:c[1]]])
+                h = channels_last((h - self.mean.to(h.dtype)) / self.std.to(h.dtype))
+                return h.to(self.compute_dtype) if self.compute_dtype is not None else h
+
+            def emit(j: int, f: torch.Tensor) -> None:
+                if j == 0:  # stage 0 is the image itself, not the standardized trunk input
+                    (r0, r1), (c0, c1) = t.owned(0)
+                    f = torch.cat([a[:, :, r0:r1, c0:c1], b[:, :, r0:r1, c0:c1]])
+                f = f.double()
+                fa, fb = f[:n], f[n:]
+                sums[j] = torch.stack([fa.sum((2, 3)), fb.sum((2, 3)), fa.square().sum((2, 3)),
+                                       fb.square().sum((2, 3)), (fa * fb).sum((2, 3))], -1)
+
+            stack.run(t, source, emit, sizes)
+            return [s if s is not None else x.new_zeros((n, self.channels[j] if j else 3, 5), dtype=torch.float64)
+                    for j, s in enumerate(sums)]
+
+        parts = tiling.run_tiles(tiles, one_tile, [x, y], grad)
+        total = x.new_zeros((n,), dtype=torch.float64)
+        for j, (al, be) in enumerate(self.stage_weights()):
+            h, w = sizes[stack.outputs[j]]
+            mx, my, sxx, syy, sxy = (torch.stack([p[j] for p in parts]).sum(0) / (h * w)).unbind(-1)
+            total = total + stage_term(mx, my, sxx - mx * mx, syy - my * my, sxy - mx * my,
+                                       al.double()[None], be.double()[None], C1, C2)
+        return (1 - total).to(x.dtype if x.dtype == torch.float64 else torch.float32).to(x.dtype)
 
     def from_features(self, fx: Sequence[torch.Tensor], fy: Sequence[torch.Tensor]) -> torch.Tensor:
         """DISTS (N,) of two images' six stages (``features``; a batch of 1 broadcasts)."""

@@ -30,6 +30,7 @@ from torch import nn
 
 from . import validation as V
 from .model import ScalingLayer
+from .nets import tiling
 from .nets.linearize import Tangent, linearize_module
 from .nets.trunks import VGG16, Fire, SqueezeNet
 from .nets.weights import load_lin_weights, load_trunk_state
@@ -63,6 +64,10 @@ DEFAULT_RTOL, DEFAULT_ATOL = 0.025, 0.01
 #: absolute bias over the pairs at 64x64 and 256x256).
 BF16_RELATIVE_BIAS = 0.0037  # measured 0.366% (64x64, 1 level, 128 draws) and 0.236% (256x256, 4 levels, 32)
 BF16_ABSOLUTE_BIAS = 4.3e-5  # measured 4.2e-5 and 2.7e-5 (distances ~0.01; standard errors 2-4e-6)
+
+
+#: Bytes of activations one trunk pass of a group's samples may take when no ``memory_budget`` is given.
+CHUNK_BUDGET = 1 << 30
 
 
 def bf16_bias_allowed() -> bool:
@@ -119,11 +124,29 @@ def dropout_positions(x: torch.Tensor, n: int, groups: int, p: float,
                       generator: Optional[torch.Generator]) -> torch.Tensor:
     """Flat (channels_last order) positions of the dropped elements: a batch of ``n`` draws, the
     same positions in each of the ``groups`` stacked batches."""
-    per = n * x[0].numel()
-    idx = _bernoulli_positions(per, p, generator).to(x.device)
+    return _positions(x[0].numel(), x.device, n, groups, p, generator)
+
+
+def _positions(numel: int, device: torch.device, n: int, groups: int, p: float,
+               generator: Optional[torch.Generator]) -> torch.Tensor:
+    per = n * numel
+    idx = _bernoulli_positions(per, p, generator).to(device)
     if groups > 1:
-        idx = (idx[None] + torch.arange(groups, device=x.device)[:, None] * per).reshape(-1)
+        idx = (idx[None] + torch.arange(groups, device=device)[:, None] * per).reshape(-1)
     return idx
+
+
+def _positions_in(idx: torch.Tensor, shape: Sequence[int], origin: Tuple[int, int],
+                  size: Sequence[int]) -> torch.Tensor:
+    """Positions ``idx`` of a (B, C, H, W) tensor's channels_last order that fall in the crop of
+    ``size`` (h, w) pixels starting at global pixel ``origin``, as positions of the crop."""
+    _, c, h, w = shape
+    ch, t = idx % c, idx // c
+    col, t = t % w, t // w
+    row, b = t % h, t // h
+    (r0, c0), (hh, ww) = origin, size
+    inside = (row >= r0) & (row < r0 + hh) & (col >= c0) & (col < c0 + ww)
+    return (((b * hh + (row - r0)) * ww + (col - c0)) * c + ch)[inside]
 
 
 def zero_at(x: torch.Tensor, idx: torch.Tensor, inplace: bool) -> torch.Tensor:
@@ -366,8 +389,13 @@ class ELPIPS(nn.Module):
         check_inputs: scan input values on every call (NaN/Inf raise, values outside [0, 1] warn;
             one device sync per input), as ``LPIPS(check_inputs=...)``; shape, dtype, device and
             size checks always run (``validate``).
-        memory_budget: bytes of activations one trunk pass may take (default 1 GiB); larger
-            groups are split into chunks of samples.
+        memory_budget: bytes of activations one trunk pass may take (default None: 1 GiB for
+            the chunks, ``nets.tiling.default_budget`` for tiling); larger groups are split into
+            chunks of samples, and a pass over images too large for it (one sample) runs tiled
+            (``fastlpips.nets.tiling``, E-LPIPS-VGG): the same masks and numbers to rounding,
+            gradients through per-tile recomputation.
+        max_tile: tile every trunk pass whose images are larger than this (a side or (height,
+            width) in pixels of the transformed image), whatever the budget (E-LPIPS-VGG).
         trunk_path, backend: as for ``fastlpips.LPIPS`` (``backend`` picks the head and transform kernels).
 
     ``image`` may be a tuple of image batches: each is compared with ``reference`` under the same
@@ -378,11 +406,16 @@ class ELPIPS(nn.Module):
 
     def __init__(self, *, net: str = "vgg", n_samples: int = 1, mode: str = "batched", transforms: bool = True,
                  dropout: bool = True, keep_prob: float = 0.99, max_scale: int = MAX_SCALE,
-                 dtype: Union[torch.dtype, str, None] = None, memory_budget: int = 1 << 30,
+                 dtype: Union[torch.dtype, str, None] = None, memory_budget: Optional[int] = None,
                  trunk_path: Optional[Union[str, os.PathLike]] = None, pnet_rand: bool = False,
                  backend: Optional[str] = None, device: Union[str, torch.device, None] = None,
-                 check_inputs: bool = True, families: Optional[Iterable[str]] = None) -> None:
+                 check_inputs: bool = True, families: Optional[Iterable[str]] = None,
+                 max_tile: Union[int, Tuple[int, int], None] = None) -> None:
         super().__init__()
+        self.max_tile = V.check_tile(max_tile)
+        self._stack: Optional[tiling.LocalStack] = None
+        if self.max_tile is not None and net != "vgg":
+            raise ValueError("max_tile: tiled passes are implemented for E-LPIPS-VGG (net='vgg'), not net='squeeze'")
         if net not in ("vgg", "squeeze"):
             raise ValueError(f"net must be 'vgg' (E-LPIPS-VGG) or 'squeeze' (the experimental E-LPIPS-SqueezeNet), "
                              f"got {net!r}")
@@ -394,8 +427,7 @@ class ELPIPS(nn.Module):
         if not 1 <= max_scale <= MAX_SCALE:
             raise ValueError(f"max_scale must be in 1..{MAX_SCALE}, got {max_scale}")
         dtype = resolve_elpips_dtype(dtype, device, net)
-        if memory_budget < 1:
-            raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
+        memory_budget = V.check_budget(memory_budget)
         fam = check_families(families)
         if not transforms:
             fam = fam - set(TRANSFORM_FAMILIES)
@@ -523,6 +555,10 @@ class ELPIPS(nn.Module):
         scale [0, 1]; one dropout mask per element of a member, shared by all members. Each layer's
         head runs as soon as the layer exists (dropout then zeroes the next conv's input in place)."""
         x = self.scaling_layer(torch.cat(batch) * 2 - 1)
+        grad = torch.is_grad_enabled() and x.requires_grad
+        tile = self._tile(x.shape[2], x.shape[3], x.shape[0], grad)
+        if tile is not None:
+            return self._distances_tiled(x, len(batch), per, generator, tile, grad)
         out: List[Union[float, torch.Tensor]] = [0.0] * (len(batch) - 1)
         weights = iter(self.layer_weights())
 
@@ -534,6 +570,77 @@ class ELPIPS(nn.Module):
 
         self.run_trunk(x.contiguous(memory_format=torch.channels_last), generator, consume, groups=len(batch))
         return cast(List[torch.Tensor], out)  # every layer's head added a tensor to each 0.0
+
+    # -- tiled passes (large images) --------------------------------------------------------------
+    def local_stack(self) -> tiling.LocalStack:
+        """The VGG trunk as ``nets.tiling`` runs it; compared: the input and every ReLU output."""
+        if self.net_name != "vgg":
+            raise ValueError("tiled passes are implemented for E-LPIPS-VGG, not the experimental SqueezeNet variant "
+                             "(its fire modules drop out inside); leave max_tile unset")
+        if self._stack is None:  # made once: it remembers its tile choices
+            layers = list(self.net.layers)
+            self._stack = tiling.LocalStack(layers, [0] + [i + 1 for i, m in enumerate(layers)
+                                                           if isinstance(m, nn.ReLU)])
+        return self._stack
+
+    def _tile(self, height: int, width: int, batch: int, grad: bool) -> Optional[Tuple[int, int]]:
+        """The tile of a trunk pass over ``batch`` images (None: untiled): ``max_tile`` when an
+        image is larger, else by ``memory_budget`` (E-LPIPS-VGG only)."""
+        if self.net_name != "vgg" and self.max_tile is None:
+            return None
+        return self.local_stack().tile_for(height, width, batch, self.weights.element_size(), grad,
+                                           max_tile=self.max_tile, budget=self.memory_budget,
+                                           device=self.weights.device, what="the E-LPIPS-VGG trunk")
+
+    def _distances_tiled(self, x: torch.Tensor, members: int, per: int, generator: Optional[torch.Generator],
+                         tile: Tuple[int, int], grad: bool) -> List[torch.Tensor]:
+        """``_distances`` tile by tile: the dropout positions of every convolution's input drawn
+        first for the whole maps, in the order the untiled pass draws them (the same masks), each
+        tile zeroing those inside its crops."""
+        stack = self.local_stack()
+        height, width = x.shape[2], x.shape[3]
+        sizes = stack.sizes(height, width)
+        tiles = stack.plan(height, width, tile)
+        drop = _Dropout(self.keep, generator, per, members)
+        positions = {}
+        if drop.keep is not None:
+            for i, m in enumerate(stack.layers):
+                if isinstance(m, nn.Conv2d):
+                    h, w = sizes[i]
+                    positions[i] = _positions(stack.channels[i] * h * w, x.device, per, members, 1 - drop.keep,
+                                              generator)
+        weights = self.layer_weights()
+
+        def apply(i: int, m: nn.Module, h: torch.Tensor, origin: Tuple[int, int]) -> torch.Tensor:
+            if not isinstance(m, nn.Conv2d) or drop.keep is None:
+                return tiling.apply_padded(m, h)
+            h = h.to(m.weight.dtype)
+            full = (per * members, stack.channels[i], sizes[i][0], sizes[i][1])
+            h = zero_at(h, _positions_in(positions[i], full, origin, h.shape[2:]), inplace=False)
+            return F.conv2d(h, _dropout_weight(m, drop.keep), m.bias, m.stride, 0)
+
+        def one_tile(t: tiling.Tile, xx: torch.Tensor) -> List[torch.Tensor]:
+            sums = [xx.new_zeros((members - 1, per), dtype=torch.float32 if xx.dtype != torch.float64 else xx.dtype)
+                    for _ in stack.outputs]
+
+            def source(r, c) -> torch.Tensor:
+                return xx[:, :, r[0]:r[1], c[0]:c[1]].contiguous(memory_format=torch.channels_last)
+
+            def emit(j: int, f: torch.Tensor) -> None:
+                parts = torch.split(f, per)
+                sums[j] = torch.stack([lpips_head_map(parts[i], parts[-1], weights[j], backend=self.backend).sum(
+                    (1, 2, 3)) for i in range(members - 1)]).to(sums[j].dtype)
+
+            stack.run(t, source, emit, sizes, apply)
+            return sums
+
+        parts = tiling.run_tiles(tiles, one_tile, [x], grad)
+        total: Union[float, torch.Tensor] = 0.0
+        for j, pos in enumerate(stack.outputs):
+            h, w = sizes[pos]
+            total = total + torch.stack([p[j] for p in parts]).sum(0) / (h * w)
+        assert isinstance(total, torch.Tensor)  # at least one compared layer
+        return list(total.unbind(0))
 
     def distance_once(self, images: Sequence[torch.Tensor], reference: torch.Tensor,
                       generator: Optional[torch.Generator], scale: Optional[int] = None) -> List[torch.Tensor]:
@@ -606,7 +713,7 @@ class ELPIPS(nn.Module):
         a graph for the backward), within ``memory_budget``."""
         elem = self.weights.element_size()  # not the reduced dtype: same chunks (and dropout draws) as fp32
         per_sample = images_per_sample * 273 * h * w * elem * (3 if grad else 1)
-        return max(1, self.memory_budget // per_sample)
+        return max(1, (self.memory_budget if self.memory_budget is not None else CHUNK_BUDGET) // per_sample)
 
     def forward(self, image: Union[torch.Tensor, Tuple[torch.Tensor, ...]], reference: torch.Tensor, *,
                 n_samples: Optional[int] = None, generator: Optional[torch.Generator] = None,

@@ -73,9 +73,9 @@ class MetricInfo:
 
 
 _LPIPS_OPTIONS = {"checkpoint": None, "calibrated": True, "trunk_path": None, "pnet_rand": False, "backend": None,
-                  "dtype": None}
+                  "dtype": None, "memory_budget": None, "max_tile": None}
 _ELPIPS_OPTIONS = {"n_samples": 50, "trunk_path": None, "pnet_rand": False, "backend": None, "dtype": None,
-                   "mode": "batched", "max_scale": 8}
+                   "mode": "batched", "max_scale": 8, "memory_budget": None, "max_tile": None}
 _SSIM_OPTIONS = {"win_size": 11, "sigma": 1.5, "k1": 0.01, "k2": 0.03}
 
 
@@ -106,7 +106,8 @@ _ENTRIES: List[MetricInfo] = _lpips_entries() + [
                True, (0.0, INF), True, dict(_ELPIPS_OPTIONS), params={"net": "squeeze"}),
     MetricInfo("dists", "dists", "DISTS: structure and texture similarity of VGG16 features with L2 pooling "
                "(Ding et al. 2020; the authors' dists-pytorch)", True, (0.0, 2.0), True,
-               {"weights_path": None, "trunk_path": None, "pnet_rand": False, "backend": None, "dtype": None}),
+               {"weights_path": None, "trunk_path": None, "pnet_rand": False, "backend": None, "dtype": None,
+                "memory_budget": None, "max_tile": None}),
     MetricInfo("psnr", "iqa", "peak signal-to-noise ratio in dB (inf for identical images)", False, (0.0, INF),
                True),
     MetricInfo("ssim", "iqa", "structural similarity, Gaussian window (Wang et al. 2004; scikit-image's "
@@ -284,7 +285,8 @@ def _build_lpips(info: MetricInfo, opts: Dict[str, Any], device) -> Tuple[nn.Mod
         raise FileNotFoundError(f"metric {info.name!r}: checkpoint {ckpt} does not exist")
     model = LPIPS(**info.params, lpips=opts["calibrated"], model_path=ckpt, trunk_path=opts["trunk_path"],
                   pnet_rand=opts["pnet_rand"], backend=opts["backend"],
-                  dtype=opts["dtype"], device=device, verbose=False, check_inputs=opts["check_inputs"]).eval()
+                  dtype=opts["dtype"], device=device, verbose=False, check_inputs=opts["check_inputs"],
+                  memory_budget=opts["memory_budget"], max_tile=opts["max_tile"]).eval()
     return (model, lambda x, y: model(x, y, normalize=True), lambda x, y: model(x, y))
 
 
@@ -294,7 +296,9 @@ def _build_elpips(info: MetricInfo, opts: Dict[str, Any], device) -> Tuple[nn.Mo
     model = ELPIPS(**info.params, n_samples=opts["n_samples"],
                    trunk_path=opts["trunk_path"], pnet_rand=opts["pnet_rand"], backend=opts["backend"],
                    dtype=opts["dtype"], mode=opts["mode"],
-                   max_scale=opts["max_scale"], device=device, check_inputs=opts["check_inputs"])
+                   max_scale=opts["max_scale"], device=device, check_inputs=opts["check_inputs"],
+                   max_tile=opts["max_tile"],
+                   **({} if opts["memory_budget"] is None else {"memory_budget": opts["memory_budget"]}))
     return (model, lambda x, y, **kw: model(x, y, **kw), lambda x, y, **kw: model(_half(x), _half(y), **kw))
 
 
@@ -302,7 +306,8 @@ def _build_dists(info: MetricInfo, opts: Dict[str, Any], device) -> Tuple[nn.Mod
     from .dists import DISTS
 
     model = DISTS(weights_path=opts["weights_path"], trunk_path=opts["trunk_path"], pnet_rand=opts["pnet_rand"],
-                  check_inputs=opts["check_inputs"], backend=opts["backend"], dtype=opts["dtype"], device=device)
+                  check_inputs=opts["check_inputs"], backend=opts["backend"], dtype=opts["dtype"], device=device,
+                  memory_budget=opts["memory_budget"], max_tile=opts["max_tile"])
     return (model, lambda x, y: model(x, y), lambda x, y: model(_half(x), _half(y)))
 
 
@@ -338,8 +343,8 @@ def create_metric(name: str, *, as_loss: bool = False, device: Union[str, torch.
     E-LPIPS then defaults to one draw per call, the loss' setting). ``options``: the metric's own
     (``metric_info(name).options``): ``checkpoint`` (LPIPS weights such as R-LPIPS'; required by
     'rlpips'), ``calibrated`` (False: LPIPS' uncalibrated baseline, unit channel weights),
-    ``trunk_path``, ``pnet_rand`` (a random trunk, for tests), ``backend``, ``dtype``
-    for LPIPS and E-LPIPS; ``n_samples``,
+    ``trunk_path``, ``pnet_rand`` (a random trunk, for tests), ``backend``, ``dtype``,
+    ``memory_budget`` and ``max_tile`` (tiled passes on large images) for LPIPS, E-LPIPS and DISTS; ``n_samples``,
     ``mode``, ``max_scale`` for E-LPIPS; SSIM's window for 'ssim' / 'ms-ssim'. An unknown option
     raises TypeError naming the metric's options.
 

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable, Dict, List, Optional, Sequence, Union, cast
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union, cast
 
 import torch
 from torch import nn
 
 from . import validation as V
 from ._backend import resolve
+from .nets import tiling
 from .nets.trunks import build_trunk
 from .nets.weights import WeightError, load_lin_weights, load_trunk_state, read_state_dict
 from .ops.head import lpips_head_map
@@ -144,6 +145,15 @@ class LPIPS(nn.Module):
             (``PrecisionWarning``: emulated, several times slower). Error: benchmarks/README.md.
         device: move the model there after construction; also the device ``dtype='auto'`` decides
             for (default CPU: an 'auto' model moved to a GPU later keeps the CPU's choice).
+        memory_budget: bytes of trunk activations one ``forward`` may take (default None:
+            ``nets.tiling.default_budget``, half the free memory of a GPU, 4 GiB on the CPU). A
+            pair whose untiled pass would need more runs tiled (``fastlpips.nets.tiling``): the
+            trunk tile by tile with the halo its layers read, each tile's head maps reduced at
+            once, the same numbers as the untiled pass (to rounding); with a graph, each tile is
+            recomputed in the backward (gradient checkpointing). A budget below one tile's need
+            raises ``TileBudgetError`` naming the minimum.
+        max_tile: tile the forward pass whenever an image is larger than this (a side, or
+            (height, width), in input pixels), whatever the budget.
 
     Forward: ``forward(in0, in1, retPerLayer=False, normalize=False)`` with images (N, 3, H, W)
     in [-1, 1] ([0, 1] with ``normalize=True``); batch 1 broadcasts against N. Returns (N, 1, 1, 1)
@@ -163,8 +173,12 @@ class LPIPS(nn.Module):
                  model_path: Optional[Union[str, os.PathLike]] = None, eval_mode: bool = True, verbose: bool = True,
                  *, trunk_path: Optional[Union[str, os.PathLike]] = None, check_inputs: bool = True,
                  backend: Optional[str] = None, dtype: Union[torch.dtype, str, None] = None,
-                 device: Union[str, torch.device, None] = None) -> None:
+                 device: Union[str, torch.device, None] = None, memory_budget: Optional[int] = None,
+                 max_tile: Union[int, Tuple[int, int], None] = None) -> None:
         super().__init__()
+        self.memory_budget = V.check_budget(memory_budget)
+        self.max_tile = V.check_tile(max_tile)
+        self._stack: Optional[tiling.LocalStack] = None
         if net not in _NETS:
             raise ValueError(f"unknown net={net!r}; expected one of 'alex', 'vgg', 'squeeze'")
         if version not in ("0.0", "0.1"):
@@ -343,8 +357,72 @@ class LPIPS(nn.Module):
         self._check(in1, "in1", normalize, basic=False)
         if 0 in (in0.shape[0], in1.shape[0]):  # an empty batch against batch 1 broadcasts to empty
             in0, in1 = in0[:0], in1[:0]
+        grad = self._needs_graph(in0) or self._needs_graph(in1)
+        tile = self._tile(in0.shape[2], in0.shape[3], 2 * max(in0.shape[0], in1.shape[0]), grad, in0.device)
+        if tile is not None:
+            return self._tiled_forward(in0, in1, normalize, retPerLayer, tile, grad)
         outs0, outs1 = self._trunk_pair(in0, in1, normalize)
         return self._heads(outs0, outs1, in0.shape[2:], retPerLayer)
+
+    # -- tiled passes (large images) --------------------------------------------------------------
+    def local_stack(self) -> tiling.LocalStack:
+        """The trunk as ``nets.tiling`` runs it: its layers in order, the slice outputs compared
+        (made once: it remembers its tile choices)."""
+        if self._stack is None:
+            ends, layers = [], []
+            for sl in self.net.slices:
+                layers += list(sl)
+                ends.append(len(layers))
+            self._stack = tiling.LocalStack(layers, ends)
+        return self._stack
+
+    def _tile(self, height: int, width: int, batch: int, grad: bool, device) -> Optional[Tuple[int, int]]:
+        """The tile of a pass over ``batch`` images of height x width: ``max_tile`` when an image is
+        larger, else by the memory budget (None: untiled)."""
+        return self.local_stack().tile_for(height, width, batch, (self.compute_dtype or self._ref.dtype).itemsize,
+                                           grad, max_tile=self.max_tile, budget=self.memory_budget, device=device,
+                                           what=f"the {self.pnet_type} trunk")
+
+    def _tiled_forward(self, in0: torch.Tensor, in1: torch.Tensor, normalize: bool, retPerLayer: bool,
+                       tile: Tuple[int, int], grad: bool):
+        n = max(in0.shape[0], in1.shape[0])
+        in0, in1 = in0.expand(n, -1, -1, -1), in1.expand(n, -1, -1, -1)
+        height, width = in0.shape[2], in0.shape[3]
+        stack = self.local_stack()
+        sizes, tiles = stack.sizes(height, width), stack.plan(height, width, tile)
+        backend = resolve(in0.device, self.backend)
+        if self.compute_dtype is not None:
+            warn_if_slow(self.compute_dtype, in0.device)
+        dropout = self._dropout()
+
+        def one_tile(t: tiling.Tile, a: torch.Tensor, b: torch.Tensor) -> List[torch.Tensor]:
+            maps: List[Optional[torch.Tensor]] = [None] * self.L
+
+            def source(r, c) -> torch.Tensor:
+                return torch.cat([self._trunk_input(a[:, :, r[0]:r[1], c[0]:c[1]], normalize),
+                                  self._trunk_input(b[:, :, r[0]:r[1], c[0]:c[1]], normalize)])
+
+            def emit(k: int, f: torch.Tensor) -> None:
+                m = lpips_head_map(f[:n], f[n:], self._lin_weight(k), backend=backend, dropout=dropout)
+                maps[k] = m if self.spatial else m.sum((2, 3), keepdim=True)
+
+            stack.run(t, source, emit, sizes)
+            empty = (n, 1, 0, 0) if self.spatial else (n, 1, 1, 1)
+            return [m if m is not None else in0.new_zeros(empty) for m in maps]
+
+        # the lin layers' weights may want a gradient too: their head saves the features, so the
+        # tiles are recomputed in the backward as for the trunk's (the trunk without a graph)
+        heads = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        parts = tiling.run_tiles(tiles, one_tile, [in0, in1], grad or heads)
+        res = []
+        for k in range(self.L):
+            blocks = [p[k] for p in parts]
+            if self.spatial:
+                res.append(upsample(tiling.assemble(tiles, k, blocks), out_HW=(height, width)))
+            else:
+                h, w = sizes[stack.outputs[k]]
+                res.append(torch.stack(blocks).sum(0) / (h * w))
+        return self._total(res, retPerLayer)
 
     def _heads(self, outs0: Sequence[torch.Tensor], outs1: Sequence[torch.Tensor], out_hw, retPerLayer: bool):
         backend = resolve(outs0[0].device, self.backend)

@@ -157,6 +157,24 @@ def check_positive_int(value: object, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_tile(tile: object, name: str = "max_tile") -> Optional[Tuple[int, int]]:
+    """A tile size: None, a side (positive int) or a (height, width) pair of them -> (height, width)."""
+    if tile is None:
+        return None
+    pair = (tile, tile) if isinstance(tile, (int, np.integer)) and not isinstance(tile, bool) else tile
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in pair)):
+        raise ValueError(f"{name} must be a positive int or a (height, width) pair of positive ints, got {tile!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def check_budget(budget: object, name: str = "memory_budget") -> Optional[int]:
+    """A memory budget: None (the default) or a positive number of bytes."""
+    if budget is None:
+        return None
+    return check_positive_int(budget, name)
+
+
 #: Reductions over the batch: ``'none'`` keeps one value per image.
 REDUCTIONS: Tuple[str, ...] = ("none", "mean", "sum")
 

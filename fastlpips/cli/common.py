@@ -76,8 +76,23 @@ def load_lpips(path: Path) -> torch.Tensor:
     return load_unit(path) * 2 - 1
 
 
+def byte_size(text: str) -> int:
+    """An argparse type: a number of bytes, with an optional K/M/G/T suffix (powers of 1024): '2G'."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1:] if t[-1:] in units and t[-1:] else ""
+    try:
+        value = float(t[:-1] if unit else t) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size such as 2G, 512M or 1000000 (bytes), got {text!r}") from None
+    if not (math.isfinite(value) and value >= 1):
+        raise argparse.ArgumentTypeError(f"a size must be at least 1 byte, got {text!r}")
+    return int(value)
+
+
 def lpips_model(args, spatial: bool = False, net: Optional[str] = None) -> LPIPS:
-    model = LPIPS(net=net or args.net, version=args.version, spatial=spatial, verbose=False)
+    model = LPIPS(net=net or args.net, version=args.version, spatial=spatial, verbose=False,
+                  memory_budget=getattr(args, "memory_budget", None))
     model.requires_grad_(False)
     return model.to(args.device)
 
@@ -325,6 +340,9 @@ class Parents:
                                 help="trunk network (default alex; the demo runs alex and vgg: 'both')")
         self.lpips.add_argument("--version", default=None, choices=["0.1", "0.0"], help="LPIPS version (default 0.1)")
         self.lpips.add_argument("--batch-size", type=int, default=32, help="images per trunk pass (default 32)")
+        self.lpips.add_argument("--memory-budget", type=byte_size, default=None, metavar="SIZE",
+                                help="trunk activations a pass may take before large images run tiled (the same "
+                                     "numbers), e.g. 2G or 512M (default: 4G on the CPU, half a GPU's free memory)")
 
 
 def metric_name(text: str) -> str:

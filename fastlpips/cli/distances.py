@@ -115,9 +115,11 @@ def _pair_function(args):
     if args.metric is None:
         model = C.lpips_model(args)
         return "distance", lambda x0, x1: model(x0, x1).reshape(-1), model
-    from ..metrics import create_metric
+    from ..metrics import create_metric, metric_info
 
-    metric = create_metric(args.metric, device=args.device)
+    budget = {"memory_budget": args.memory_budget} if args.memory_budget is not None and \
+        "memory_budget" in metric_info(args.metric).options else {}
+    metric = create_metric(args.metric, device=args.device, **budget)
     metric.requires_grad_(False)
     lpips = metric.module if metric.info.family == "lpips" else None
     return args.metric, metric.signed, lpips
@@ -276,7 +278,9 @@ def run_elpips(args) -> C.Result:
             C.check_same_size(p0, x, p1, y)
             levels = args.scales or scale_levels_for_size(x.shape[2], x.shape[3])
             if levels not in metrics:
-                metrics[levels] = ELPIPS(net=args.net, max_scale=levels, families=args.families).to(args.device)
+                budget = {} if args.memory_budget is None else {"memory_budget": args.memory_budget}
+                metrics[levels] = ELPIPS(net=args.net, max_scale=levels, families=args.families,
+                                         **budget).to(args.device)
             done = [0]
 
             def tick(n, est, done=done):

@@ -180,6 +180,14 @@ def _similarities(mx: torch.Tensor, my: torch.Tensor, vx: torch.Tensor, vy: torc
     return (2 * mx * my + c1) / b, b, (2 * cxy + c2) / q, q
 
 
+def stage_term(mx: torch.Tensor, my: torch.Tensor, vx: torch.Tensor, vy: torch.Tensor, cxy: torch.Tensor,
+               alpha: torch.Tensor, beta: torch.Tensor, c1: float, c2: float) -> torch.Tensor:
+    """sum_c alpha_c S1 + beta_c S2 (N,) from the per-channel statistics (N, C) and the weights
+    (1, C) of one DISTS stage: the forward's formula, also the tiled pass's (``fastlpips.dists``)."""
+    s1, _, s2, _ = _similarities(mx, my, vx, vy, cxy, c1, c2)
+    return (alpha * s1 + beta * s2).sum(1)
+
+
 def _stats_acc(fx: torch.Tensor, fy: torch.Tensor, alpha: torch.Tensor,
                beta: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     acc = acc_dtype(fx.dtype)
@@ -191,8 +199,7 @@ def stats_fwd(fx: torch.Tensor, fy: torch.Tensor, alpha: torch.Tensor, beta: tor
     """-> (t (N,), s (N, C, 5)) in the accumulation dtype (see the module docstring)."""
     fx, fy, a, b = _stats_acc(fx, fy, alpha, beta)
     mx, my, vx, vy, cxy, _, _ = _moments(fx, fy)
-    s1, _, s2, _ = _similarities(mx, my, vx, vy, cxy, c1, c2)
-    return (a * s1 + b * s2).sum(1), torch.stack([mx, my, vx, vy, cxy], -1)
+    return stage_term(mx, my, vx, vy, cxy, a, b, c1, c2), torch.stack([mx, my, vx, vy, cxy], -1)
 
 
 def stats_bwd(g: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,

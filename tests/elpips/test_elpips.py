@@ -212,7 +212,10 @@ def test_batched_pass_equals_per_sample_passes(small_metric):
                                           p.flips[None], torch.tensor([p.swap]), p.perms[None], p.colors[None])
                              for p in draws])
     metric = _plain()
-    tiny = _plain(memory_budget=1)  # one sample per trunk pass
+    # one sample per trunk pass: below a sample's chunk estimate (273 maps per image: 10 MB), above
+    # the peak of one untiled pass (7 MB; a budget below that would tile the pass)
+    tiny = _plain(memory_budget=8_000_000)
+    assert tiny._chunk(3 * 2, 39, 39, False) == 1 and tiny._tile(39, 39, 3 * 2, False) is None
     with torch.no_grad():
         want = torch.stack([metric._distances([apply_transform(x, p), apply_transform(y, p)], 2, None)[0]
                             for p in draws])
