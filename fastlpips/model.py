@@ -460,7 +460,8 @@ class LPIPS(nn.Module):
         """``forward(references[index], images)`` with one trunk pass over the R references and the
         N images: a reference's features are computed once however many images ``index`` points
         at it (several methods' outputs against one ground truth), then the fused heads. ``index``:
-        (N,) integer positions in 0..R-1. Returns what ``forward`` returns for that pairing."""
+        (N,) integer positions in 0..R-1. Returns what ``forward`` returns for that pairing. Images
+        too large for the memory budget run as tiled ``forward`` passes of each pair instead."""
         V.check_image(references, "references")
         V.check_image(images, "images")
         if references.shape[1:] != images.shape[1:]:
@@ -475,6 +476,10 @@ class LPIPS(nn.Module):
         self._check(references, "references", normalize, basic=False)
         self._check(images, "images", normalize, basic=False)
         grad = self._needs_graph(references) or self._needs_graph(images)
+        tile = self._tile(images.shape[2], images.shape[3], 2 * images.shape[0], grad, images.device)
+        if tile is not None:  # large images: each pair tiled, the reference's tiles recomputed per image
+            return self._tiled_forward(references.index_select(0, index.to(references.device, torch.long)), images,
+                                       normalize, False, tile, grad)
         r = references.shape[0]
         outs = self._trunk(torch.cat([self._trunk_input(references, normalize), self._trunk_input(images, normalize)]),
                            grad)

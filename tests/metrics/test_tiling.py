@@ -149,6 +149,16 @@ def test_lpips_tiled_equals_untiled_on_real_photos_in_float32(net, size, lpips_m
         assert _rel(gt, gu) < 1e-5
 
 
+def test_distances_to_tiles_each_pair(lpips_models):
+    model = lpips_models["alex"]
+    x, y = _small_pair(dtype=torch.float32)
+    refs, outs, idx = x, torch.cat([y[:1], x[1:].flip(-1), y[1:]]), torch.tensor([0, 1, 1])
+    with torch.no_grad():
+        dt, du = _tiled_and_untiled(model, (20, 16), lambda: model.distances_to(refs, outs, idx))
+        direct = model(refs[idx], outs)
+    assert dt.shape == du.shape == direct.shape and _rel(dt, du) < 1e-5 and _rel(du, direct) < 1e-5
+
+
 def test_lin_weight_gradients_flow_through_tiles(lpips_models):
     model = lpips_models["alex"]
     x, y = _small_pair(dtype=torch.float32)
