@@ -192,6 +192,19 @@ def _fmt(v, spec="{:.1f}"):
     return "" if v is None else spec.format(v)
 
 
+def _save(args, rows, checks):
+    """The study so far as JSON at ``--out`` (with each row's time over the untiled pass's)."""
+    for r in rows:
+        ref = [u for u in rows if u["impl"] == "fastlpips-untiled" and (u["mode"], u["size"]) == (r["mode"], r["size"])
+               and u["seconds"]]
+        r["time_vs_untiled"] = r["seconds"] / ref[0]["seconds"] if ref and r["seconds"] else None
+    doc = {"machine": _machine(args.threads), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+           "cap_gb": args.cap_gb, "timeout_s": args.timeout, "rows": rows, "check_equal": checks}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(doc, indent=1))
+    return doc
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1024,2048,4096", help="image sides, comma-separated")
@@ -234,18 +247,12 @@ def main(argv=None):
                 rows.append(row)
                 print(f"{impl} {mode} {size}: {row['status']} {_fmt(row['seconds'], '{:.2f} s')} "
                       f"peak {_fmt(row['peak_rss_mb'])} MB", flush=True)
+                _save(args, rows, checks)  # after every row: an interrupted study keeps what it measured
             if args.check_equal:
                 res = _spawn({**common, "check": True}, cap, args.timeout)
                 checks.append({"size": size, "mode": mode, "budget": budget[mode], **res})
                 print(f"check {mode} {size}: {res['status']} rel diff {res.get('rel_diff')}", flush=True)
-    for r in rows:
-        ref = [u for u in rows if u["impl"] == "fastlpips-untiled" and (u["mode"], u["size"]) == (r["mode"], r["size"])
-               and u["seconds"]]
-        r["time_vs_untiled"] = r["seconds"] / ref[0]["seconds"] if ref and r["seconds"] else None
-    doc = {"machine": _machine(args.threads), "date": datetime.datetime.now().isoformat(timespec="seconds"),
-           "cap_gb": args.cap_gb, "timeout_s": args.timeout, "rows": rows, "check_equal": checks}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(doc, indent=1))
+    doc = _save(args, rows, checks)
     m = doc["machine"]
     print(f"\nLPIPS-VGG, one pair (1, 3, S, S); {m['cpu']}, {m['cores']} cores, {m['threads']} threads, torch "
           f"{m['torch']}, avx2 {m['avx2']}, avx512f {m['avx512f']}; {doc['date']}\n")

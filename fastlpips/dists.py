@@ -211,7 +211,8 @@ class DISTS(nn.Module):
             return [s if s is not None else x.new_zeros((n, self.channels[j] if j else 3, 5), dtype=torch.float64)
                     for j, s in enumerate(sums)]
 
-        parts = tiling.run_tiles(tiles, one_tile, [x, y], grad)
+        budget = self.memory_budget if self.memory_budget is not None else tiling.default_budget(x.device)
+        parts = tiling.run_tiles(tiles, one_tile, [x, y], grad, budget)
         total = x.new_zeros((n,), dtype=torch.float64)
         for j, (al, be) in enumerate(self.stage_weights()):
             h, w = sizes[stack.outputs[j]]

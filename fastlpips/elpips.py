@@ -634,7 +634,8 @@ class ELPIPS(nn.Module):
             stack.run(t, source, emit, sizes, apply)
             return sums
 
-        parts = tiling.run_tiles(tiles, one_tile, [x], grad)
+        budget = self.memory_budget if self.memory_budget is not None else tiling.default_budget(x.device)
+        parts = tiling.run_tiles(tiles, one_tile, [x], grad, budget)
         total: Union[float, torch.Tensor] = 0.0
         for j, pos in enumerate(stack.outputs):
             h, w = sizes[pos]

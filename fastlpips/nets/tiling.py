@@ -28,6 +28,7 @@ without a graph, every map plus that pair with one), None when the untiled pass 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -327,8 +328,6 @@ class LocalStack:
         region = tile.needed(0)
         assert region is not None  # plans hold only tiles that compute something
         x = source(*region)
-        if x.device.type == "cpu":
-            release_free_memory()
         for i in range(len(self.layers) + 1):
             if i in self.outputs:
                 j = self.outputs.index(i)
@@ -371,11 +370,7 @@ _TRIM_PROBED = False
 
 
 def release_free_memory() -> None:
-    """Hand the C heap's free pages back to the system (glibc's ``malloc_trim``; nothing elsewhere).
-    Called before each tile on the CPU: tiles of different sizes otherwise fragment glibc's heap
-    (its dynamic mmap threshold moves tile-sized buffers onto the heap), and the resident memory
-    grows to twice the tile's need (measured: 1024x1024 LPIPS-VGG, 250 MB budget: 343-362 MB
-    peak without, 188-212 MB with)."""
+    """Hand the C heap's free pages back to the system (glibc's ``malloc_trim``; nothing elsewhere)."""
     global _TRIM, _TRIM_PROBED
     if not _TRIM_PROBED:
         _TRIM_PROBED = True
@@ -387,6 +382,15 @@ def release_free_memory() -> None:
             _TRIM = None
     if _TRIM is not None:
         _TRIM(0)
+
+
+def resident_bytes() -> Optional[int]:
+    """This process' resident memory (Linux' /proc/self/statm; None elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
 
 
 def apply_padded(m: nn.Module, x: torch.Tensor, pads: Sequence[Span] = ((0, 0), (0, 0))) -> torch.Tensor:
@@ -417,17 +421,33 @@ def apply_padded(m: nn.Module, x: torch.Tensor, pads: Sequence[Span] = ((0, 0), 
 
 
 def run_tiles(tiles: Sequence[Tile], fn: Callable[..., List[torch.Tensor]], inputs: Sequence[torch.Tensor],
-              grad: bool) -> List[List[torch.Tensor]]:
+              grad: bool, budget: Optional[int] = None) -> List[List[torch.Tensor]]:
     """``fn(tile, *inputs)`` for every tile: without a graph under ``no_grad``; with one under
     ``torch.utils.checkpoint`` (non-reentrant), so each tile's activations are dropped after its
-    forward and recomputed, one tile at a time, by the backward."""
+    forward and recomputed, one tile at a time, by the backward.
+
+    ``budget`` (CPU): before a tile, when the process holds more than ``budget`` bytes beyond what
+    it held at the start, the C heap's free pages go back to the system (``release_free_memory``):
+    tiles of different sizes fragment glibc's heap (its dynamic mmap threshold moves tile-sized
+    buffers onto it) and the resident memory would grow to about twice the tile's need (measured:
+    1024x1024 LPIPS-VGG, 250 MB budget: 343-362 MB without, 188-212 MB with). Only then: handing
+    pages back costs page faults on the next tile."""
+    start = resident_bytes() if budget is not None and inputs and inputs[0].device.type == "cpu" else None
+
+    def one(t: Tile, *args: torch.Tensor) -> List[torch.Tensor]:
+        if start is not None and budget is not None:
+            now = resident_bytes()
+            if now is not None and now - start > budget:
+                release_free_memory()
+        return fn(t, *args)
+
     out = []
     for t in tiles:
         if grad:
-            out.append(checkpoint(fn, t, *inputs, use_reentrant=False))
+            out.append(checkpoint(one, t, *inputs, use_reentrant=False))
         else:
             with torch.no_grad():
-                out.append(fn(t, *inputs))
+                out.append(one(t, *inputs))
     return out
 
 
