@@ -146,12 +146,13 @@ class LPIPS(nn.Module):
         device: move the model there after construction; also the device ``dtype='auto'`` decides
             for (default CPU: an 'auto' model moved to a GPU later keeps the CPU's choice).
         memory_budget: bytes of trunk activations one ``forward`` may take (default None:
-            ``nets.tiling.default_budget``, half the free memory of a GPU, 4 GiB on the CPU). A
-            pair whose untiled pass would need more runs tiled (``fastlpips.nets.tiling``): the
-            trunk tile by tile with the halo its layers read, each tile's head maps reduced at
-            once, the same numbers as the untiled pass (to rounding); with a graph, each tile is
-            recomputed in the backward (gradient checkpointing). A budget below one tile's need
-            raises ``TileBudgetError`` naming the minimum.
+            ``nets.tiling.default_budget``, half the free memory of a GPU, half the system's
+            available memory (at least 4 GiB) on the CPU). A pair whose untiled pass would need more
+            runs tiled (``fastlpips.nets.tiling``): the trunk tile by tile with the halo its layers
+            read, each tile's head maps reduced at once, the same numbers as the untiled pass (to
+            rounding); with a graph, each tile is recomputed in the backward (gradient
+            checkpointing). A budget below one tile's need raises ``TileBudgetError`` naming the
+            minimum.
         max_tile: tile the forward pass whenever an image is larger than this (a side, or
             (height, width), in input pixels), whatever the budget.
 

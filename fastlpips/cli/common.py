@@ -342,7 +342,8 @@ class Parents:
         self.lpips.add_argument("--batch-size", type=int, default=32, help="images per trunk pass (default 32)")
         self.lpips.add_argument("--memory-budget", type=byte_size, default=None, metavar="SIZE",
                                 help="trunk activations a pass may take before large images run tiled (the same "
-                                     "numbers), e.g. 2G or 512M (default: 4G on the CPU, half a GPU's free memory)")
+                                     "numbers), e.g. 2G or 512M (default: half the free memory: a GPU's, or the "
+                                     "system's available memory)")
 
 
 def metric_name(text: str) -> str:

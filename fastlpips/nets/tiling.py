@@ -40,14 +40,15 @@ from torch.utils.checkpoint import checkpoint
 from .trunks import Fire, L2Pool, _window_output
 
 __all__ = ["LocalStack", "Tile", "TileBudgetError", "run_tiles", "default_budget", "CPU_BUDGET",
-           "GPU_FREE_FRACTION", "assemble", "apply_padded"]
+           "FREE_FRACTION", "assemble", "apply_padded"]
 
 Span = Tuple[int, int]  # [start, stop) along one axis; start == stop: empty
 
-#: The default activation budget of a pass on the CPU (bytes) and the fraction of the free memory
-#: of a GPU (at call time) a pass may take before it is tiled.
+#: The fraction of the free memory (a GPU's, or the system's available memory for the CPU, at call
+#: time) a pass may take before it is tiled, and the CPU's floor (also its budget where the available
+#: memory is unknown).
+FREE_FRACTION = 0.5
 CPU_BUDGET = 4 << 30
-GPU_FREE_FRACTION = 0.5
 
 
 class TileBudgetError(ValueError):
@@ -59,13 +60,27 @@ class TileBudgetError(ValueError):
 
 
 def default_budget(device: Union[str, torch.device]) -> int:
-    """Activation bytes a pass may take on ``device`` when no budget is given: ``GPU_FREE_FRACTION``
-    of the free memory of a CUDA device now, ``CPU_BUDGET`` elsewhere."""
+    """Activation bytes a pass may take on ``device`` when no budget is given: ``FREE_FRACTION`` of
+    the memory free now (a CUDA device's ``mem_get_info``; on the CPU the system's available
+    memory, /proc/meminfo's MemAvailable), at least ``CPU_BUDGET`` on the CPU, and ``CPU_BUDGET``
+    where the available memory is unknown."""
     device = torch.device(device)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free * GPU_FREE_FRACTION)
-    return CPU_BUDGET
+        return int(free * FREE_FRACTION)
+    available = _available_bytes()
+    return CPU_BUDGET if available is None else max(CPU_BUDGET, int(available * FREE_FRACTION))
+
+
+def _available_bytes() -> Optional[int]:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 @dataclass(frozen=True)

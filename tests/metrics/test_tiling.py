@@ -3,6 +3,8 @@
 float64 to 1e-10 and in float32 to 1e-5 on real photos, for image sizes that are not multiples of
 the strides and tiles smaller than the trunks' halo; the budget picks tiles whose tensors stay
 within it; a budget below one tile is refused naming the minimum."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -264,6 +266,19 @@ def test_a_budget_below_one_tile_names_the_minimum(lpips_models):
     x, y = _small_pair(dtype=torch.float32)
     with pytest.raises(fastlpips.TileBudgetError, match="the alex trunk needs on 50x43 images"):
         model(x, y)
+
+
+def test_the_default_budget_is_half_the_available_memory_on_the_cpu(monkeypatch):
+    for available, want in [(100 << 30, 50 << 30), (1 << 30, tiling.CPU_BUDGET), (None, tiling.CPU_BUDGET)]:
+        monkeypatch.setattr(tiling, "_available_bytes", lambda a=available: a)
+        assert tiling.default_budget("cpu") == want
+    monkeypatch.undo()
+    avail = []  # the real reading, where the system has one (Linux)
+    if os.path.exists("/proc/meminfo"):
+        with open("/proc/meminfo") as f:
+            avail = [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    got = tiling.default_budget("cpu")
+    assert got >= tiling.CPU_BUDGET and (not avail or abs(got - max(tiling.CPU_BUDGET, avail[0] // 2)) < 1 << 28)
 
 
 @pytest.mark.parametrize("bad", [0, -3, (4,), (4, 0), "64", True, 2.5])
