@@ -208,18 +208,17 @@ class DISTS(nn.Module):
                                        fb.square().sum((2, 3)), (fa * fb).sum((2, 3))], -1)
 
             stack.run(t, source, emit, sizes)
-            return [s if s is not None else x.new_zeros((n, self.channels[j] if j else 3, 5), dtype=torch.float64)
+            return [s if s is not None else x.new_zeros((n, self.channels[j], 5), dtype=torch.float64)
                     for j, s in enumerate(sums)]
 
-        budget = self.memory_budget if self.memory_budget is not None else tiling.default_budget(x.device)
-        parts = tiling.run_tiles(tiles, one_tile, [x, y], grad, budget)
+        parts = tiling.run_tiles(tiles, one_tile, [x, y], grad, self.memory_budget)
         total = x.new_zeros((n,), dtype=torch.float64)
         for j, (al, be) in enumerate(self.stage_weights()):
             h, w = sizes[stack.outputs[j]]
             mx, my, sxx, syy, sxy = (torch.stack([p[j] for p in parts]).sum(0) / (h * w)).unbind(-1)
             total = total + stage_term(mx, my, sxx - mx * mx, syy - my * my, sxy - mx * my,
                                        al.double()[None], be.double()[None], C1, C2)
-        return (1 - total).to(x.dtype if x.dtype == torch.float64 else torch.float32).to(x.dtype)
+        return (1 - total).to(x.dtype)
 
     def from_features(self, fx: Sequence[torch.Tensor], fy: Sequence[torch.Tensor]) -> torch.Tensor:
         """DISTS (N,) of two images' six stages (``features``; a batch of 1 broadcasts)."""

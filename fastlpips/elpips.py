@@ -586,7 +586,7 @@ class ELPIPS(nn.Module):
     def _tile(self, height: int, width: int, batch: int, grad: bool) -> Optional[Tuple[int, int]]:
         """The tile of a trunk pass over ``batch`` images (None: untiled): ``max_tile`` when an
         image is larger, else by ``memory_budget`` (E-LPIPS-VGG only)."""
-        if self.net_name != "vgg" and self.max_tile is None:
+        if self.net_name != "vgg":  # (max_tile is refused for it at construction)
             return None
         return self.local_stack().tile_for(height, width, batch, self.weights.element_size(), grad,
                                            max_tile=self.max_tile, budget=self.memory_budget,
@@ -634,8 +634,7 @@ class ELPIPS(nn.Module):
             stack.run(t, source, emit, sizes, apply)
             return sums
 
-        budget = self.memory_budget if self.memory_budget is not None else tiling.default_budget(x.device)
-        parts = tiling.run_tiles(tiles, one_tile, [x], grad, budget)
+        parts = tiling.run_tiles(tiles, one_tile, [x], grad, self.memory_budget)
         total: Union[float, torch.Tensor] = 0.0
         for j, pos in enumerate(stack.outputs):
             h, w = sizes[pos]

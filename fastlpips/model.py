@@ -384,9 +384,6 @@ class LPIPS(nn.Module):
                                            grad, max_tile=self.max_tile, budget=self.memory_budget, device=device,
                                            what=f"the {self.pnet_type} trunk")
 
-    def _budget(self, device) -> int:
-        return self.memory_budget if self.memory_budget is not None else tiling.default_budget(device)
-
     def _tiled_forward(self, in0: torch.Tensor, in1: torch.Tensor, normalize: bool, retPerLayer: bool,
                        tile: Tuple[int, int], grad: bool):
         n = max(in0.shape[0], in1.shape[0])
@@ -417,7 +414,7 @@ class LPIPS(nn.Module):
         # the lin layers' weights may want a gradient too: their head saves the features, so the
         # tiles are recomputed in the backward as for the trunk's (the trunk without a graph)
         heads = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
-        parts = tiling.run_tiles(tiles, one_tile, [in0, in1], grad or heads, self._budget(in0.device))
+        parts = tiling.run_tiles(tiles, one_tile, [in0, in1], grad or heads, self.memory_budget)
         res = []
         for k in range(self.L):
             blocks = [p[k] for p in parts]

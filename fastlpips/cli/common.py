@@ -80,7 +80,7 @@ def byte_size(text: str) -> int:
     """An argparse type: a number of bytes, with an optional K/M/G/T suffix (powers of 1024): '2G'."""
     units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     t = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = t[-1:] if t[-1:] in units and t[-1:] else ""
+    unit = t[-1] if t and t[-1] in "KMGT" else ""
     try:
         value = float(t[:-1] if unit else t) * units[unit]
     except ValueError:

@@ -39,7 +39,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .trunks import Fire, L2Pool, _window_output
 
-__all__ = ["LocalStack", "Tile", "TileBudgetError", "run_tiles", "default_budget", "CPU_BUDGET",
+__all__ = ["LocalStack", "Tile", "TileBudgetError", "run_tiles", "default_budget", "budget_or_default", "CPU_BUDGET",
            "FREE_FRACTION", "assemble", "apply_padded"]
 
 Span = Tuple[int, int]  # [start, stop) along one axis; start == stop: empty
@@ -72,6 +72,11 @@ def default_budget(device: Union[str, torch.device]) -> int:
     return CPU_BUDGET if available is None else max(CPU_BUDGET, int(available * FREE_FRACTION))
 
 
+def budget_or_default(budget: Optional[int], device: Union[str, torch.device]) -> int:
+    """``budget``, or ``default_budget(device)`` when it is None (a metric's ``memory_budget``)."""
+    return budget if budget is not None else default_budget(device)
+
+
 def _available_bytes() -> Optional[int]:
     try:
         with open("/proc/meminfo") as f:
@@ -94,6 +99,7 @@ class _Window:
     ceil: bool
     pad_value: float
     channels: Optional[int]
+    pads_input: bool = True  # False: the layer pads inside (a fire module pads its squeeze output)
 
 
 def _pair(v: Union[int, Tuple[int, ...]]) -> Tuple[int, int]:
@@ -119,7 +125,8 @@ def _window(m: nn.Module) -> _Window:
     if isinstance(m, L2Pool):
         return _Window(_pair(m.kernel_size), _pair(m.stride), _pair(m.padding), False, 0.0, None)
     if isinstance(m, Fire):
-        return _Window((3, 3), (1, 1), (1, 1), False, 0.0, m.expand1x1.out_channels + m.expand3x3.out_channels)
+        return _Window((3, 3), (1, 1), (1, 1), False, 0.0, m.expand1x1.out_channels + m.expand3x3.out_channels,
+                       pads_input=False)
     if isinstance(m, (nn.ReLU, nn.Identity)) or (isinstance(m, nn.Dropout) and (not m.training or m.p == 0)):
         return _Window((1, 1), (1, 1), (0, 0), False, 0.0, None)
     raise TypeError(f"cannot tile a {type(m).__name__} layer: the tiled pass knows convolutions, ReLUs, "
@@ -180,6 +187,8 @@ class LocalStack:
         if list(outputs) != sorted(set(outputs)) or not outputs or outputs[0] < 0 or outputs[-1] > len(self.layers):
             raise ValueError(f"outputs must be increasing positions in 0..{len(self.layers)}, got {list(outputs)}")
         self.outputs = list(outputs)
+        self._output_of = {pos: j for j, pos in enumerate(self.outputs)}  # position -> index in outputs
+        self._inplace = [isinstance(m, nn.ReLU) for m in self.layers]  # ReLUs: output = input's storage
         ch = [in_channels]
         for w in self.windows:
             ch.append(w.channels if w.channels is not None else ch[-1])
@@ -213,8 +222,8 @@ class LocalStack:
             needed: List[Optional[Span]] = [None] * len(sizes)
             cur: Optional[Span] = None
             for i in range(len(sizes) - 1, -1, -1):
-                if i in self.outputs:
-                    o = owned[self.outputs.index(i)]
+                if i in self._output_of:
+                    o = owned[self._output_of[i]]
                     if o[1] > o[0]:
                         cur = _hull(cur, o)
                 needed[i] = cur
@@ -239,7 +248,7 @@ class LocalStack:
     def _cost(self, rows: Sequence[int], cols: Sequence[int], batch: int, elem: int, grad: bool,
               tiled: bool) -> int:
         maps = [r * c * ch for r, c, ch in zip(rows, cols, self.channels)]
-        inplace = [isinstance(m, nn.ReLU) for m in self.layers]  # output = input's storage
+        inplace = self._inplace
         # a layer: its input, the padded copy of a tile's crop, its output
         layer = max(a if ip else (2 if tiled else 1) * a + b for a, b, ip in zip(maps, maps[1:], inplace))
         emit = (1 + self.reduce) * max(maps[j] for j in self.outputs)
@@ -284,8 +293,7 @@ class LocalStack:
         else ``choose_tile`` under ``budget`` (None: ``default_budget(device)``)."""
         if max_tile is not None:
             return max_tile if (height > max_tile[0] or width > max_tile[1]) else None
-        return self.choose_tile(height, width, batch, elem, grad,
-                                budget if budget is not None else default_budget(device), what)
+        return self.choose_tile(height, width, batch, elem, grad, budget_or_default(budget, device), what)
 
     def choose_tile(self, height: int, width: int, batch: int, elem: int, grad: bool, budget: int,
                     what: str = "the trunk") -> Optional[Tuple[int, int]]:
@@ -308,8 +316,8 @@ class LocalStack:
         def fits(th: int, tw: int) -> bool:
             return self.estimate(height, width, (th, tw), batch, elem, grad) <= budget
 
-        if not fits(unit, unit):
-            need = self.estimate(height, width, (unit, unit), batch, elem, grad)
+        need = self.estimate(height, width, (unit, unit), batch, elem, grad)
+        if need > budget:
             raise TileBudgetError(
                 f"memory_budget={budget} bytes is below what one tile of {what} needs on {height}x{width} "
                 f"images ({batch} images per pass{' with a graph' if grad else ''}): at least {need} bytes "
@@ -344,8 +352,8 @@ class LocalStack:
         assert region is not None  # plans hold only tiles that compute something
         x = source(*region)
         for i in range(len(self.layers) + 1):
-            if i in self.outputs:
-                j = self.outputs.index(i)
+            j = self._output_of.get(i)
+            if j is not None:
                 (r0, r1), (c0, c1) = tile.owned(j)
                 if r1 > r0 and c1 > c0:
                     emit(j, x[:, :, r0 - region[0][0]:r1 - region[0][0], c0 - region[1][0]:c1 - region[1][0]])
@@ -368,7 +376,7 @@ class LocalStack:
             pads.append((clo - lo, hi - chi))
             origin.append(lo)
         x = x[:, :, crop[0][0]:crop[0][1], crop[1][0]:crop[1][1]]
-        if any(p for pp in pads for p in pp):
+        if w.pads_input and any(p for pp in pads for p in pp):
             x = F.pad(x, (pads[1][0], pads[1][1], pads[0][0], pads[0][1]), value=w.pad_value)
         if apply is not None:
             y = apply(i, m, x, (origin[0], origin[1]))
@@ -410,7 +418,8 @@ def resident_bytes() -> Optional[int]:
 
 def apply_padded(m: nn.Module, x: torch.Tensor, pads: Sequence[Span] = ((0, 0), (0, 0))) -> torch.Tensor:
     """Layer ``m`` on an input already padded as its padding would (``pads``: the rows and columns
-    added, which a fire module's 3x3 expansion needs), with no padding of its own."""
+    of padding; a fire module gets its input unpadded and pads its squeeze output by them), with
+    no padding of its own."""
     if isinstance(m, nn.Conv2d):
         x = x.to(m.weight.dtype)
         return F.conv2d(x, m.weight, m.bias, m.stride, 0, 1, m.groups)
@@ -423,11 +432,10 @@ def apply_padded(m: nn.Module, x: torch.Tensor, pads: Sequence[Span] = ((0, 0), 
     if isinstance(m, nn.ReLU):  # in place as the trunks' ReLUs: its input is a fresh layer output
         return F.relu(x, inplace=True)
     if isinstance(m, Fire):
-        # the padded input feeds the squeeze (1x1: a zero input pixel gives relu(bias), so the
-        # squeeze output is cropped back and padded with zeros as the 3x3 expansion pads it)
+        # unpadded input (its window's pads_input is False): the squeeze (1x1) output is padded
+        # with zeros as the 3x3 expansion pads it; the 1x1 expansion's margin is cropped
         (t, b), (lft, r) = pads
         s = m.squeeze_activation(m.squeeze(x))
-        s = s[:, :, t:s.shape[2] - b, lft:s.shape[3] - r]
         e1 = m.expand1x1_activation(m.expand1x1(s))
         e1 = e1[:, :, 1 - t:e1.shape[2] - (1 - b), 1 - lft:e1.shape[3] - (1 - r)]
         e3 = m.expand3x3_activation(F.conv2d(F.pad(s, (lft, r, t, b)), m.expand3x3.weight, m.expand3x3.bias))
@@ -436,23 +444,26 @@ def apply_padded(m: nn.Module, x: torch.Tensor, pads: Sequence[Span] = ((0, 0), 
 
 
 def run_tiles(tiles: Sequence[Tile], fn: Callable[..., List[torch.Tensor]], inputs: Sequence[torch.Tensor],
-              grad: bool, budget: Optional[int] = None) -> List[List[torch.Tensor]]:
+              grad: bool, budget: Optional[int]) -> List[List[torch.Tensor]]:
     """``fn(tile, *inputs)`` for every tile: without a graph under ``no_grad``; with one under
     ``torch.utils.checkpoint`` (non-reentrant), so each tile's activations are dropped after its
     forward and recomputed, one tile at a time, by the backward.
 
-    ``budget`` (CPU): before a tile, when the process holds more than ``budget`` bytes beyond what
+    ``budget`` (the metric's ``memory_budget``; None: ``default_budget``; the CPU only): before a
+    tile, when the process holds more than ``budget`` bytes beyond what
     it held at the start, the C heap's free pages go back to the system (``release_free_memory``):
     tiles of different sizes fragment glibc's heap (its dynamic mmap threshold moves tile-sized
     buffers onto it) and the resident memory would grow to about twice the tile's need (measured:
     1024x1024 LPIPS-VGG, 250 MB budget: 343-362 MB without, 188-212 MB with). Only then: handing
     pages back costs page faults on the next tile."""
-    start = resident_bytes() if budget is not None and inputs and inputs[0].device.type == "cpu" else None
+    cpu = bool(inputs) and inputs[0].device.type == "cpu"
+    limit = budget_or_default(budget, "cpu") if cpu else 0
+    start = resident_bytes() if cpu else None
 
     def one(t: Tile, *args: torch.Tensor) -> List[torch.Tensor]:
-        if start is not None and budget is not None:
+        if start is not None:
             now = resident_bytes()
-            if now is not None and now - start > budget:
+            if now is not None and now - start > limit:
                 release_free_memory()
         return fn(t, *args)
 
