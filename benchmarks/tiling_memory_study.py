@@ -200,8 +200,11 @@ def _save(args, rows, checks):
         r["time_vs_untiled"] = r["seconds"] / ref[0]["seconds"] if ref and r["seconds"] else None
     doc = {"machine": _machine(args.threads), "date": datetime.datetime.now().isoformat(timespec="seconds"),
            "cap_gb": args.cap_gb, "timeout_s": args.timeout, "rows": rows, "check_equal": checks}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(doc, indent=1))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")  # whole file or none: a study killed mid-write keeps the last one
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, out)
     return doc
 
 
